@@ -328,6 +328,23 @@ impl FrameAllocator {
         self.pages.get(self.index_of(pa.0))
     }
 
+    /// Index of the frame at `pa` within the managed span (`0..span_frames()`),
+    /// for side tables kept per frame by other layers (a pmap's pv lists).
+    #[inline]
+    pub fn frame_index(&self, pa: PhysAddr) -> Option<usize> {
+        if pa.0 < self.span_base {
+            return None;
+        }
+        let i = self.index_of(pa.0);
+        (i < self.pages.len()).then_some(i)
+    }
+
+    /// Number of frame indices in the span (managed frames and holes).
+    #[inline]
+    pub fn span_frames(&self) -> usize {
+        self.pages.len()
+    }
+
     /// Frames currently free.
     #[inline]
     pub fn free_frames(&self) -> u64 {

@@ -164,6 +164,16 @@ impl PhysMem {
         unsafe { AtomicU64::from_ptr(p) }.fetch_and(mask, Relaxed)
     }
 
+    /// Atomically sets `bits` in the word at `pa`, returning the old value
+    /// (how the software walker sets accessed/dirty bits, like the MMU).
+    #[inline]
+    pub fn fetch_or_u64(&self, pa: PhysAddr, bits: u64) -> u64 {
+        debug_assert!(pa.is_aligned(8));
+        let p = self.at(pa, 8).cast::<u64>();
+        // SAFETY: as in `load_u64`.
+        unsafe { AtomicU64::from_ptr(p) }.fetch_or(bits, Relaxed)
+    }
+
     /// Copies `buf.len()` bytes starting at `pa` into `buf`.
     pub fn read(&self, pa: PhysAddr, buf: &mut [u8]) {
         let p = self.at(pa, buf.len() as u64);
