@@ -1,0 +1,117 @@
+//! machvm's bare-metal x86_64 platform: boots under QEMU through the PVH
+//! entry, runs in the higher half, and gives machvm a real MMU to drive.
+//!
+//! Everything here is compiled for `x86_64-unknown-none` only; on the host the
+//! crate is empty so that workspace builds and tests are unaffected.
+//!
+//! Boot path: QEMU's PVH loader jumps to `machvm_pvh_start32` ([`boot`]) in
+//! 32-bit protected mode; it builds the boot page tables, enables PAE, long
+//! mode, NX and CR0.WP, and calls `kernel_main` in the higher half, which:
+//! loads the boot CPU's GDT/TSS/IDT ([`trap`], [`smp`]), copies the PVH start
+//! info ([`pvh`]), drops the low identity map ([`paging`]), builds the heap
+//! and machvm's frame allocator from the memory map ([`mem`]), brings up the
+//! other CPUs ([`smp`]), then runs the test suite ([`suite`]) or, with
+//! `-append demo`, the narrated demo ([`demo`]), and exits QEMU through
+//! `isa-debug-exit` ([`cpu::qemu_exit`]).
+//!
+//! Hooks for machvm-backed tests:
+//! - page faults: [`trap::set_page_fault_hook`]; accesses that may fault:
+//!   [`trap::probe_read_u8`] and friends, [`trap::copy_in`] / [`trap::copy_out`];
+//! - address spaces: [`paging::kernel_upper_half`], [`paging::new_address_space`],
+//!   [`cpu::load_cr3`], [`paging::kernel_pml4_pa`];
+//! - CPUs: [`smp::current_cpu`], [`smp::run_on`], [`smp::shootdown`];
+//! - memory: [`mem::frames`] (a `FrameAllocator` over the direct map).
+#![no_std]
+
+#[cfg(target_os = "none")]
+extern crate alloc;
+
+/// Prints to the serial console.
+#[cfg(target_os = "none")]
+#[macro_export]
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::serial::_print(format_args!($($arg)*)) };
+}
+
+/// Prints a line to the serial console.
+#[cfg(target_os = "none")]
+#[macro_export]
+macro_rules! println {
+    () => { $crate::print!("\n") };
+    ($($arg:tt)*) => { $crate::serial::_print(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+#[cfg(target_os = "none")]
+pub mod acpi;
+#[cfg(target_os = "none")]
+pub mod boot;
+#[cfg(target_os = "none")]
+pub mod cpu;
+#[cfg(target_os = "none")]
+pub mod demo;
+#[cfg(target_os = "none")]
+pub mod heap;
+#[cfg(target_os = "none")]
+pub mod mem;
+#[cfg(target_os = "none")]
+pub mod paging;
+#[cfg(target_os = "none")]
+pub mod pvh;
+#[cfg(target_os = "none")]
+pub mod serial;
+#[cfg(target_os = "none")]
+pub mod smp;
+#[cfg(target_os = "none")]
+pub mod suite;
+#[cfg(target_os = "none")]
+pub mod trap;
+
+#[cfg(target_os = "none")]
+static BOOT_INFO: spin::Once<pvh::BootInfo> = spin::Once::new();
+
+/// What the PVH loader passed (memory map, command line, RSDP).
+#[cfg(target_os = "none")]
+pub fn boot_info() -> &'static pvh::BootInfo {
+    BOOT_INFO.get().expect("boot info not parsed yet")
+}
+
+/// The first Rust code, on the boot stack in the higher half, with
+/// interrupts off and the boot page tables (identity + direct map + image).
+#[cfg(target_os = "none")]
+extern "C" fn kernel_main(start_info_pa: u64) -> ! {
+    serial::init();
+    trap::init_idt();
+    smp::init_bsp();
+    let info = BOOT_INFO.call_once(|| pvh::parse(start_info_pa));
+    paging::drop_identity_map();
+    mem::init(info);
+    paging::init_kernel_half(smp::lapic_phys());
+    smp::init_bsp_lapic();
+    let low_ok = info
+        .regions()
+        .iter()
+        .any(|r| r.kind == pvh::E820_RAM && r.start <= 0x8000 && r.end >= 0xA000);
+    let aps = smp::start_aps(info.rsdp, low_ok);
+    let l = mem::layout();
+    println!(
+        "machvm-kernel: PVH boot, {} MiB RAM, {} CPU(s), {} free frames, cmdline {:?}",
+        l.ram_total >> 20,
+        1 + aps,
+        mem::frames().free_frames(),
+        info.cmdline()
+    );
+    if info.has_arg("demo") {
+        demo::run();
+        cpu::qemu_exit(true)
+    }
+    let ok = suite::run();
+    cpu::qemu_exit(ok)
+}
+
+#[cfg(target_os = "none")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    let cpu = smp::current_cpu_checked().map_or(-1, |c| c as i64);
+    serial::print_fatal(format_args!("\n*** PANIC on cpu {cpu}: {info}\n"));
+    cpu::qemu_exit(false)
+}
