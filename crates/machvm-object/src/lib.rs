@@ -430,6 +430,42 @@ impl VmObject {
         }
     }
 
+    /// A private copy of this object's window `[offset, offset + size)`
+    /// (pages): the resident pages of this object are copied now, the rest
+    /// keeps coming from this object's backing chain, which nobody writes.
+    ///
+    /// Used to copy an object that several maps write directly (`Share`
+    /// inheritance): a shadow over it would see their later writes.
+    pub fn copy_eager(
+        self: &Arc<Self>,
+        offset: u64,
+        size: u64,
+    ) -> Result<Arc<VmObject>, KernError> {
+        let g = self.inner.lock();
+        let backing = g.backing.as_ref().map(|b| Backing {
+            object: b.object.clone(),
+            offset: b.offset + offset,
+        });
+        let copy = Self::make(&self.ctx, size, backing);
+        let mut pages = BTreeMap::new();
+        for (&off, &pa) in g.pages.range(offset..offset.saturating_add(size)) {
+            match self.ctx.alloc_copy(copy.id, off - offset, pa) {
+                Ok(new) => {
+                    pages.insert(off - offset, new);
+                }
+                Err(e) => {
+                    drop(g);
+                    copy.inner.lock().pages = pages;
+                    drop(copy);
+                    return Err(e);
+                }
+            }
+        }
+        drop(g);
+        copy.inner.lock().pages = pages;
+        Ok(copy)
+    }
+
     /// Undoes a page insertion made by [`resolve`](Self::resolve) (for a
     /// caller rolling back a multi-page operation that failed later on).
     pub fn discard_page(&self, offset: u64) {

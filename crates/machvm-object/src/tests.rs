@@ -199,3 +199,37 @@ fn objects_are_send_and_sync() {
     check::<VmObject>();
     check::<VmContext>();
 }
+
+#[test]
+fn eager_copy_is_private() {
+    let c = ctx(64);
+    let base = VmObject::new_anon(&c, 4);
+    let b0 = base.resolve(0, true).unwrap().pa;
+    write(&c, b0, 1);
+    let shared = VmObject::new_shadow(base.clone(), 0, 4);
+    let s1 = shared.resolve(1, true).unwrap().pa;
+    write(&c, s1, 2);
+    let copy = shared.copy_eager(0, 4).unwrap();
+    copy.verify().unwrap();
+    assert_eq!(
+        read(&c, copy.lookup(0).unwrap().pa),
+        1,
+        "from the common backing"
+    );
+    let c1 = copy.lookup(1).unwrap();
+    assert_eq!((c1.depth, read(&c, c1.pa)), (0, 2));
+    write(&c, s1, 3);
+    assert_eq!(
+        read(&c, c1.pa),
+        2,
+        "later writes to the shared object are not seen"
+    );
+    // Out of frames midway: nothing leaks.
+    let before = used(&c);
+    c.frames().fail_nth_allocation(1);
+    assert_eq!(
+        shared.copy_eager(0, 4).err(),
+        Some(KernError::ResourceShortage)
+    );
+    assert_eq!(used(&c), before);
+}

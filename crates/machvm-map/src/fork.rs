@@ -1,0 +1,88 @@
+//! `fork`: a new map built from an old one, entry by entry, by inheritance.
+//!
+//! - `Share`: both maps reference one object and see each other's writes. A
+//!   needs-copy entry gets its shadow first, so that the sharers share the
+//!   object they write, not the one below it.
+//! - `Copy`: both entries reference the object copy-on-write (needs-copy on
+//!   both sides) and the parent's translations are write-protected. An object
+//!   already written directly by several maps cannot be shadowed (its sharers
+//!   keep writing it), so the child gets an eager private copy of its
+//!   resident pages instead.
+//! - `None`: the child has a hole there.
+
+use alloc::vec::Vec;
+
+use machvm_base::{KernError, VmInherit, VmProt};
+use machvm_object::VmObject;
+use machvm_pmap::TlbFlush;
+
+use crate::fault::{ensure_object, resolve_needs_copy};
+use crate::{Entry, VmMap, page_range};
+
+impl VmMap {
+    /// Creates a child map from this one, entry by entry, by inheritance.
+    /// On `ResourceShortage` the child is discarded and this map reads and
+    /// writes exactly as before.
+    pub fn fork(&self) -> Result<VmMap, KernError> {
+        let ctx = self.context().clone();
+        let child = VmMap::new(&ctx)?;
+        let pm = ctx.pmap();
+        let mut flush = TlbFlush::none();
+        let mut m = self.0.inner.lock();
+        let mut out: Vec<(u64, Entry)> = Vec::new();
+        let mut result = Ok(());
+        for (&start, e) in m.entries.iter_mut() {
+            match e.inheritance {
+                VmInherit::None => {}
+                VmInherit::Share => {
+                    ensure_object(&ctx, e, start);
+                    if e.needs_copy {
+                        resolve_needs_copy(e, start);
+                    }
+                    if let Some(o) = &e.object {
+                        o.set_shared();
+                        o.clear_one_mapping();
+                    }
+                    out.push((start, e.clone()));
+                }
+                VmInherit::Copy => {
+                    let mut ce = e.clone();
+                    match &e.object {
+                        None => {}
+                        Some(o) if o.is_shared() && !e.needs_copy => match o.copy_eager(e.offset, e.pages(start)) {
+                            Ok(copy) => {
+                                ce.object = Some(copy);
+                                ce.offset = 0;
+                            }
+                            Err(err) => {
+                                result = Err(err);
+                                break;
+                            }
+                        },
+                        Some(o) => {
+                            VmObject::collapse(o);
+                            o.clear_one_mapping();
+                            if !e.needs_copy {
+                                e.needs_copy = true;
+                                let ro = e.protection - VmProt::WRITE;
+                                flush.merge(pm.protect(self.pmap(), page_range(start, e.end), ro));
+                            }
+                            ce.needs_copy = true;
+                        }
+                    }
+                    out.push((start, ce));
+                }
+            }
+        }
+        drop(m);
+        pm.flush(flush);
+        result?;
+        {
+            let mut cm = child.0.inner.lock();
+            for (start, e) in out {
+                cm.insert(start, e);
+            }
+        }
+        Ok(child)
+    }
+}

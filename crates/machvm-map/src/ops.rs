@@ -1,0 +1,285 @@
+//! The map-management calls of SPEC §3: allocate, deallocate, protect,
+//! inherit, region, and a task's loads and stores (`read_bytes`,
+//! `write_bytes`).
+//!
+//! Each call validates everything before it changes anything, in the order
+//! SPEC's table gives: size 0, arithmetic overflow, bad protection bits, the
+//! map's bounds, holes, then protection; a failed call changes nothing.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PhysAddr, VaRange, VmInherit, VmProt};
+use machvm_object::VmObject;
+use machvm_pmap::{Access, TlbFlush};
+
+use crate::{Entry, MapInner, RegionInfo, VmMap, page_range};
+
+/// Validates a management call's range: `Ok(None)` for size 0, the rounded
+/// range otherwise.
+fn mgmt_range(addr: u64, size: u64) -> Result<Option<VaRange>, KernError> {
+    if size == 0 {
+        return Ok(None);
+    }
+    let r = VaRange::round_out(addr, size).ok_or(KernError::InvalidArgument)?;
+    if !r.is_user() {
+        return Err(KernError::InvalidAddress);
+    }
+    Ok(Some(r))
+}
+
+/// Validates a data-moving call's byte range `[addr, addr + len)`: `Ok(None)`
+/// for length 0, the rounded-out page range otherwise.
+pub(crate) fn data_range(addr: u64, len: u64) -> Result<Option<VaRange>, KernError> {
+    if len == 0 {
+        return Ok(None);
+    }
+    let r = VaRange::round_out(addr, len).ok_or(KernError::InvalidAddress)?;
+    if !r.is_user() {
+        return Err(KernError::InvalidAddress);
+    }
+    Ok(Some(r))
+}
+
+/// Pages inserted by faults during one multi-page operation, discarded if
+/// the operation fails later (so a failure frees every frame it took).
+#[derive(Default)]
+pub(crate) struct Undo(Vec<(Arc<VmObject>, u64)>);
+
+impl Undo {
+    pub(crate) fn push(&mut self, inserted: Option<(Arc<VmObject>, u64)>) {
+        if let Some(i) = inserted {
+            self.0.push(i);
+        }
+    }
+
+    pub(crate) fn roll_back(self) {
+        for (obj, off) in self.0.into_iter().rev() {
+            obj.discard_page(off);
+        }
+    }
+}
+
+impl VmMap {
+    /// `vm_allocate`: zero-filled memory of `size` bytes (rounded out) at
+    /// `addr`, or with `anywhere` at the lowest free range at or above `addr`.
+    /// Returns the start. Costs no frame until touched.
+    pub fn allocate(&self, addr: u64, size: u64, anywhere: bool) -> Result<u64, KernError> {
+        if size == 0 {
+            return Err(KernError::InvalidArgument);
+        }
+        let r = VaRange::round_out(addr, size).ok_or(KernError::InvalidArgument)?;
+        let mut m = self.0.inner.lock();
+        let start = if anywhere {
+            m.find_space(r.start().0, r.len()).ok_or(KernError::NoSpace)?
+        } else {
+            if !r.is_user() {
+                return Err(KernError::InvalidAddress);
+            }
+            if m.overlapping(r.start().0, r.end().0).next().is_some() {
+                return Err(KernError::NoSpace);
+            }
+            r.start().0
+        };
+        m.insert(start, Entry::new_anon(start + r.len()));
+        Ok(start)
+    }
+
+    /// `vm_deallocate`: removes `[addr, addr + size)` (rounded out); holes
+    /// are ignored. No translation of the range survives in any pmap.
+    pub fn deallocate(&self, addr: u64, size: u64) -> Result<(), KernError> {
+        let Some(r) = mgmt_range(addr, size)? else { return Ok(()) };
+        let removed = {
+            let mut m = self.0.inner.lock();
+            self.remove_locked(&mut m, r)
+        };
+        release_entries(removed);
+        Ok(())
+    }
+
+    /// Unmaps `r` and takes its entries out; their objects are the caller's
+    /// to release (after dropping the map lock is fine, before is too).
+    pub(crate) fn remove_locked(&self, m: &mut MapInner, r: VaRange) -> Vec<(u64, Entry)> {
+        m.clip(r.start().0);
+        m.clip(r.end().0);
+        let removed = m.remove_range(r.start().0, r.end().0);
+        if !removed.is_empty() {
+            let pm = self.0.ctx.pmap();
+            pm.flush(pm.remove(self.0.pmap, r));
+        }
+        removed
+    }
+
+    /// `vm_protect`: sets the protection (or, with `set_maximum`, lowers the
+    /// maximum and clips the protection to it) of `[addr, addr + size)`.
+    /// Lowering takes effect in every pmap before the call returns.
+    pub fn protect(&self, addr: u64, size: u64, set_maximum: bool, prot: VmProt) -> Result<(), KernError> {
+        if size == 0 {
+            return Ok(());
+        }
+        let r = VaRange::round_out(addr, size).ok_or(KernError::InvalidArgument)?;
+        if !VmProt::ALL.contains(prot) {
+            return Err(KernError::InvalidArgument);
+        }
+        if !r.is_user() {
+            return Err(KernError::InvalidAddress);
+        }
+        let (s, e) = (r.start().0, r.end().0);
+        let mut m = self.0.inner.lock();
+        m.check_covered(s, e)?;
+        if m.overlapping(s, e).any(|(_, en)| !en.max_protection.contains(prot)) {
+            return Err(KernError::ProtectionFailure);
+        }
+        m.clip(s);
+        m.clip(e);
+        let pm = self.0.ctx.pmap();
+        let mut flush = TlbFlush::none();
+        for (&start, en) in m.entries.range_mut(s..e) {
+            let old = en.protection;
+            if set_maximum {
+                en.max_protection = prot;
+                en.protection &= prot;
+            } else {
+                en.protection = prot;
+            }
+            if !en.protection.contains(old) {
+                flush.merge(pm.protect(self.0.pmap, page_range(start, en.end), en.protection));
+            }
+        }
+        pm.flush(flush);
+        Ok(())
+    }
+
+    /// `vm_inherit`: sets what `fork` does with `[addr, addr + size)`.
+    pub fn inherit(&self, addr: u64, size: u64, inheritance: VmInherit) -> Result<(), KernError> {
+        let Some(r) = mgmt_range(addr, size)? else { return Ok(()) };
+        let (s, e) = (r.start().0, r.end().0);
+        let mut m = self.0.inner.lock();
+        m.check_covered(s, e)?;
+        m.clip(s);
+        m.clip(e);
+        for en in m.entries.range_mut(s..e).map(|(_, en)| en) {
+            en.inheritance = inheritance;
+        }
+        Ok(())
+    }
+
+    /// `vm_region`: the region containing `addr`, or else the first one above
+    /// it; `NoSpace` when there is none.
+    pub fn region(&self, addr: u64) -> Result<RegionInfo, KernError> {
+        let m = self.0.inner.lock();
+        let (&start, e) = m
+            .entries
+            .range(..=addr)
+            .next_back()
+            .filter(|(_, e)| e.end > addr)
+            .or_else(|| m.entries.range(addr..).next())
+            .ok_or(KernError::NoSpace)?;
+        let pages = e.pages(start);
+        let (shared, resident, depth) = match &e.object {
+            Some(o) => (
+                !e.needs_copy && o.is_shared(),
+                o.resident_in_window(e.offset, e.offset + pages),
+                o.chain_depth() as u32,
+            ),
+            None => (false, 0, 0),
+        };
+        Ok(RegionInfo {
+            start,
+            size: e.end - start,
+            protection: e.protection,
+            max_protection: e.max_protection,
+            inheritance: e.inheritance,
+            shared,
+            resident_pages: resident,
+            shadow_depth: depth,
+            needs_copy: e.needs_copy,
+        })
+    }
+
+    /// Reads `buf.len()` bytes at `addr` as the task's own loads would: the
+    /// whole range is checked first (holes: `InvalidAddress`; no `READ`:
+    /// `ProtectionFailure`), pages are faulted in through the pmap's walker,
+    /// and on any error no byte moves.
+    pub fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> Result<(), KernError> {
+        let Some(r) = data_range(addr, buf.len() as u64)? else { return Ok(()) };
+        let mut m = self.0.inner.lock();
+        let pas = self.prepare(&mut m, r, Access::Read)?;
+        let mem = self.0.ctx.frames().mem();
+        for_each_chunk(addr, buf.len(), &pas, |pa, at, n| mem.read(pa, &mut buf[at..at + n]));
+        Ok(())
+    }
+
+    /// Writes `data` at `addr` as the task's own stores would (copy-on-write
+    /// resolved, pages zero-filled on demand); checked first like
+    /// [`read_bytes`](Self::read_bytes), and on any error no byte moves.
+    pub fn write_bytes(&self, addr: u64, data: &[u8]) -> Result<(), KernError> {
+        let Some(r) = data_range(addr, data.len() as u64)? else { return Ok(()) };
+        let mut m = self.0.inner.lock();
+        let pas = self.prepare(&mut m, r, Access::Write)?;
+        let mem = self.0.ctx.frames().mem();
+        for_each_chunk(addr, data.len(), &pas, |pa, at, n| mem.write(pa, &data[at..at + n]));
+        Ok(())
+    }
+
+    /// Checks `r` for `access` and makes every page of it translatable,
+    /// returning the frames; on failure undoes what it faulted in.
+    pub(crate) fn prepare(&self, m: &mut MapInner, r: VaRange, access: Access) -> Result<Vec<PhysAddr>, KernError> {
+        let (s, e) = (r.start().0, r.end().0);
+        m.check_covered(s, e)?;
+        if m.overlapping(s, e).any(|(_, en)| !en.protection.contains(access.needs())) {
+            return Err(KernError::ProtectionFailure);
+        }
+        let pm = self.0.ctx.pmap();
+        let mut undo = Undo::default();
+        let mut pas = Vec::with_capacity(r.pages() as usize);
+        for va in r.iter_pages() {
+            let pa = match pm.translate(self.0.pmap, va, access, true) {
+                Ok(pa) => pa,
+                Err(_) => match self.fault_locked(m, va.0, access) {
+                    Ok(f) => {
+                        undo.push(f.inserted);
+                        f.pa
+                    }
+                    Err(err) => {
+                        undo.roll_back();
+                        return Err(err);
+                    }
+                },
+            };
+            pas.push(pa);
+        }
+        Ok(pas)
+    }
+}
+
+/// Splits `[addr, addr + len)` at page boundaries and calls `f(frame address,
+/// offset into the caller's buffer, length)` for each piece.
+fn for_each_chunk(addr: u64, len: usize, pas: &[PhysAddr], mut f: impl FnMut(PhysAddr, usize, usize)) {
+    let mut at = 0usize;
+    let mut va = addr;
+    for &pa in pas {
+        if at >= len {
+            break;
+        }
+        let off = va & (PAGE_SIZE - 1);
+        let n = ((PAGE_SIZE - off) as usize).min(len - at);
+        f(PhysAddr(pa.page_base().0 + off), at, n);
+        at += n;
+        va += n as u64;
+    }
+}
+
+/// Releases the objects of removed entries, freeing at once the pages of a
+/// range that no other map, copy or shadow can reach.
+pub(crate) fn release_entries(removed: Vec<(u64, Entry)>) {
+    for (start, e) in removed {
+        if let Some(o) = e.object {
+            if o.is_one_mapping() {
+                o.discard_range(e.offset, e.offset + ((e.end - start) >> PAGE_SHIFT));
+            }
+            machvm_object::release(o);
+        }
+    }
+}
+

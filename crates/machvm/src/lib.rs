@@ -1,0 +1,163 @@
+//! machvm: the Mach / 4.4BSD virtual-memory system, as a library.
+//!
+//! This crate is the public façade of `SPEC.md`: a [`VmSystem`] owns
+//! physical memory and the machine's pmap; [`VmMap`]s are task address maps
+//! with `allocate`, `deallocate`, `protect`, `inherit`, `region`, `fork`,
+//! and `read_bytes` / `write_bytes` that behave exactly as the task's own
+//! loads and stores would (translated by the x86_64 page-table walker,
+//! faulting on a miss).
+//!
+//! ```
+//! use machvm::{VmSystem, VmProt, KernError};
+//!
+//! let vm = VmSystem::hosted(64 << 20);
+//! let map = vm.create_map()?;
+//! let a = map.allocate(0, 8192, true)?;
+//! map.write_bytes(a, b"hello, mach")?;
+//! map.protect(a, 8192, false, VmProt::READ)?;
+//! assert_eq!(map.write_bytes(a, b"x"), Err(KernError::ProtectionFailure));
+//!
+//! let child = map.fork()?;              // copy-on-write by default
+//! let mut buf = [0u8; 11];
+//! child.read_bytes(a, &mut buf)?;
+//! assert_eq!(&buf, b"hello, mach");
+//! # Ok::<(), KernError>(())
+//! ```
+//!
+//! The layers below are crates of their own, usable one by one:
+//! `machvm-base`, `machvm-frame`, `machvm-pmap`, `machvm-pmap-x86_64`,
+//! `machvm-object`, `machvm-map`.
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use core::sync::atomic::Ordering::Relaxed;
+
+pub use machvm_base::{KernError, PAGE_SIZE, VmInherit, VmProt};
+pub use machvm_map::{Access, RegionInfo, VmMap};
+
+use machvm_frame::{FrameAllocator, FrameUse};
+use machvm_object::VmContext;
+use machvm_pmap::Pmap;
+use machvm_pmap_x86_64::X86Pmap;
+
+/// The smallest simulated RAM [`VmSystem::hosted`] builds (64 KiB).
+pub const MIN_HOSTED_BYTES: u64 = 16 * PAGE_SIZE;
+
+/// One virtual-memory system: physical memory, the machine's pmap, and the
+/// maps created from it. A cheap handle: `Clone` shares the system.
+#[derive(Clone)]
+pub struct VmSystem {
+    ctx: Arc<VmContext>,
+}
+
+/// Mach's `vm_statistics`, counted honestly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmStatistics {
+    /// Frames free.
+    pub free_count: u64,
+    /// Frames holding object pages (Mach's active queue; machvm has no
+    /// pageout daemon, so nothing is inactive).
+    pub active_count: u64,
+    /// Frames on the inactive queue: always 0, there is no pageout daemon.
+    pub inactive_count: u64,
+    /// Frames wired: page-table pages and other kernel use.
+    pub wire_count: u64,
+    /// Pages zero-filled on demand.
+    pub zero_fill_count: u64,
+    /// Pages reactivated from the inactive queue: always 0 (no pageout).
+    pub reactivations: u64,
+    /// Pages read from a pager: always 0 (anonymous memory only).
+    pub pageins: u64,
+    /// Pages written to a pager: always 0 (anonymous memory only).
+    pub pageouts: u64,
+    /// Page faults handled.
+    pub faults: u64,
+    /// Pages copied for copy-on-write.
+    pub cow_faults: u64,
+    /// Page lookups in object chains.
+    pub lookups: u64,
+    /// Lookups that found the page resident.
+    pub hits: u64,
+    /// Frames managed in all.
+    pub total_pages: u64,
+}
+
+impl VmSystem {
+    /// A system over `phys_bytes` of simulated RAM (at least
+    /// [`MIN_HOSTED_BYTES`]) with real x86_64 page tables built in it.
+    ///
+    /// # Panics
+    /// If the host cannot allocate the simulated RAM; use
+    /// [`try_hosted`](Self::try_hosted) to get an error instead.
+    pub fn hosted(phys_bytes: u64) -> VmSystem {
+        match Self::try_hosted(phys_bytes) {
+            Ok(vm) => vm,
+            Err(e) => panic!("cannot allocate {phys_bytes} bytes of simulated RAM: {e}"),
+        }
+    }
+
+    /// [`hosted`](Self::hosted), reporting `ResourceShortage` when the host
+    /// cannot provide the memory.
+    pub fn try_hosted(phys_bytes: u64) -> Result<VmSystem, KernError> {
+        let frames = Arc::new(FrameAllocator::hosted(phys_bytes.max(MIN_HOSTED_BYTES))?);
+        let pmap = Arc::new(X86Pmap::new(frames.clone(), Default::default())?);
+        Ok(Self::with_pmap(frames, pmap))
+    }
+
+    /// A system over any frames and pmap module (a kernel passes its own
+    /// direct-mapped RAM and an [`X86Pmap`] wired to the real MMU).
+    pub fn with_pmap(frames: Arc<FrameAllocator>, pmap: Arc<dyn Pmap>) -> VmSystem {
+        VmSystem {
+            ctx: VmContext::new(frames, pmap),
+        }
+    }
+
+    /// A new, empty task map (`vm_map_create`).
+    pub fn create_map(&self) -> Result<VmMap, KernError> {
+        VmMap::new(&self.ctx)
+    }
+
+    /// The current statistics.
+    pub fn statistics(&self) -> VmStatistics {
+        let f = self.ctx.frames();
+        let c = &self.ctx.counters;
+        VmStatistics {
+            free_count: f.free_frames(),
+            active_count: f.frames_in_use(FrameUse::Object),
+            inactive_count: 0,
+            wire_count: f.frames_in_use(FrameUse::PageTable) + f.frames_in_use(FrameUse::Kernel),
+            zero_fill_count: c.zero_fill_count.load(Relaxed),
+            reactivations: 0,
+            pageins: 0,
+            pageouts: 0,
+            faults: c.faults.load(Relaxed),
+            cow_faults: c.cow_faults.load(Relaxed),
+            lookups: c.lookups.load(Relaxed),
+            hits: c.hits.load(Relaxed),
+            total_pages: f.total_frames(),
+        }
+    }
+
+    /// Checks the frame allocator's and the pmap's invariants.
+    pub fn verify(&self) -> Result<(), String> {
+        self.ctx.frames().verify()?;
+        self.ctx.pmap().verify()
+    }
+
+    /// The layers' shared context (frames, pmap module, counters).
+    pub fn context(&self) -> &Arc<VmContext> {
+        &self.ctx
+    }
+}
+
+impl core::fmt::Debug for VmSystem {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VmSystem")
+            .field("statistics", &self.statistics())
+            .finish()
+    }
+}
