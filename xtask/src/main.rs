@@ -5,6 +5,8 @@
 //!   then the in-kernel suite under QEMU — README's test command.
 //! - `qemu`, `qemu-test`: boot the bare-metal test kernel (see `qemu.rs`).
 
+mod qemu;
+
 use std::process::{Command, ExitCode};
 
 fn main() -> ExitCode {
@@ -13,9 +15,12 @@ fn main() -> ExitCode {
     let rest = &args[args.len().min(1)..];
     let ok = match task {
         "test" => test(rest),
+        "qemu" => qemu::qemu_demo(rest),
+        "qemu-test" => qemu::qemu_test(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\ntasks:\n  test        fmt check, clippy -D warnings, host tests, QEMU suite"
+                "usage: cargo xtask <task>\n\ntasks:\n  test        fmt check, clippy -D warnings, host tests, QEMU suite\n{}",
+                qemu::USAGE
             );
             return if task == "help" || task == "--help" {
                 ExitCode::SUCCESS
@@ -58,7 +63,9 @@ pub(crate) fn workspace_root() -> std::path::PathBuf {
     dir.parent().map(|p| p.to_path_buf()).unwrap_or(dir)
 }
 
-fn test(_args: &[String]) -> bool {
+/// Every check: formatting, host clippy, host tests, kernel clippy, then the
+/// in-kernel suite under QEMU (`rest` goes to `qemu-test`).
+fn test(rest: &[String]) -> bool {
     let steps: [&[&str]; 3] = [
         &["fmt", "--all", "--", "--check"],
         &[
@@ -77,5 +84,9 @@ fn test(_args: &[String]) -> bool {
             return false;
         }
     }
-    true
+    if !qemu::clippy_kernel() {
+        eprintln!("xtask test: clippy for the kernel target failed");
+        return false;
+    }
+    qemu::qemu_test(rest)
 }

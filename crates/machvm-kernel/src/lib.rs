@@ -100,12 +100,42 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
         mem::frames().free_frames(),
         info.cmdline()
     );
+    for word in info.cmdline().split_ascii_whitespace() {
+        if let Some(what) = word.strip_prefix("crash=") {
+            crash(what);
+        }
+    }
     if info.has_arg("demo") {
         demo::run();
         cpu::qemu_exit(true)
     }
-    let ok = suite::run();
+    let filter = info
+        .cmdline()
+        .split_ascii_whitespace()
+        .find_map(|w| w.strip_prefix("filter="));
+    let ok = suite::run(filter);
     cpu::qemu_exit(ok)
+}
+
+/// Deliberate crashes that check the failure paths (`-append crash=...`):
+/// `double-fault` must report through the IST handler and fail the run;
+/// `triple-fault` resets the machine, which the xtask must not count as a
+/// pass (QEMU exits 0).
+#[cfg(target_os = "none")]
+fn crash(what: &str) {
+    println!("crash={what}: deliberately crashing");
+    match what {
+        // An exception with an unmapped stack cannot be delivered: #DF.
+        // SAFETY: deliberately fatal; nothing runs after it.
+        "double-fault" => unsafe { core::arch::asm!("mov rsp, 0x1000", "ud2", options(noreturn)) },
+        "triple-fault" => {
+            let empty = [0u16; 5];
+            // SAFETY: deliberately fatal: an empty IDT makes #UD unservable
+            // and the CPU shuts down.
+            unsafe { core::arch::asm!("lidt [{}]", "ud2", in(reg) &empty, options(noreturn)) }
+        }
+        _ => println!("unknown crash {what:?}; ignored"),
+    }
 }
 
 #[cfg(target_os = "none")]

@@ -419,10 +419,8 @@ fn page_fault(f: &mut TrapFrame) {
     let cr2 = cpu::read_cr2();
     let err = f.error_code;
     PAGE_FAULTS.fetch_add(1, Relaxed);
-    if let Some(hook) = page_fault_hook() {
-        if hook(cr2, err) {
-            return;
-        }
+    if page_fault_hook().is_some_and(|hook| hook(cr2, err)) {
+        return;
     }
     if recover(f, cr2, err) {
         RECOVERED.fetch_add(1, Relaxed);
@@ -520,7 +518,7 @@ pub fn fault_counts() -> (u64, u64, u64) {
 // -------------------------------------------------------------- probes --
 
 /// A page fault returned by a probe instead of crashing the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct PageFaultInfo {
     /// The faulting linear address (CR2).
     pub addr: u64,
@@ -540,6 +538,16 @@ impl PageFaultInfo {
     /// The access was an instruction fetch.
     pub fn fetch(&self) -> bool {
         self.code & pf::I != 0
+    }
+}
+
+impl core::fmt::Debug for PageFaultInfo {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "PageFault {{ addr: {:#x}, code: {:#x} }}",
+            self.addr, self.code
+        )
     }
 }
 
@@ -590,7 +598,7 @@ pub fn probe_read_u8(addr: u64) -> Result<u8, PageFaultInfo> {
 
 /// Loads the aligned 64-bit word at `addr`, as [`probe_read_u8`].
 pub fn probe_read_u64(addr: u64) -> Result<u64, PageFaultInfo> {
-    assert!(addr % 8 == 0, "unaligned probe");
+    assert!(addr.is_multiple_of(8), "unaligned probe");
     // SAFETY: as in probe_read_u8.
     finish(unsafe { machvm_probe_read_u64(addr) })
 }
@@ -606,7 +614,7 @@ pub fn probe_write_u8(addr: u64, val: u8) -> Result<(), PageFaultInfo> {
 
 /// Stores the aligned 64-bit `val` at `addr`, as [`probe_write_u8`].
 pub fn probe_write_u64(addr: u64, val: u64) -> Result<(), PageFaultInfo> {
-    assert!(addr % 8 == 0, "unaligned probe");
+    assert!(addr.is_multiple_of(8), "unaligned probe");
     check_target(addr, 8);
     // SAFETY: as in probe_write_u8.
     finish(unsafe { machvm_probe_write_u64(addr, val) }).map(|_| ())
@@ -645,7 +653,7 @@ pub fn copy_out(va: u64, data: &[u8]) -> Result<(), PageFaultInfo> {
 /// Formats a probe result for test messages.
 pub fn describe<T: core::fmt::Debug>(r: &Result<T, PageFaultInfo>) -> String {
     match r {
-        Ok(v) => alloc::format!("Ok({v:?})"),
+        Ok(v) => alloc::format!("Ok({v:#x?})"),
         Err(e) => alloc::format!("{e}"),
     }
 }

@@ -86,13 +86,21 @@ fn reset_after_test() {
     }
 }
 
-/// Runs every suite; true when no test failed.
-pub fn run() -> bool {
-    let total: usize = SUITES.iter().map(|(_, t)| t.len()).sum();
+/// Runs every suite (only tests whose `suite::name` contains `filter`, when
+/// given: `-append filter=tlb`); true when no test failed.
+pub fn run(filter: Option<&str>) -> bool {
+    let selected = |suite: &str, name: &str| {
+        filter.is_none_or(|f| alloc::format!("{suite}::{name}").contains(f))
+    };
+    let total = SUITES
+        .iter()
+        .flat_map(|(s, tests)| tests.iter().map(move |t| (*s, t.name)))
+        .filter(|(s, n)| selected(s, n))
+        .count();
     println!("running {total} tests on {} CPU(s)", smp::cpu_count());
     let (mut passed, mut failed) = (0, 0);
     for (suite, tests) in SUITES {
-        for t in *tests {
+        for t in tests.iter().filter(|t| selected(suite, t.name)) {
             let r = (t.run)();
             reset_after_test();
             match r {
