@@ -1,0 +1,104 @@
+//! Shared helpers: a checked VM that verifies every invariant after each
+//! call, and snapshots to prove that a failed call changed nothing.
+#![allow(dead_code)]
+
+use machvm::{KernError, PAGE_SIZE, RegionInfo, VmMap, VmSystem};
+
+pub const P: u64 = PAGE_SIZE;
+
+/// Verifies the system and every map given.
+pub fn check(vm: &VmSystem, maps: &[&VmMap]) {
+    vm.verify()
+        .unwrap_or_else(|e| panic!("system invariant: {e}"));
+    for m in maps {
+        m.verify()
+            .unwrap_or_else(|e| panic!("map invariant: {e}\n{m}"));
+    }
+}
+
+/// Every region of a map.
+pub fn regions(map: &VmMap) -> Vec<RegionInfo> {
+    let mut out = Vec::new();
+    let mut addr = 0;
+    while let Ok(r) = map.region(addr) {
+        addr = r.start + r.size;
+        out.push(r);
+    }
+    out
+}
+
+/// What a caller can observe: regions (without the resident counts, which
+/// a read may legitimately change), readable bytes of each region, and the
+/// free-frame count.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    regions: Vec<(u64, u64, u32, u32, machvm::VmInherit)>,
+    /// FNV-1a hash of each readable region's bytes.
+    bytes: Vec<u64>,
+    free: u64,
+}
+
+pub fn snapshot(vm: &VmSystem, map: &VmMap) -> Snapshot {
+    let regions = regions(map);
+    let free = vm.statistics().free_count;
+    let bytes = regions
+        .iter()
+        .filter(|r| r.protection.contains(machvm::VmProt::READ) && r.size <= 64 * P)
+        .map(|r| fnv(&peek(map, r.start, r.size as usize)))
+        .collect();
+    Snapshot {
+        regions: regions
+            .iter()
+            .map(|r| {
+                (
+                    r.start,
+                    r.size,
+                    r.protection.bits(),
+                    r.max_protection.bits(),
+                    r.inheritance,
+                )
+            })
+            .collect(),
+        bytes,
+        free,
+    }
+}
+
+pub fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Reads without disturbing the free count more than the read itself does.
+pub fn peek(map: &VmMap, addr: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    map.read_bytes(addr, &mut buf).unwrap();
+    buf
+}
+
+/// Asserts that `f` fails with `want` and changes nothing observable.
+pub fn fails_unchanged<T: std::fmt::Debug>(
+    vm: &VmSystem,
+    map: &VmMap,
+    want: KernError,
+    f: impl FnOnce() -> Result<T, KernError>,
+) {
+    // Reading untouched memory zero-fills it: read everything once first so
+    // that the snapshots' own reads change nothing.
+    let _warm = snapshot(vm, map);
+    let before = snapshot(vm, map);
+    let got = f();
+    assert_eq!(
+        got.as_ref().err(),
+        Some(&want),
+        "expected {want:?}, got {got:?}"
+    );
+    let after = snapshot(vm, map);
+    assert_eq!(before, after, "a failed call ({want:?}) changed something");
+    check(vm, &[map]);
+}
+
+pub fn system() -> VmSystem {
+    VmSystem::hosted(64 << 20)
+}
