@@ -66,15 +66,16 @@ fn parse(args: &[String]) -> Result<Opts, String> {
 }
 
 /// Usage text of the two tasks.
-pub(crate) const USAGE: &str = "\
-  qemu        boot the kernel in QEMU and narrate what it does (demo)
-  qemu-test   boot the kernel in QEMU and run the in-kernel suite
-              options: --skip-invlpg (deliberately broken TLB shootdown,
-              the TLB tests must fail), --timeout SECS (default 120),
-              --smp N (default 2), --memory SIZE (default 256M),
-              --append WORDS (kernel command line: filter=SUBSTRING runs
-              only matching tests; crash=double-fault|triple-fault checks
-              the failure paths)";
+pub(crate) const USAGE: &str = concat!(
+    "  qemu        boot the kernel in QEMU and narrate what it does (demo)\n",
+    "  qemu-test   boot the kernel in QEMU and run the in-kernel suite\n",
+    "              options (both): --skip-invlpg (deliberately broken TLB\n",
+    "              shootdown: the TLB tests must fail), --timeout SECS\n",
+    "              (default 120), --smp N (default 2), --memory SIZE (default\n",
+    "              256M), --append WORD (kernel command line, repeatable:\n",
+    "              filter=SUBSTRING runs only matching tests;\n",
+    "              crash=double-fault|triple-fault checks the failure paths)"
+);
 
 /// `cargo xtask qemu-test`: true only if the kernel reported success through
 /// `isa-debug-exit` and printed `N passed, 0 failed`.

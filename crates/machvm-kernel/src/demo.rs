@@ -94,6 +94,7 @@ fn boot() {
         frames().total_frames(),
         frames().free_frames()
     );
+    // The kernel's physical address, taken as a virtual one (lower half).
     let low = trap::probe_read_u8(l.kernel.0);
     println!(
         "identity map  dropped: a load from phys-as-virtual {:#x} now gives {}",

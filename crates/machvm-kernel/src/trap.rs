@@ -576,30 +576,46 @@ fn finish(r: RawProbe) -> Result<u64, PageFaultInfo> {
     }
 }
 
-/// True for addresses probes may write or execute: the lower half (task
-/// maps) and the scratch window — never kernel data.
-fn writable_target(addr: u64) -> bool {
+/// True for addresses the safe probes may touch: the lower half (task maps)
+/// and the scratch window — never kernel data.
+fn probe_target(addr: u64) -> bool {
     addr < USER_MAX || (WINDOW_BASE..WINDOW_BASE + (1 << 39)).contains(&addr)
 }
 
 fn check_target(addr: u64, len: u64) {
     assert!(
-        writable_target(addr) && writable_target(addr + len - 1),
+        probe_target(addr) && probe_target(addr + len - 1),
         "probe target {addr:#x} is not in the lower half or the scratch window"
     );
 }
 
 /// Loads the byte at `addr` with a real `mov`, returning the page fault
-/// (after the hook refused it) instead of crashing. `addr` must be canonical.
+/// (after the hook refused it) instead of crashing. `addr` must be in the
+/// lower half or the scratch window (it panics otherwise): memory no Rust
+/// object lives in, so the load cannot race with Rust code.
 pub fn probe_read_u8(addr: u64) -> Result<u8, PageFaultInfo> {
-    // SAFETY: the probe only loads; a fault is recovered by the handler.
+    check_target(addr, 1);
+    // SAFETY: the target holds no Rust object (checked); a fault recovers.
     finish(unsafe { machvm_probe_read_u8(addr) }).map(|v| v as u8)
 }
 
 /// Loads the aligned 64-bit word at `addr`, as [`probe_read_u8`].
 pub fn probe_read_u64(addr: u64) -> Result<u64, PageFaultInfo> {
     assert!(addr.is_multiple_of(8), "unaligned probe");
+    check_target(addr, 8);
     // SAFETY: as in probe_read_u8.
+    finish(unsafe { machvm_probe_read_u64(addr) })
+}
+
+/// [`probe_read_u64`] for any canonical address (the direct map, the
+/// kernel image).
+///
+/// # Safety
+/// The word must not be written concurrently by non-atomic Rust code, and
+/// `addr` must not be a device register with read side effects.
+pub unsafe fn probe_read_u64_anywhere(addr: u64) -> Result<u64, PageFaultInfo> {
+    assert!(addr.is_multiple_of(8), "unaligned probe");
+    // SAFETY: the caller rules out races and side effects; a fault recovers.
     finish(unsafe { machvm_probe_read_u64(addr) })
 }
 
