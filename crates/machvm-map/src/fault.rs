@@ -34,7 +34,12 @@ impl VmMap {
         self.fault_locked(&mut m, va, access).map(|_| ())
     }
 
-    pub(crate) fn fault_locked(&self, m: &mut MapInner, va: u64, access: Access) -> Result<Faulted, KernError> {
+    pub(crate) fn fault_locked(
+        &self,
+        m: &mut MapInner,
+        va: u64,
+        access: Access,
+    ) -> Result<Faulted, KernError> {
         let ctx = &self.0.ctx;
         VmCounters::bump(&ctx.counters.faults);
         if va >= USER_MAX {
@@ -62,7 +67,8 @@ impl VmMap {
         if r.how == Resolution::Backing || e.needs_copy {
             prot.remove(VmProt::WRITE);
         }
-        let inserted = matches!(r.how, Resolution::ZeroFilled | Resolution::CopiedUp).then(|| (obj.clone(), off));
+        let inserted = matches!(r.how, Resolution::ZeroFilled | Resolution::CopiedUp)
+            .then(|| (obj.clone(), off));
         let pm = ctx.pmap();
         match pm.enter(self.0.pmap, VirtAddr(page), r.pa, prot, e.wired_count > 0) {
             Ok(f) => pm.flush(f),

@@ -49,16 +49,18 @@ impl VmMap {
                     let mut ce = e.clone();
                     match &e.object {
                         None => {}
-                        Some(o) if o.is_shared() && !e.needs_copy => match o.copy_eager(e.offset, e.pages(start)) {
-                            Ok(copy) => {
-                                ce.object = Some(copy);
-                                ce.offset = 0;
+                        Some(o) if o.is_shared() && !e.needs_copy => {
+                            match o.copy_eager(e.offset, e.pages(start)) {
+                                Ok(copy) => {
+                                    ce.object = Some(copy);
+                                    ce.offset = 0;
+                                }
+                                Err(err) => {
+                                    result = Err(err);
+                                    break;
+                                }
                             }
-                            Err(err) => {
-                                result = Err(err);
-                                break;
-                            }
-                        },
+                        }
                         Some(o) => {
                             VmObject::collapse(o);
                             o.clear_one_mapping();

@@ -40,7 +40,9 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, USER_MAX, USER_MIN, VaRange, VirtAddr, VmInherit, VmProt};
+use machvm_base::{
+    KernError, PAGE_SHIFT, PAGE_SIZE, USER_MAX, USER_MIN, VaRange, VirtAddr, VmInherit, VmProt,
+};
 use machvm_object::{VmContext, VmObject};
 use machvm_pmap::{PmapId, effective_prot};
 
@@ -190,7 +192,10 @@ impl VmMap {
                 return Err(format!("entry [{start:#x}, {:#x}) malformed", e.end));
             }
             if start < prev_end || e.end > USER_MAX {
-                return Err(format!("entry [{start:#x}, {:#x}) overlaps or leaves the map", e.end));
+                return Err(format!(
+                    "entry [{start:#x}, {:#x}) overlaps or leaves the map",
+                    e.end
+                ));
             }
             prev_end = e.end;
             if !e.max_protection.contains(e.protection) {
@@ -210,24 +215,40 @@ impl VmMap {
             return Err("pmap resident count disagrees with its translations".into());
         }
         for (va, t) in maps {
-            let Some((&start, e)) = m.entries.range(..=va.0).next_back().filter(|(_, e)| va.0 < e.end) else {
+            let Some((&start, e)) = m
+                .entries
+                .range(..=va.0)
+                .next_back()
+                .filter(|(_, e)| va.0 < e.end)
+            else {
                 return Err(format!("translation of {va:?} outside every entry"));
             };
             if !effective_prot(e.protection).contains(t.prot) {
-                return Err(format!("translation of {va:?} allows {} above entry's {}", t.prot, e.protection));
+                return Err(format!(
+                    "translation of {va:?} allows {} above entry's {}",
+                    t.prot, e.protection
+                ));
             }
             let Some(o) = &e.object else {
                 return Err(format!("translation of {va:?} in an entry without object"));
             };
             let off = e.offset + ((va.0 - start) >> PAGE_SHIFT);
             let Some(found) = o.lookup(off) else {
-                return Err(format!("translation of {va:?} to {:?}, but no page in the chain", t.pa));
+                return Err(format!(
+                    "translation of {va:?} to {:?}, but no page in the chain",
+                    t.pa
+                ));
             };
             if found.pa != t.pa {
-                return Err(format!("translation of {va:?} to {:?}, chain holds {:?}", t.pa, found.pa));
+                return Err(format!(
+                    "translation of {va:?} to {:?}, chain holds {:?}",
+                    t.pa, found.pa
+                ));
             }
             if t.prot.contains(VmProt::WRITE) && (found.depth != 0 || e.needs_copy) {
-                return Err(format!("writable translation of {va:?} to a page still shared copy-on-write"));
+                return Err(format!(
+                    "writable translation of {va:?} to a page still shared copy-on-write"
+                ));
             }
         }
         Ok(())
@@ -308,7 +329,9 @@ impl MapInner {
 
     /// Splits the entry containing `va` so that an entry starts at `va`.
     pub(crate) fn clip(&mut self, va: u64) {
-        let Some((&start, e)) = self.entries.range(..va).next_back() else { return };
+        let Some((&start, e)) = self.entries.range(..va).next_back() else {
+            return;
+        };
         if va >= e.end {
             return;
         }
@@ -370,7 +393,10 @@ impl fmt::Display for VmMap {
         )?;
         for (&start, e) in &m.entries {
             let (depth, resident) = match &e.object {
-                Some(o) => (o.chain_depth(), o.resident_in_window(e.offset, e.offset + e.pages(start))),
+                Some(o) => (
+                    o.chain_depth(),
+                    o.resident_in_window(e.offset, e.offset + e.pages(start)),
+                ),
                 None => (0, 0),
             };
             writeln!(

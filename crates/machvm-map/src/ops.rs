@@ -71,7 +71,8 @@ impl VmMap {
         let r = VaRange::round_out(addr, size).ok_or(KernError::InvalidArgument)?;
         let mut m = self.0.inner.lock();
         let start = if anywhere {
-            m.find_space(r.start().0, r.len()).ok_or(KernError::NoSpace)?
+            m.find_space(r.start().0, r.len())
+                .ok_or(KernError::NoSpace)?
         } else {
             if !r.is_user() {
                 return Err(KernError::InvalidAddress);
@@ -88,7 +89,9 @@ impl VmMap {
     /// `vm_deallocate`: removes `[addr, addr + size)` (rounded out); holes
     /// are ignored. No translation of the range survives in any pmap.
     pub fn deallocate(&self, addr: u64, size: u64) -> Result<(), KernError> {
-        let Some(r) = mgmt_range(addr, size)? else { return Ok(()) };
+        let Some(r) = mgmt_range(addr, size)? else {
+            return Ok(());
+        };
         let removed = {
             let mut m = self.0.inner.lock();
             self.remove_locked(&mut m, r)
@@ -113,7 +116,13 @@ impl VmMap {
     /// `vm_protect`: sets the protection (or, with `set_maximum`, lowers the
     /// maximum and clips the protection to it) of `[addr, addr + size)`.
     /// Lowering takes effect in every pmap before the call returns.
-    pub fn protect(&self, addr: u64, size: u64, set_maximum: bool, prot: VmProt) -> Result<(), KernError> {
+    pub fn protect(
+        &self,
+        addr: u64,
+        size: u64,
+        set_maximum: bool,
+        prot: VmProt,
+    ) -> Result<(), KernError> {
         if size == 0 {
             return Ok(());
         }
@@ -127,7 +136,9 @@ impl VmMap {
         let (s, e) = (r.start().0, r.end().0);
         let mut m = self.0.inner.lock();
         m.check_covered(s, e)?;
-        if m.overlapping(s, e).any(|(_, en)| !en.max_protection.contains(prot)) {
+        if m.overlapping(s, e)
+            .any(|(_, en)| !en.max_protection.contains(prot))
+        {
             return Err(KernError::ProtectionFailure);
         }
         m.clip(s);
@@ -152,7 +163,9 @@ impl VmMap {
 
     /// `vm_inherit`: sets what `fork` does with `[addr, addr + size)`.
     pub fn inherit(&self, addr: u64, size: u64, inheritance: VmInherit) -> Result<(), KernError> {
-        let Some(r) = mgmt_range(addr, size)? else { return Ok(()) };
+        let Some(r) = mgmt_range(addr, size)? else {
+            return Ok(());
+        };
         let (s, e) = (r.start().0, r.end().0);
         let mut m = self.0.inner.lock();
         m.check_covered(s, e)?;
@@ -202,11 +215,15 @@ impl VmMap {
     /// `ProtectionFailure`), pages are faulted in through the pmap's walker,
     /// and on any error no byte moves.
     pub fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> Result<(), KernError> {
-        let Some(r) = data_range(addr, buf.len() as u64)? else { return Ok(()) };
+        let Some(r) = data_range(addr, buf.len() as u64)? else {
+            return Ok(());
+        };
         let mut m = self.0.inner.lock();
         let pas = self.prepare(&mut m, r, Access::Read)?;
         let mem = self.0.ctx.frames().mem();
-        for_each_chunk(addr, buf.len(), &pas, |pa, at, n| mem.read(pa, &mut buf[at..at + n]));
+        for_each_chunk(addr, buf.len(), &pas, |pa, at, n| {
+            mem.read(pa, &mut buf[at..at + n])
+        });
         Ok(())
     }
 
@@ -214,20 +231,31 @@ impl VmMap {
     /// resolved, pages zero-filled on demand); checked first like
     /// [`read_bytes`](Self::read_bytes), and on any error no byte moves.
     pub fn write_bytes(&self, addr: u64, data: &[u8]) -> Result<(), KernError> {
-        let Some(r) = data_range(addr, data.len() as u64)? else { return Ok(()) };
+        let Some(r) = data_range(addr, data.len() as u64)? else {
+            return Ok(());
+        };
         let mut m = self.0.inner.lock();
         let pas = self.prepare(&mut m, r, Access::Write)?;
         let mem = self.0.ctx.frames().mem();
-        for_each_chunk(addr, data.len(), &pas, |pa, at, n| mem.write(pa, &data[at..at + n]));
+        for_each_chunk(addr, data.len(), &pas, |pa, at, n| {
+            mem.write(pa, &data[at..at + n])
+        });
         Ok(())
     }
 
     /// Checks `r` for `access` and makes every page of it translatable,
     /// returning the frames; on failure undoes what it faulted in.
-    pub(crate) fn prepare(&self, m: &mut MapInner, r: VaRange, access: Access) -> Result<Vec<PhysAddr>, KernError> {
+    pub(crate) fn prepare(
+        &self,
+        m: &mut MapInner,
+        r: VaRange,
+        access: Access,
+    ) -> Result<Vec<PhysAddr>, KernError> {
         let (s, e) = (r.start().0, r.end().0);
         m.check_covered(s, e)?;
-        if m.overlapping(s, e).any(|(_, en)| !en.protection.contains(access.needs())) {
+        if m.overlapping(s, e)
+            .any(|(_, en)| !en.protection.contains(access.needs()))
+        {
             return Err(KernError::ProtectionFailure);
         }
         let pm = self.0.ctx.pmap();
@@ -255,7 +283,12 @@ impl VmMap {
 
 /// Splits `[addr, addr + len)` at page boundaries and calls `f(frame address,
 /// offset into the caller's buffer, length)` for each piece.
-fn for_each_chunk(addr: u64, len: usize, pas: &[PhysAddr], mut f: impl FnMut(PhysAddr, usize, usize)) {
+fn for_each_chunk(
+    addr: u64,
+    len: usize,
+    pas: &[PhysAddr],
+    mut f: impl FnMut(PhysAddr, usize, usize),
+) {
     let mut at = 0usize;
     let mut va = addr;
     for &pa in pas {
@@ -282,4 +315,3 @@ pub(crate) fn release_entries(removed: Vec<(u64, Entry)>) {
         }
     }
 }
-

@@ -25,22 +25,52 @@ fn walker_applies_protection_like_the_mmu() {
     let p = pm.create().unwrap();
     let f0 = fa.alloc(FrameUse::Object).unwrap();
     let f1 = fa.alloc(FrameUse::Object).unwrap();
-    pm.flush(pm.enter(p, VirtAddr(0x1000), f0, VmProt::READ, false).unwrap());
-    pm.flush(pm.enter(p, VirtAddr(0x2000), f1, VmProt::ALL, false).unwrap());
+    pm.flush(
+        pm.enter(p, VirtAddr(0x1000), f0, VmProt::READ, false)
+            .unwrap(),
+    );
+    pm.flush(
+        pm.enter(p, VirtAddr(0x2000), f1, VmProt::ALL, false)
+            .unwrap(),
+    );
     check(&fa, &pm);
     assert_eq!(pm.translate(p, VirtAddr(0x1008), Read, true), Ok(f0 + 8));
-    assert_eq!(pm.translate(p, VirtAddr(0x1008), Write, true), Err(FaultCode(7)));
+    assert_eq!(
+        pm.translate(p, VirtAddr(0x1008), Write, true),
+        Err(FaultCode(7))
+    );
     // CR0.WP: the supervisor cannot write a read-only page either.
-    assert_eq!(pm.translate(p, VirtAddr(0x1008), Write, false), Err(FaultCode(3)));
-    assert_eq!(pm.translate(p, VirtAddr(0x1008), Execute, true), Err(FaultCode(0x15)));
+    assert_eq!(
+        pm.translate(p, VirtAddr(0x1008), Write, false),
+        Err(FaultCode(3))
+    );
+    assert_eq!(
+        pm.translate(p, VirtAddr(0x1008), Execute, true),
+        Err(FaultCode(0x15))
+    );
     assert_eq!(pm.translate(p, VirtAddr(0x2008), Execute, true), Ok(f1 + 8));
-    assert_eq!(pm.translate(p, VirtAddr(0x3000), Read, true), Err(FaultCode(4)));
-    assert_eq!(pm.translate(p, VirtAddr(0x0000_8000_0000_0000), Read, true), Err(FaultCode(4)));
+    assert_eq!(
+        pm.translate(p, VirtAddr(0x3000), Read, true),
+        Err(FaultCode(4))
+    );
+    assert_eq!(
+        pm.translate(p, VirtAddr(0x0000_8000_0000_0000), Read, true),
+        Err(FaultCode(4))
+    );
     let t = pm.extract(p, VirtAddr(0x2fff)).unwrap();
-    assert_eq!((t.pa, t.prot, t.wired, t.size), (f1, VmProt::ALL, false, PAGE_SIZE));
+    assert_eq!(
+        (t.pa, t.prot, t.wired, t.size),
+        (f1, VmProt::ALL, false, PAGE_SIZE)
+    );
     // Write-only is not expressible: reading is allowed too.
-    pm.flush(pm.enter(p, VirtAddr(0x1000), f0, VmProt::WRITE, false).unwrap());
-    assert_eq!(pm.extract(p, VirtAddr(0x1000)).unwrap().prot, VmProt::DEFAULT);
+    pm.flush(
+        pm.enter(p, VirtAddr(0x1000), f0, VmProt::WRITE, false)
+            .unwrap(),
+    );
+    assert_eq!(
+        pm.extract(p, VirtAddr(0x1000)).unwrap().prot,
+        VmProt::DEFAULT
+    );
     check(&fa, &pm);
     pm.destroy(p);
     fa.free(f0);
@@ -56,9 +86,17 @@ fn intermediate_tables_are_freed_when_empty() {
     let p = pm.create().unwrap();
     let frame = fa.alloc(FrameUse::Object).unwrap();
     // Three addresses in different PML4, PDPT and PD slots.
-    let vas = [0x1000u64, 0x40_0000_0000, 0x7f00_0000_0000, 0x7f00_0020_0000];
+    let vas = [
+        0x1000u64,
+        0x40_0000_0000,
+        0x7f00_0000_0000,
+        0x7f00_0020_0000,
+    ];
     for va in vas {
-        pm.flush(pm.enter(p, VirtAddr(va), frame, VmProt::READ, false).unwrap());
+        pm.flush(
+            pm.enter(p, VirtAddr(va), frame, VmProt::READ, false)
+                .unwrap(),
+        );
         check(&fa, &pm);
     }
     assert_eq!(pm.mapping_count(frame), 4);
@@ -67,7 +105,11 @@ fn intermediate_tables_are_freed_when_empty() {
         pm.flush(pm.remove(p, range(va, va + PAGE_SIZE)));
         check(&fa, &pm);
     }
-    assert_eq!(fa.frames_in_use(FrameUse::PageTable), 1, "only the root remains");
+    assert_eq!(
+        fa.frames_in_use(FrameUse::PageTable),
+        1,
+        "only the root remains"
+    );
     assert_eq!(pm.resident_count(p), 0);
     pm.destroy(p);
     fa.free(frame);
@@ -80,14 +122,26 @@ fn protect_lowers_and_never_raises() {
     let p = pm.create().unwrap();
     let frame = fa.alloc(FrameUse::Object).unwrap();
     for i in 0..8 {
-        pm.flush(pm.enter(p, VirtAddr(0x10000 + i * PAGE_SIZE), frame, VmProt::DEFAULT, false).unwrap());
+        pm.flush(
+            pm.enter(
+                p,
+                VirtAddr(0x10000 + i * PAGE_SIZE),
+                frame,
+                VmProt::DEFAULT,
+                false,
+            )
+            .unwrap(),
+        );
     }
     let f = pm.protect(p, range(0x10000, 0x14000), VmProt::READ | VmProt::EXECUTE);
     assert!(!f.is_empty());
     pm.flush(f);
     check(&fa, &pm);
     assert_eq!(pm.extract(p, VirtAddr(0x10000)).unwrap().prot, VmProt::READ);
-    assert_eq!(pm.extract(p, VirtAddr(0x14000)).unwrap().prot, VmProt::DEFAULT);
+    assert_eq!(
+        pm.extract(p, VirtAddr(0x14000)).unwrap().prot,
+        VmProt::DEFAULT
+    );
     // Protecting without READ removes.
     pm.flush(pm.protect(p, range(0x13000, 0x15000), VmProt::WRITE));
     assert!(pm.extract(p, VirtAddr(0x13000)).is_none());
@@ -95,7 +149,10 @@ fn protect_lowers_and_never_raises() {
     assert_eq!(pm.resident_count(p), 6);
     check(&fa, &pm);
     // A no-op protect needs no flush.
-    assert!(pm.protect(p, range(0x10000, 0x11000), VmProt::ALL).is_empty());
+    assert!(
+        pm.protect(p, range(0x10000, 0x11000), VmProt::ALL)
+            .is_empty()
+    );
     pm.destroy(p);
     fa.free(frame);
     check(&fa, &pm);
@@ -107,12 +164,24 @@ fn page_protect_reaches_every_pmap() {
     let a = pm.create().unwrap();
     let b = pm.create().unwrap();
     let frame = fa.alloc(FrameUse::Object).unwrap();
-    pm.flush(pm.enter(a, VirtAddr(0x5000), frame, VmProt::DEFAULT, false).unwrap());
-    pm.flush(pm.enter(b, VirtAddr(0x9000), frame, VmProt::ALL, false).unwrap());
+    pm.flush(
+        pm.enter(a, VirtAddr(0x5000), frame, VmProt::DEFAULT, false)
+            .unwrap(),
+    );
+    pm.flush(
+        pm.enter(b, VirtAddr(0x9000), frame, VmProt::ALL, false)
+            .unwrap(),
+    );
     pm.flush(pm.page_protect(frame, VmProt::READ));
     check(&fa, &pm);
-    assert_eq!(pm.translate(a, VirtAddr(0x5000), Write, true), Err(FaultCode(7)));
-    assert_eq!(pm.translate(b, VirtAddr(0x9000), Write, true), Err(FaultCode(7)));
+    assert_eq!(
+        pm.translate(a, VirtAddr(0x5000), Write, true),
+        Err(FaultCode(7))
+    );
+    assert_eq!(
+        pm.translate(b, VirtAddr(0x9000), Write, true),
+        Err(FaultCode(7))
+    );
     pm.flush(pm.page_protect(frame, VmProt::NONE));
     assert_eq!(pm.mapping_count(frame), 0);
     assert_eq!(pm.resident_count(a) + pm.resident_count(b), 0);
@@ -127,7 +196,10 @@ fn referenced_and_modified_bits() {
     let (fa, pm) = setup(64);
     let p = pm.create().unwrap();
     let frame = fa.alloc(FrameUse::Object).unwrap();
-    pm.flush(pm.enter(p, VirtAddr(0x5000), frame, VmProt::DEFAULT, false).unwrap());
+    pm.flush(
+        pm.enter(p, VirtAddr(0x5000), frame, VmProt::DEFAULT, false)
+            .unwrap(),
+    );
     assert!(!pm.is_referenced(frame) && !pm.is_modified(frame));
     pm.translate(p, VirtAddr(0x5000), Read, true).unwrap();
     assert!(pm.is_referenced(frame) && !pm.is_modified(frame));
@@ -146,7 +218,10 @@ fn wiring_is_counted() {
     let (fa, pm) = setup(64);
     let p = pm.create().unwrap();
     let frame = fa.alloc(FrameUse::Object).unwrap();
-    pm.flush(pm.enter(p, VirtAddr(0x5000), frame, VmProt::DEFAULT, true).unwrap());
+    pm.flush(
+        pm.enter(p, VirtAddr(0x5000), frame, VmProt::DEFAULT, true)
+            .unwrap(),
+    );
     assert!(pm.extract(p, VirtAddr(0x5000)).unwrap().wired);
     check(&fa, &pm);
     pm.change_wiring(p, VirtAddr(0x5000), false);
@@ -164,35 +239,64 @@ fn large_pages_map_split_and_free() {
     let big = fa.alloc_order(LARGE_PAGE_ORDER, FrameUse::Object).unwrap();
     let va = 0x4000_0000u64;
     assert_eq!(
-        pm.enter_large(p, VirtAddr(va + PAGE_SIZE), big, VmProt::DEFAULT, false).err(),
+        pm.enter_large(p, VirtAddr(va + PAGE_SIZE), big, VmProt::DEFAULT, false)
+            .err(),
         Some(KernError::InvalidArgument)
     );
     let tables = fa.frames_in_use(FrameUse::PageTable);
-    pm.flush(pm.enter_large(p, VirtAddr(va), big, VmProt::DEFAULT, false).unwrap());
+    pm.flush(
+        pm.enter_large(p, VirtAddr(va), big, VmProt::DEFAULT, false)
+            .unwrap(),
+    );
     check(&fa, &pm);
-    assert_eq!(fa.frames_in_use(FrameUse::PageTable), tables + 2, "PDPT and PD, no PT");
+    assert_eq!(
+        fa.frames_in_use(FrameUse::PageTable),
+        tables + 2,
+        "PDPT and PD, no PT"
+    );
     assert_eq!(pm.resident_count(p), 512);
-    assert_eq!(pm.translate(p, VirtAddr(va + 0x1234_5), Write, true), Ok(big + 0x1234_5));
+    assert_eq!(
+        pm.translate(p, VirtAddr(va + 0x1_2345), Write, true),
+        Ok(big + 0x1_2345)
+    );
     let t = pm.extract(p, VirtAddr(va + 0x3000)).unwrap();
     assert_eq!((t.pa, t.size), (big + 0x3000, LARGE_PAGE_SIZE));
     assert_eq!(pm.mapping_count(big + 0x3000), 1);
     // Lowering one small page inside splits the large one.
     pm.flush(pm.page_protect(big + 0x3000, VmProt::READ));
     check(&fa, &pm);
-    assert_eq!(pm.extract(p, VirtAddr(va + 0x3000)).unwrap().size, PAGE_SIZE);
-    assert_eq!(pm.translate(p, VirtAddr(va + 0x3000), Write, true), Err(FaultCode(7)));
-    assert_eq!(pm.translate(p, VirtAddr(va + 0x4000), Write, true), Ok(big + 0x4000));
+    assert_eq!(
+        pm.extract(p, VirtAddr(va + 0x3000)).unwrap().size,
+        PAGE_SIZE
+    );
+    assert_eq!(
+        pm.translate(p, VirtAddr(va + 0x3000), Write, true),
+        Err(FaultCode(7))
+    );
+    assert_eq!(
+        pm.translate(p, VirtAddr(va + 0x4000), Write, true),
+        Ok(big + 0x4000)
+    );
     assert_eq!(pm.resident_count(p), 512);
     pm.flush(pm.remove(p, range(va, va + LARGE_PAGE_SIZE)));
     check(&fa, &pm);
     assert_eq!(pm.resident_count(p), 0);
     // Large entry over existing small ones replaces them.
     let small = fa.alloc(FrameUse::Object).unwrap();
-    pm.flush(pm.enter(p, VirtAddr(va + 0x5000), small, VmProt::READ, false).unwrap());
-    pm.flush(pm.enter_large(p, VirtAddr(va), big, VmProt::READ, false).unwrap());
+    pm.flush(
+        pm.enter(p, VirtAddr(va + 0x5000), small, VmProt::READ, false)
+            .unwrap(),
+    );
+    pm.flush(
+        pm.enter_large(p, VirtAddr(va), big, VmProt::READ, false)
+            .unwrap(),
+    );
     check(&fa, &pm);
     assert_eq!(pm.mapping_count(small), 0);
-    assert_eq!(pm.extract(p, VirtAddr(va + 0x5000)).unwrap().pa, big + 0x5000);
+    assert_eq!(
+        pm.extract(p, VirtAddr(va + 0x5000)).unwrap().pa,
+        big + 0x5000
+    );
     pm.destroy(p);
     fa.free(big);
     fa.free(small);
@@ -209,7 +313,8 @@ fn enter_out_of_memory_changes_nothing() {
     for k in 1..=3 {
         fa.fail_nth_allocation(k);
         assert_eq!(
-            pm.enter(p, VirtAddr(0x7000_0000_0000), frame, VmProt::READ, false).err(),
+            pm.enter(p, VirtAddr(0x7000_0000_0000), frame, VmProt::READ, false)
+                .err(),
             Some(KernError::ResourceShortage)
         );
         fa.fail_nth_allocation(0);
@@ -226,9 +331,21 @@ fn bad_arguments_are_refused() {
     let (fa, pm) = setup(64);
     let p = pm.create().unwrap();
     let frame = fa.alloc(FrameUse::Object).unwrap();
-    assert_eq!(pm.enter(p, VirtAddr(0x1001), frame, VmProt::READ, false).err(), Some(KernError::InvalidArgument));
-    assert_eq!(pm.enter(p, VirtAddr(USER_MAX), frame, VmProt::READ, false).err(), Some(KernError::InvalidArgument));
-    assert_eq!(pm.enter(PmapId(99), VirtAddr(0x1000), frame, VmProt::READ, false).err(), Some(KernError::InvalidArgument));
+    assert_eq!(
+        pm.enter(p, VirtAddr(0x1001), frame, VmProt::READ, false)
+            .err(),
+        Some(KernError::InvalidArgument)
+    );
+    assert_eq!(
+        pm.enter(p, VirtAddr(USER_MAX), frame, VmProt::READ, false)
+            .err(),
+        Some(KernError::InvalidArgument)
+    );
+    assert_eq!(
+        pm.enter(PmapId(99), VirtAddr(0x1000), frame, VmProt::READ, false)
+            .err(),
+        Some(KernError::InvalidArgument)
+    );
     check(&fa, &pm);
     pm.destroy(p);
     fa.free(frame);

@@ -46,8 +46,14 @@ struct Pair {
 impl Pair {
     fn compare(&self, va: u64) {
         for (i, &(x, s)) in self.ids.iter().enumerate() {
-            let tx = self.x86.extract(x, VirtAddr(va)).map(|t| (t.pa, t.prot, t.wired));
-            let ts = self.soft.extract(s, VirtAddr(va)).map(|t| (t.pa, t.prot, t.wired));
+            let tx = self
+                .x86
+                .extract(x, VirtAddr(va))
+                .map(|t| (t.pa, t.prot, t.wired));
+            let ts = self
+                .soft
+                .extract(s, VirtAddr(va))
+                .map(|t| (t.pa, t.prot, t.wired));
             assert_eq!(tx, ts, "extract of {va:#x} in pmap {i}");
             for access in [Access::Read, Access::Write, Access::Execute] {
                 for user in [true, false] {
@@ -56,7 +62,11 @@ impl Pair {
                     assert_eq!(a, b, "{access:?} user={user} at {va:#x} in pmap {i}");
                 }
             }
-            assert_eq!(self.x86.resident_count(x), self.soft.resident_count(s), "resident count of pmap {i}");
+            assert_eq!(
+                self.x86.resident_count(x),
+                self.soft.resident_count(s),
+                "resident count of pmap {i}"
+            );
         }
     }
 }
@@ -65,7 +75,9 @@ fn run(seed: u64, ops: usize) {
     let fa = Arc::new(FrameAllocator::hosted(2048 * PAGE_SIZE).unwrap());
     let start_free = fa.free_frames();
     let mut r = Rng(seed | 1);
-    let frames: Vec<PhysAddr> = (0..24).map(|_| fa.alloc(FrameUse::Object).unwrap()).collect();
+    let frames: Vec<PhysAddr> = (0..24)
+        .map(|_| fa.alloc(FrameUse::Object).unwrap())
+        .collect();
     let big = fa.alloc_order(LARGE_PAGE_ORDER, FrameUse::Object).unwrap();
     let data_frames = fa.total_frames() - fa.free_frames();
     let mut pair = Pair {
@@ -74,7 +86,8 @@ fn run(seed: u64, ops: usize) {
         ids: Vec::new(),
     };
     for _ in 0..3 {
-        pair.ids.push((pair.x86.create().unwrap(), pair.soft.create().unwrap()));
+        pair.ids
+            .push((pair.x86.create().unwrap(), pair.soft.create().unwrap()));
     }
     let mut touched: Vec<u64> = Vec::new();
     for _ in 0..ops {
@@ -94,19 +107,29 @@ fn run(seed: u64, ops: usize) {
                 let base = REGIONS[r.below(3) as usize];
                 let va = (base + LARGE_PAGE_SIZE - 1) & !(LARGE_PAGE_SIZE - 1);
                 let prot = random_prot(&mut r) | VmProt::READ;
-                pair.x86.flush(pair.x86.enter_large(x, VirtAddr(va), big, prot, false).unwrap());
-                pair.soft.flush(pair.soft.enter_large(s, VirtAddr(va), big, prot, false).unwrap());
+                pair.x86.flush(
+                    pair.x86
+                        .enter_large(x, VirtAddr(va), big, prot, false)
+                        .unwrap(),
+                );
+                pair.soft.flush(
+                    pair.soft
+                        .enter_large(s, VirtAddr(va), big, prot, false)
+                        .unwrap(),
+                );
                 touched.extend((0..8).map(|k| va + k * 64 * PAGE_SIZE));
             }
             50..=64 => {
                 let va = random_va(&mut r);
-                let range = VaRange::new(VirtAddr(va), VirtAddr(va + r.below(700) * PAGE_SIZE)).unwrap();
+                let range =
+                    VaRange::new(VirtAddr(va), VirtAddr(va + r.below(700) * PAGE_SIZE)).unwrap();
                 pair.x86.flush(pair.x86.remove(x, range));
                 pair.soft.flush(pair.soft.remove(s, range));
             }
             65..=79 => {
                 let va = random_va(&mut r);
-                let range = VaRange::new(VirtAddr(va), VirtAddr(va + r.below(700) * PAGE_SIZE)).unwrap();
+                let range =
+                    VaRange::new(VirtAddr(va), VirtAddr(va + r.below(700) * PAGE_SIZE)).unwrap();
                 let prot = random_prot(&mut r);
                 pair.x86.flush(pair.x86.protect(x, range, prot));
                 pair.soft.flush(pair.soft.protect(s, range, prot));
@@ -120,15 +143,24 @@ fn run(seed: u64, ops: usize) {
                 let prot = random_prot(&mut r);
                 pair.x86.flush(pair.x86.page_protect(pa, prot));
                 pair.soft.flush(pair.soft.page_protect(pa, prot));
-                assert_eq!(pair.x86.mapping_count(pa), pair.soft.mapping_count(pa), "mappings of {pa:?}");
+                assert_eq!(
+                    pair.x86.mapping_count(pa),
+                    pair.soft.mapping_count(pa),
+                    "mappings of {pa:?}"
+                );
             }
             _ => {
-                let va = touched.get(r.below(touched.len().max(1) as u64) as usize).copied().unwrap_or(0x1000);
+                let va = touched
+                    .get(r.below(touched.len().max(1) as u64) as usize)
+                    .copied()
+                    .unwrap_or(0x1000);
                 pair.compare(va);
                 continue;
             }
         }
-        pair.x86.verify().unwrap_or_else(|e| panic!("seed {seed}: x86 verify: {e}"));
+        pair.x86
+            .verify()
+            .unwrap_or_else(|e| panic!("seed {seed}: x86 verify: {e}"));
         pair.soft.verify().unwrap();
     }
     fa.verify().unwrap();
@@ -137,8 +169,18 @@ fn run(seed: u64, ops: usize) {
     }
     for (i, &(x, s)) in pair.ids.iter().enumerate() {
         let all = VaRange::new(VirtAddr(0), VirtAddr(0x8000_0000_0000)).unwrap();
-        let mx: Vec<_> = pair.x86.mappings(x, all).into_iter().map(|(v, t)| (v, t.pa, t.prot, t.wired)).collect();
-        let ms: Vec<_> = pair.soft.mappings(s, all).into_iter().map(|(v, t)| (v, t.pa, t.prot, t.wired)).collect();
+        let mx: Vec<_> = pair
+            .x86
+            .mappings(x, all)
+            .into_iter()
+            .map(|(v, t)| (v, t.pa, t.prot, t.wired))
+            .collect();
+        let ms: Vec<_> = pair
+            .soft
+            .mappings(s, all)
+            .into_iter()
+            .map(|(v, t)| (v, t.pa, t.prot, t.wired))
+            .collect();
         assert_eq!(mx, ms, "seed {seed}: mappings of pmap {i}");
     }
     for &pa in &frames {
@@ -149,7 +191,11 @@ fn run(seed: u64, ops: usize) {
         pair.soft.destroy(s);
     }
     pair.x86.verify().unwrap();
-    assert_eq!(fa.frames_in_use(FrameUse::PageTable), 0, "page-table frames leaked");
+    assert_eq!(
+        fa.frames_in_use(FrameUse::PageTable),
+        0,
+        "page-table frames leaked"
+    );
     assert_eq!(fa.total_frames() - fa.free_frames(), data_frames);
     for pa in frames {
         fa.free(pa);
@@ -190,7 +236,10 @@ fn backends_agree_under_memory_pressure() {
         }
         pm.verify().unwrap();
         assert_eq!(pm.resident_count(x), soft.resident_count(s));
-        assert_eq!(pm.extract(x, va).map(|t| t.pa), soft.extract(s, va).map(|t| t.pa));
+        assert_eq!(
+            pm.extract(x, va).map(|t| t.pa),
+            soft.extract(s, va).map(|t| t.pa)
+        );
     }
     assert!(failures > 0, "the test should have run out of frames");
     pm.destroy(x);

@@ -152,7 +152,7 @@ fn three_generations_parents_exit_in_every_order() {
         assert_eq!(byte(&g0, a), 50, "Share reaches the grandparent");
         assert_eq!(byte(&g0, a + P), 11);
         assert_eq!(byte(&g1, a + P), 41);
-        let mut gens = vec![Some(g0), Some(g1), Some(g2)];
+        let mut gens = [Some(g0), Some(g1), Some(g2)];
         for (k, &who) in order.iter().enumerate() {
             gens[who] = None;
             let alive: Vec<&VmMap> = gens.iter().flatten().collect();
