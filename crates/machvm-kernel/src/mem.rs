@@ -7,6 +7,7 @@
 //! the heap; every remaining page goes to the frame allocator. Low memory
 //! (below 1 MiB) is never managed: the AP trampoline uses it.
 
+use alloc::sync::Arc;
 use core::ops::Range;
 use core::ptr::NonNull;
 
@@ -34,14 +35,15 @@ pub struct Layout {
     pub extra_pds: u64,
 }
 
-static FRAMES: spin::Once<FrameAllocator> = spin::Once::new();
+static FRAMES: spin::Once<Arc<FrameAllocator>> = spin::Once::new();
 static LAYOUT: spin::Once<Layout> = spin::Once::new();
 
 /// machvm's frame allocator over all managed RAM, reachable through the
-/// direct map (`frames().mem()` is a [`PhysMem::direct_map`]).
+/// direct map (`frames().mem()` is a [`PhysMem::direct_map`]). Clone the
+/// `Arc` to hand it to machvm (`VmSystem::with_pmap`, `X86Pmap::new`).
 ///
 /// Panics if called before boot built it (nothing runs that early).
-pub fn frames() -> &'static FrameAllocator {
+pub fn frames() -> &'static Arc<FrameAllocator> {
     FRAMES.get().expect("frame allocator not initialised")
 }
 
@@ -137,7 +139,7 @@ pub(crate) fn init(info: &BootInfo) {
     // uses otherwise (image, heap, low memory).
     let mem = unsafe { PhysMem::direct_map(virt, PhysAddr(0), ram_end) };
     let fa = FrameAllocator::new(mem, &ranges).expect("frame allocator rejected the memory map");
-    FRAMES.call_once(|| fa);
+    FRAMES.call_once(|| Arc::new(fa));
     LAYOUT.call_once(|| Layout {
         kernel,
         heap: (heap, heap + heap_len),
