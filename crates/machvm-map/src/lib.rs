@@ -26,6 +26,7 @@
 
 extern crate alloc;
 
+mod copy;
 mod fault;
 mod fork;
 mod ops;
@@ -46,6 +47,7 @@ use machvm_base::{
 use machvm_object::{VmContext, VmObject};
 use machvm_pmap::{PmapId, effective_prot};
 
+pub use copy::{SMALL_COPY_BYTES, VmMapCopy, vm_copy, vm_map_copy, vm_read, vm_write};
 pub use machvm_pmap::Access;
 
 /// One map entry (Mach's `vm_map_entry`); its start is the key it is

@@ -251,39 +251,60 @@ impl VmMap {
         r: VaRange,
         access: Access,
     ) -> Result<Vec<PhysAddr>, KernError> {
-        let (s, e) = (r.start().0, r.end().0);
-        m.check_covered(s, e)?;
-        if m.overlapping(s, e)
-            .any(|(_, en)| !en.protection.contains(access.needs()))
-        {
-            return Err(KernError::ProtectionFailure);
-        }
-        let pm = self.0.ctx.pmap();
+        check_access(m, r, access)?;
         let mut undo = Undo::default();
         let mut pas = Vec::with_capacity(r.pages() as usize);
+        match self.fault_in(m, r, access, &mut undo, &mut pas) {
+            Ok(()) => Ok(pas),
+            Err(e) => {
+                undo.roll_back();
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes every page of `r` translatable for `access` (already checked),
+    /// appending the frames to `pas` and the pages it inserted to `undo`.
+    pub(crate) fn fault_in(
+        &self,
+        m: &mut MapInner,
+        r: VaRange,
+        access: Access,
+        undo: &mut Undo,
+        pas: &mut Vec<PhysAddr>,
+    ) -> Result<(), KernError> {
+        let pm = self.0.ctx.pmap();
         for va in r.iter_pages() {
             let pa = match pm.translate(self.0.pmap, va, access, true) {
                 Ok(pa) => pa,
-                Err(_) => match self.fault_locked(m, va.0, access) {
-                    Ok(f) => {
-                        undo.push(f.inserted);
-                        f.pa
-                    }
-                    Err(err) => {
-                        undo.roll_back();
-                        return Err(err);
-                    }
-                },
+                Err(_) => {
+                    let f = self.fault_locked(m, va.0, access)?;
+                    undo.push(f.inserted);
+                    f.pa
+                }
             };
             pas.push(pa);
         }
-        Ok(pas)
+        Ok(())
     }
+}
+
+/// `Ok` when `r` is allocated without a hole (`InvalidAddress`) and every
+/// entry in it allows `access` (`ProtectionFailure`).
+pub(crate) fn check_access(m: &MapInner, r: VaRange, access: Access) -> Result<(), KernError> {
+    let (s, e) = (r.start().0, r.end().0);
+    m.check_covered(s, e)?;
+    if m.overlapping(s, e)
+        .any(|(_, en)| !en.protection.contains(access.needs()))
+    {
+        return Err(KernError::ProtectionFailure);
+    }
+    Ok(())
 }
 
 /// Splits `[addr, addr + len)` at page boundaries and calls `f(frame address,
 /// offset into the caller's buffer, length)` for each piece.
-fn for_each_chunk(
+pub(crate) fn for_each_chunk(
     addr: u64,
     len: usize,
     pas: &[PhysAddr],

@@ -37,7 +37,9 @@ use alloc::sync::Arc;
 use core::sync::atomic::Ordering::Relaxed;
 
 pub use machvm_base::{KernError, PAGE_SIZE, VmInherit, VmProt};
-pub use machvm_map::{Access, RegionInfo, VmMap};
+pub use machvm_map::{
+    Access, RegionInfo, SMALL_COPY_BYTES, VmMap, VmMapCopy, vm_copy, vm_map_copy, vm_read, vm_write,
+};
 
 use machvm_frame::{FrameAllocator, FrameUse};
 use machvm_object::VmContext;
