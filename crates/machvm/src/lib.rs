@@ -163,3 +163,8 @@ impl core::fmt::Debug for VmSystem {
             .finish()
     }
 }
+
+/// The examples in README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
