@@ -312,7 +312,14 @@ impl VmMap {
     ) -> Result<(), KernError> {
         let head = copy.head.len() as u64;
         let mid = copy.middle_bytes();
-        let cow = mid > 0 && (dst + head) % PAGE_SIZE == 0;
+        // Pages another map shares with the destination are written, not
+        // replaced, so that the sharers see the copy too (XNU does the same
+        // for `true_share` objects).
+        let cow = mid > 0
+            && (dst + head) % PAGE_SIZE == 0
+            && !m
+                .overlapping(dst + head, dst + head + mid)
+                .any(|(_, e)| !e.needs_copy && e.object.as_ref().is_some_and(|o| o.is_shared()));
         // Byte ranges, as (destination address, position in the copy, length).
         let mut pieces: Vec<(u64, u64, u64)> = Vec::new();
         if cow {

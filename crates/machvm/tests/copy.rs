@@ -497,3 +497,21 @@ fn failing_the_kth_allocation_of_a_copy_changes_nothing() {
         k += 1;
     }
 }
+
+#[test]
+fn copy_into_a_shared_destination_is_seen_by_the_sharers() {
+    let vm = system();
+    let src = vm.create_map().unwrap();
+    let a = src.allocate(0, 4 * P, true).unwrap();
+    let s = pattern(&src, a, 4 * P, 77);
+    let dst = vm.create_map().unwrap();
+    let b = dst.allocate(0, 4 * P, true).unwrap();
+    dst.inherit(b, 4 * P, VmInherit::Share).unwrap();
+    let sharer = dst.fork().unwrap();
+    vm_map_copy(&dst, &src, b, 4 * P, a, false, false).unwrap();
+    assert_eq!(peek(&sharer, b, 4 * P as usize), s, "the sharer sees the copy");
+    sharer.write_bytes(b, &[1]).unwrap();
+    assert_eq!(peek(&dst, b, 1), [1], "and they still share");
+    assert_eq!(peek(&src, a, 1), [s[0]], "the source is isolated");
+    check(&vm, &[&src, &dst, &sharer]);
+}
