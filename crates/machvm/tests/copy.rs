@@ -509,7 +509,11 @@ fn copy_into_a_shared_destination_is_seen_by_the_sharers() {
     dst.inherit(b, 4 * P, VmInherit::Share).unwrap();
     let sharer = dst.fork().unwrap();
     vm_map_copy(&dst, &src, b, 4 * P, a, false, false).unwrap();
-    assert_eq!(peek(&sharer, b, 4 * P as usize), s, "the sharer sees the copy");
+    assert_eq!(
+        peek(&sharer, b, 4 * P as usize),
+        s,
+        "the sharer sees the copy"
+    );
     sharer.write_bytes(b, &[1]).unwrap();
     assert_eq!(peek(&dst, b, 1), [1], "and they still share");
     assert_eq!(peek(&src, a, 1), [s[0]], "the source is isolated");

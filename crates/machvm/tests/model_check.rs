@@ -1,0 +1,575 @@
+//! Differential model testing: random sequences of every façade call over
+//! up to four maps, run on machvm and on the reference model of SPEC.md
+//! (`model/mod.rs`). Every result (value or exact `KernError`) and every
+//! byte must agree, and every invariant must hold after each step.
+//! Failures shrink to a minimal sequence; keep those as named tests below.
+
+mod model;
+
+use machvm::{
+    KernError, PAGE_SIZE, VmInherit, VmMap, VmProt, VmSystem, vm_map_copy, vm_read, vm_write,
+};
+use proptest::prelude::*;
+
+const P: u64 = PAGE_SIZE;
+/// The address window most operations aim at (pages 1..48).
+const WINDOW_PAGES: u64 = 48;
+const MAPS: usize = 4;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Allocate {
+        m: usize,
+        addr: u64,
+        size: u64,
+        anywhere: bool,
+    },
+    Deallocate {
+        m: usize,
+        addr: u64,
+        size: u64,
+    },
+    Protect {
+        m: usize,
+        addr: u64,
+        size: u64,
+        set_max: bool,
+        prot: u32,
+    },
+    Inherit {
+        m: usize,
+        addr: u64,
+        size: u64,
+        inh: u8,
+    },
+    Write {
+        m: usize,
+        addr: u64,
+        len: u64,
+        seed: u8,
+    },
+    Read {
+        m: usize,
+        addr: u64,
+        len: u64,
+    },
+    Fork {
+        m: usize,
+    },
+    Drop {
+        m: usize,
+    },
+    Copy {
+        dst: usize,
+        src: usize,
+        dst_addr: u64,
+        len: u64,
+        src_addr: u64,
+        alloc: bool,
+        destroy: bool,
+    },
+    ReadCopyout {
+        m: usize,
+        addr: u64,
+        size: u64,
+        to: usize,
+    },
+    ReadWrite {
+        m: usize,
+        addr: u64,
+        size: u64,
+        to: usize,
+        to_addr: u64,
+    },
+    Region {
+        m: usize,
+        addr: u64,
+    },
+    CheckAll,
+}
+
+fn addr() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        8 => (1..WINDOW_PAGES).prop_map(|p| p * P),
+        4 => (1..WINDOW_PAGES, 0..P).prop_map(|(p, o)| p * P + o),
+        1 => prop_oneof![
+            Just(0u64),
+            Just(0x0000_8000_0000_0000 - P),
+            Just(0x0000_8000_0000_0000),
+            (0..2 * P).prop_map(|d| u64::MAX - d),
+        ],
+    ]
+}
+
+fn size() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        6 => (1..8u64).prop_map(|p| p * P),
+        4 => 1..3 * P,
+        1 => Just(0u64),
+        1 => prop_oneof![Just(u64::MAX), (0..P).prop_map(|d| u64::MAX - d)],
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let m = 0..MAPS;
+    prop_oneof![
+        6 => (m.clone(), addr(), size(), any::<bool>()).prop_map(|(m, addr, size, anywhere)| Op::Allocate { m, addr, size, anywhere }),
+        3 => (m.clone(), addr(), size()).prop_map(|(m, addr, size)| Op::Deallocate { m, addr, size }),
+        4 => (m.clone(), addr(), size(), any::<bool>(), prop_oneof![8 => 0..8u32, 1 => 8..16u32])
+            .prop_map(|(m, addr, size, set_max, prot)| Op::Protect { m, addr, size, set_max, prot }),
+        3 => (m.clone(), addr(), size(), 0..3u8).prop_map(|(m, addr, size, inh)| Op::Inherit { m, addr, size, inh }),
+        8 => (m.clone(), addr(), 0..3 * P, any::<u8>()).prop_map(|(m, addr, len, seed)| Op::Write { m, addr, len, seed }),
+        4 => (m.clone(), addr(), 0..3 * P).prop_map(|(m, addr, len)| Op::Read { m, addr, len }),
+        2 => m.clone().prop_map(|m| Op::Fork { m }),
+        1 => m.clone().prop_map(|m| Op::Drop { m }),
+        8 => (m.clone(), m.clone(), addr(), size(), addr(), any::<bool>(), any::<bool>())
+            .prop_map(|(dst, src, dst_addr, len, src_addr, alloc, destroy)| Op::Copy { dst, src, dst_addr, len, src_addr, alloc, destroy }),
+        2 => (m.clone(), addr(), size(), m.clone()).prop_map(|(m, addr, size, to)| Op::ReadCopyout { m, addr, size, to }),
+        2 => (m.clone(), addr(), size(), m.clone(), addr())
+            .prop_map(|(m, addr, size, to, to_addr)| Op::ReadWrite { m, addr, size, to, to_addr }),
+        2 => (m.clone(), addr()).prop_map(|(m, addr)| Op::Region { m, addr }),
+        1 => Just(Op::CheckAll),
+    ]
+}
+
+fn inh(i: u8) -> VmInherit {
+    [VmInherit::Share, VmInherit::Copy, VmInherit::None][i as usize % 3]
+}
+
+fn data(len: u64, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Copies are bounded so that a random sequence does not spend all its time
+/// moving gigabytes: sizes above this are still validated by both sides.
+const MAX_MOVE: u64 = 16 * P;
+
+struct World {
+    vm: VmSystem,
+    maps: Vec<Option<VmMap>>,
+    model: Vec<Option<model::Map>>,
+    ops: u64,
+    /// Frame shortages seen (injected or natural); the call was then
+    /// checked to have changed nothing.
+    shortages: u64,
+}
+
+/// Runs the machvm side; if it ran out of frames, the model side is skipped
+/// (a failed call must change nothing, which later checks confirm);
+/// otherwise both results must agree.
+macro_rules! agree {
+    ($w:expr, $op:expr, $got:expr, $want:expr) => {{
+        let got = $got;
+        if got.as_ref().err() == Some(&KernError::ResourceShortage) {
+            $w.shortages += 1;
+        } else {
+            let want = $want;
+            prop_assert_eq!(got, want, "{:?}", $op);
+        }
+    }};
+}
+
+impl World {
+    fn new(phys: u64) -> World {
+        let vm = VmSystem::hosted(phys);
+        let mut w = World {
+            vm,
+            maps: vec![None; MAPS],
+            model: vec![None; MAPS],
+            ops: 0,
+            shortages: 0,
+        };
+        w.maps[0] = Some(w.vm.create_map().unwrap());
+        w.model[0] = Some(model::Map::default());
+        // Start with most of the window allocated in a few entries, half of
+        // it written, so that random calls mostly meet memory.
+        for (first, pages) in [(1, 10), (12, 8), (20, 20)] {
+            let (a, b) = w.pair(0).unwrap();
+            assert_eq!(
+                a.allocate(first * P, pages * P, false),
+                b.allocate(first * P, pages * P, false)
+            );
+            let d = data(pages * P / 2, first as u8);
+            a.write_bytes(first * P, &d).unwrap();
+            b.write_bytes(first * P, &d).unwrap();
+        }
+        w
+    }
+
+    fn pair(&mut self, m: usize) -> Option<(&VmMap, &mut model::Map)> {
+        match (&self.maps[m], &mut self.model[m]) {
+            (Some(a), Some(b)) => Some((a, b)),
+            _ => None,
+        }
+    }
+
+    fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        self.ops += 1;
+        if std::env::var_os("MODEL_TRACE").is_some() {
+            eprintln!("{op:?}");
+        }
+        match *op {
+            Op::Allocate {
+                m,
+                addr,
+                size,
+                anywhere,
+            } => {
+                let Some((a, b)) = self.pair(m) else {
+                    return Ok(());
+                };
+                if size > MAX_MOVE && anywhere {
+                    return Ok(());
+                }
+                let got = a.allocate(addr, size, anywhere);
+                prop_assert_eq!(got, b.allocate(addr, size, anywhere), "{:?}", op);
+            }
+            Op::Deallocate { m, addr, size } => {
+                let Some((a, b)) = self.pair(m) else {
+                    return Ok(());
+                };
+                prop_assert_eq!(
+                    a.deallocate(addr, size),
+                    b.deallocate(addr, size),
+                    "{:?}",
+                    op
+                );
+            }
+            Op::Protect {
+                m,
+                addr,
+                size,
+                set_max,
+                prot,
+            } => {
+                let Some((a, b)) = self.pair(m) else {
+                    return Ok(());
+                };
+                let p = VmProt::from_bits_retain(prot);
+                prop_assert_eq!(
+                    a.protect(addr, size, set_max, p),
+                    b.protect(addr, size, set_max, p),
+                    "{:?}",
+                    op
+                );
+            }
+            Op::Inherit {
+                m,
+                addr,
+                size,
+                inh: i,
+            } => {
+                let Some((a, b)) = self.pair(m) else {
+                    return Ok(());
+                };
+                prop_assert_eq!(
+                    a.inherit(addr, size, inh(i)),
+                    b.inherit(addr, size, inh(i)),
+                    "{:?}",
+                    op
+                );
+            }
+            Op::Write { m, addr, len, seed } => {
+                let Some((a, b)) = self.pair(m) else {
+                    return Ok(());
+                };
+                let d = data(len, seed);
+                let got = a.write_bytes(addr, &d);
+                if got == Err(KernError::ResourceShortage) {
+                    self.shortages += 1;
+                } else {
+                    prop_assert_eq!(got, b.write_bytes(addr, &d), "{:?}", op);
+                }
+            }
+            Op::Read { m, addr, len } => {
+                let Some((a, b)) = self.pair(m) else {
+                    return Ok(());
+                };
+                let mut buf = vec![0u8; len as usize];
+                let got = a.read_bytes(addr, &mut buf).map(|()| buf);
+                if got == Err(KernError::ResourceShortage) {
+                    self.shortages += 1;
+                } else {
+                    prop_assert_eq!(got, b.read_bytes(addr, len as usize), "{:?}", op);
+                }
+            }
+            Op::Fork { m } => {
+                let Some(slot) = (0..MAPS).find(|&i| self.maps[i].is_none()) else {
+                    return Ok(());
+                };
+                let Some((a, b)) = self.pair(m) else {
+                    return Ok(());
+                };
+                let child = match a.fork() {
+                    Ok(c) => c,
+                    Err(KernError::ResourceShortage) => {
+                        self.shortages += 1;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(TestCaseError::fail(format!("fork: {e}"))),
+                };
+                let mchild = b.fork();
+                self.maps[slot] = Some(child);
+                self.model[slot] = Some(mchild);
+            }
+            Op::Drop { m } => {
+                if self.maps.iter().flatten().count() > 1 {
+                    self.maps[m] = None;
+                    self.model[m] = None;
+                }
+            }
+            Op::Copy {
+                dst,
+                src,
+                dst_addr,
+                len,
+                src_addr,
+                alloc,
+                destroy,
+            } => {
+                let (Some(d), Some(s)) = (self.maps[dst].clone(), self.maps[src].clone()) else {
+                    return Ok(());
+                };
+                if len > MAX_MOVE && len < u64::MAX - P {
+                    return Ok(());
+                }
+                let got = vm_map_copy(&d, &s, dst_addr, len, src_addr, alloc, destroy);
+                if got == Err(KernError::ResourceShortage) {
+                    self.shortages += 1;
+                    return self.check_after(op);
+                }
+                let mut models: Vec<model::Map> = self
+                    .model
+                    .iter()
+                    .map(|m| m.clone().unwrap_or_default())
+                    .collect();
+                let want = model::vm_map_copy(
+                    &mut models,
+                    dst,
+                    src,
+                    dst_addr,
+                    len,
+                    src_addr,
+                    alloc,
+                    destroy,
+                );
+                for (i, mm) in models.into_iter().enumerate() {
+                    if self.model[i].is_some() {
+                        self.model[i] = Some(mm);
+                    }
+                }
+                prop_assert_eq!(got, want, "{:?}", op);
+            }
+            Op::ReadCopyout { m, addr, size, to } => {
+                let (Some(a), Some(t)) = (self.maps[m].clone(), self.maps[to].clone()) else {
+                    return Ok(());
+                };
+                if size > MAX_MOVE && size < u64::MAX - P {
+                    return Ok(());
+                }
+                let got = vm_read(&a, addr, size);
+                let want = self.model[m].as_ref().unwrap().vm_read(addr, size);
+                if got.as_ref().err() == Some(&KernError::ResourceShortage) {
+                    self.shortages += 1;
+                    return self.check_after(op);
+                }
+                prop_assert_eq!(got.as_ref().err(), want.as_ref().err(), "{:?}", op);
+                if let (Ok(c), Ok(mc)) = (got, want) {
+                    prop_assert_eq!(c.len(), mc.bytes.len() as u64);
+                    let model_to = self.model[to].as_mut().unwrap();
+                    agree!(
+                        self,
+                        op,
+                        c.copyout(&t).map_err(|(e, _)| e),
+                        model_to.copyout(&mc)
+                    );
+                }
+            }
+            Op::ReadWrite {
+                m,
+                addr,
+                size,
+                to,
+                to_addr,
+            } => {
+                let (Some(a), Some(t)) = (self.maps[m].clone(), self.maps[to].clone()) else {
+                    return Ok(());
+                };
+                if size > MAX_MOVE && size < u64::MAX - P {
+                    return Ok(());
+                }
+                let got = vm_read(&a, addr, size);
+                let want = self.model[m].as_ref().unwrap().vm_read(addr, size);
+                if got.as_ref().err() == Some(&KernError::ResourceShortage) {
+                    self.shortages += 1;
+                    return self.check_after(op);
+                }
+                prop_assert_eq!(got.as_ref().err(), want.as_ref().err(), "{:?}", op);
+                if let (Ok(c), Ok(mc)) = (got, want) {
+                    let model_to = self.model[to].as_ref().unwrap();
+                    agree!(
+                        self,
+                        op,
+                        vm_write(&t, to_addr, c),
+                        model_to.vm_write(to_addr, &mc)
+                    );
+                }
+            }
+            Op::Region { m, addr } => {
+                let Some((a, b)) = self.pair(m) else {
+                    return Ok(());
+                };
+                let got = a.region(addr);
+                let want = b.pages.range(addr & !(P - 1)..).next().map(|(p, _)| *p);
+                match (got, want) {
+                    (Err(e), None) => prop_assert_eq!(e, KernError::NoSpace),
+                    (Ok(r), Some(first)) => {
+                        prop_assert!(
+                            r.start <= first && first < r.start + r.size,
+                            "{:?}: {:?} vs page {:#x}",
+                            op,
+                            r,
+                            first
+                        );
+                        for p in (r.start..r.start + r.size).step_by(P as usize) {
+                            let pg = b.pages.get(&p);
+                            prop_assert!(
+                                pg.is_some(),
+                                "{:?}: region covers unallocated {:#x}",
+                                op,
+                                p
+                            );
+                            let pg = pg.unwrap();
+                            prop_assert_eq!(
+                                (r.protection, r.max_protection, r.inheritance),
+                                (pg.prot, pg.max, pg.inherit)
+                            );
+                        }
+                    }
+                    (g, w) => prop_assert!(false, "{:?}: machvm {:?}, model {:?}", op, g, w),
+                }
+            }
+            Op::CheckAll => self.check_all()?,
+        }
+        self.check_after(op)
+    }
+
+    fn check_after(&self, op: &Op) -> Result<(), TestCaseError> {
+        for map in self.maps.iter().flatten() {
+            map.verify()
+                .map_err(|e| TestCaseError::fail(format!("after {op:?}: {e}\n{map}")))?;
+        }
+        if self.ops % 32 == 0 {
+            self.vm
+                .verify()
+                .map_err(|e| TestCaseError::fail(format!("after {op:?}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Every page: same allocation, attributes and (where readable) bytes.
+    fn check_all(&mut self) -> Result<(), TestCaseError> {
+        for i in 0..MAPS {
+            let Some((a, b)) = self.pair(i) else { continue };
+            let mut addr = 0;
+            let mut seen = 0usize;
+            while let Ok(r) = a.region(addr) {
+                for p in (r.start..r.start + r.size).step_by(P as usize) {
+                    let pg = b.pages.get(&p);
+                    prop_assert!(pg.is_some(), "map {}: {:#x} allocated only in machvm", i, p);
+                    let pg = pg.unwrap();
+                    prop_assert_eq!(
+                        (r.protection, r.max_protection, r.inheritance),
+                        (pg.prot, pg.max, pg.inherit)
+                    );
+                    if pg.prot.contains(VmProt::READ) {
+                        let mut buf = vec![0u8; P as usize];
+                        // Reading untouched memory needs a frame, which a
+                        // tiny system may not have: then skip the page.
+                        match a.read_bytes(p, &mut buf) {
+                            Ok(()) => prop_assert!(
+                                buf == *pg.data.borrow(),
+                                "map {}: bytes of page {:#x} differ",
+                                i,
+                                p
+                            ),
+                            Err(KernError::ResourceShortage) => {}
+                            Err(e) => prop_assert!(false, "map {}: reading {:#x}: {}", i, p, e),
+                        }
+                    }
+                    seen += 1;
+                }
+                addr = r.start + r.size;
+            }
+            prop_assert_eq!(
+                seen,
+                b.pages.len(),
+                "map {}: allocated page counts differ",
+                i
+            );
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(), TestCaseError> {
+        self.check_all()?;
+        let start_free = self.vm.statistics().total_pages;
+        self.maps.clear();
+        let s = self.vm.statistics();
+        prop_assert_eq!(
+            s.free_count,
+            start_free,
+            "frames leaked after dropping every map"
+        );
+        self.vm.verify().map_err(TestCaseError::fail)?;
+        Ok(())
+    }
+}
+
+fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut w = World::new(16 << 20);
+    for op in ops {
+        w.step(op)?;
+    }
+    w.finish()
+}
+
+/// The same sequences on a tiny system where any call may run out of frames
+/// anywhere inside it, plus an allocator told to fail the k-th allocation.
+fn run_starved(ops: &[(Op, u8)]) -> Result<(), TestCaseError> {
+    let mut w = World::new(160 * P);
+    for (op, k) in ops {
+        w.vm.context().frames().fail_nth_allocation(u64::from(*k));
+        let r = w.step(op);
+        w.vm.context().frames().fail_nth_allocation(0);
+        r?;
+        if w.shortages > 0 && w.ops % 8 == 0 {
+            w.check_all()?;
+        }
+    }
+    w.finish()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// 256 cases x 400 operations: over 100,000 operations per run.
+    #[test]
+    fn machvm_agrees_with_the_model(ops in proptest::collection::vec(op(), 400)) {
+        run(&ops)?;
+    }
+
+    /// Fault injection: k = 0 means no injected failure for that call.
+    #[test]
+    fn machvm_agrees_with_the_model_when_starved(
+        ops in proptest::collection::vec((op(), prop_oneof![3 => Just(0u8), 1 => 1..6u8]), 200)
+    ) {
+        run_starved(&ops)?;
+    }
+}
