@@ -44,7 +44,7 @@ fn random_operations_on_shared_and_private_maps() {
             let (sa, sb) = (shared_a.clone(), shared_b.clone());
             let vm = vm.clone();
             s.spawn(move || {
-                let mut r = Rng(0x9E37_79B9 ^ (t + 1) * 0x1234_5678);
+                let mut r = Rng(0x9E37_79B9 ^ ((t + 1) * 0x1234_5678));
                 let private = vm.create_map().unwrap();
                 private.allocate(base, PAGES * P, false).unwrap();
                 for _ in 0..1500 {
