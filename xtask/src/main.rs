@@ -4,8 +4,10 @@
 //! - `test`: formatting, clippy with warnings denied, the host test suite,
 //!   then the in-kernel suite under QEMU — README's test command.
 //! - `qemu`, `qemu-test`: boot the bare-metal test kernel (see `qemu.rs`).
+//! - `soak`: the differential model test for millions of operations.
 
 mod qemu;
+mod soak;
 
 use std::process::{Command, ExitCode};
 
@@ -17,9 +19,10 @@ fn main() -> ExitCode {
         "test" => test(rest),
         "qemu" => qemu::qemu_demo(rest),
         "qemu-test" => qemu::qemu_test(rest),
+        "soak" => soak::soak(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\ntasks:\n  test        fmt check, clippy -D warnings, host tests, QEMU suite\n{}",
+                "usage: cargo xtask <task>\n\ntasks:\n  test        fmt check, clippy -D warnings, host tests, QEMU suite\n  soak        the model test for millions of operations (--ops N)\n{}",
                 qemu::USAGE
             );
             return if task == "help" || task == "--help" {
@@ -44,6 +47,23 @@ pub(crate) fn cargo(args: &[&str]) -> bool {
         .current_dir(workspace_root())
         .status();
     match status {
+        Ok(s) => s.success(),
+        Err(e) => {
+            eprintln!("xtask: cannot run cargo: {e}");
+            false
+        }
+    }
+}
+
+/// Runs a cargo command with extra environment variables.
+pub(crate) fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> bool {
+    eprintln!("$ cargo {}", args.join(" "));
+    let mut cmd = Command::new(env_cargo());
+    cmd.args(args).current_dir(workspace_root());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    match cmd.status() {
         Ok(s) => s.success(),
         Err(e) => {
             eprintln!("xtask: cannot run cargo: {e}");
