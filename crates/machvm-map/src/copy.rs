@@ -461,7 +461,8 @@ fn dst_holes(m: &MapInner, r: VaRange) -> Result<Vec<(u64, u64)>, KernError> {
 /// - `InvalidAddress`: a range overflows, rounds past `u64::MAX`, or leaves
 ///   the task map.
 /// - `InvalidArgument`: the same map, `dst_alloc` or `src_destroy`, and the
-///   pages the two ranges touch overlap (4.4BSD's rule).
+///   pages the two ranges touch overlap (4.4BSD's rule); or maps of two
+///   different `VmSystem`s (no memory in common to share).
 /// - `InvalidAddress` / `ProtectionFailure`: the source has a hole / is not
 ///   readable. *As the man page says*; 4.4BSD's code returned
 ///   `KERN_PROTECTION_FAILURE` for holes.
