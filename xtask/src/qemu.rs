@@ -73,7 +73,8 @@ pub(crate) const USAGE: &str = concat!(
     "              shootdown: the TLB tests must fail), --timeout SECS\n",
     "              (default 120), --smp N (default 2), --memory SIZE (default\n",
     "              256M), --append WORD (kernel command line, repeatable:\n",
-    "              filter=SUBSTRING runs only matching tests;\n",
+    "              filter=SUBSTRING runs only matching tests; platform\n",
+    "              adds the bare platform's chapters to the demo;\n",
     "              crash=double-fault|triple-fault checks the failure paths)"
 );
 

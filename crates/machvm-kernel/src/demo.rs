@@ -1,7 +1,12 @@
 //! The narrated demo (`-append demo`, `cargo xtask qemu`): tells what the
-//! platform did at boot and shows the MMU, traps and TLB shootdown at work.
+//! platform did at boot, then shows machvm at work on the real MMU (task
+//! maps, demand paging, `vm_map_copy`, copy-on-write, fork, shootdowns).
+//! With `-append platform` (`cargo xtask qemu --append platform`) it also
+//! shows the bare platform: traps, a stale TLB entry, a raw address space.
 //!
-//! Adding a chapter is one line in [`CHAPTERS`].
+//! Adding a chapter is one line in [`CHAPTERS`] or [`PLATFORM_CHAPTERS`].
+
+mod tasks;
 
 use core::sync::atomic::Ordering::Relaxed;
 
@@ -15,6 +20,20 @@ use crate::{boot_info, cpu, smp, trap};
 /// The demo's chapters, told in order: `(title, narrator)`.
 pub const CHAPTERS: &[(&str, fn())] = &[
     ("boot: from PVH to the higher half", boot),
+    ("machvm takes the MMU: two task maps", tasks::setup),
+    (
+        "demand paging: every first touch is a page fault",
+        tasks::demand,
+    ),
+    ("vm_map_copy A -> B: copy-on-write", tasks::copy),
+    ("fork: share, copy, none", tasks::fork),
+    ("a shootdown machvm asked for", tasks::shootdown),
+    ("teardown", tasks::teardown),
+];
+
+/// The bare platform's chapters, told after [`CHAPTERS`] with `platform` on
+/// the command line.
+pub const PLATFORM_CHAPTERS: &[(&str, fn())] = &[
     ("page faults through the recovery path", faults),
     (
         "a translation cached on another CPU, and its shootdown",
@@ -26,8 +45,13 @@ pub const CHAPTERS: &[(&str, fn())] = &[
 /// Tells every chapter.
 pub fn run() {
     println!();
-    println!("machvm on x86_64 - the platform under machvm, narrated");
-    for (i, (title, tell)) in CHAPTERS.iter().enumerate() {
+    println!("machvm on x86_64 - the Mach VM system on a real MMU, narrated");
+    let platform = if boot_info().has_arg("platform") {
+        PLATFORM_CHAPTERS
+    } else {
+        &[]
+    };
+    for (i, (title, tell)) in CHAPTERS.iter().chain(platform).enumerate() {
         println!();
         println!("== {}. {title} ==", i + 1);
         tell();
@@ -54,12 +78,17 @@ fn boot() {
     println!(
         "QEMU loaded the ELF at its physical addresses and entered the PVH note's 32-bit entry"
     );
+    // The memory map in full only for the platform tour.
+    let platform = info.has_arg("platform");
     println!(
-        "with hvm_start_info at {:#x}; command line {:?}. Its memory map:",
+        "with hvm_start_info at {:#x}; command line {:?}; {} memory-map regions, {} MiB RAM{}",
         info.start_info_pa,
-        info.cmdline()
+        info.cmdline(),
+        info.regions().len(),
+        l.ram_total >> 20,
+        if platform { ":" } else { "." }
     );
-    for r in info.regions() {
+    for r in info.regions().iter().filter(|_| platform) {
         println!(
             "  [{:#012x}, {:#012x})  {:>8} KiB  {}",
             r.start,
@@ -85,14 +114,11 @@ fn boot() {
         paging::DIRECT_MAP_BASE
     );
     println!(
-        "heap          {} MiB at phys {:#x}",
+        "frames        {} managed by machvm_frame::FrameAllocator, {} free; heap {} MiB at phys {:#x}",
+        frames().total_frames(),
+        frames().free_frames(),
         (l.heap.1 - l.heap.0) >> 20,
         l.heap.0
-    );
-    println!(
-        "frames        {} managed by machvm_frame::FrameAllocator, {} free",
-        frames().total_frames(),
-        frames().free_frames()
     );
     // The kernel's physical address, taken as a virtual one (lower half).
     let low = trap::probe_read_u8(l.kernel.0);

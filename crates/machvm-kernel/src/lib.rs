@@ -20,7 +20,10 @@
 //! - address spaces: [`paging::kernel_upper_half`], [`paging::new_address_space`],
 //!   [`cpu::load_cr3`], [`paging::kernel_pml4_pa`];
 //! - CPUs: [`smp::current_cpu`], [`smp::run_on`], [`smp::shootdown`];
-//! - memory: [`mem::frames`] (a `FrameAllocator` over the direct map).
+//! - memory: [`mem::frames`] (a `FrameAllocator` over the direct map);
+//! - machvm itself: [`vm`] (the `Mmu` for machvm's x86_64 pmap, the
+//!   machine's `VmSystem`, [`vm::switch_to`] to run a task map on a CPU, and
+//!   the page-fault hook that calls `VmMap::fault`).
 #![no_std]
 
 #[cfg(target_os = "none")]
@@ -65,6 +68,8 @@ pub mod smp;
 pub mod suite;
 #[cfg(target_os = "none")]
 pub mod trap;
+#[cfg(target_os = "none")]
+pub mod vm;
 
 #[cfg(target_os = "none")]
 static BOOT_INFO: spin::Once<pvh::BootInfo> = spin::Once::new();

@@ -10,13 +10,18 @@
 //! Adding a test is one line in its suite's `TESTS` list
 //! (`test!(my_test),`); adding a suite is one line in [`SUITES`].
 //! After every test the harness removes the page-fault hook and puts every
-//! CPU back on the kernel's CR3, so a failing test cannot poison the next.
+//! CPU back on the kernel's CR3 (deactivating any machvm pmap), so a failing
+//! test cannot poison the next.
+//!
+//! Suites: `platform` (the MMU, traps and IPIs with hand-built page tables)
+//! and `machvm` ([`tasks`]: machvm's task maps on the real MMU).
 
 use alloc::string::String;
 
-use crate::{cpu, paging, smp, trap};
+use crate::{cpu, paging, smp, trap, vm};
 
 pub mod platform;
+pub mod tasks;
 
 /// A test's body.
 pub type TestFn = fn() -> Result<(), String>;
@@ -70,10 +75,12 @@ macro_rules! ensure_eq {
 }
 
 /// Every suite, run in order: `(name, tests)`.
-pub const SUITES: &[(&str, &[Test])] = &[("platform", platform::TESTS)];
+pub const SUITES: &[(&str, &[Test])] = &[("platform", platform::TESTS), ("machvm", tasks::TESTS)];
 
 /// Puts the machine back in its base state between tests.
 fn reset_after_test() {
+    // Deactivates machvm pmaps too, should a test have left one running.
+    vm::release_all();
     trap::set_page_fault_hook(None);
     let kernel = paging::kernel_pml4_pa();
     for c in 0..smp::cpu_count() {
