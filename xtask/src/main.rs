@@ -6,6 +6,7 @@
 //! - `qemu`, `qemu-test`: boot the bare-metal test kernel (see `qemu.rs`).
 //! - `soak`: the differential model test for millions of operations.
 
+mod bench;
 mod qemu;
 mod soak;
 
@@ -17,6 +18,7 @@ fn main() -> ExitCode {
     let rest = &args[args.len().min(1)..];
     let ok = match task {
         "test" => test(rest),
+        "bench" => bench::bench(rest),
         "qemu" => qemu::qemu_demo(rest),
         "qemu-test" => qemu::qemu_test(rest),
         "soak" => soak::soak(rest),

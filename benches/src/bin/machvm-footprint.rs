@@ -1,0 +1,84 @@
+//! Benchmark 7 (reported, not timed): machvm's memory per frame, per map
+//! entry and per resident page, as `key=value` lines for `cargo xtask bench`.
+//!
+//! Heap bytes are counted by a wrapper around the system allocator while
+//! 100,000 entries (or resident pages) are made, so B-tree node overhead is
+//! included, not just `size_of`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+
+use machvm::{PAGE_SIZE, SMALL_COPY_BYTES, VmSystem};
+use machvm_benches::{ram_for, touch};
+
+/// The system allocator, counting live heap bytes.
+struct Counting;
+
+static LIVE: AtomicI64 = AtomicI64::new(0);
+
+// SAFETY: every call is forwarded unchanged to `System`, which upholds the
+// `GlobalAlloc` contract; the counter has no effect on the memory returned.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as i64, Relaxed);
+        // SAFETY: the caller's contract for `alloc` is passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as i64, Relaxed);
+        // SAFETY: `ptr` came from `System` with `layout` (every allocation
+        // goes through `alloc`/`realloc` above).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as i64 - layout.size() as i64, Relaxed);
+        // SAFETY: the caller's contract for `realloc` is passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const N: u64 = 100_000;
+
+fn main() {
+    println!("small_copy_bytes={SMALL_COPY_BYTES}");
+    println!(
+        "vm_page_bytes={}",
+        std::mem::size_of::<machvm_frame::VmPage>()
+    );
+    println!(
+        "entry_struct_bytes={}",
+        std::mem::size_of::<machvm_map::Entry>() + std::mem::size_of::<u64>()
+    );
+
+    let vm = VmSystem::hosted(ram_for(N * PAGE_SIZE));
+    let map = vm.create_map().expect("map");
+
+    // Untouched entries: the entry and its share of the tree.
+    let before = LIVE.load(Relaxed);
+    for _ in 0..N {
+        map.allocate(0, PAGE_SIZE, true).expect("allocate");
+    }
+    let per_entry = (LIVE.load(Relaxed) - before) as f64 / N as f64;
+    println!("entry_heap_bytes={per_entry:.1}");
+
+    // First touch of each of those entries: its object (and first page).
+    let first = map.region(0).expect("region").start;
+    let before = LIVE.load(Relaxed);
+    touch(&map, first, N * PAGE_SIZE).expect("touch");
+    let per_object = (LIVE.load(Relaxed) - before) as f64 / N as f64;
+    println!("touched_entry_heap_bytes={per_object:.1}");
+    drop(map);
+
+    // Resident pages of one big entry: the object's page index.
+    let map = vm.create_map().expect("map");
+    let a = map.allocate(0, N * PAGE_SIZE, true).expect("allocate");
+    let before = LIVE.load(Relaxed);
+    touch(&map, a, N * PAGE_SIZE).expect("touch");
+    let per_page = (LIVE.load(Relaxed) - before) as f64 / N as f64;
+    println!("resident_page_heap_bytes={per_page:.1}");
+}
