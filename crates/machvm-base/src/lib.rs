@@ -143,7 +143,8 @@ impl fmt::Display for VmProt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.rwx();
         // rwx() only yields ASCII.
-        f.write_str(core::str::from_utf8(&s).unwrap_or("???"))
+        // `pad` honours width and alignment, as `vmmap` columns need.
+        f.pad(core::str::from_utf8(&s).unwrap_or("???"))
     }
 }
 
@@ -161,7 +162,7 @@ pub enum VmInherit {
 
 impl fmt::Display for VmInherit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             VmInherit::Share => "share",
             VmInherit::Copy => "copy",
             VmInherit::None => "none",

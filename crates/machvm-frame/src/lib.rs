@@ -398,17 +398,19 @@ impl FrameAllocator {
             k -= 1;
             self.push_free(&mut b, idx + (1 << k), k);
         }
-        drop(b);
+        // Under the lock: until the head stops looking like a free head of
+        // its old order, a concurrent free of its buddy would merge it.
         let head = &self.pages[idx];
         head.state.store(what.state() as u8, Relaxed);
         head.order.store(order as u8, Relaxed);
+        for t in &self.pages[idx + 1..idx + (1 << order)] {
+            t.state.store(FrameState::Tail as u8, Relaxed);
+        }
+        drop(b);
         head.flags.store(0, Relaxed);
         head.wire_count.store(0, Relaxed);
         head.use_count.store(0, Relaxed);
         head.set_owner(0, 0);
-        for t in &self.pages[idx + 1..idx + (1 << order)] {
-            t.state.store(FrameState::Tail as u8, Relaxed);
-        }
         self.free.fetch_sub(1 << order, Relaxed);
         self.in_use[what.index()].fetch_add(1 << order, Relaxed);
         Ok(self.pa_of(idx))
@@ -443,11 +445,11 @@ impl FrameAllocator {
         };
         let order = u32::from(head.order.load(Relaxed));
         let n = 1u64 << order;
+        let mut b = self.buddy.lock();
         for p in &self.pages[idx..idx + (1 << order)] {
             p.state.store(FrameState::Free as u8, Relaxed);
             p.order.store(NOT_HEAD, Relaxed);
         }
-        let mut b = self.buddy.lock();
         let (mut idx, mut k) = (idx, order);
         while k < MAX_ORDER {
             let buddy = idx ^ (1 << k);

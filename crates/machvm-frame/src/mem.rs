@@ -164,6 +164,17 @@ impl PhysMem {
         unsafe { AtomicU64::from_ptr(p) }.fetch_and(mask, Relaxed)
     }
 
+    /// Atomically replaces the word at `pa` by `v`, returning the old value
+    /// (how a pmap clears an entry without losing a dirty bit the MMU sets
+    /// at the same moment).
+    #[inline]
+    pub fn swap_u64(&self, pa: PhysAddr, v: u64) -> u64 {
+        debug_assert!(pa.is_aligned(8));
+        let p = self.at(pa, 8).cast::<u64>();
+        // SAFETY: as in `load_u64`.
+        unsafe { AtomicU64::from_ptr(p) }.swap(v, Relaxed)
+    }
+
     /// Atomically sets `bits` in the word at `pa`, returning the old value
     /// (how the software walker sets accessed/dirty bits, like the MMU).
     #[inline]

@@ -221,3 +221,44 @@ fn allocator_is_thread_safe() {
     fa.verify().unwrap();
     assert_eq!(fa.free_frames(), 1024);
 }
+
+#[test]
+fn concurrent_alloc_and_free_never_hand_out_a_frame_twice() {
+    // Regression: an allocated block's head used to keep looking like a
+    // free head for a moment after the lock was dropped, so a concurrent
+    // free of its buddy could merge it and hand it out again.
+    let fa = std::sync::Arc::new(hosted(64));
+    let hs: Vec<_> = (1..=4u32)
+        .map(|t| {
+            let fa = fa.clone();
+            std::thread::spawn(move || {
+                let mut held: Vec<PhysAddr> = Vec::new();
+                for i in 0..20_000u64 {
+                    if held.len() < 8 && i % 3 != 2 {
+                        if let Ok(pa) = fa.alloc(FrameUse::Object) {
+                            let p = fa.page(pa).unwrap();
+                            assert_eq!(p.owner(), (0, 0), "frame handed out while in use");
+                            p.set_owner(t, i);
+                            held.push(pa);
+                        }
+                    } else if let Some(pa) = held.pop() {
+                        let p = fa.page(pa).unwrap();
+                        let (owner, _) = p.owner();
+                        assert_eq!(owner, t, "another thread got our frame");
+                        p.set_owner(0, 0);
+                        fa.free(pa);
+                    }
+                }
+                for pa in held {
+                    fa.page(pa).unwrap().set_owner(0, 0);
+                    fa.free(pa);
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    fa.verify().unwrap();
+    assert_eq!(fa.free_frames(), 64);
+}

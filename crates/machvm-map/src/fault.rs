@@ -12,7 +12,7 @@ use alloc::sync::Arc;
 
 use machvm_base::{KernError, PAGE_SHIFT, PhysAddr, USER_MAX, VirtAddr, VmProt, trunc_page};
 use machvm_object::{Resolution, VmContext, VmCounters, VmObject};
-use machvm_pmap::Access;
+use machvm_pmap::{Access, effective_prot};
 
 use crate::{Entry, MapInner, VmMap};
 
@@ -48,7 +48,10 @@ impl VmMap {
         let page = trunc_page(va);
         let start = m.lookup(page).ok_or(KernError::InvalidAddress)?;
         let e = m.entries.get_mut(&start).ok_or(KernError::Failure)?;
-        if !e.protection.contains(access.needs()) {
+        // The MMU cannot refuse a load from a mapped write- or execute-only
+        // page, so neither does the handler: otherwise whether a load works
+        // would depend on whether a store mapped the page first.
+        if !effective_prot(e.protection).contains(access.needs()) {
             return Err(KernError::ProtectionFailure);
         }
         let write = access == Access::Write;

@@ -455,7 +455,11 @@ impl X86Pmap {
         if wired {
             acct.wired += 1;
         }
-        self.store(table, i, pa.0 | new);
+        let prev = self.mem().swap_u64(table + i as u64 * 8, pa.0 | new);
+        if prev & P != 0 && prev & D != 0 && new & D == 0 {
+            // The replaced translation had written its frame.
+            self.mark_dirty(PhysAddr(prev & ADDR), large);
+        }
         if new & MANAGED != 0 {
             self.pv_add(&mut g, pa, PvEntry::new(pmap, va, large));
         }
@@ -561,7 +565,12 @@ impl X86Pmap {
         let e = self.load(table, i);
         match op {
             Op::Remove => {
-                self.store(table, i, 0);
+                // Atomically, so that a dirty bit the MMU sets meanwhile is
+                // not lost: it moves to the frame's metadata.
+                let e = self.mem().swap_u64(table + i as u64 * 8, 0);
+                if e & D != 0 {
+                    self.mark_dirty(PhysAddr(e & ADDR), large);
+                }
                 self.add_use(table, -1);
                 if e & MANAGED != 0 {
                     self.pv_remove(
@@ -577,15 +586,26 @@ impl X86Pmap {
                 f.add_page(pmap, VirtAddr(va));
             }
             Op::Lower { clear, set } => {
-                let new = (e & !clear) | set;
-                if new != e {
-                    // Hardware may be setting A/D concurrently: only the
-                    // bits we lower matter, so a plain store is enough here
-                    // because A/D loss only makes a page look cleaner than it
-                    // is for a moment that the flush below ends.
-                    self.store(table, i, new);
+                if (e & !clear) | set != e {
+                    // Read-modify-write atomically: the MMU may be setting
+                    // A/D in this entry at the same moment.
+                    let slot = table + i as u64 * 8;
+                    self.mem().fetch_and_u64(slot, !clear);
+                    self.mem().fetch_or_u64(slot, set);
                     f.add_page(pmap, VirtAddr(va));
                 }
+            }
+        }
+    }
+
+    /// Records in the frame metadata that a translation being removed had
+    /// written the frame (all 512 frames of a large leaf).
+    fn mark_dirty(&self, pa: PhysAddr, large: bool) {
+        let n = if large { SMALL_PER_LARGE } else { 1 };
+        let base = PhysAddr(pa.0 & !((n << 12) - 1));
+        for k in 0..n {
+            if let Some(p) = self.frames.page(base + k * PAGE_SIZE) {
+                p.set_flags(machvm_frame::page_flags::DIRTY);
             }
         }
     }
@@ -950,12 +970,19 @@ impl Pmap for X86Pmap {
     }
 
     fn is_modified(&self, pa: PhysAddr) -> bool {
+        let recorded = self
+            .frames
+            .page(pa)
+            .is_some_and(|p| p.flags() & machvm_frame::page_flags::DIRTY != 0);
         let (any, f) = self.modify_bits(pa, D, false);
         let _ = f.into_parts();
-        any
+        recorded || any
     }
 
     fn clear_modify(&self, pa: PhysAddr) -> TlbFlush {
+        if let Some(p) = self.frames.page(pa) {
+            p.clear_flags(machvm_frame::page_flags::DIRTY);
+        }
         self.modify_bits(pa, D, true).1
     }
 

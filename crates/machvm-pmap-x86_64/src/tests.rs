@@ -209,6 +209,24 @@ fn referenced_and_modified_bits() {
     pm.flush(pm.clear_reference(frame));
     assert!(!pm.is_referenced(frame) && !pm.is_modified(frame));
     check(&fa, &pm);
+    // A dirty bit survives the removal of its translation.
+    pm.translate(p, VirtAddr(0x5000), Write, true).unwrap();
+    pm.flush(pm.remove(p, range(0x5000, 0x6000)));
+    assert!(
+        pm.is_modified(frame),
+        "the dirty bit was lost with the translation"
+    );
+    pm.flush(pm.clear_modify(frame));
+    assert!(!pm.is_modified(frame));
+    // And the lowering of a writable translation keeps it too.
+    pm.flush(
+        pm.enter(p, VirtAddr(0x5000), frame, VmProt::DEFAULT, false)
+            .unwrap(),
+    );
+    pm.translate(p, VirtAddr(0x5000), Write, true).unwrap();
+    pm.flush(pm.protect(p, range(0x5000, 0x6000), VmProt::READ));
+    assert!(pm.is_modified(frame));
+    check(&fa, &pm);
     pm.destroy(p);
     fa.free(frame);
 }

@@ -57,6 +57,7 @@ fn dirty_cow_writes_never_reach_the_original() {
     private.protect(o, 4 * P, false, VmProt::READ).unwrap();
     let snapshot = vm_read(&original, o, 4 * P).unwrap();
     let done = std::sync::atomic::AtomicBool::new(false);
+    let written = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|s| {
         let writer = s.spawn(|| {
             let mut ok = 0;
@@ -67,13 +68,19 @@ fn dirty_cow_writes_never_reach_the_original() {
                     .is_ok()
                 {
                     ok += 1;
+                    written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 i = i.wrapping_add(1);
             }
             ok
         });
         s.spawn(|| {
-            for i in 0..600u32 {
+            // Until enough writes raced through (bounded, whatever the
+            // scheduler does).
+            let mut i = 0u32;
+            while i < 600 || (written.load(std::sync::atomic::Ordering::Relaxed) < 20 && i < 20_000)
+            {
+                i += 1;
                 match i % 3 {
                     0 => {
                         private.deallocate(o, 4 * P).unwrap();
@@ -89,6 +96,8 @@ fn dirty_cow_writes_never_reach_the_original() {
                     pristine,
                     "the original was written"
                 );
+                // Spin locks are not fair: give the writer its turns.
+                std::thread::yield_now();
             }
             done.store(true, std::sync::atomic::Ordering::Relaxed);
         });

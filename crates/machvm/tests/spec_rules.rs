@@ -458,3 +458,25 @@ fn handles_are_send_sync_and_clone() {
         "the last handle frees the map"
     );
 }
+
+#[test]
+fn write_only_pages_fault_consistently() {
+    // x86 cannot express write-only: once mapped, loads work. The fault
+    // handler agrees with the MMU, so the answer does not depend on history;
+    // read_bytes keeps SPEC's rule (READ missing: ProtectionFailure).
+    let vm = system();
+    let map = vm.create_map().unwrap();
+    let a = map.allocate(0, 2 * P, true).unwrap();
+    map.protect(a, 2 * P, false, VmProt::WRITE).unwrap();
+    assert_eq!(map.fault(a, machvm::Access::Read), Ok(()));
+    assert_eq!(map.fault(a + P, machvm::Access::Write), Ok(()));
+    assert_eq!(
+        map.fault(a, machvm::Access::Execute),
+        Err(KernError::ProtectionFailure)
+    );
+    fails_unchanged(&vm, &map, KernError::ProtectionFailure, || {
+        map.read_bytes(a, &mut [0u8; 4])
+    });
+    map.write_bytes(a, b"wo").unwrap();
+    check(&vm, &[&map]);
+}
