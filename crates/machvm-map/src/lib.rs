@@ -112,8 +112,8 @@ pub struct RegionInfo {
 
 pub(crate) struct MapInner {
     pub(crate) entries: BTreeMap<u64, Entry>,
-    /// Start of the entry found last (`vm_map_lookup_entry`'s hint).
-    hint: u64,
+    /// Lookup acceleration (`vm_map_lookup_entry`'s hint, and more).
+    index: LookupIndex,
     /// `[USER_MIN, first_free)` is allocated without a hole and
     /// `first_free` is not (Mach's `first_free`): where first-fit starts.
     first_free: u64,
@@ -154,7 +154,7 @@ impl VmMap {
             pmap,
             inner: spin::Mutex::new(MapInner {
                 entries: BTreeMap::new(),
-                hint: 0,
+                index: LookupIndex::default(),
                 first_free: USER_MIN,
             }),
         })))
@@ -280,26 +280,85 @@ impl VmMap {
     }
 }
 
-impl MapInner {
-    /// The start of the entry containing `va`, using and updating the hint.
+/// How lookups avoid walking the tree: a hint (the last entry found, whose
+/// successor is checked too, so a sequential sweep costs O(1) per lookup),
+/// and a flat sorted copy of the entry bounds, rebuilt once lookups since the
+/// last change outnumber a quarter of the entries (binary search over 16-byte
+/// records beats the tree's pointer chasing). Any change of entry bounds
+/// invalidates both; attribute changes do not.
+#[derive(Default)]
+struct LookupIndex {
+    /// `(start, end)` of every entry, in order, when `valid`.
+    flat: Vec<(u64, u64)>,
+    valid: bool,
+    /// Position of the hint in `flat` (when `valid`).
+    pos: usize,
+    /// The hint's bounds (`end == 0`: none).
+    hint: (u64, u64),
+    /// Lookups since the last change (decides when to rebuild `flat`).
+    since_change: usize,
+}
+
+impl LookupIndex {
+    fn invalidate(&mut self) {
+        self.valid = false;
+        self.hint = (0, 0);
+        self.since_change = 0;
+    }
+
     #[inline]
-    pub(crate) fn lookup(&mut self, va: u64) -> Option<u64> {
-        if let Some(e) = self.entries.get(&self.hint) {
-            if self.hint <= va && va < e.end {
-                return Some(self.hint);
-            }
+    fn lookup(&mut self, entries: &BTreeMap<u64, Entry>, va: u64) -> Option<u64> {
+        let (s, e) = self.hint;
+        if s <= va && va < e {
+            return Some(s);
         }
-        let (&start, e) = self.entries.range(..=va).next_back()?;
-        if va < e.end {
-            self.hint = start;
-            Some(start)
+        if self.valid {
+            // The successor of the hint: a sequential sweep.
+            if let Some(&(ns, ne)) = self.flat.get(self.pos + 1) {
+                if ns <= va && va < ne {
+                    self.pos += 1;
+                    self.hint = (ns, ne);
+                    return Some(ns);
+                }
+            }
+            let i = self.flat.partition_point(|&(s, _)| s <= va);
+            let &(s, e) = self.flat.get(i.checked_sub(1)?)?;
+            if va < e {
+                self.pos = i - 1;
+                self.hint = (s, e);
+                return Some(s);
+            }
+            return None;
+        }
+        self.since_change += 1;
+        if self.since_change > entries.len() / 4 + 8 {
+            self.flat.clear();
+            self.flat.extend(entries.iter().map(|(&s, e)| (s, e.end)));
+            self.valid = true;
+            self.hint = (0, 0);
+            return self.lookup(entries, va);
+        }
+        let (&s, en) = entries.range(..=va).next_back()?;
+        if va < en.end {
+            self.hint = (s, en.end);
+            Some(s)
         } else {
             None
         }
     }
+}
+
+impl MapInner {
+    /// The start of the entry containing `va`: the hint and its successor
+    /// first (O(1)), then the flat index or the tree (O(log n)).
+    #[inline]
+    pub(crate) fn lookup(&mut self, va: u64) -> Option<u64> {
+        self.index.lookup(&self.entries, va)
+    }
 
     /// Inserts a new entry, keeping `first_free` right.
     pub(crate) fn insert(&mut self, start: u64, e: Entry) {
+        self.index.invalidate();
         let end = e.end;
         self.entries.insert(start, e);
         if start == self.first_free {
@@ -313,6 +372,7 @@ impl MapInner {
 
     /// Removes every entry starting in `[start, end)` (clip first).
     pub(crate) fn remove_range(&mut self, start: u64, end: u64) -> Vec<(u64, Entry)> {
+        self.index.invalidate();
         let keys: Vec<u64> = self.entries.range(start..end).map(|(s, _)| *s).collect();
         let removed: Vec<(u64, Entry)> = keys
             .into_iter()
@@ -350,6 +410,7 @@ impl MapInner {
         if va >= e.end {
             return;
         }
+        self.index.invalidate();
         let mut tail = e.clone();
         tail.offset += (va - start) >> PAGE_SHIFT;
         if let Some(e) = self.entries.get_mut(&start) {

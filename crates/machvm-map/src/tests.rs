@@ -26,12 +26,38 @@ fn lookup_uses_and_updates_the_hint() {
         map.allocate(0x10000 + i * 2 * P, P, false).unwrap();
     }
     let mut m = map.0.inner.lock();
-    assert_eq!(m.lookup(0x10000 + 4 * P + 5), Some(0x10000 + 4 * P));
-    assert_eq!(m.hint, 0x10000 + 4 * P);
-    assert_eq!(m.lookup(0x10000 + 4 * P + 100), Some(0x10000 + 4 * P));
-    assert_eq!(m.lookup(0x10000 + 5 * P), None, "a hole between entries");
-    assert_eq!(m.lookup(0), None);
-    assert_eq!(m.lookup(u64::MAX), None);
+    // First through the tree, then (after enough lookups) the flat index.
+    for round in 0..3 {
+        assert_eq!(
+            m.lookup(0x10000 + 4 * P + 5),
+            Some(0x10000 + 4 * P),
+            "round {round}"
+        );
+        assert_eq!(m.index.hint, (0x10000 + 4 * P, 0x10000 + 5 * P));
+        assert_eq!(m.lookup(0x10000 + 4 * P + 100), Some(0x10000 + 4 * P));
+        assert_eq!(
+            m.lookup(0x10000 + 6 * P),
+            Some(0x10000 + 6 * P),
+            "the successor"
+        );
+        assert_eq!(m.lookup(0x10000 + 5 * P), None, "a hole between entries");
+        assert_eq!(m.lookup(0), None);
+        assert_eq!(m.lookup(u64::MAX), None);
+        for i in 0..10 {
+            assert_eq!(m.lookup(0x10000 + i * 2 * P + 7), Some(0x10000 + i * 2 * P));
+        }
+    }
+    assert!(m.index.valid, "the flat index was built");
+    // A clip that splits nothing changes nothing; a change of bounds
+    // invalidates the index.
+    m.clip(0x10000 + 4 * P);
+    assert!(m.index.valid);
+    drop(m);
+    map.deallocate(0x10000 + 2 * P, P).unwrap();
+    let mut m = map.0.inner.lock();
+    assert!(!m.index.valid);
+    assert_eq!(m.lookup(0x10000 + 2 * P), None, "stale bounds are not used");
+    assert_eq!(m.lookup(0x10000 + 4 * P), Some(0x10000 + 4 * P));
 }
 
 #[test]
