@@ -188,41 +188,49 @@ impl PhysMem {
     /// Copies `buf.len()` bytes starting at `pa` into `buf`.
     pub fn read(&self, pa: PhysAddr, buf: &mut [u8]) {
         let p = self.at(pa, buf.len() as u64);
-        let mut i = 0;
-        while i < buf.len() {
-            // SAFETY: `p + i` is in bounds; accesses are atomic.
-            let a = unsafe { p.add(i) };
-            if a as usize % 8 == 0 && buf.len() - i >= 8 {
-                // SAFETY: aligned and in bounds.
-                let w = unsafe { AtomicU64::from_ptr(a.cast()) }.load(Relaxed);
-                buf[i..i + 8].copy_from_slice(&w.to_ne_bytes());
-                i += 8;
-            } else {
-                // SAFETY: in bounds.
-                buf[i] = unsafe { AtomicU8::from_ptr(a) }.load(Relaxed);
-                i += 1;
-            }
+        let (head, words) = split(p as usize, buf.len());
+        let (h, rest) = buf.split_at_mut(head);
+        for (i, b) in h.iter_mut().enumerate() {
+            // SAFETY: in bounds (checked by `at`); all accesses are atomic.
+            *b = unsafe { AtomicU8::from_ptr(p.add(i)) }.load(Relaxed);
+        }
+        let (mid, t) = rest.split_at_mut(words * 8);
+        // SAFETY: `p + head` is 8-aligned and `words` words fit in bounds.
+        let wp = unsafe { p.add(head) }.cast::<u64>();
+        for (k, chunk) in mid.chunks_exact_mut(8).enumerate() {
+            // SAFETY: as above.
+            let w = unsafe { AtomicU64::from_ptr(wp.add(k)) }.load(Relaxed);
+            chunk.copy_from_slice(&w.to_ne_bytes());
+        }
+        let tp = wp.wrapping_add(words).cast::<u8>();
+        for (i, b) in t.iter_mut().enumerate() {
+            // SAFETY: in bounds, after the words.
+            *b = unsafe { AtomicU8::from_ptr(tp.add(i)) }.load(Relaxed);
         }
     }
 
     /// Copies `data` to physical memory starting at `pa`.
     pub fn write(&self, pa: PhysAddr, data: &[u8]) {
         let p = self.at(pa, data.len() as u64);
-        let mut i = 0;
-        while i < data.len() {
-            // SAFETY: `p + i` is in bounds; accesses are atomic.
-            let a = unsafe { p.add(i) };
-            if a as usize % 8 == 0 && data.len() - i >= 8 {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(&data[i..i + 8]);
-                // SAFETY: aligned and in bounds.
-                unsafe { AtomicU64::from_ptr(a.cast()) }.store(u64::from_ne_bytes(w), Relaxed);
-                i += 8;
-            } else {
-                // SAFETY: in bounds.
-                unsafe { AtomicU8::from_ptr(a) }.store(data[i], Relaxed);
-                i += 1;
-            }
+        let (head, words) = split(p as usize, data.len());
+        let (h, rest) = data.split_at(head);
+        for (i, b) in h.iter().enumerate() {
+            // SAFETY: in bounds (checked by `at`); all accesses are atomic.
+            unsafe { AtomicU8::from_ptr(p.add(i)) }.store(*b, Relaxed);
+        }
+        let (mid, t) = rest.split_at(words * 8);
+        // SAFETY: `p + head` is 8-aligned and `words` words fit in bounds.
+        let wp = unsafe { p.add(head) }.cast::<u64>();
+        for (k, chunk) in mid.chunks_exact(8).enumerate() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(chunk);
+            // SAFETY: as above.
+            unsafe { AtomicU64::from_ptr(wp.add(k)) }.store(u64::from_ne_bytes(w), Relaxed);
+        }
+        let tp = wp.wrapping_add(words).cast::<u8>();
+        for (i, b) in t.iter().enumerate() {
+            // SAFETY: in bounds, after the words.
+            unsafe { AtomicU8::from_ptr(tp.add(i)) }.store(*b, Relaxed);
         }
     }
 
@@ -269,4 +277,13 @@ impl core::fmt::Debug for PhysMem {
             if self.owned.is_some() { ", hosted" } else { "" }
         )
     }
+}
+
+/// Splits `len` bytes at address `addr` into leading bytes up to 8-byte
+/// alignment and whole aligned words; the rest are trailing bytes.
+#[inline]
+fn split(addr: usize, len: usize) -> (usize, usize) {
+    let head = addr.wrapping_neg() % 8;
+    let head = head.min(len);
+    (head, (len - head) / 8)
 }

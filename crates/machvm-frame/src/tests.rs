@@ -262,3 +262,22 @@ fn concurrent_alloc_and_free_never_hand_out_a_frame_twice() {
     fa.verify().unwrap();
     assert_eq!(fa.free_frames(), 64);
 }
+
+#[test]
+fn bytes_roundtrip_at_every_alignment_and_length() {
+    let fa = hosted(2);
+    let pa = fa.alloc_order(1, FrameUse::Object).unwrap();
+    let mem = fa.mem();
+    let mut model = alloc::vec![0u8; 2 * PAGE_SIZE as usize];
+    mem.write(pa, &model);
+    for off in 0..17usize {
+        for len in [0usize, 1, 7, 8, 9, 15, 16, 17, 63, 100, 4095, 4096, 4097] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 13 + off) as u8).collect();
+            mem.write(pa + off as u64 + 3, &data);
+            model[off + 3..off + 3 + len].copy_from_slice(&data);
+            let mut back = alloc::vec![0u8; len + 6];
+            mem.read(pa + off as u64, &mut back);
+            assert_eq!(back, model[off..off + len + 6], "off {off} len {len}");
+        }
+    }
+}

@@ -28,11 +28,16 @@ use crate::ops::{Undo, check_access, data_range, for_each_chunk, release_entries
 use crate::{Entry, MapInner, VmMap, page_range};
 
 /// Copies of at most this many bytes are taken physically, as bytes, rather
-/// than copy-on-write: below it, copying is cheaper than setting up and
-/// later resolving copy-on-write (XNU's `msg_ool_size_small` plays the same
-/// part). `cargo xtask bench` measures where the crossover lies (benchmark
-/// 6); the value is the measured crossover rounded down to a power of two.
-pub const SMALL_COPY_BYTES: u64 = 2 * PAGE_SIZE;
+/// than copy-on-write (XNU's `msg_ool_size_small` plays the same part).
+///
+/// Measured by `cargo xtask bench` (benchmark 6, 2026-11-27, 2-core EPYC VM):
+/// for the transfer alone (`vm_read` + `copyout`) copy-on-write is already
+/// cheaper at one page (about 1.2 µs at any size against 3 µs for one page of
+/// bytes); over the whole cycle — the receiver reads every page, the sender
+/// writes every page while the copy lives — bytes win at one page and
+/// copy-on-write from two pages on. So: one page. Re-measure when the byte
+/// path gets faster, which moves the crossover up.
+pub const SMALL_COPY_BYTES: u64 = PAGE_SIZE;
 
 /// A copy-on-write reference to `pages` pages of an object (or, with no
 /// object, to untouched zero-fill memory).

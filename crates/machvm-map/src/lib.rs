@@ -104,9 +104,9 @@ pub struct RegionInfo {
     pub shared: bool,
     /// Pages of the region resident anywhere in its object chain.
     pub resident_pages: u64,
-    /// Objects in the region's chain (0: never touched, no object yet).
+    /// Objects in the longest chain of the region (0: never touched).
     pub shadow_depth: u32,
-    /// Copy-on-write is pending on the region.
+    /// Copy-on-write is pending on some part of the region.
     pub needs_copy: bool,
 }
 

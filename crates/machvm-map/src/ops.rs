@@ -181,33 +181,30 @@ impl VmMap {
     /// it; `NoSpace` when there is none.
     pub fn region(&self, addr: u64) -> Result<RegionInfo, KernError> {
         let m = self.0.inner.lock();
-        let (&start, e) = m
+        let (&start, _) = m
             .entries
             .range(..=addr)
             .next_back()
             .filter(|(_, e)| e.end > addr)
             .or_else(|| m.entries.range(addr..).next())
             .ok_or(KernError::NoSpace)?;
-        let pages = e.pages(start);
-        let (shared, resident, depth) = match &e.object {
-            Some(o) => (
-                !e.needs_copy && o.is_shared(),
-                o.resident_in_window(e.offset, e.offset + pages),
-                o.chain_depth() as u32,
-            ),
-            None => (false, 0, 0),
-        };
-        Ok(RegionInfo {
-            start,
-            size: e.end - start,
-            protection: e.protection,
-            max_protection: e.max_protection,
-            inheritance: e.inheritance,
-            shared,
-            resident_pages: resident,
-            shadow_depth: depth,
-            needs_copy: e.needs_copy,
-        })
+        // Neighbouring entries with equal attributes are one region (SPEC §3
+        // allows it, and clipping is an implementation detail).
+        let mut info: Option<RegionInfo> = None;
+        for (&s, e) in m.entries.range(start..) {
+            let one = entry_info(s, e);
+            match &mut info {
+                None => info = Some(one),
+                Some(r) if r.start + r.size == s && same_region(r, &one) => {
+                    r.size += one.size;
+                    r.resident_pages += one.resident_pages;
+                    r.shadow_depth = r.shadow_depth.max(one.shadow_depth);
+                    r.needs_copy |= one.needs_copy;
+                }
+                Some(_) => break,
+            }
+        }
+        info.ok_or(KernError::NoSpace)
     }
 
     /// Reads `buf.len()` bytes at `addr` as the task's own loads would: the
@@ -300,6 +297,36 @@ pub(crate) fn check_access(m: &MapInner, r: VaRange, access: Access) -> Result<(
         return Err(KernError::ProtectionFailure);
     }
     Ok(())
+}
+
+/// What `region` reports about one entry.
+fn entry_info(start: u64, e: &Entry) -> RegionInfo {
+    let pages = e.pages(start);
+    let (shared, resident, depth) = match &e.object {
+        Some(o) => (
+            !e.needs_copy && o.is_shared(),
+            o.resident_in_window(e.offset, e.offset + pages),
+            o.chain_depth() as u32,
+        ),
+        None => (false, 0, 0),
+    };
+    RegionInfo {
+        start,
+        size: e.end - start,
+        protection: e.protection,
+        max_protection: e.max_protection,
+        inheritance: e.inheritance,
+        shared,
+        resident_pages: resident,
+        shadow_depth: depth,
+        needs_copy: e.needs_copy,
+    }
+}
+
+/// True when two adjacent entries can be reported as one region.
+fn same_region(a: &RegionInfo, b: &RegionInfo) -> bool {
+    (a.protection, a.max_protection, a.inheritance, a.shared)
+        == (b.protection, b.max_protection, b.inheritance, b.shared)
 }
 
 /// Splits `[addr, addr + len)` at page boundaries and calls `f(frame address,
