@@ -2,7 +2,8 @@
 //!
 //! Tasks:
 //! - `test`: formatting, clippy with warnings denied, the host test suite,
-//!   then the in-kernel suite under QEMU — README's test command.
+//!   loom model checks, then the in-kernel suite under QEMU — README's test
+//!   command.
 //! - `qemu`, `qemu-test`: boot the bare-metal test kernel (see `qemu.rs`).
 //! - `soak`: the differential model test for millions of operations.
 
@@ -105,6 +106,22 @@ fn test(rest: &[String]) -> bool {
             eprintln!("xtask test: `cargo {}` failed", step.join(" "));
             return false;
         }
+    }
+    // Loom model checks of the frame allocator (own target dir: the cfg
+    // changes every crate's build).
+    let loom = [
+        "test",
+        "-p",
+        "machvm-frame",
+        "--test",
+        "loom",
+        "--release",
+        "--target-dir",
+        "target/loom",
+    ];
+    if !cargo_env(&loom, &[("RUSTFLAGS", "--cfg loom")]) {
+        eprintln!("xtask test: the loom model checks failed");
+        return false;
     }
     if !qemu::clippy_kernel() {
         eprintln!("xtask test: clippy for the kernel target failed");

@@ -16,20 +16,23 @@
 //! - No two free buddies of the same order coexist (they would have merged).
 //! - The free counter equals the frames on the free lists.
 //! - No invalid free (double free, foreign frame, freeing a tail) was seen.
-#![no_std]
+#![cfg_attr(not(loom), no_std)]
 #![deny(unsafe_code)]
 
 extern crate alloc;
 
 #[allow(unsafe_code)]
 mod mem;
+mod sync;
 
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::ops::Range;
-use core::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::Ordering::Relaxed;
+
+use sync::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Lock};
 
 pub use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PhysAddr};
 pub use mem::{HOSTED_PHYS_BASE, PhysMem};
@@ -205,7 +208,7 @@ pub struct FrameAllocator {
     /// Physical address of frame index 0, aligned to a `MAX_ORDER` block.
     span_base: u64,
     pages: Box<[VmPage]>,
-    buddy: spin::Mutex<Buddy>,
+    buddy: Lock<Buddy>,
     free: AtomicU64,
     managed: u64,
     in_use: [AtomicU64; 3],
@@ -251,7 +254,7 @@ impl FrameAllocator {
             mem,
             span_base,
             pages: pages.into_boxed_slice(),
-            buddy: spin::Mutex::new(Buddy {
+            buddy: Lock::new(Buddy {
                 heads: [NIL; MAX_ORDER as usize + 1],
                 counts: [0; MAX_ORDER as usize + 1],
             }),

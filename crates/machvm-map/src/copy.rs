@@ -30,13 +30,14 @@ use crate::{Entry, MapInner, VmMap, page_range};
 /// Copies of at most this many bytes are taken physically, as bytes, rather
 /// than copy-on-write (XNU's `msg_ool_size_small` plays the same part).
 ///
-/// Measured by `cargo xtask bench` (benchmark 6, 2026-11-27, 2-core EPYC VM):
-/// for the transfer alone (`vm_read` + `copyout`) copy-on-write is already
-/// cheaper at one page (about 1.2 µs at any size against 3 µs for one page of
-/// bytes); over the whole cycle — the receiver reads every page, the sender
-/// writes every page while the copy lives — bytes win at one page and
-/// copy-on-write from two pages on. So: one page. Re-measure when the byte
-/// path gets faster, which moves the crossover up.
+/// Measured by `cargo xtask bench` (benchmark 6, 2-core EPYC VM): for the
+/// transfer alone (`vm_read` + `copyout`) copy-on-write is cheaper even at
+/// one page (about 1.2 µs at any size against 3 µs for one page of bytes).
+/// Over the whole cycle — the receiver reads every page and the sender
+/// writes every page while the copy lives — bytes win below 2 pages (first
+/// run) to 8 pages (after the byte path got faster). One page keeps the
+/// cheap transfer for everything larger, since most copies are not fully
+/// rewritten on both sides; re-measure when the byte path changes.
 pub const SMALL_COPY_BYTES: u64 = PAGE_SIZE;
 
 /// A copy-on-write reference to `pages` pages of an object (or, with no
