@@ -24,6 +24,7 @@ use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PhysAddr, VaRange, round_pag
 use machvm_object::{VmContext, VmObject};
 use machvm_pmap::{Access, TlbFlush};
 
+use crate::fault::cow_reference;
 use crate::ops::{Undo, check_access, data_range, for_each_chunk, release_entries};
 use crate::{Entry, MapInner, VmMap, page_range};
 
@@ -242,36 +243,18 @@ impl VmMap {
             let t = e.end.min(mid_end);
             let pages = (t - s) >> PAGE_SHIFT;
             let offset = e.offset + ((s - start) >> PAGE_SHIFT);
-            let entry = match &e.object {
-                None => CopyEntry {
-                    object: None,
-                    offset: 0,
-                    pages,
-                },
-                Some(o) if o.is_shared() && !e.needs_copy => match o.copy_eager(offset, pages) {
-                    Ok(c) => CopyEntry {
-                        object: Some(c),
-                        offset: 0,
-                        pages,
-                    },
-                    Err(err) => {
-                        result = Err(err);
-                        break;
-                    }
-                },
-                Some(o) => {
-                    VmObject::collapse(o);
-                    o.clear_one_mapping();
-                    if !e.needs_copy {
-                        e.needs_copy = true;
-                        let ro = e.protection - machvm_base::VmProt::WRITE;
-                        flush.merge(pm.protect(self.pmap(), page_range(start, e.end), ro));
-                    }
+            let entry = match cow_reference(self, e, start, offset, pages, &mut flush) {
+                Ok(r) => {
+                    let (object, offset) = r.map_or((None, 0), |(o, off, _)| (Some(o), off));
                     CopyEntry {
-                        object: Some(o.clone()),
+                        object,
                         offset,
                         pages,
                     }
+                }
+                Err(err) => {
+                    result = Err(err);
+                    break;
                 }
             };
             copy.entries.push(entry);

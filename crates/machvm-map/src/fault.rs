@@ -12,9 +12,9 @@ use alloc::sync::Arc;
 
 use machvm_base::{KernError, PAGE_SHIFT, PhysAddr, USER_MAX, VirtAddr, VmProt, trunc_page};
 use machvm_object::{Resolution, VmContext, VmCounters, VmObject};
-use machvm_pmap::{Access, effective_prot};
+use machvm_pmap::{Access, TlbFlush, effective_prot};
 
-use crate::{Entry, MapInner, VmMap};
+use crate::{Entry, MapInner, VmMap, page_range};
 
 /// The outcome of one resolved fault.
 pub(crate) struct Faulted {
@@ -112,4 +112,38 @@ pub(crate) fn ensure_object(ctx: &Arc<VmContext>, e: &mut Entry, start: u64) {
         e.offset = 0;
         e.needs_copy = false;
     }
+}
+
+/// Takes a copy-on-write reference to pages `[offset, offset + pages)` of
+/// the entry `e` of `map` (starting at `start`), for fork's `Copy` and for
+/// copy-in. `None`: the entry was never touched, so the copy is zeros.
+/// `Some((object, offset, private))`: an object that several maps write
+/// directly is copied eagerly into a private object (a shadow over it would
+/// see their later writes); otherwise the entry becomes needs-copy, its
+/// translations lose `WRITE` in the pmap (flushed by the caller with
+/// `flush`), and the object itself is shared copy-on-write.
+pub(crate) fn cow_reference(
+    map: &VmMap,
+    e: &mut Entry,
+    start: u64,
+    offset: u64,
+    pages: u64,
+    flush: &mut TlbFlush,
+) -> Result<Option<(Arc<VmObject>, u64, bool)>, KernError> {
+    let Some(o) = &e.object else { return Ok(None) };
+    if o.is_shared() && !e.needs_copy {
+        return Ok(Some((o.copy_eager(offset, pages)?, 0, true)));
+    }
+    VmObject::collapse(o);
+    o.clear_one_mapping();
+    if !e.needs_copy {
+        e.needs_copy = true;
+        let pm = map.context().pmap();
+        flush.merge(pm.protect(
+            map.pmap(),
+            page_range(start, e.end),
+            e.protection - VmProt::WRITE,
+        ));
+    }
+    Ok(Some((o.clone(), offset, false)))
 }

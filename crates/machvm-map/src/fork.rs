@@ -12,12 +12,11 @@
 
 use alloc::vec::Vec;
 
-use machvm_base::{KernError, VmInherit, VmProt};
-use machvm_object::VmObject;
+use machvm_base::{KernError, VmInherit};
 use machvm_pmap::TlbFlush;
 
-use crate::fault::{ensure_object, resolve_needs_copy};
-use crate::{Entry, VmMap, page_range};
+use crate::fault::{cow_reference, ensure_object, resolve_needs_copy};
+use crate::{Entry, VmMap};
 
 impl VmMap {
     /// Creates a child map from this one, entry by entry, by inheritance.
@@ -47,29 +46,17 @@ impl VmMap {
                 }
                 VmInherit::Copy => {
                     let mut ce = e.clone();
-                    match &e.object {
-                        None => {}
-                        Some(o) if o.is_shared() && !e.needs_copy => {
-                            match o.copy_eager(e.offset, e.pages(start)) {
-                                Ok(copy) => {
-                                    ce.object = Some(copy);
-                                    ce.offset = 0;
-                                }
-                                Err(err) => {
-                                    result = Err(err);
-                                    break;
-                                }
-                            }
+                    let (offset, pages) = (e.offset, e.pages(start));
+                    match cow_reference(self, e, start, offset, pages, &mut flush) {
+                        Ok(None) => {}
+                        Ok(Some((object, offset, private))) => {
+                            ce.object = Some(object);
+                            ce.offset = offset;
+                            ce.needs_copy = !private;
                         }
-                        Some(o) => {
-                            VmObject::collapse(o);
-                            o.clear_one_mapping();
-                            if !e.needs_copy {
-                                e.needs_copy = true;
-                                let ro = e.protection - VmProt::WRITE;
-                                flush.merge(pm.protect(self.pmap(), page_range(start, e.end), ro));
-                            }
-                            ce.needs_copy = true;
+                        Err(err) => {
+                            result = Err(err);
+                            break;
                         }
                     }
                     out.push((start, ce));
