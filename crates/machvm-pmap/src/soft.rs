@@ -63,6 +63,32 @@ impl SoftPmap {
         SoftPmap::default()
     }
 
+    /// Whether any mapping of `pa` has the bit `bit` selects, clearing it
+    /// everywhere when `clear`.
+    fn test_and_clear(
+        &self,
+        pa: PhysAddr,
+        bit: fn(&mut Pte) -> &mut bool,
+        clear: bool,
+    ) -> (bool, TlbFlush) {
+        let mut g = self.inner.lock();
+        let mut f = TlbFlush::none();
+        let mut any = false;
+        for (p, va) in g.pv_of(pa) {
+            if let Some(pte) = g.space(PmapId(p)).and_then(|s| s.ptes.get_mut(&va)) {
+                let b = bit(pte);
+                if *b {
+                    any = true;
+                    if clear {
+                        *b = false;
+                        f.add_page(PmapId(p), VirtAddr(va));
+                    }
+                }
+            }
+        }
+        (any, f)
+    }
+
     /// Number of non-empty flushes performed (for tests).
     pub fn flush_count(&self) -> u64 {
         self.flushes.load(Relaxed)
@@ -267,49 +293,19 @@ impl Pmap for SoftPmap {
     }
 
     fn is_modified(&self, pa: PhysAddr) -> bool {
-        let mut g = self.inner.lock();
-        g.pv_of(pa).into_iter().any(|(p, va)| {
-            g.space(PmapId(p))
-                .and_then(|s| s.ptes.get(&va))
-                .is_some_and(|pte| pte.modified)
-        })
+        self.test_and_clear(pa, |pte| &mut pte.modified, false).0
     }
 
     fn clear_modify(&self, pa: PhysAddr) -> TlbFlush {
-        let mut g = self.inner.lock();
-        let mut f = TlbFlush::none();
-        for (p, va) in g.pv_of(pa) {
-            if let Some(pte) = g.space(PmapId(p)).and_then(|s| s.ptes.get_mut(&va)) {
-                if pte.modified {
-                    pte.modified = false;
-                    f.add_page(PmapId(p), VirtAddr(va));
-                }
-            }
-        }
-        f
+        self.test_and_clear(pa, |pte| &mut pte.modified, true).1
     }
 
     fn is_referenced(&self, pa: PhysAddr) -> bool {
-        let mut g = self.inner.lock();
-        g.pv_of(pa).into_iter().any(|(p, va)| {
-            g.space(PmapId(p))
-                .and_then(|s| s.ptes.get(&va))
-                .is_some_and(|pte| pte.referenced)
-        })
+        self.test_and_clear(pa, |pte| &mut pte.referenced, false).0
     }
 
     fn clear_reference(&self, pa: PhysAddr) -> TlbFlush {
-        let mut g = self.inner.lock();
-        let mut f = TlbFlush::none();
-        for (p, va) in g.pv_of(pa) {
-            if let Some(pte) = g.space(PmapId(p)).and_then(|s| s.ptes.get_mut(&va)) {
-                if pte.referenced {
-                    pte.referenced = false;
-                    f.add_page(PmapId(p), VirtAddr(va));
-                }
-            }
-        }
-        f
+        self.test_and_clear(pa, |pte| &mut pte.referenced, true).1
     }
 
     fn change_wiring(&self, pmap: PmapId, va: VirtAddr, wired: bool) {
