@@ -67,10 +67,9 @@ impl VmMap {
         pm.flush(flush);
         result?;
         {
+            // `out` is sorted: build the child's tree in one go.
             let mut cm = child.0.inner.lock();
-            for (start, e) in out {
-                cm.insert(start, e);
-            }
+            cm.replace_entries(out.into_iter().collect());
         }
         Ok(child)
     }

@@ -370,6 +370,17 @@ impl MapInner {
         }
     }
 
+    /// Replaces every entry at once (the map must be empty of translations).
+    pub(crate) fn replace_entries(&mut self, entries: BTreeMap<u64, Entry>) {
+        self.entries = entries;
+        self.index.invalidate();
+        let mut ff = USER_MIN;
+        while let Some(e) = self.entries.get(&ff) {
+            ff = e.end;
+        }
+        self.first_free = ff;
+    }
+
     /// Removes every entry starting in `[start, end)` (clip first).
     pub(crate) fn remove_range(&mut self, start: u64, end: u64) -> Vec<(u64, Entry)> {
         self.index.invalidate();
