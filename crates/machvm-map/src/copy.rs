@@ -324,7 +324,7 @@ impl VmMap {
         for &(d, _, n) in &pieces {
             let mut v = Vec::new();
             let r = VaRange::round_out(d, n).unwrap_or_default();
-            if let Err(e) = self.fault_in(m, r, Access::Write, &mut undo, &mut v) {
+            if let Err(e) = self.fault_in(m, r, Access::Write, &mut undo, Some(&mut v)) {
                 undo.roll_back();
                 return Err(e);
             }

@@ -65,23 +65,20 @@ impl VmMap {
         }
         let obj = e.object.as_ref().ok_or(KernError::Failure)?;
         let off = e.offset + ((page - start) >> PAGE_SHIFT);
-        let r = obj.resolve(off, write)?;
-        let mut prot = e.protection;
-        if r.how == Resolution::Backing || e.needs_copy {
-            prot.remove(VmProt::WRITE);
-        }
+        let (needs_copy, wired) = (e.needs_copy, e.wired_count > 0);
+        let pm = ctx.pmap();
+        // The translation is entered while the object is locked, so the page
+        // cannot be replaced or freed before it is mapped.
+        let r = obj.resolve(off, write, |r| {
+            let mut prot = e.protection;
+            if r.how == Resolution::Backing || needs_copy {
+                prot.remove(VmProt::WRITE);
+            }
+            pm.flush(pm.enter(self.0.pmap, VirtAddr(page), r.pa, prot, wired)?);
+            Ok(())
+        })?;
         let inserted = matches!(r.how, Resolution::ZeroFilled | Resolution::CopiedUp)
             .then(|| (obj.clone(), off));
-        let pm = ctx.pmap();
-        match pm.enter(self.0.pmap, VirtAddr(page), r.pa, prot, e.wired_count > 0) {
-            Ok(f) => pm.flush(f),
-            Err(err) => {
-                if let Some((o, off)) = inserted {
-                    o.discard_page(off);
-                }
-                return Err(err);
-            }
-        }
         Ok(Faulted { pa: r.pa, inserted })
     }
 }

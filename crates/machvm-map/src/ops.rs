@@ -53,9 +53,15 @@ impl Undo {
         }
     }
 
+    /// Takes the pages out again, where that is safe: only this map (whose
+    /// lock the caller holds) can reach a one-mapping object's pages; any
+    /// other page may already be in another map's hands, and stays (the page
+    /// is legitimate, just not needed yet).
     pub(crate) fn roll_back(self) {
         for (obj, off) in self.0.into_iter().rev() {
-            obj.discard_page(off);
+            if obj.is_one_mapping() {
+                obj.discard_page(off);
+            }
         }
     }
 }
@@ -216,12 +222,13 @@ impl VmMap {
             return Ok(());
         };
         let mut m = self.0.inner.lock();
-        let pas = self.prepare(&mut m, r, Access::Read)?;
-        let mem = self.0.ctx.frames().mem();
-        for_each_chunk(addr, buf.len(), &pas, |pa, at, n| {
-            mem.read(pa, &mut buf[at..at + n])
-        });
-        Ok(())
+        self.prepare(&mut m, r, Access::Read)?;
+        // Through the objects, under their locks: a page another map frees
+        // meanwhile (copy-up, collapse) is never read after it is freed.
+        for_each_page_piece(&mut m, addr, buf.len(), |o, page, off, at, n| {
+            o.read_page_bytes(page, off, &mut buf[at..at + n]);
+            true
+        })
     }
 
     /// Writes `data` at `addr` as the task's own stores would (copy-on-write
@@ -232,43 +239,38 @@ impl VmMap {
             return Ok(());
         };
         let mut m = self.0.inner.lock();
-        let pas = self.prepare(&mut m, r, Access::Write)?;
-        let mem = self.0.ctx.frames().mem();
-        for_each_chunk(addr, data.len(), &pas, |pa, at, n| {
-            mem.write(pa, &data[at..at + n])
-        });
-        Ok(())
+        self.prepare(&mut m, r, Access::Write)?;
+        // Each page is now the entry's top object's own (copy-on-write
+        // resolved), and stays so while this map is locked.
+        for_each_page_piece(&mut m, addr, data.len(), |o, page, off, at, n| {
+            o.write_page_bytes(page, off, &data[at..at + n])
+        })
     }
 
-    /// Checks `r` for `access` and makes every page of it translatable,
-    /// returning the frames; on failure undoes what it faulted in.
+    /// Checks `r` for `access` and makes every page of it translatable; on
+    /// failure undoes what it faulted in.
     pub(crate) fn prepare(
         &self,
         m: &mut MapInner,
         r: VaRange,
         access: Access,
-    ) -> Result<Vec<PhysAddr>, KernError> {
+    ) -> Result<(), KernError> {
         check_access(m, r, access)?;
         let mut undo = Undo::default();
-        let mut pas = Vec::with_capacity(r.pages() as usize);
-        match self.fault_in(m, r, access, &mut undo, &mut pas) {
-            Ok(()) => Ok(pas),
-            Err(e) => {
-                undo.roll_back();
-                Err(e)
-            }
-        }
+        self.fault_in(m, r, access, &mut undo, None)
+            .inspect_err(|_| undo.roll_back())
     }
 
     /// Makes every page of `r` translatable for `access` (already checked),
-    /// appending the frames to `pas` and the pages it inserted to `undo`.
+    /// appending the frames to `pas` (when given) and the pages it inserted
+    /// to `undo`.
     pub(crate) fn fault_in(
         &self,
         m: &mut MapInner,
         r: VaRange,
         access: Access,
         undo: &mut Undo,
-        pas: &mut Vec<PhysAddr>,
+        mut pas: Option<&mut Vec<PhysAddr>>,
     ) -> Result<(), KernError> {
         let pm = self.0.ctx.pmap();
         for va in r.iter_pages() {
@@ -280,7 +282,9 @@ impl VmMap {
                     f.pa
                 }
             };
-            pas.push(pa);
+            if let Some(pas) = pas.as_deref_mut() {
+                pas.push(pa);
+            }
         }
         Ok(())
     }
@@ -295,6 +299,33 @@ pub(crate) fn check_access(m: &MapInner, r: VaRange, access: Access) -> Result<(
         .any(|(_, en)| !en.protection.contains(access.needs()))
     {
         return Err(KernError::ProtectionFailure);
+    }
+    Ok(())
+}
+
+/// Splits `[addr, addr + len)` at page boundaries and calls `f(top object,
+/// page offset in it, byte offset in the page, offset into the caller's
+/// buffer, length)` for each piece of a range `prepare` has made resident.
+/// `Failure` if a piece finds no object page, which `prepare` rules out.
+fn for_each_page_piece(
+    m: &mut MapInner,
+    addr: u64,
+    len: usize,
+    mut f: impl FnMut(&VmObject, u64, u64, usize, usize) -> bool,
+) -> Result<(), KernError> {
+    let mut at = 0usize;
+    while at < len {
+        let va = addr + at as u64;
+        let off = va & (PAGE_SIZE - 1);
+        let n = ((PAGE_SIZE - off) as usize).min(len - at);
+        let start = m.lookup(va).ok_or(KernError::Failure)?;
+        let e = m.entries.get(&start).ok_or(KernError::Failure)?;
+        let o = e.object.as_ref().ok_or(KernError::Failure)?;
+        let page = e.offset + ((va - off - start) >> PAGE_SHIFT);
+        if !f(o, page, off, at, n) {
+            return Err(KernError::Failure);
+        }
+        at += n;
     }
     Ok(())
 }

@@ -210,11 +210,11 @@ pub struct Resolved {
 /// let frames = Arc::new(FrameAllocator::hosted(64 * 4096).unwrap());
 /// let ctx = VmContext::new(frames.clone(), Arc::new(SoftPmap::new()));
 /// let base = VmObject::new_anon(&ctx, 4);
-/// assert_eq!(base.resolve(0, true).unwrap().how, Resolution::ZeroFilled);
+/// assert_eq!(base.resolve(0, true, |_| Ok(())).unwrap().how, Resolution::ZeroFilled);
 /// // A copy-on-write copy: reads see the base page, a write copies it up.
 /// let copy = VmObject::new_shadow(base.clone(), 0, 4);
-/// assert_eq!(copy.resolve(0, false).unwrap().how, Resolution::Backing);
-/// assert_eq!(copy.resolve(0, true).unwrap().how, Resolution::CopiedUp);
+/// assert_eq!(copy.resolve(0, false, |_| Ok(())).unwrap().how, Resolution::Backing);
+/// assert_eq!(copy.resolve(0, true, |_| Ok(())).unwrap().how, Resolution::CopiedUp);
 /// drop(base);
 /// // The base is now referenced by its shadow alone: it collapses into it.
 /// VmObject::collapse(&copy);
@@ -331,18 +331,30 @@ impl VmObject {
         self.inner.lock().backing.is_some()
     }
 
-    /// Looks `offset` up along the chain without changing anything.
+    /// Looks `offset` up along the chain without changing anything. The
+    /// answer may be stale as soon as it returns; use
+    /// [`with_page`](Self::with_page) to act on the page.
     pub fn lookup(&self, offset: u64) -> Option<Found> {
-        self.lookup_at(offset, 0)
+        self.with_page(offset, |f| f)
     }
 
-    fn lookup_at(&self, offset: u64, depth: usize) -> Option<Found> {
+    /// Runs `f` on the page at `offset` as the chain holds it, with the
+    /// chain's locks held: the page can be neither replaced nor freed while
+    /// `f` runs (a concurrent copy-up into this object, or a collapse,
+    /// waits).
+    pub fn with_page<R>(&self, offset: u64, f: impl FnOnce(Option<Found>) -> R) -> R {
+        self.with_page_at(offset, 0, f)
+    }
+
+    fn with_page_at<R, F: FnOnce(Option<Found>) -> R>(&self, offset: u64, depth: usize, f: F) -> R {
         let g = self.inner.lock();
         if let Some(pa) = g.pages.get(&offset) {
-            return Some(Found { pa: *pa, depth });
+            return f(Some(Found { pa: *pa, depth }));
         }
-        let b = g.backing.as_ref()?;
-        b.object.lookup_at(offset + b.offset, depth + 1)
+        match &g.backing {
+            Some(b) => b.object.with_page_at(offset + b.offset, depth + 1, f),
+            None => f(None),
+        }
     }
 
     /// Number of distinct offsets in `[start, end)` with a page resident
@@ -369,65 +381,88 @@ impl VmObject {
         }
     }
 
-    /// Produces the page at `offset` for an access: resident in this (top)
-    /// object, found down the chain, zero-filled, or — for a write — copied
-    /// up. Allocation failure is `ResourceShortage` with nothing changed.
+    /// Produces the page at `offset` for an access — resident in this (top)
+    /// object, found down the chain, zero-filled, or, for a write, copied
+    /// up — and hands it to `map` while this object is still locked, so that
+    /// no concurrent copy-up or collapse can replace or free the page before
+    /// it is mapped. If `map` fails, a page this call inserted is taken out
+    /// again and freed. Allocation failure is `ResourceShortage` with nothing
+    /// changed.
     ///
     /// A write resolution copies up into this object; when this object is
     /// referenced more than once (shared, shadowed or clipped), every
     /// translation of the page it replaces is removed in every pmap, so no
     /// map keeps reading the stale page (FreeBSD CVE-2021-29626).
-    pub fn resolve(self: &Arc<Self>, offset: u64, write: bool) -> Result<Resolved, KernError> {
+    pub fn resolve(
+        self: &Arc<Self>,
+        offset: u64,
+        write: bool,
+        map: impl FnOnce(Resolved) -> Result<(), KernError>,
+    ) -> Result<Resolved, KernError> {
         let ctx = &self.ctx;
         VmCounters::bump(&ctx.counters.lookups);
         if offset >= self.size {
             return Err(KernError::InvalidAddress);
         }
         let mut g = self.inner.lock();
-        if let Some(pa) = g.pages.get(&offset) {
+        let below = match (g.pages.get(&offset), &g.backing) {
+            (Some(_), _) | (None, None) => None,
+            (None, Some(b)) => b.object.lookup(offset + b.offset),
+        };
+        let r = if let Some(pa) = g.pages.get(&offset) {
             VmCounters::bump(&ctx.counters.hits);
-            return Ok(Resolved {
+            Resolved {
                 pa: *pa,
                 how: Resolution::Resident,
-            });
-        }
-        let below = match &g.backing {
-            Some(b) => b.object.lookup(offset + b.offset),
-            None => None,
-        };
-        match (below, write) {
-            (Some(found), false) => {
-                VmCounters::bump(&ctx.counters.hits);
-                Ok(Resolved {
-                    pa: found.pa,
-                    how: Resolution::Backing,
-                })
             }
-            (Some(found), true) => {
-                VmCounters::bump(&ctx.counters.hits);
-                let pa = ctx.alloc_copy(self.id, offset, found.pa)?;
-                g.pages.insert(offset, pa);
-                drop(g);
-                VmCounters::bump(&ctx.counters.cow_faults);
-                if Arc::strong_count(self) > 1 {
-                    let pm = ctx.pmap();
-                    pm.flush(pm.page_protect(found.pa, VmProt::NONE));
+        } else {
+            match (below, write) {
+                (Some(found), false) => {
+                    VmCounters::bump(&ctx.counters.hits);
+                    Resolved {
+                        pa: found.pa,
+                        how: Resolution::Backing,
+                    }
                 }
-                Ok(Resolved {
-                    pa,
-                    how: Resolution::CopiedUp,
-                })
+                (Some(found), true) => {
+                    VmCounters::bump(&ctx.counters.hits);
+                    let pa = ctx.alloc_copy(self.id, offset, found.pa)?;
+                    g.pages.insert(offset, pa);
+                    VmCounters::bump(&ctx.counters.cow_faults);
+                    if Arc::strong_count(self) > 1 {
+                        let pm = ctx.pmap();
+                        pm.flush(pm.page_protect(found.pa, VmProt::NONE));
+                    }
+                    Resolved {
+                        pa,
+                        how: Resolution::CopiedUp,
+                    }
+                }
+                (None, _) => {
+                    let pa = ctx.alloc_zeroed(self.id, offset)?;
+                    g.pages.insert(offset, pa);
+                    VmCounters::bump(&ctx.counters.zero_fill_count);
+                    Resolved {
+                        pa,
+                        how: Resolution::ZeroFilled,
+                    }
+                }
             }
-            (None, _) => {
-                let pa = ctx.alloc_zeroed(self.id, offset)?;
-                g.pages.insert(offset, pa);
-                VmCounters::bump(&ctx.counters.zero_fill_count);
-                Ok(Resolved {
-                    pa,
-                    how: Resolution::ZeroFilled,
-                })
+        };
+        if let Err(e) = map(r) {
+            let inserted = matches!(r.how, Resolution::ZeroFilled | Resolution::CopiedUp);
+            let pa = if inserted {
+                g.pages.remove(&offset)
+            } else {
+                None
+            };
+            drop(g);
+            if let Some(pa) = pa {
+                ctx.free_page(pa);
             }
+            return Err(e);
         }
+        Ok(r)
     }
 
     /// A private copy of this object's window `[offset, offset + size)`
@@ -491,12 +526,28 @@ impl VmObject {
     }
 
     /// Reads `buf.len()` bytes at byte `offset` of the page at page offset
-    /// `page` as the chain shows it (zeros where nothing is resident).
+    /// `page` as the chain shows it (zeros where nothing is resident), with
+    /// the chain locked so the page cannot be freed under the read.
     pub fn read_page_bytes(&self, page: u64, offset: u64, buf: &mut [u8]) {
         debug_assert!(offset + buf.len() as u64 <= PAGE_SIZE);
-        match self.lookup(page) {
+        self.with_page(page, |f| match f {
             Some(f) => self.ctx.frames.mem().read(f.pa + offset, buf),
             None => buf.fill(0),
+        })
+    }
+
+    /// Writes `data` at byte `offset` of this object's own page `page`,
+    /// under its lock. `false` (nothing written) when the page is not
+    /// resident in this object: a writer must resolve it first.
+    pub fn write_page_bytes(&self, page: u64, offset: u64, data: &[u8]) -> bool {
+        debug_assert!(offset + data.len() as u64 <= PAGE_SIZE);
+        let g = self.inner.lock();
+        match g.pages.get(&page) {
+            Some(pa) => {
+                self.ctx.frames.mem().write(*pa + offset, data);
+                true
+            }
+            None => false,
         }
     }
 

@@ -29,17 +29,20 @@ fn zero_fill_then_resident() {
     let c = ctx(64);
     let o = VmObject::new_anon(&c, 8);
     assert_eq!(used(&c), 0, "an object costs no frame until touched");
-    let r = o.resolve(3, false).unwrap();
+    let r = o.resolve(3, false, |_| Ok(())).unwrap();
     assert_eq!(r.how, Resolution::ZeroFilled);
     assert_eq!(read(&c, r.pa), 0);
     assert_eq!(
-        o.resolve(3, true).unwrap(),
+        o.resolve(3, true, |_| Ok(())).unwrap(),
         Resolved {
             pa: r.pa,
             how: Resolution::Resident
         }
     );
-    assert_eq!(o.resolve(8, false), Err(KernError::InvalidAddress));
+    assert_eq!(
+        o.resolve(8, false, |_| Ok(())),
+        Err(KernError::InvalidAddress)
+    );
     o.verify().unwrap();
     assert_eq!(c.counters.zero_fill_count.load(Relaxed), 1);
     drop(o);
@@ -51,13 +54,13 @@ fn zero_fill_then_resident() {
 fn copy_on_write_through_a_shadow() {
     let c = ctx(64);
     let base = VmObject::new_anon(&c, 4);
-    let p = base.resolve(1, true).unwrap().pa;
+    let p = base.resolve(1, true, |_| Ok(())).unwrap().pa;
     write(&c, p, 0xAA);
     let s = VmObject::new_shadow(base.clone(), 0, 4);
     assert!(!base.is_one_mapping());
-    let r = s.resolve(1, false).unwrap();
+    let r = s.resolve(1, false, |_| Ok(())).unwrap();
     assert_eq!((r.pa, r.how), (p, Resolution::Backing));
-    let w = s.resolve(1, true).unwrap();
+    let w = s.resolve(1, true, |_| Ok(())).unwrap();
     assert_eq!(w.how, Resolution::CopiedUp);
     assert_ne!(w.pa, p);
     assert_eq!(read(&c, w.pa), 0xAA);
@@ -75,7 +78,7 @@ fn copy_on_write_through_a_shadow() {
 fn shadow_window_offsets() {
     let c = ctx(64);
     let base = VmObject::new_anon(&c, 10);
-    let p = base.resolve(7, true).unwrap().pa;
+    let p = base.resolve(7, true, |_| Ok(())).unwrap().pa;
     let s = VmObject::new_shadow(base.clone(), 5, 100);
     assert_eq!(s.size(), 5, "window clamped to the backing object");
     assert_eq!(s.lookup(2), Some(Found { pa: p, depth: 1 }));
@@ -88,10 +91,10 @@ fn collapse_moves_pages_up_and_frees_the_shadowed() {
     let c = ctx(64);
     let base = VmObject::new_anon(&c, 4);
     for off in 0..4 {
-        base.resolve(off, true).unwrap();
+        base.resolve(off, true, |_| Ok(())).unwrap();
     }
     let s = VmObject::new_shadow(base.clone(), 1, 3);
-    s.resolve(0, true).unwrap(); // copies base page 1 up
+    s.resolve(0, true, |_| Ok(())).unwrap(); // copies base page 1 up
     assert_eq!(used(&c), 5);
     // Still referenced elsewhere: no collapse.
     VmObject::collapse(&s);
@@ -111,11 +114,11 @@ fn collapse_moves_pages_up_and_frees_the_shadowed() {
 fn bypass_skips_a_fully_shadowed_backing_object() {
     let c = ctx(64);
     let a = VmObject::new_anon(&c, 2);
-    a.resolve(0, true).unwrap();
+    a.resolve(0, true, |_| Ok(())).unwrap();
     let b = VmObject::new_shadow(a.clone(), 0, 2);
-    b.resolve(0, true).unwrap();
+    b.resolve(0, true, |_| Ok(())).unwrap();
     let s = VmObject::new_shadow(b.clone(), 0, 2);
-    s.resolve(0, true).unwrap();
+    s.resolve(0, true, |_| Ok(())).unwrap();
     assert_eq!(s.chain_depth(), 3);
     // b and a are referenced by us too, so no collapse; but s covers all b
     // has, and then all a has: it skips both and needs no backing at all.
@@ -135,7 +138,7 @@ fn copy_up_into_a_referenced_object_removes_stale_translations() {
     // through `top`; when `top` gets its own copy, that translation must go.
     let c = ctx(64);
     let base = VmObject::new_anon(&c, 1);
-    let old = base.resolve(0, true).unwrap().pa;
+    let old = base.resolve(0, true, |_| Ok(())).unwrap().pa;
     let top = VmObject::new_shadow(base.clone(), 0, 1);
     let other_ref = top.clone();
     let pm = c.pmap();
@@ -144,7 +147,7 @@ fn copy_up_into_a_referenced_object_removes_stale_translations() {
         pm.enter(p, VirtAddr(0x1000), old, VmProt::READ, false)
             .unwrap(),
     );
-    let new = top.resolve(0, true).unwrap();
+    let new = top.resolve(0, true, |_| Ok(())).unwrap();
     assert_eq!(new.how, Resolution::CopiedUp);
     assert!(
         pm.extract(p, VirtAddr(0x1000)).is_none(),
@@ -161,12 +164,18 @@ fn copy_up_into_a_referenced_object_removes_stale_translations() {
 fn out_of_frames_changes_nothing() {
     let c = ctx(2);
     let o = VmObject::new_anon(&c, 4);
-    o.resolve(0, true).unwrap();
-    o.resolve(1, true).unwrap();
-    assert_eq!(o.resolve(2, true), Err(KernError::ResourceShortage));
+    o.resolve(0, true, |_| Ok(())).unwrap();
+    o.resolve(1, true, |_| Ok(())).unwrap();
+    assert_eq!(
+        o.resolve(2, true, |_| Ok(())),
+        Err(KernError::ResourceShortage)
+    );
     assert_eq!(o.resident_pages(), 2);
     let s = VmObject::new_shadow(o.clone(), 0, 4);
-    assert_eq!(s.resolve(0, true), Err(KernError::ResourceShortage));
+    assert_eq!(
+        s.resolve(0, true, |_| Ok(())),
+        Err(KernError::ResourceShortage)
+    );
     assert_eq!(s.resident_pages(), 0);
     s.verify().unwrap();
 }
@@ -176,11 +185,11 @@ fn long_chains_stay_short_when_released() {
     // fork -> child writes -> parent exits, a thousand times, at object level.
     let c = ctx(64);
     let mut cur = VmObject::new_anon(&c, 4);
-    cur.resolve(0, true).unwrap();
+    cur.resolve(0, true, |_| Ok(())).unwrap();
     let mut longest = 0;
     for g in 0..1000u64 {
         let child = VmObject::new_shadow(cur.clone(), 0, 4);
-        child.resolve(g % 4, true).unwrap();
+        child.resolve(g % 4, true, |_| Ok(())).unwrap();
         longest = longest.max(child.chain_depth());
         release(cur);
         cur = child;
@@ -204,10 +213,10 @@ fn objects_are_send_and_sync() {
 fn eager_copy_is_private() {
     let c = ctx(64);
     let base = VmObject::new_anon(&c, 4);
-    let b0 = base.resolve(0, true).unwrap().pa;
+    let b0 = base.resolve(0, true, |_| Ok(())).unwrap().pa;
     write(&c, b0, 1);
     let shared = VmObject::new_shadow(base.clone(), 0, 4);
-    let s1 = shared.resolve(1, true).unwrap().pa;
+    let s1 = shared.resolve(1, true, |_| Ok(())).unwrap().pa;
     write(&c, s1, 2);
     let copy = shared.copy_eager(0, 4).unwrap();
     copy.verify().unwrap();
@@ -232,4 +241,37 @@ fn eager_copy_is_private() {
         Some(KernError::ResourceShortage)
     );
     assert_eq!(used(&c), before);
+}
+
+#[test]
+fn a_failed_mapping_takes_the_new_page_out_again() {
+    let c = ctx(16);
+    let o = VmObject::new_anon(&c, 4);
+    let err = o.resolve(1, true, |_| Err(KernError::ResourceShortage));
+    assert_eq!(err, Err(KernError::ResourceShortage));
+    assert_eq!(o.resident_pages(), 0);
+    assert_eq!(used(&c), 0);
+    // An existing page stays.
+    o.resolve(2, true, |_| Ok(())).unwrap();
+    assert!(o.resolve(2, false, |_| Err(KernError::Failure)).is_err());
+    assert_eq!(o.resident_pages(), 1);
+    o.verify().unwrap();
+}
+
+#[test]
+fn page_bytes_are_read_and_written_under_the_lock() {
+    let c = ctx(16);
+    let base = VmObject::new_anon(&c, 2);
+    base.resolve(0, true, |_| Ok(())).unwrap();
+    assert!(base.write_page_bytes(0, 10, b"abc"));
+    let s = VmObject::new_shadow(base.clone(), 0, 2);
+    let mut buf = [0u8; 3];
+    s.read_page_bytes(0, 10, &mut buf);
+    assert_eq!(&buf, b"abc");
+    assert!(
+        !s.write_page_bytes(0, 10, b"xyz"),
+        "not resident in the shadow itself"
+    );
+    s.read_page_bytes(1, 0, &mut buf);
+    assert_eq!(buf, [0; 3]);
 }
