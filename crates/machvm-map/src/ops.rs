@@ -53,15 +53,11 @@ impl Undo {
         }
     }
 
-    /// Takes the pages out again, where that is safe: only this map (whose
-    /// lock the caller holds) can reach a one-mapping object's pages; any
-    /// other page may already be in another map's hands, and stays (the page
-    /// is legitimate, just not needed yet).
+    /// Takes the pages out again, except any another map already holds
+    /// (see [`VmObject::discard_page`]): those are legitimate, just early.
     pub(crate) fn roll_back(self) {
         for (obj, off) in self.0.into_iter().rev() {
-            if obj.is_one_mapping() {
-                obj.discard_page(off);
-            }
+            obj.discard_page(off);
         }
     }
 }

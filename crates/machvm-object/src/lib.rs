@@ -501,12 +501,27 @@ impl VmObject {
         Ok(copy)
     }
 
-    /// Undoes a page insertion made by [`resolve`](Self::resolve) (for a
-    /// caller rolling back a multi-page operation that failed later on).
-    pub fn discard_page(&self, offset: u64) {
-        let pa = self.inner.lock().pages.remove(&offset);
-        if let Some(pa) = pa {
-            self.ctx.free_page(pa);
+    /// Undoes a page insertion made by [`resolve`](Self::resolve), for a
+    /// caller rolling back a multi-page operation that failed later on —
+    /// unless the page has reached anyone else: a translation besides the
+    /// caller's own means another map holds it (and may have written it), so
+    /// it stays. Since `resolve` maps pages under this object's lock, which
+    /// this check holds too, no other map can be half-way through taking it.
+    /// Returns whether the page was taken out.
+    pub fn discard_page(&self, offset: u64) -> bool {
+        let pa = {
+            let mut g = self.inner.lock();
+            match g.pages.get(&offset) {
+                Some(&pa) if self.ctx.pmap().mapping_count(pa) <= 1 => g.pages.remove(&offset),
+                _ => None,
+            }
+        };
+        match pa {
+            Some(pa) => {
+                self.ctx.free_page(pa);
+                true
+            }
+            None => false,
         }
     }
 
