@@ -282,18 +282,25 @@ fn discard_keeps_a_page_another_map_holds() {
     let o = VmObject::new_anon(&c, 2);
     let pm = c.pmap();
     let (p1, p2) = (pm.create().unwrap(), pm.create().unwrap());
-    let pa = o.resolve(0, true, |r| {
-        pm.flush(pm.enter(p1, VirtAddr(0x1000), r.pa, VmProt::DEFAULT, false)?);
-        Ok(())
-    })
-    .unwrap()
-    .pa;
+    let pa = o
+        .resolve(0, true, |r| {
+            pm.flush(pm.enter(p1, VirtAddr(0x1000), r.pa, VmProt::DEFAULT, false)?);
+            Ok(())
+        })
+        .unwrap()
+        .pa;
     // Another map got the page too.
-    pm.flush(pm.enter(p2, VirtAddr(0x5000), pa, VmProt::DEFAULT, false).unwrap());
+    pm.flush(
+        pm.enter(p2, VirtAddr(0x5000), pa, VmProt::DEFAULT, false)
+            .unwrap(),
+    );
     assert!(!o.discard_page(0), "held by another map: kept");
     assert_eq!(o.resident_pages(), 1);
     pm.flush(pm.remove(p2, VaRange::round_out(0x5000, 1).unwrap()));
-    assert!(o.discard_page(0), "only the caller's own translation: taken out");
+    assert!(
+        o.discard_page(0),
+        "only the caller's own translation: taken out"
+    );
     assert!(pm.extract(p1, VirtAddr(0x1000)).is_none());
     assert_eq!(used(&c), 0);
     pm.destroy(p1);
