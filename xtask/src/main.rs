@@ -2,7 +2,7 @@
 //!
 //! Tasks:
 //! - `test`: formatting, clippy with warnings denied, the host test suite,
-//!   loom model checks, then the in-kernel suite under QEMU — README's test
+//!   rustdoc with warnings denied, loom model checks, then the in-kernel suite under QEMU — README's test
 //!   command.
 //! - `qemu`, `qemu-test`: boot the bare-metal test kernel (see `qemu.rs`).
 //! - `soak`: the differential model test for millions of operations.
@@ -106,6 +106,14 @@ fn test(rest: &[String]) -> bool {
             eprintln!("xtask test: `cargo {}` failed", step.join(" "));
             return false;
         }
+    }
+    // Documentation builds without a broken link.
+    if !cargo_env(
+        &["doc", "--workspace", "--no-deps"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    ) {
+        eprintln!("xtask test: cargo doc found problems");
+        return false;
     }
     // Loom model checks of the frame allocator (own target dir: the cfg
     // changes every crate's build).

@@ -4,25 +4,25 @@
 //! Everything here is compiled for `x86_64-unknown-none` only; on the host the
 //! crate is empty so that workspace builds and tests are unaffected.
 //!
-//! Boot path: QEMU's PVH loader jumps to `machvm_pvh_start32` ([`boot`]) in
+//! Boot path: QEMU's PVH loader jumps to `machvm_pvh_start32` (`boot`) in
 //! 32-bit protected mode; it builds the boot page tables, enables PAE, long
 //! mode, NX and CR0.WP, and calls `kernel_main` in the higher half, which:
-//! loads the boot CPU's GDT/TSS/IDT ([`trap`], [`smp`]), copies the PVH start
-//! info ([`pvh`]), drops the low identity map ([`paging`]), builds the heap
-//! and machvm's frame allocator from the memory map ([`mem`]), brings up the
-//! other CPUs ([`smp`]), then runs the test suite ([`suite`]) or, with
-//! `-append demo`, the narrated demo ([`demo`]), and exits QEMU through
-//! `isa-debug-exit` ([`cpu::qemu_exit`]).
+//! loads the boot CPU's GDT/TSS/IDT (`trap`, `smp`), copies the PVH start
+//! info (`pvh`), drops the low identity map (`paging`), builds the heap
+//! and machvm's frame allocator from the memory map (`mem`), brings up the
+//! other CPUs (`smp`), then runs the test suite (`suite`) or, with
+//! `-append demo`, the narrated demo (`demo`), and exits QEMU through
+//! `isa-debug-exit` (`cpu::qemu_exit`).
 //!
 //! Hooks for machvm-backed tests:
-//! - page faults: [`trap::set_page_fault_hook`]; accesses that may fault:
-//!   [`trap::probe_read_u8`] and friends, [`trap::copy_in`] / [`trap::copy_out`];
-//! - address spaces: [`paging::kernel_upper_half`], [`paging::new_address_space`],
-//!   [`cpu::load_cr3`], [`paging::kernel_pml4_pa`];
-//! - CPUs: [`smp::current_cpu`], [`smp::run_on`], [`smp::shootdown`];
-//! - memory: [`mem::frames`] (a `FrameAllocator` over the direct map);
-//! - machvm itself: [`vm`] (the `Mmu` for machvm's x86_64 pmap, the
-//!   machine's `VmSystem`, [`vm::switch_to`] to run a task map on a CPU, and
+//! - page faults: `trap::set_page_fault_hook`; accesses that may fault:
+//!   `trap::probe_read_u8` and friends, `trap::copy_in` / `trap::copy_out`;
+//! - address spaces: `paging::kernel_upper_half`, `paging::new_address_space`,
+//!   `cpu::load_cr3`, `paging::kernel_pml4_pa`;
+//! - CPUs: `smp::current_cpu`, `smp::run_on`, `smp::shootdown`;
+//! - memory: `mem::frames` (a `FrameAllocator` over the direct map);
+//! - machvm itself: `vm` (the `Mmu` for machvm's x86_64 pmap, the
+//!   machine's `VmSystem`, `vm::switch_to` to run a task map on a CPU, and
 //!   the page-fault hook that calls `VmMap::fault`).
 #![no_std]
 
