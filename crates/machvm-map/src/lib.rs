@@ -9,7 +9,9 @@
 //! Invariants (checked by [`VmMap::verify`] after every mutation in tests):
 //! - Entries are sorted, non-overlapping, page-aligned, non-empty and inside
 //!   `[USER_MIN, USER_MAX)`; `protection ⊆ max_protection`.
-//! - An entry's object window lies inside its object.
+//! - An entry's object window lies inside its object, and unless the entry
+//!   needs a copy, no shadow stands on that window (a backing object is
+//!   never written directly: copy-on-write rests on it).
 //! - Every translation in the map's pmap lies inside an entry, maps the page
 //!   the entry's object chain holds at that offset, and allows at most the
 //!   entry's protection.
@@ -204,8 +206,20 @@ impl VmMap {
                 return Err(format!("entry {start:#x}: protection above maximum"));
             }
             if let Some(o) = &e.object {
-                if e.offset + e.pages(start) > o.size() {
+                let window = (e.offset, e.offset + e.pages(start));
+                if window.1 > o.size() {
                     return Err(format!("entry {start:#x}: window past its object"));
+                }
+                // Copy-on-write rests on this: memory a shadow stands on is
+                // never written directly, only copied up.
+                if !e.needs_copy
+                    && o.shadowed_windows()
+                        .iter()
+                        .any(|&(s, t)| s < window.1 && window.0 < t)
+                {
+                    return Err(format!(
+                        "entry {start:#x} writes an object window a shadow stands on"
+                    ));
                 }
                 o.verify()?;
             }

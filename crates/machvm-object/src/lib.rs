@@ -315,6 +315,25 @@ impl VmObject {
         self.shared.load(Relaxed) && Arc::strong_count(self) > 1
     }
 
+    /// The windows `[offset, offset + size)` (pages of this object) that
+    /// live shadows stand on — what must never be written directly. A shadow
+    /// being changed right now is skipped.
+    pub fn shadowed_windows(&self) -> Vec<(u64, u64)> {
+        let shadows: Vec<Arc<VmObject>> = {
+            let g = self.inner.lock();
+            g.shadows.iter().filter_map(Weak::upgrade).collect()
+        };
+        shadows
+            .iter()
+            .filter_map(|s| {
+                let sg = s.inner.try_lock()?;
+                let b = sg.backing.as_ref()?;
+                (core::ptr::eq(Arc::as_ptr(&b.object), self))
+                    .then_some((b.offset, b.offset + s.size))
+            })
+            .collect()
+    }
+
     /// Number of pages resident in this object alone.
     pub fn resident_pages(&self) -> u64 {
         self.inner.lock().pages.len() as u64
