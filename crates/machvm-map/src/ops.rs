@@ -221,7 +221,7 @@ impl VmMap {
         self.prepare(&mut m, r, Access::Read)?;
         // Through the objects, under their locks: a page another map frees
         // meanwhile (copy-up, collapse) is never read after it is freed.
-        for_each_page_piece(&mut m, addr, buf.len(), |o, page, off, at, n| {
+        for_each_page_piece(&m, addr, buf.len(), |o, page, off, at, n| {
             o.read_page_bytes(page, off, &mut buf[at..at + n]);
             true
         })
@@ -238,7 +238,7 @@ impl VmMap {
         self.prepare(&mut m, r, Access::Write)?;
         // Each page is now the entry's top object's own (copy-on-write
         // resolved), and stays so while this map is locked.
-        for_each_page_piece(&mut m, addr, data.len(), |o, page, off, at, n| {
+        for_each_page_piece(&m, addr, data.len(), |o, page, off, at, n| {
             o.write_page_bytes(page, off, &data[at..at + n])
         })
     }
@@ -304,26 +304,32 @@ pub(crate) fn check_access(m: &MapInner, r: VaRange, access: Access) -> Result<(
 /// buffer, length)` for each piece of a range `prepare` has made resident.
 /// `Failure` if a piece finds no object page, which `prepare` rules out.
 fn for_each_page_piece(
-    m: &mut MapInner,
+    m: &MapInner,
     addr: u64,
     len: usize,
     mut f: impl FnMut(&VmObject, u64, u64, usize, usize) -> bool,
 ) -> Result<(), KernError> {
+    let end = addr + len as u64;
     let mut at = 0usize;
-    while at < len {
-        let va = addr + at as u64;
-        let off = va & (PAGE_SIZE - 1);
-        let n = ((PAGE_SIZE - off) as usize).min(len - at);
-        let start = m.lookup(va).ok_or(KernError::Failure)?;
-        let e = m.entries.get(&start).ok_or(KernError::Failure)?;
+    // One walk over the entries in order, not a tree search per page.
+    for (&start, e) in m.overlapping(addr, end) {
         let o = e.object.as_ref().ok_or(KernError::Failure)?;
-        let page = e.offset + ((va - off - start) >> PAGE_SHIFT);
-        if !f(o, page, off, at, n) {
-            return Err(KernError::Failure);
+        while at < len && addr + (at as u64) < e.end {
+            let va = addr + at as u64;
+            let off = va & (PAGE_SIZE - 1);
+            let n = ((PAGE_SIZE - off) as usize).min(len - at);
+            let page = e.offset + ((va - off - start) >> PAGE_SHIFT);
+            if !f(o, page, off, at, n) {
+                return Err(KernError::Failure);
+            }
+            at += n;
         }
-        at += n;
     }
-    Ok(())
+    if at < len {
+        Err(KernError::Failure)
+    } else {
+        Ok(())
+    }
 }
 
 /// What `region` reports about one entry.
