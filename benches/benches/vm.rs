@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, measurement::WallTime};
 use machvm::{Access, PAGE_SIZE, SMALL_COPY_BYTES, VmMap, VmSystem, vm_map_copy, vm_read};
-use machvm_benches::{Lcg, Profile, pages_of, ram_for, touch};
+use machvm_benches::{Lcg, Profile, distinct_entries, pages_of, ram_for, touch};
 
 /// Sizes at or above this are sampled flat (a few long iterations).
 const LARGE: u64 = 16 << 20;
@@ -207,11 +207,10 @@ fn lookup(c: &mut Criterion) {
         let map = vm.create_map().unwrap();
         let mut reference = std::collections::BTreeMap::new();
         let len = LOOKUP_ENTRY_PAGES * PAGE_SIZE;
-        let mut base = u64::MAX;
-        for _ in 0..n {
-            let a = map.allocate(0, len, true).unwrap();
+        let base = distinct_entries(&map, n, LOOKUP_ENTRY_PAGES).unwrap();
+        for i in 0..n {
+            let a = base + i * len;
             reference.insert(a, a + len);
-            base = base.min(a);
         }
         assert_eq!(map.entry_count() as u64, n, "entries must not merge");
         let pages = n * LOOKUP_ENTRY_PAGES;
@@ -285,10 +284,8 @@ fn fork(c: &mut Criterion) {
         tune(&mut g, p, m * PAGE_SIZE, true);
         let parent = vm.create_map().unwrap();
         let per = m.div_ceil(n).max(1);
-        let mut base = u64::MAX;
-        for _ in 0..n {
-            base = base.min(parent.allocate(0, per * PAGE_SIZE, true).unwrap());
-        }
+        let base = distinct_entries(&parent, n, per).unwrap();
+        assert_eq!(parent.entry_count() as u64, n, "entries must not merge");
         touch(&parent, base, m * PAGE_SIZE).unwrap();
         g.bench_function(BenchmarkId::new("fork", format!("n{n}_m{m}")), |b| {
             b.iter_custom(|iters| {

@@ -6,7 +6,7 @@
 //! (benchmark 7) come from the `machvm-footprint` binary and Linux's from
 //! `linux-probe`. `cargo xtask bench` runs all three and writes the summary.
 
-use machvm::{Access, KernError, PAGE_SIZE, VmMap};
+use machvm::{Access, KernError, PAGE_SIZE, VmMap, VmProt};
 
 /// Environment variable that selects the quick profile (CI smoke test).
 pub const QUICK_ENV: &str = "MACHVM_BENCH_QUICK";
@@ -91,6 +91,23 @@ pub fn pages_of(bytes: u64) -> u64 {
     bytes.div_ceil(PAGE_SIZE)
 }
 
+/// Allocates `n` entries of `pages` pages each, contiguous, and returns the
+/// lowest start. Every other entry has its maximum protection lowered to
+/// `READ|WRITE` (its protection stays `READ|WRITE`), so that neighbours
+/// differ and stay separate entries: machvm merges neighbours that could be
+/// one (SPEC §6), and these benchmarks measure per-entry work.
+pub fn distinct_entries(map: &VmMap, n: u64, pages: u64) -> Result<u64, KernError> {
+    let mut base = u64::MAX;
+    for i in 0..n {
+        let a = map.allocate(0, pages * PAGE_SIZE, true)?;
+        if i % 2 == 1 {
+            map.protect(a, pages * PAGE_SIZE, true, VmProt::DEFAULT)?;
+        }
+        base = base.min(a);
+    }
+    Ok(base)
+}
+
 /// Write-faults every page of `[addr, addr + bytes)`: makes it resident
 /// and writable again (after a copy left it copy-on-write). The handler
 /// alone, no bytes move.
@@ -156,6 +173,15 @@ mod tests {
             assert!(x < 10);
             assert_eq!(x, b.below(10));
         }
+    }
+
+    #[test]
+    fn distinct_entries_do_not_merge() {
+        let vm = machvm::VmSystem::hosted(1 << 20);
+        let map = vm.create_map().unwrap();
+        let a = distinct_entries(&map, 5, 2).unwrap();
+        assert_eq!(map.entry_count(), 5);
+        assert_eq!(map.region(a).unwrap().size, 2 * PAGE_SIZE);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
 use machvm::{PAGE_SIZE, SMALL_COPY_BYTES, VmSystem};
-use machvm_benches::{ram_for, touch};
+use machvm_benches::{distinct_entries, ram_for, touch};
 
 /// The system allocator, counting live heap bytes.
 struct Counting;
@@ -60,9 +60,8 @@ fn main() {
 
     // Untouched entries: the entry and its share of the tree.
     let before = LIVE.load(Relaxed);
-    for _ in 0..N {
-        map.allocate(0, PAGE_SIZE, true).expect("allocate");
-    }
+    distinct_entries(&map, N, 1).expect("allocate");
+    assert_eq!(map.entry_count() as u64, N, "entries must not merge");
     let per_entry = (LIVE.load(Relaxed) - before) as f64 / N as f64;
     println!("entry_heap_bytes={per_entry:.1}");
 

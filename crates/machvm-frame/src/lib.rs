@@ -23,6 +23,7 @@ extern crate alloc;
 
 #[allow(unsafe_code)]
 mod mem;
+mod reserve;
 mod sync;
 
 use alloc::boxed::Box;
@@ -36,6 +37,11 @@ use sync::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Lock};
 
 pub use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PhysAddr};
 pub use mem::{HOSTED_PHYS_BASE, PhysMem};
+pub use reserve::FrameReservation;
+
+/// What [`FrameAllocator::fail_nth_allocation_with`] runs at the failing
+/// allocation.
+type AllocHook = Box<dyn FnOnce() + Send>;
 
 /// Largest block order: `2^MAX_ORDER` frames (4 MiB).
 pub const MAX_ORDER: u32 = 10;
@@ -214,6 +220,9 @@ pub struct FrameAllocator {
     in_use: [AtomicU64; 3],
     /// Fault injection: the n-th allocation from now fails (0: off).
     fail_countdown: AtomicU64,
+    /// Run by the failing allocation before it fails (tests interleave
+    /// another thread's work there).
+    fail_hook: spin::Mutex<Option<AllocHook>>,
     bad_frees: AtomicU64,
 }
 
@@ -262,6 +271,7 @@ impl FrameAllocator {
             managed: 0,
             in_use: Default::default(),
             fail_countdown: AtomicU64::new(0),
+            fail_hook: spin::Mutex::new(None),
             bad_frees: AtomicU64::new(0),
         };
         let mut managed = 0;
@@ -368,6 +378,16 @@ impl FrameAllocator {
     /// Fault injection for tests: the `n`-th allocation from now (1 = the
     /// next) fails with `ResourceShortage`; 0 turns injection off.
     pub fn fail_nth_allocation(&self, n: u64) {
+        *self.fail_hook.lock() = None;
+        self.fail_countdown.store(n, Relaxed);
+    }
+
+    /// [`fail_nth_allocation`](Self::fail_nth_allocation), and the failing
+    /// allocation first runs `hook` (with injection already off, so the
+    /// hook's own allocations succeed): a test's way to put another
+    /// thread's work at an exact point inside a call.
+    pub fn fail_nth_allocation_with(&self, n: u64, hook: impl FnOnce() + Send + 'static) {
+        *self.fail_hook.lock() = Some(Box::new(hook));
         self.fail_countdown.store(n, Relaxed);
     }
 
@@ -385,6 +405,10 @@ impl FrameAllocator {
         }
         if self.fail_countdown.load(Relaxed) != 0 && self.fail_countdown.fetch_sub(1, Relaxed) == 1
         {
+            let hook = self.fail_hook.lock().take();
+            if let Some(hook) = hook {
+                hook();
+            }
             return Err(KernError::ResourceShortage);
         }
         let mut b = self.buddy.lock();

@@ -3,29 +3,31 @@
 //!
 //! Everything is built from three steps, as in Mach 3:
 //! - *copy-in* snapshots a source range into a [`VmMapCopy`]: the partial
-//!   pages at its edges as bytes, the whole pages between them as entries
-//!   that reference the source objects copy-on-write (the source entries get
-//!   needs-copy and lose write permission in the pmap only);
+//!   pages at its edges as bytes, the whole pages between them as holds on
+//!   the source objects' windows, copy-on-write. The source entries are
+//!   clipped to those pages first, so exactly the pages copied become
+//!   copy-on-write (and lose `WRITE` in the pmap only);
 //! - *overwrite* replaces an allocated, writable destination range with a
-//!   copy: whole pages at equal page offset become copy-on-write entries that
+//!   copy: whole pages at equal page offset become copy-on-write holds that
 //!   keep the destination's protection, maximum and inheritance; the rest is
 //!   written as bytes;
 //! - *copy-out* allocates a fresh range anywhere and overwrites it.
 //!
 //! Because copy-in completes before anything is written, an overlapping copy
 //! within one map behaves like `memmove`, and a copy back onto its own source
-//! is a no-op. Every call validates everything first (SPEC §4 rule 8), and the
-//! only failure possible after that, running out of frames, is rolled back.
+//! is a no-op. Every call validates everything first (SPEC §4 rule 8), then
+//! counts and reserves every frame it can need; after that nothing can fail.
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PhysAddr, VaRange, round_page, trunc_page};
-use machvm_object::{VmContext, VmObject};
+use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, VaRange, VmProt, round_page, trunc_page};
+use machvm_frame::FrameReservation;
+use machvm_object::{Hold, Holder, Objects, VmContext};
 use machvm_pmap::{Access, TlbFlush};
 
-use crate::fault::cow_reference;
-use crate::ops::{Undo, check_access, data_range, for_each_chunk, release_entries};
+use crate::data::{for_each_page_piece, frames_for, reserve};
+use crate::ops::{check_access, data_range};
 use crate::{Entry, MapInner, VmMap, page_range};
 
 /// Copies of at most this many bytes are taken physically, as bytes, rather
@@ -41,11 +43,10 @@ use crate::{Entry, MapInner, VmMap, page_range};
 /// rewritten on both sides; re-measure when the byte path changes.
 pub const SMALL_COPY_BYTES: u64 = PAGE_SIZE;
 
-/// A copy-on-write reference to `pages` pages of an object (or, with no
-/// object, to untouched zero-fill memory).
+/// A copy-on-write hold on `pages` pages of an object (or, with no hold, a
+/// range of untouched zero-fill memory).
 struct CopyEntry {
-    object: Option<Arc<VmObject>>,
-    offset: u64,
+    hold: Option<Hold>,
     pages: u64,
 }
 
@@ -60,6 +61,39 @@ pub struct VmMapCopy {
     head: Vec<u8>,
     entries: Vec<CopyEntry>,
     tail: Vec<u8>,
+}
+
+/// How a copy of `[addr, addr + len)` splits: bytes `[addr, head_end)`,
+/// whole pages `[head_end, mid_end)` copy-on-write, bytes `[mid_end, end)`.
+#[derive(Clone, Copy)]
+struct Layout {
+    head_end: u64,
+    mid_end: u64,
+    end: u64,
+}
+
+impl Layout {
+    fn of(addr: u64, len: u64) -> Layout {
+        let end = addr + len;
+        if len <= SMALL_COPY_BYTES {
+            return Layout {
+                head_end: end,
+                mid_end: end,
+                end,
+            };
+        }
+        let head_end = round_page(addr).unwrap_or(end).min(end);
+        let mid_end = trunc_page(end).max(head_end);
+        Layout {
+            head_end,
+            mid_end,
+            end,
+        }
+    }
+
+    fn has_middle(&self) -> bool {
+        self.head_end < self.mid_end
+    }
 }
 
 impl VmMapCopy {
@@ -93,44 +127,28 @@ impl VmMapCopy {
         }
     }
 
+    /// Gives back every hold, through the caller's locked graph.
+    fn release_into(&mut self, objs: &mut Objects<'_>) {
+        for e in self.entries.drain(..) {
+            if let Some(h) = e.hold {
+                objs.release(h);
+            }
+        }
+    }
+
     /// Reads `buf.len()` bytes of the snapshot starting at byte `pos`.
-    fn read_at(&self, mut pos: u64, buf: &mut [u8]) {
+    fn read_at(&self, objs: &Objects<'_>, mut pos: u64, buf: &mut [u8]) {
         let mut done = 0usize;
+        let head = self.head.len() as u64;
+        let mid = self.middle_bytes();
         while done < buf.len() {
             let out = &mut buf[done..];
-            let n = if pos < self.head.len() as u64 {
-                let src = &self.head[pos as usize..];
-                let n = src.len().min(out.len());
-                out[..n].copy_from_slice(&src[..n]);
-                n
-            } else if pos < self.head.len() as u64 + self.middle_bytes() {
-                let mut rel = pos - self.head.len() as u64;
-                let mut n = 0;
-                for e in &self.entries {
-                    let bytes = e.pages << PAGE_SHIFT;
-                    if rel >= bytes {
-                        rel -= bytes;
-                        continue;
-                    }
-                    let in_page = rel % PAGE_SIZE;
-                    n = ((PAGE_SIZE - in_page) as usize).min(out.len());
-                    match &e.object {
-                        Some(o) => o.read_page_bytes(
-                            e.offset + (rel >> PAGE_SHIFT),
-                            in_page,
-                            &mut out[..n],
-                        ),
-                        None => out[..n].fill(0),
-                    }
-                    break;
-                }
-                n
+            let n = if pos < head {
+                copy_from(&self.head[pos as usize..], out)
+            } else if pos < head + mid {
+                self.read_middle(objs, pos - head, out)
             } else {
-                let rel = (pos - self.head.len() as u64 - self.middle_bytes()) as usize;
-                let src = &self.tail[rel..];
-                let n = src.len().min(out.len());
-                out[..n].copy_from_slice(&src[..n]);
-                n
+                copy_from(&self.tail[(pos - head - mid) as usize..], out)
             };
             debug_assert!(n > 0, "read past the end of a copy");
             if n == 0 {
@@ -141,40 +159,77 @@ impl VmMapCopy {
         }
     }
 
+    /// Reads from the whole pages, at byte `rel` of them, up to the end of
+    /// that page; returns the bytes read.
+    fn read_middle(&self, objs: &Objects<'_>, mut rel: u64, out: &mut [u8]) -> usize {
+        for e in &self.entries {
+            let bytes = e.pages << PAGE_SHIFT;
+            if rel >= bytes {
+                rel -= bytes;
+                continue;
+            }
+            let in_page = rel % PAGE_SIZE;
+            let n = ((PAGE_SIZE - in_page) as usize).min(out.len());
+            objs.read(e.hold.as_ref(), rel >> PAGE_SHIFT, in_page, &mut out[..n]);
+            return n;
+        }
+        0
+    }
+
     /// `vm_map_copyout`: allocates room anywhere in `map`, places the copy
     /// there (at the same page offset it was taken from) and returns the
     /// address of its first byte. On failure the copy is handed back.
-    pub fn copyout(self, map: &VmMap) -> Result<u64, (KernError, VmMapCopy)> {
+    pub fn copyout(mut self, map: &VmMap) -> Result<u64, (KernError, VmMapCopy)> {
         if self.len == 0 {
             return Ok(0);
         }
         if !Arc::ptr_eq(&self.ctx, map.context()) {
             return Err((KernError::InvalidArgument, self));
         }
-        let size = match round_page(self.offset + self.len) {
-            Some(s) => s,
-            None => return Err((KernError::NoSpace, self)),
+        let Some(size) = round_page(self.offset + self.len) else {
+            return Err((KernError::NoSpace, self));
         };
         let mut m = map.0.inner.lock();
         let Some(start) = m.find_space(0, size) else {
+            drop(m);
             return Err((KernError::NoSpace, self));
         };
-        m.insert(start, Entry::new_anon(start + size));
-        let mut released = Vec::new();
-        match map.overwrite(&mut m, start + self.offset, &self, &mut released) {
-            Ok(()) => {
+        let dst = start + self.offset;
+        // The fresh range is untouched: each page written as bytes takes one.
+        let n = byte_pieces(dst, &self, true)
+            .iter()
+            .map(|&(d, _, k)| VaRange::round_out(d, k).map_or(0, |r| r.len() >> PAGE_SHIFT))
+            .sum();
+        let (mut objs, mut frames) = match reserve(map.0.ctx.objects(), n) {
+            Ok(x) => x,
+            Err(e) => {
                 drop(m);
-                finish(released, Vec::new());
-                Ok(start + self.offset)
+                return Err((e, self));
+            }
+        };
+        m.insert(start, Entry::new_anon(start + size));
+        match map.overwrite(&mut m, &mut objs, dst, &mut self, &mut frames) {
+            Ok(()) => {
+                m.simplify(&mut objs, start, start + size);
+                self.release_into(&mut objs);
+                Ok(dst)
             }
             Err(e) => {
-                let removed = map.remove_locked(&mut m, page_range(start, start + size));
+                map.remove_locked(&mut m, &mut objs, page_range(start, start + size));
+                drop(frames);
+                drop(objs);
                 drop(m);
-                finish(released, removed);
                 Err((e, self))
             }
         }
     }
+}
+
+/// Copies as much of `src` as fits into `out`; returns the count.
+fn copy_from(src: &[u8], out: &mut [u8]) -> usize {
+    let n = src.len().min(out.len());
+    out[..n].copy_from_slice(&src[..n]);
+    n
 }
 
 impl core::fmt::Debug for VmMapCopy {
@@ -191,215 +246,197 @@ impl core::fmt::Debug for VmMapCopy {
 
 impl Drop for VmMapCopy {
     fn drop(&mut self) {
-        for e in self.entries.drain(..) {
-            if let Some(o) = e.object {
-                machvm_object::release(o);
-            }
+        if self.entries.iter().any(|e| e.hold.is_some()) {
+            let ctx = self.ctx.clone();
+            self.release_into(&mut ctx.objects());
         }
     }
 }
 
-/// Releases replaced objects and removed entries, after the map locks are
-/// dropped.
-fn finish(objects: Vec<Arc<VmObject>>, removed: Vec<(u64, Entry)>) {
-    for o in objects {
-        machvm_object::release(o);
-    }
-    release_entries(removed);
+/// The byte ranges of placing `copy` at `dst`, as (destination address,
+/// position in the copy, length): its head and tail when the whole pages go
+/// copy-on-write (`cow`), else all of it.
+fn byte_pieces(dst: u64, copy: &VmMapCopy, cow: bool) -> Vec<(u64, u64, u64)> {
+    let (head, mid) = (copy.head.len() as u64, copy.middle_bytes());
+    let mut pieces = if cow {
+        alloc::vec![
+            (dst, 0, head),
+            (dst + head + mid, head + mid, copy.len - head - mid)
+        ]
+    } else {
+        alloc::vec![(dst, 0, copy.len)]
+    };
+    pieces.retain(|p| p.2 > 0);
+    pieces
+}
+
+/// True when `copy`'s whole pages can go to `dst` copy-on-write: they land
+/// on page boundaries, and no destination page there is shared with
+/// another map (sharers must see the copy, so those pages are written).
+fn cow_fits(m: &MapInner, objs: &Objects<'_>, dst: u64, head: u64, mid: u64) -> bool {
+    let at = dst + head;
+    mid > 0
+        && at % PAGE_SIZE == 0
+        && !m
+            .overlapping(at, at + mid)
+            .any(|(_, e)| e.object.as_ref().is_some_and(|h| objs.is_shared(h)))
 }
 
 impl VmMap {
-    /// Copy-in of `[addr, addr + len)` (already checked readable).
-    fn copyin(&self, m: &mut MapInner, addr: u64, len: u64) -> Result<VmMapCopy, KernError> {
-        let ctx = self.context();
-        let mut copy = VmMapCopy::empty(ctx);
+    /// Copy-in of `[addr, addr + len)` (already checked readable), frames
+    /// for eager copies from `frames`. The source's lowered translations
+    /// are flushed before this returns, with the map still locked.
+    fn copyin(
+        &self,
+        m: &mut MapInner,
+        objs: &mut Objects<'_>,
+        addr: u64,
+        len: u64,
+        frames: &mut FrameReservation<'_>,
+    ) -> Result<VmMapCopy, KernError> {
+        let l = Layout::of(addr, len);
+        let mut copy = VmMapCopy::empty(self.context());
         copy.offset = addr & (PAGE_SIZE - 1);
         copy.len = len;
-        let end = addr + len;
-        let (head_end, mid_end) = if len <= SMALL_COPY_BYTES {
-            (end, end)
-        } else {
-            (
-                round_page(addr).unwrap_or(end).min(end),
-                trunc_page(end).max(addr),
-            )
-        };
-        let mid_end = mid_end.max(head_end);
-        copy.head = self.snapshot_bytes(m, addr, head_end - addr);
-        copy.tail = self.snapshot_bytes(m, mid_end, end - mid_end);
-        if head_end == mid_end {
+        copy.head = snapshot_bytes(m, objs, addr, l.head_end - addr);
+        copy.tail = snapshot_bytes(m, objs, l.mid_end, l.end - l.mid_end);
+        if !l.has_middle() {
             return Ok(copy);
         }
-        // Whole pages: reference the source objects copy-on-write.
-        let pm = ctx.pmap();
+        m.clip_range(objs, l.head_end, l.mid_end);
+        let pm = self.context().pmap();
         let mut flush = TlbFlush::none();
         let mut result = Ok(());
-        let starts: Vec<u64> = m.overlapping(head_end, mid_end).map(|(s, _)| *s).collect();
-        for start in starts {
-            let Some(e) = m.entries.get_mut(&start) else {
-                continue;
-            };
-            let s = start.max(head_end);
-            let t = e.end.min(mid_end);
-            let pages = (t - s) >> PAGE_SHIFT;
-            let offset = e.offset + ((s - start) >> PAGE_SHIFT);
-            let entry = match cow_reference(self, e, start, offset, pages, &mut flush) {
-                Ok(r) => {
-                    let (object, offset) = r.map_or((None, 0), |(o, off, _)| (Some(o), off));
-                    CopyEntry {
-                        object,
-                        offset,
-                        pages,
+        for (&start, e) in m.entries.range(l.head_end..l.mid_end) {
+            let pages = e.pages(start);
+            let hold = match &e.object {
+                None => None,
+                Some(h) => match objs.cow_share(h, Holder::Copy, frames) {
+                    Ok(c) => {
+                        if c.write_protect {
+                            let prot = e.protection - VmProt::WRITE;
+                            flush.merge(pm.protect(self.pmap(), page_range(start, e.end), prot));
+                        }
+                        Some(c.hold)
                     }
-                }
-                Err(err) => {
-                    result = Err(err);
-                    break;
-                }
+                    Err(err) => {
+                        result = Err(err);
+                        break;
+                    }
+                },
             };
-            copy.entries.push(entry);
+            copy.entries.push(CopyEntry { hold, pages });
         }
         pm.flush(flush);
-        result.map(|()| copy)
-    }
-
-    /// The bytes of `[addr, addr + len)` as the source's objects hold them,
-    /// without faulting anything in (untouched memory reads as zero).
-    fn snapshot_bytes(&self, m: &mut MapInner, addr: u64, len: u64) -> Vec<u8> {
-        let mut out = alloc::vec![0u8; len as usize];
-        let mut done = 0u64;
-        while done < len {
-            let va = addr + done;
-            let in_page = va & (PAGE_SIZE - 1);
-            let n = (PAGE_SIZE - in_page).min(len - done);
-            let buf = &mut out[done as usize..(done + n) as usize];
-            if let Some(start) = m.lookup(va) {
-                if let Some(e) = m.entries.get(&start) {
-                    if let Some(o) = &e.object {
-                        o.read_page_bytes(
-                            e.offset + ((trunc_page(va) - start) >> PAGE_SHIFT),
-                            in_page,
-                            buf,
-                        );
-                    }
-                }
-            }
-            done += n;
+        m.simplify(objs, l.head_end, l.mid_end);
+        if let Err(e) = result {
+            copy.release_into(objs);
+            return Err(e);
         }
-        out
+        Ok(copy)
     }
 
     /// Overwrites `[dst, dst + copy.len)` (allocated and writable, checked)
-    /// with `copy`. Objects it unmaps are pushed to `released`. On error
-    /// nothing has changed.
+    /// with `copy`, new pages from `frames`. The bytes go first (the only
+    /// step that could fail, and with the frames reserved it does not),
+    /// then the whole pages, which takes them out of `copy`.
     fn overwrite(
         &self,
         m: &mut MapInner,
+        objs: &mut Objects<'_>,
         dst: u64,
-        copy: &VmMapCopy,
-        released: &mut Vec<Arc<VmObject>>,
+        copy: &mut VmMapCopy,
+        frames: &mut FrameReservation<'_>,
     ) -> Result<(), KernError> {
-        let head = copy.head.len() as u64;
-        let mid = copy.middle_bytes();
-        // Pages another map shares with the destination are written, not
-        // replaced, so that the sharers see the copy too (XNU does the same
-        // for `true_share` objects).
-        let cow = mid > 0
-            && (dst + head) % PAGE_SIZE == 0
-            && !m
-                .overlapping(dst + head, dst + head + mid)
-                .any(|(_, e)| !e.needs_copy && e.object.as_ref().is_some_and(|o| o.is_shared()));
-        // Byte ranges, as (destination address, position in the copy, length).
-        let mut pieces: Vec<(u64, u64, u64)> = Vec::new();
-        if cow {
-            pieces.push((dst, 0, head));
-            pieces.push((dst + head + mid, head + mid, copy.len - head - mid));
-        } else {
-            pieces.push((dst, 0, copy.len));
-        }
-        pieces.retain(|p| p.2 > 0);
-        // Fault in every destination page the bytes go to; may run out.
-        let mut undo = Undo::default();
-        let mut pas: Vec<Vec<PhysAddr>> = Vec::new();
-        for &(d, _, n) in &pieces {
-            let mut v = Vec::new();
-            let r = VaRange::round_out(d, n).unwrap_or_default();
-            if let Err(e) = self.fault_in(m, r, Access::Write, &mut undo, Some(&mut v)) {
-                undo.roll_back();
-                return Err(e);
-            }
-            pas.push(v);
-        }
-        // Nothing can fail from here on.
-        if cow {
-            self.replace_pages(m, dst + head, copy, released);
-        }
-        let mem = self.context().frames().mem();
+        let (head, mid) = (copy.head.len() as u64, copy.middle_bytes());
+        let cow = cow_fits(m, objs, dst, head, mid);
         let mut chunk = [0u8; PAGE_SIZE as usize];
-        for (&(d, pos, n), frames) in pieces.iter().zip(&pas) {
-            let mut copied = 0usize;
-            for_each_chunk(d, n as usize, frames, |pa, at, k| {
-                let buf = &mut chunk[..k];
-                copy.read_at(pos + at as u64, buf);
-                mem.write(pa, buf);
-                copied += k;
-            });
-            debug_assert_eq!(copied as u64, n);
+        for (d, pos, n) in byte_pieces(dst, copy, cow) {
+            let r = VaRange::round_out(d, n).ok_or(KernError::InvalidAddress)?;
+            let missing = self.untranslatable(r, Access::Write);
+            self.fault_pages(m, objs, &missing, Access::Write, frames)?;
+            for_each_page_piece(m, d, n as usize, |h, page, off, at, k| {
+                copy.read_at(objs, pos + at as u64, &mut chunk[..k]);
+                h.is_some_and(|h| objs.write(h, page, off, &chunk[..k]))
+            })?;
         }
+        if cow {
+            self.replace_pages(m, objs, dst + head, copy);
+        }
+        m.simplify(objs, trunc_page(dst), dst + copy.len);
         Ok(())
     }
 
     /// Makes the whole pages of `copy` the destination's pages from `at` on,
     /// copy-on-write, keeping each destination entry's protection, maximum
-    /// and inheritance.
+    /// and inheritance. The old pages nothing else reaches are freed.
     fn replace_pages(
         &self,
         m: &mut MapInner,
+        objs: &mut Objects<'_>,
         at: u64,
-        copy: &VmMapCopy,
-        released: &mut Vec<Arc<VmObject>>,
+        copy: &mut VmMapCopy,
     ) {
         let end = at + copy.middle_bytes();
         let pm = self.context().pmap();
         pm.flush(pm.remove(self.pmap(), page_range(at, end)));
-        let mut cs = at;
         let mut bounds = Vec::with_capacity(copy.entries.len());
+        let mut cs = at;
         for ce in &copy.entries {
             bounds.push(cs);
             cs += ce.pages << PAGE_SHIFT;
         }
-        m.clip(at);
-        m.clip(end);
+        m.clip_range(objs, at, end);
         for &b in &bounds {
-            m.clip(b);
+            m.clip(objs, b);
         }
+        let mut old = Vec::new();
         let mut k = 0;
         for (&start, e) in m.entries.range_mut(at..end) {
             while k + 1 < bounds.len() && bounds[k + 1] <= start {
                 k += 1;
             }
-            let ce = &copy.entries[k];
             let rel = (start - bounds[k]) >> PAGE_SHIFT;
-            if let Some(old) = e.object.take() {
-                if old.is_one_mapping() {
-                    old.discard_range(e.offset, e.offset + ((e.end - start) >> PAGE_SHIFT));
-                }
-                released.push(old);
-            }
-            e.object = ce.object.clone();
-            e.offset = if ce.object.is_some() {
-                ce.offset + rel
-            } else {
-                0
-            };
-            e.needs_copy = ce.object.is_some();
+            let pages = e.pages(start);
+            let new = copy.entries[k]
+                .hold
+                .as_ref()
+                .map(|h| objs.share_part(h, rel, pages, Holder::NeedsCopy { map: self.id() }));
+            old.extend(core::mem::replace(&mut e.object, new));
         }
+        for h in old {
+            objs.release(h);
+        }
+        copy.release_into(objs);
     }
 }
 
-/// Checks a destination range for overwrite: allocated and writable.
-fn check_dst(m: &MapInner, r: VaRange) -> Result<(), KernError> {
-    check_access(m, r, Access::Write)
+/// The bytes of `[addr, addr + len)` as the source's objects hold them,
+/// without faulting anything in (untouched memory reads as zero).
+fn snapshot_bytes(m: &MapInner, objs: &Objects<'_>, addr: u64, len: u64) -> Vec<u8> {
+    let mut out = alloc::vec![0u8; len as usize];
+    let _ = for_each_page_piece(m, addr, len as usize, |h, page, off, at, n| {
+        objs.read(h, page, off, &mut out[at..at + n]);
+        true
+    });
+    out
+}
+
+/// Frames copy-in of `[addr, addr + len)` will take: the eager copies of
+/// shared windows among its whole pages.
+fn copyin_frames(m: &MapInner, objs: &Objects<'_>, addr: u64, len: u64) -> u64 {
+    let l = Layout::of(addr, len);
+    if !l.has_middle() {
+        return 0;
+    }
+    m.overlapping(l.head_end, l.mid_end)
+        .filter_map(|(&start, e)| {
+            let h = e.object.as_ref()?;
+            let s = start.max(l.head_end);
+            let t = e.end.min(l.mid_end);
+            Some(objs.cow_frames(h, (s - start) >> PAGE_SHIFT, (t - s) >> PAGE_SHIFT))
+        })
+        .sum()
 }
 
 /// With `dst_alloc`: the allocated parts must be writable; returns the holes
@@ -409,7 +446,7 @@ fn dst_holes(m: &MapInner, r: VaRange) -> Result<Vec<(u64, u64)>, KernError> {
     let mut holes = Vec::new();
     let mut at = s;
     for (&start, en) in m.overlapping(s, e) {
-        if !en.protection.contains(machvm_base::VmProt::WRITE) {
+        if !en.protection.contains(VmProt::WRITE) {
             return Err(KernError::ProtectionFailure);
         }
         if start > at {
@@ -421,6 +458,15 @@ fn dst_holes(m: &MapInner, r: VaRange) -> Result<Vec<(u64, u64)>, KernError> {
         holes.push((at, e));
     }
     Ok(holes)
+}
+
+/// One `vm_map_copy` with its arguments, once they are validated.
+struct CopyArgs {
+    dst_addr: u64,
+    len: u64,
+    src_addr: u64,
+    dst_alloc: bool,
+    src_destroy: bool,
 }
 
 /// `vm_map_copy(dst_map, src_map, dst_addr, len, src_addr, dst_alloc,
@@ -445,6 +491,9 @@ fn dst_holes(m: &MapInner, r: VaRange) -> Result<Vec<(u64, u64)>, KernError> {
 /// - **`src_destroy`**: after a successful copy the source pages (rounded
 ///   out) are deallocated. *Differs from 4.4BSD*, which destroyed the source
 ///   even when the copy failed.
+/// - **Cost**: only the pages copied become copy-on-write (the source
+///   entries are clipped to them), and a page is copied when one side first
+///   writes it.
 ///
 /// # Errors, in the order they are checked
 /// - `InvalidAddress`: a range overflows, rounds past `u64::MAX`, or leaves
@@ -496,88 +545,59 @@ pub fn vm_map_copy(
     if !Arc::ptr_eq(dst_map.context(), src_map.context()) {
         return Err(KernError::InvalidArgument);
     }
-    let mut released = Vec::new();
-    let mut removed = Vec::new();
-    let result = if same {
-        let mut m = src_map.0.inner.lock();
-        copy_locked(
-            dst_map,
-            src_map,
-            None,
-            &mut m,
-            dst_addr,
-            len,
-            src_addr,
-            dst_alloc,
-            src_destroy,
-            &mut released,
-            &mut removed,
-        )
-    } else {
-        // A fixed global order: by map id.
-        let (first, second) = if src_map.id() < dst_map.id() {
-            (src_map, dst_map)
-        } else {
-            (dst_map, src_map)
-        };
-        let mut g1 = first.0.inner.lock();
-        let mut g2 = second.0.inner.lock();
-        let (sm, dm) = if src_map.id() < dst_map.id() {
-            (&mut *g1, &mut *g2)
-        } else {
-            (&mut *g2, &mut *g1)
-        };
-        copy_locked(
-            dst_map,
-            src_map,
-            Some(dm),
-            sm,
-            dst_addr,
-            len,
-            src_addr,
-            dst_alloc,
-            src_destroy,
-            &mut released,
-            &mut removed,
-        )
+    let args = CopyArgs {
+        dst_addr,
+        len,
+        src_addr,
+        dst_alloc,
+        src_destroy,
     };
-    finish(released, removed);
-    result
+    if same {
+        let mut m = src_map.0.inner.lock();
+        return copy_locked(dst_map, src_map, None, &mut m, &args);
+    }
+    // A fixed global order: by map id.
+    let (first, second) = if src_map.id() < dst_map.id() {
+        (src_map, dst_map)
+    } else {
+        (dst_map, src_map)
+    };
+    let mut g1 = first.0.inner.lock();
+    let mut g2 = second.0.inner.lock();
+    let (sm, dm) = if src_map.id() < dst_map.id() {
+        (&mut *g1, &mut *g2)
+    } else {
+        (&mut *g2, &mut *g1)
+    };
+    copy_locked(dst_map, src_map, Some(dm), sm, &args)
 }
 
 /// The body of [`vm_map_copy`] with the maps locked; `dm` is `None` when
 /// the destination is the source map itself.
-#[allow(clippy::too_many_arguments)]
 fn copy_locked(
     dst_map: &VmMap,
     src_map: &VmMap,
     mut dm: Option<&mut MapInner>,
     sm: &mut MapInner,
-    dst_addr: u64,
-    len: u64,
-    src_addr: u64,
-    dst_alloc: bool,
-    src_destroy: bool,
-    released: &mut Vec<Arc<VmObject>>,
-    removed: &mut Vec<(u64, Entry)>,
+    a: &CopyArgs,
 ) -> Result<(), KernError> {
-    let sr = VaRange::round_out(src_addr, len).unwrap_or_default();
-    let dr = VaRange::round_out(dst_addr, len).unwrap_or_default();
-    // Source, then destination: nothing changes until both pass.
+    let sr = VaRange::round_out(a.src_addr, a.len).unwrap_or_default();
+    let dr = VaRange::round_out(a.dst_addr, a.len).unwrap_or_default();
+    let ctx = src_map.context();
+    let objs = ctx.objects();
+    // Source, then destination, then frames: nothing changes until all pass.
     check_access(sm, sr, Access::Read)?;
-    let holes = {
-        let d: &MapInner = match &dm {
-            Some(d) => d,
-            None => sm,
-        };
-        if dst_alloc {
-            dst_holes(d, dr)?
-        } else {
-            check_dst(d, dr)?;
-            Vec::new()
-        }
+    let d: &MapInner = dm.as_deref().unwrap_or(sm);
+    let holes = if a.dst_alloc {
+        dst_holes(d, dr)?
+    } else {
+        check_access(d, dr, Access::Write)?;
+        Vec::new()
     };
-    let copy = src_map.copyin(sm, src_addr, len)?;
+    let n =
+        copyin_frames(sm, &objs, a.src_addr, a.len) + copy_dest_frames(d, &objs, a, dm.is_none());
+    let (mut objs, mut frames) = reserve(objs, n)?;
+    let mut copy = src_map.copyin(sm, &mut objs, a.src_addr, a.len, &mut frames)?;
     let d: &mut MapInner = match &mut dm {
         Some(d) => d,
         None => sm,
@@ -585,17 +605,46 @@ fn copy_locked(
     for &(s, e) in &holes {
         d.insert(s, Entry::new_anon(e));
     }
-    if let Err(e) = dst_map.overwrite(d, dst_addr, &copy, released) {
+    if let Err(e) = dst_map.overwrite(d, &mut objs, a.dst_addr, &mut copy, &mut frames) {
+        // Unreachable with the frames reserved.
         for &(s, t) in &holes {
-            removed.extend(dst_map.remove_locked(d, page_range(s, t)));
+            dst_map.remove_locked(d, &mut objs, page_range(s, t));
         }
+        copy.release_into(&mut objs);
         return Err(e);
     }
-    drop(copy);
-    if src_destroy {
-        removed.extend(src_map.remove_locked(sm, sr));
+    copy.release_into(&mut objs);
+    if a.src_destroy {
+        src_map.remove_locked(sm, &mut objs, sr);
     }
     Ok(())
+}
+
+/// An upper bound on the frames the destination's byte pages of a copy
+/// take: as `frames_for` says, except that in the same map the pages the
+/// copy-in is about to make copy-on-write need a frame each.
+fn copy_dest_frames(d: &MapInner, objs: &Objects<'_>, a: &CopyArgs, same: bool) -> u64 {
+    let l = Layout::of(a.src_addr, a.len);
+    let head = l.head_end - a.src_addr;
+    let mid = l.mid_end - l.head_end;
+    let cow = cow_fits(d, objs, a.dst_addr, head, mid);
+    let mut pieces = alloc::vec![(a.dst_addr, a.len)];
+    if cow {
+        pieces = alloc::vec![
+            (a.dst_addr, head),
+            (a.dst_addr + head + mid, a.len - head - mid)
+        ];
+    }
+    let pages: Vec<u64> = pieces
+        .into_iter()
+        .filter(|p| p.1 > 0)
+        .filter_map(|(s, n)| VaRange::round_out(s, n))
+        .flat_map(|r| r.iter_pages().map(|va| va.0))
+        .collect();
+    let (cow_src, shared): (Vec<u64>, Vec<u64>) = pages
+        .into_iter()
+        .partition(|&va| same && l.has_middle() && l.head_end <= va && va < l.mid_end);
+    cow_src.len() as u64 + frames_for(d, objs, &shared, true)
 }
 
 /// `vm_read`: a copy-on-write snapshot of `[addr, addr + size)` (no page is
@@ -607,25 +656,35 @@ pub fn vm_read(map: &VmMap, addr: u64, size: u64) -> Result<VmMapCopy, KernError
     };
     let mut m = map.0.inner.lock();
     check_access(&m, r, Access::Read)?;
-    map.copyin(&mut m, addr, size)
+    let objs = map.context().objects();
+    let n = copyin_frames(&m, &objs, addr, size);
+    let (mut objs, mut frames) = reserve(objs, n)?;
+    map.copyin(&mut m, &mut objs, addr, size, &mut frames)
 }
 
 /// `vm_write`: overwrites the allocated, writable range at `addr` with
 /// `data`, consuming it (SPEC §4 rule 5).
-pub fn vm_write(map: &VmMap, addr: u64, data: VmMapCopy) -> Result<(), KernError> {
+pub fn vm_write(map: &VmMap, addr: u64, mut data: VmMapCopy) -> Result<(), KernError> {
     let Some(r) = data_range(addr, data.len)? else {
         return Ok(());
     };
     if !Arc::ptr_eq(&data.ctx, map.context()) {
         return Err(KernError::InvalidArgument);
     }
-    let mut released = Vec::new();
-    let result = {
-        let mut m = map.0.inner.lock();
-        check_dst(&m, r).and_then(|()| map.overwrite(&mut m, addr, &data, &mut released))
-    };
-    drop(data);
-    finish(released, Vec::new());
+    let mut m = map.0.inner.lock();
+    check_access(&m, r, Access::Write)?;
+    let objs = map.context().objects();
+    let (head, mid) = (data.head.len() as u64, data.middle_bytes());
+    let cow = cow_fits(&m, &objs, addr, head, mid);
+    let pages: Vec<u64> = byte_pieces(addr, &data, cow)
+        .into_iter()
+        .filter_map(|(d, _, n)| VaRange::round_out(d, n))
+        .flat_map(|r| r.iter_pages().map(|va| va.0))
+        .collect();
+    let n = frames_for(&m, &objs, &pages, true);
+    let (mut objs, mut frames) = reserve(objs, n)?;
+    let result = map.overwrite(&mut m, &mut objs, addr, &mut data, &mut frames);
+    data.release_into(&mut objs);
     result
 }
 

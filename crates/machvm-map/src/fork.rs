@@ -1,76 +1,117 @@
 //! `fork`: a new map built from an old one, entry by entry, by inheritance.
 //!
-//! - `Share`: both maps reference one object and see each other's writes. A
-//!   needs-copy entry gets its shadow first, so that the sharers share the
-//!   object they write, not the one below it.
-//! - `Copy`: both entries reference the object copy-on-write (needs-copy on
-//!   both sides) and the parent's translations are write-protected. An object
-//!   already written directly by several maps cannot be shadowed (its sharers
-//!   keep writing it), so the child gets an eager private copy of its
-//!   resident pages instead.
+//! - `Share`: both maps hold one window of one object directly and see each
+//!   other's writes. A copy-on-write entry is made writable first (taken
+//!   over, or shadowed), so that the sharers share the object they write.
+//! - `Copy`: the child holds the window copy-on-write (`NeedsCopy`), the
+//!   parent's entry too, and the parent's translations lose `WRITE` — all of
+//!   it before the parent's map is unlocked, shootdown included. A window
+//!   others write directly cannot be shadowed (its sharers keep writing
+//!   it), so the child gets an eager private copy of its resident pages,
+//!   with the frames reserved before anything changes.
 //! - `None`: the child has a hole there.
 
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use machvm_base::{KernError, VmInherit};
+use machvm_base::{KernError, VmInherit, VmProt};
+use machvm_frame::FrameReservation;
+use machvm_object::{Holder, Objects};
 use machvm_pmap::TlbFlush;
 
-use crate::fault::{cow_reference, ensure_object, resolve_needs_copy};
-use crate::{Entry, VmMap};
+use crate::data::reserve;
+use crate::{Entry, MapInner, VmMap, page_range, release_entries};
 
 impl VmMap {
     /// Creates a child map from this one, entry by entry, by inheritance.
-    /// On `ResourceShortage` the child is discarded and this map reads and
-    /// writes exactly as before.
+    /// On `ResourceShortage` nothing has changed.
     pub fn fork(&self) -> Result<VmMap, KernError> {
         let ctx = self.context().clone();
         let child = VmMap::new(&ctx)?;
-        let pm = ctx.pmap();
-        let mut flush = TlbFlush::none();
         let mut m = self.0.inner.lock();
+        let objs = ctx.objects();
+        let need: u64 = m
+            .entries
+            .values()
+            .filter(|e| e.inheritance == VmInherit::Copy)
+            .filter_map(|e| e.object.as_ref())
+            .map(|h| {
+                let (s, e) = objs.window(h);
+                objs.cow_frames(h, 0, e - s)
+            })
+            .sum();
+        let (mut objs, mut frames) = reserve(objs, need)?;
+        let mut flush = TlbFlush::none();
+        let out = self.inherit_entries(&mut m, &mut objs, child.id(), &mut frames, &mut flush);
+        drop(frames);
+        // The parent's pages are write-protected everywhere before any of its
+        // threads can take the map again and copy one up.
+        drop(objs);
+        ctx.pmap().flush(flush);
+        let out = out?;
+        // Entries that changed holder may now continue their neighbours (and
+        // the child's copy-on-write entries each other's); untouched entries
+        // were simplified already.
+        let held = out.values().any(|e| e.object.is_some());
+        let mut objs = ctx.objects();
+        if held {
+            m.simplify(&mut objs, 0, u64::MAX);
+        }
+        drop(objs);
+        drop(m);
+        let mut cm = child.0.inner.lock();
+        cm.replace_entries(out);
+        if held {
+            cm.simplify(&mut ctx.objects(), 0, u64::MAX);
+        }
+        drop(cm);
+        Ok(child)
+    }
+
+    /// The child's entries, by inheritance; lowers the parent's
+    /// translations of `Copy` entries into `flush`.
+    fn inherit_entries(
+        &self,
+        m: &mut MapInner,
+        objs: &mut Objects<'_>,
+        child: u64,
+        frames: &mut FrameReservation<'_>,
+        flush: &mut TlbFlush,
+    ) -> Result<BTreeMap<u64, Entry>, KernError> {
+        let pm = self.0.ctx.pmap();
         let mut out: Vec<(u64, Entry)> = Vec::new();
-        let mut result = Ok(());
         for (&start, e) in m.entries.iter_mut() {
-            match e.inheritance {
-                VmInherit::None => {}
+            let hold = match e.inheritance {
+                VmInherit::None => continue,
                 VmInherit::Share => {
-                    ensure_object(&ctx, e, start);
-                    if e.needs_copy {
-                        resolve_needs_copy(e, start);
-                    }
-                    if let Some(o) = &e.object {
-                        o.set_shared();
-                        o.clear_one_mapping();
-                    }
-                    out.push((start, e.clone()));
+                    let pages = e.pages(start);
+                    let map = Holder::Direct { map: self.0.id };
+                    let h = e.object.get_or_insert_with(|| objs.create(pages, map));
+                    objs.make_writable(h, self.0.id);
+                    Some(objs.share(h, Holder::Direct { map: child }))
                 }
-                VmInherit::Copy => {
-                    let mut ce = e.clone();
-                    let (offset, pages) = (e.offset, e.pages(start));
-                    match cow_reference(self, e, start, offset, pages, &mut flush) {
-                        Ok(None) => {}
-                        Ok(Some((object, offset, private))) => {
-                            ce.object = Some(object);
-                            ce.offset = offset;
-                            ce.needs_copy = !private;
+                VmInherit::Copy => match &e.object {
+                    None => None,
+                    Some(h) => match objs.cow_share(h, Holder::NeedsCopy { map: child }, frames) {
+                        Ok(c) => {
+                            if c.write_protect {
+                                let range = page_range(start, e.end);
+                                let prot = e.protection - VmProt::WRITE;
+                                flush.merge(pm.protect(self.0.pmap, range, prot));
+                            }
+                            Some(c.hold)
                         }
                         Err(err) => {
-                            result = Err(err);
-                            break;
+                            // Unreachable with the frames reserved.
+                            release_entries(objs, out.into_iter());
+                            return Err(err);
                         }
-                    }
-                    out.push((start, ce));
-                }
-            }
+                    },
+                },
+            };
+            out.push((start, Entry::like(e, e.end, hold)));
         }
-        drop(m);
-        pm.flush(flush);
-        result?;
-        {
-            // `out` is sorted: build the child's tree in one go.
-            let mut cm = child.0.inner.lock();
-            cm.replace_entries(out.into_iter().collect());
-        }
-        Ok(child)
+        // `out` is sorted: the child's tree is built in one go.
+        Ok(out.into_iter().collect())
     }
 }

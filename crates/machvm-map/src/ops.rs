@@ -1,19 +1,16 @@
 //! The map-management calls of SPEC §3: allocate, deallocate, protect,
-//! inherit, region, and a task's loads and stores (`read_bytes`,
-//! `write_bytes`).
+//! inherit and region.
 //!
 //! Each call validates everything before it changes anything, in the order
 //! SPEC's table gives: size 0, arithmetic overflow, bad protection bits, the
-//! map's bounds, holes, then protection; a failed call changes nothing.
+//! map's bounds, holes, then protection; a failed call changes nothing. Each
+//! successful call simplifies the entries it touched.
 
-use alloc::sync::Arc;
-use alloc::vec::Vec;
-
-use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PhysAddr, VaRange, VmInherit, VmProt};
-use machvm_object::VmObject;
+use machvm_base::{KernError, VaRange, VmInherit, VmProt};
+use machvm_object::{Holder, Objects};
 use machvm_pmap::{Access, TlbFlush};
 
-use crate::{Entry, MapInner, RegionInfo, VmMap, page_range};
+use crate::{Entry, MapInner, RegionInfo, VmMap, page_range, release_entries};
 
 /// Validates a management call's range: `Ok(None)` for size 0, the rounded
 /// range otherwise.
@@ -41,27 +38,6 @@ pub(crate) fn data_range(addr: u64, len: u64) -> Result<Option<VaRange>, KernErr
     Ok(Some(r))
 }
 
-/// Pages inserted by faults during one multi-page operation, discarded if
-/// the operation fails later (so a failure frees every frame it took).
-#[derive(Default)]
-pub(crate) struct Undo(Vec<(Arc<VmObject>, u64)>);
-
-impl Undo {
-    pub(crate) fn push(&mut self, inserted: Option<(Arc<VmObject>, u64)>) {
-        if let Some(i) = inserted {
-            self.0.push(i);
-        }
-    }
-
-    /// Takes the pages out again, except any another map already holds
-    /// (see [`VmObject::discard_page`]): those are legitimate, just early.
-    pub(crate) fn roll_back(self) {
-        for (obj, off) in self.0.into_iter().rev() {
-            obj.discard_page(off);
-        }
-    }
-}
-
 impl VmMap {
     /// `vm_allocate`: zero-filled memory of `size` bytes (rounded out) at
     /// `addr`, or with `anywhere` at the lowest free range at or above `addr`.
@@ -85,34 +61,33 @@ impl VmMap {
             r.start().0
         };
         m.insert(start, Entry::new_anon(start + r.len()));
+        m.simplify(&mut self.0.ctx.objects(), start, start + r.len());
         Ok(start)
     }
 
     /// `vm_deallocate`: removes `[addr, addr + size)` (rounded out); holes
-    /// are ignored. No translation of the range survives in any pmap.
+    /// are ignored. No translation of the range survives in any pmap, and
+    /// pages nothing else reaches are freed at once.
     pub fn deallocate(&self, addr: u64, size: u64) -> Result<(), KernError> {
         let Some(r) = mgmt_range(addr, size)? else {
             return Ok(());
         };
-        let removed = {
-            let mut m = self.0.inner.lock();
-            self.remove_locked(&mut m, r)
-        };
-        release_entries(removed);
+        let mut m = self.0.inner.lock();
+        let mut objs = self.0.ctx.objects();
+        self.remove_locked(&mut m, &mut objs, r);
         Ok(())
     }
 
-    /// Unmaps `r` and takes its entries out; their objects are the caller's
-    /// to release (after dropping the map lock is fine, before is too).
-    pub(crate) fn remove_locked(&self, m: &mut MapInner, r: VaRange) -> Vec<(u64, Entry)> {
-        m.clip(r.start().0);
-        m.clip(r.end().0);
-        let removed = m.remove_range(r.start().0, r.end().0);
+    /// Unmaps `r`, takes its entries out and gives back their holds.
+    pub(crate) fn remove_locked(&self, m: &mut MapInner, objs: &mut Objects<'_>, r: VaRange) {
+        let (s, e) = (r.start().0, r.end().0);
+        m.clip_range(objs, s, e);
+        let removed = m.remove_range(s, e);
         if !removed.is_empty() {
             let pm = self.0.ctx.pmap();
             pm.flush(pm.remove(self.0.pmap, r));
         }
-        removed
+        release_entries(objs, removed.into_iter());
     }
 
     /// `vm_protect`: sets the protection (or, with `set_maximum`, lowers the
@@ -143,8 +118,8 @@ impl VmMap {
         {
             return Err(KernError::ProtectionFailure);
         }
-        m.clip(s);
-        m.clip(e);
+        let mut objs = self.0.ctx.objects();
+        m.clip_range(&mut objs, s, e);
         let pm = self.0.ctx.pmap();
         let mut flush = TlbFlush::none();
         for (&start, en) in m.entries.range_mut(s..e) {
@@ -160,6 +135,7 @@ impl VmMap {
             }
         }
         pm.flush(flush);
+        m.simplify(&mut objs, s, e);
         Ok(())
     }
 
@@ -171,11 +147,12 @@ impl VmMap {
         let (s, e) = (r.start().0, r.end().0);
         let mut m = self.0.inner.lock();
         m.check_covered(s, e)?;
-        m.clip(s);
-        m.clip(e);
+        let mut objs = self.0.ctx.objects();
+        m.clip_range(&mut objs, s, e);
         for en in m.entries.range_mut(s..e).map(|(_, en)| en) {
             en.inheritance = inheritance;
         }
+        m.simplify(&mut objs, s, e);
         Ok(())
     }
 
@@ -183,6 +160,7 @@ impl VmMap {
     /// it; `NoSpace` when there is none.
     pub fn region(&self, addr: u64) -> Result<RegionInfo, KernError> {
         let m = self.0.inner.lock();
+        let objs = self.0.ctx.objects();
         let (&start, _) = m
             .entries
             .range(..=addr)
@@ -191,10 +169,10 @@ impl VmMap {
             .or_else(|| m.entries.range(addr..).next())
             .ok_or(KernError::NoSpace)?;
         // Neighbouring entries with equal attributes are one region (SPEC §3
-        // allows it, and clipping is an implementation detail).
+        // allows it: entries of different objects may not merge).
         let mut info: Option<RegionInfo> = None;
         for (&s, e) in m.entries.range(start..) {
-            let one = entry_info(s, e);
+            let one = entry_info(&objs, s, e);
             match &mut info {
                 None => info = Some(one),
                 Some(r) if r.start + r.size == s && same_region(r, &one) => {
@@ -207,82 +185,6 @@ impl VmMap {
             }
         }
         info.ok_or(KernError::NoSpace)
-    }
-
-    /// Reads `buf.len()` bytes at `addr` as the task's own loads would: the
-    /// whole range is checked first (holes: `InvalidAddress`; no `READ`:
-    /// `ProtectionFailure`), pages are faulted in through the pmap's walker,
-    /// and on any error no byte moves.
-    pub fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> Result<(), KernError> {
-        let Some(r) = data_range(addr, buf.len() as u64)? else {
-            return Ok(());
-        };
-        let mut m = self.0.inner.lock();
-        self.prepare(&mut m, r, Access::Read)?;
-        // Through the objects, under their locks: a page another map frees
-        // meanwhile (copy-up, collapse) is never read after it is freed.
-        for_each_page_piece(&m, addr, buf.len(), |o, page, off, at, n| {
-            o.read_page_bytes(page, off, &mut buf[at..at + n]);
-            true
-        })
-    }
-
-    /// Writes `data` at `addr` as the task's own stores would (copy-on-write
-    /// resolved, pages zero-filled on demand); checked first like
-    /// [`read_bytes`](Self::read_bytes), and on any error no byte moves.
-    pub fn write_bytes(&self, addr: u64, data: &[u8]) -> Result<(), KernError> {
-        let Some(r) = data_range(addr, data.len() as u64)? else {
-            return Ok(());
-        };
-        let mut m = self.0.inner.lock();
-        self.prepare(&mut m, r, Access::Write)?;
-        // Each page is now the entry's top object's own (copy-on-write
-        // resolved), and stays so while this map is locked.
-        for_each_page_piece(&m, addr, data.len(), |o, page, off, at, n| {
-            o.write_page_bytes(page, off, &data[at..at + n])
-        })
-    }
-
-    /// Checks `r` for `access` and makes every page of it translatable; on
-    /// failure undoes what it faulted in.
-    pub(crate) fn prepare(
-        &self,
-        m: &mut MapInner,
-        r: VaRange,
-        access: Access,
-    ) -> Result<(), KernError> {
-        check_access(m, r, access)?;
-        let mut undo = Undo::default();
-        self.fault_in(m, r, access, &mut undo, None)
-            .inspect_err(|_| undo.roll_back())
-    }
-
-    /// Makes every page of `r` translatable for `access` (already checked),
-    /// appending the frames to `pas` (when given) and the pages it inserted
-    /// to `undo`.
-    pub(crate) fn fault_in(
-        &self,
-        m: &mut MapInner,
-        r: VaRange,
-        access: Access,
-        undo: &mut Undo,
-        mut pas: Option<&mut Vec<PhysAddr>>,
-    ) -> Result<(), KernError> {
-        let pm = self.0.ctx.pmap();
-        for va in r.iter_pages() {
-            let pa = match pm.translate(self.0.pmap, va, access, true) {
-                Ok(pa) => pa,
-                Err(_) => {
-                    let f = self.fault_locked(m, va.0, access)?;
-                    undo.push(f.inserted);
-                    f.pa
-                }
-            };
-            if let Some(pas) = pas.as_deref_mut() {
-                pas.push(pa);
-            }
-        }
-        Ok(())
     }
 }
 
@@ -299,49 +201,16 @@ pub(crate) fn check_access(m: &MapInner, r: VaRange, access: Access) -> Result<(
     Ok(())
 }
 
-/// Splits `[addr, addr + len)` at page boundaries and calls `f(top object,
-/// page offset in it, byte offset in the page, offset into the caller's
-/// buffer, length)` for each piece of a range `prepare` has made resident.
-/// `Failure` if a piece finds no object page, which `prepare` rules out.
-fn for_each_page_piece(
-    m: &MapInner,
-    addr: u64,
-    len: usize,
-    mut f: impl FnMut(&VmObject, u64, u64, usize, usize) -> bool,
-) -> Result<(), KernError> {
-    let end = addr + len as u64;
-    let mut at = 0usize;
-    // One walk over the entries in order, not a tree search per page.
-    for (&start, e) in m.overlapping(addr, end) {
-        let o = e.object.as_ref().ok_or(KernError::Failure)?;
-        while at < len && addr + (at as u64) < e.end {
-            let va = addr + at as u64;
-            let off = va & (PAGE_SIZE - 1);
-            let n = ((PAGE_SIZE - off) as usize).min(len - at);
-            let page = e.offset + ((va - off - start) >> PAGE_SHIFT);
-            if !f(o, page, off, at, n) {
-                return Err(KernError::Failure);
-            }
-            at += n;
-        }
-    }
-    if at < len {
-        Err(KernError::Failure)
-    } else {
-        Ok(())
-    }
-}
-
 /// What `region` reports about one entry.
-fn entry_info(start: u64, e: &Entry) -> RegionInfo {
-    let pages = e.pages(start);
-    let (shared, resident, depth) = match &e.object {
-        Some(o) => (
-            !e.needs_copy && o.is_shared(),
-            o.resident_in_window(e.offset, e.offset + pages),
-            o.chain_depth() as u32,
+fn entry_info(objs: &Objects<'_>, start: u64, e: &Entry) -> RegionInfo {
+    let (shared, resident, depth, needs_copy) = match &e.object {
+        Some(h) => (
+            objs.is_shared(h),
+            objs.resident(h),
+            objs.chain_depth(h) as u32,
+            matches!(objs.holder(h), Holder::NeedsCopy { .. }),
         ),
-        None => (false, 0, 0),
+        None => (false, 0, 0, false),
     };
     RegionInfo {
         start,
@@ -352,7 +221,7 @@ fn entry_info(start: u64, e: &Entry) -> RegionInfo {
         shared,
         resident_pages: resident,
         shadow_depth: depth,
-        needs_copy: e.needs_copy,
+        needs_copy,
     }
 }
 
@@ -360,39 +229,4 @@ fn entry_info(start: u64, e: &Entry) -> RegionInfo {
 fn same_region(a: &RegionInfo, b: &RegionInfo) -> bool {
     (a.protection, a.max_protection, a.inheritance, a.shared)
         == (b.protection, b.max_protection, b.inheritance, b.shared)
-}
-
-/// Splits `[addr, addr + len)` at page boundaries and calls `f(frame address,
-/// offset into the caller's buffer, length)` for each piece.
-pub(crate) fn for_each_chunk(
-    addr: u64,
-    len: usize,
-    pas: &[PhysAddr],
-    mut f: impl FnMut(PhysAddr, usize, usize),
-) {
-    let mut at = 0usize;
-    let mut va = addr;
-    for &pa in pas {
-        if at >= len {
-            break;
-        }
-        let off = va & (PAGE_SIZE - 1);
-        let n = ((PAGE_SIZE - off) as usize).min(len - at);
-        f(PhysAddr(pa.page_base().0 + off), at, n);
-        at += n;
-        va += n as u64;
-    }
-}
-
-/// Releases the objects of removed entries, freeing at once the pages of a
-/// range that no other map, copy or shadow can reach.
-pub(crate) fn release_entries(removed: Vec<(u64, Entry)>) {
-    for (start, e) in removed {
-        if let Some(o) = e.object {
-            if o.is_one_mapping() {
-                o.discard_range(e.offset, e.offset + ((e.end - start) >> PAGE_SHIFT));
-            }
-            machvm_object::release(o);
-        }
-    }
 }

@@ -1,6 +1,9 @@
 extern crate std;
 
+use alloc::vec::Vec;
+
 use super::*;
+use machvm_base::{KernError, PAGE_SIZE};
 use machvm_frame::FrameAllocator;
 use machvm_pmap_x86_64::X86Pmap;
 
@@ -50,7 +53,7 @@ fn lookup_uses_and_updates_the_hint() {
     assert!(m.index.valid, "the flat index was built");
     // A clip that splits nothing changes nothing; a change of bounds
     // invalidates the index.
-    m.clip(0x10000 + 4 * P);
+    m.clip(&mut c.objects(), 0x10000 + 4 * P);
     assert!(m.index.valid);
     drop(m);
     map.deallocate(0x10000 + 2 * P, P).unwrap();
@@ -72,9 +75,17 @@ fn clipping_keeps_object_offsets() {
     assert_eq!(map.entry_count(), 3);
     {
         let m = map.0.inner.lock();
-        let offs: Vec<u64> = m.entries.values().map(|e| e.offset).collect();
+        let objs = c.objects();
+        let offs: Vec<u64> = m
+            .entries
+            .values()
+            .map(|e| objs.window(e.object.as_ref().unwrap()).0)
+            .collect();
         assert_eq!(offs, [0, 1, 3]);
     }
+    // Back to one protection: one entry again, its windows joined.
+    map.protect(a + P, 2 * P, false, VmProt::DEFAULT).unwrap();
+    assert_eq!(map.entry_count(), 1);
     let mut b = [0u8; 1];
     for i in 0..4u8 {
         map.read_bytes(a + u64::from(i) * P, &mut b).unwrap();

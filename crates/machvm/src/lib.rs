@@ -42,6 +42,7 @@ pub use machvm_map::{
 };
 
 use machvm_frame::{FrameAllocator, FrameUse};
+pub use machvm_object::VmAudit;
 use machvm_object::VmContext;
 use machvm_pmap::Pmap;
 use machvm_pmap_x86_64::X86Pmap;
@@ -142,6 +143,33 @@ impl VmSystem {
             hits: c.hits.load(Relaxed),
             total_pages: f.total_frames(),
         }
+    }
+
+    /// SPEC §6: what the system holds — resident pages, how many of them
+    /// some map entry or live copy can reach, map entries and neighbours
+    /// that could be one entry, the longest object chain. Take it at a quiet
+    /// moment (no call in flight). After every call `unreachable_pages` and
+    /// `mergeable_neighbours` are 0: memory nothing can reach is freed at
+    /// once, and maps stay in their fewest entries. O(resident pages +
+    /// entries).
+    ///
+    /// ```
+    /// use machvm::{VmSystem, vm_read};
+    /// let vm = VmSystem::hosted(16 << 20);
+    /// let map = vm.create_map()?;
+    /// let a = map.allocate(0, 64 * 4096, true)?;
+    /// map.write_bytes(a, &[1u8; 64 * 4096])?;
+    /// let snapshot = vm_read(&map, a, 2 * 4096)?;
+    /// map.deallocate(a, 64 * 4096)?;
+    /// let audit = vm.audit();
+    /// // Only the two pages the snapshot holds stay resident.
+    /// assert_eq!((audit.resident_pages, audit.unreachable_pages), (2, 0));
+    /// drop(snapshot);
+    /// assert_eq!(vm.audit().resident_pages, 0);
+    /// # Ok::<(), machvm::KernError>(())
+    /// ```
+    pub fn audit(&self) -> VmAudit {
+        self.ctx.audit()
     }
 
     /// Checks the frame allocator's and the pmap's invariants.

@@ -7,7 +7,8 @@
 mod model;
 
 use machvm::{
-    KernError, PAGE_SIZE, VmInherit, VmMap, VmProt, VmSystem, vm_map_copy, vm_read, vm_write,
+    KernError, PAGE_SIZE, VmAudit, VmInherit, VmMap, VmMapCopy, VmProt, VmSystem, vm_map_copy,
+    vm_read, vm_write,
 };
 use proptest::prelude::*;
 
@@ -85,6 +86,17 @@ enum Op {
         m: usize,
         addr: u64,
     },
+    /// `vm_read`, and keep the snapshot alive for a while.
+    Keep {
+        m: usize,
+        addr: u64,
+        size: u64,
+    },
+    /// Copy a kept snapshot out into map `to`, then drop it.
+    Release {
+        i: usize,
+        to: usize,
+    },
     CheckAll,
 }
 
@@ -111,8 +123,16 @@ fn size() -> impl Strategy<Value = u64> {
 }
 
 fn op() -> impl Strategy<Value = Op> {
+    op_weighted(1)
+}
+
+/// The operations, with kept snapshots `snapshots` times as likely as
+/// usual (the soak's snapshot mode raises it, so that chains grow).
+fn op_weighted(snapshots: u32) -> impl Strategy<Value = Op> {
     let m = 0..MAPS;
     prop_oneof![
+        2 * snapshots => (m.clone(), addr(), size()).prop_map(|(m, addr, size)| Op::Keep { m, addr, size }),
+        snapshots => (0..64usize, m.clone()).prop_map(|(i, to)| Op::Release { i, to }),
         6 => (m.clone(), addr(), size(), any::<bool>()).prop_map(|(m, addr, size, anywhere)| Op::Allocate { m, addr, size, anywhere }),
         3 => (m.clone(), addr(), size()).prop_map(|(m, addr, size)| Op::Deallocate { m, addr, size }),
         4 => (m.clone(), addr(), size(), any::<bool>(), prop_oneof![8 => 0..8u32, 1 => 8..16u32])
@@ -150,6 +170,12 @@ struct World {
     vm: VmSystem,
     maps: Vec<Option<VmMap>>,
     model: Vec<Option<model::Map>>,
+    /// Snapshots kept alive, oldest first, with the model's bytes.
+    kept: Vec<(VmMapCopy, model::Copy)>,
+    /// How many snapshots may stay alive at once.
+    keep_max: usize,
+    /// The largest audit figures seen after any step.
+    peak: VmAudit,
     ops: u64,
     /// Frame shortages seen (injected or natural); the call was then
     /// checked to have changed nothing.
@@ -178,6 +204,9 @@ impl World {
             vm,
             maps: vec![None; MAPS],
             model: vec![None; MAPS],
+            kept: Vec::new(),
+            keep_max: 8,
+            peak: VmAudit::default(),
             ops: 0,
             shortages: 0,
         };
@@ -451,16 +480,65 @@ impl World {
                     (g, w) => prop_assert!(false, "{:?}: machvm {:?}, model {:?}", op, g, w),
                 }
             }
+            Op::Keep { m, addr, size } => {
+                let Some(a) = self.maps[m].clone() else {
+                    return Ok(());
+                };
+                if size > MAX_MOVE && size < u64::MAX - P {
+                    return Ok(());
+                }
+                let got = vm_read(&a, addr, size);
+                let want = self.model[m].as_ref().unwrap().vm_read(addr, size);
+                if got.as_ref().err() == Some(&KernError::ResourceShortage) {
+                    self.shortages += 1;
+                    return self.check_after(op);
+                }
+                prop_assert_eq!(got.as_ref().err(), want.as_ref().err(), "{:?}", op);
+                if let (Ok(c), Ok(mc)) = (got, want) {
+                    self.kept.push((c, mc));
+                    if self.kept.len() > self.keep_max {
+                        self.kept.remove(0);
+                    }
+                }
+            }
+            Op::Release { i, to } => {
+                if self.kept.is_empty() {
+                    return Ok(());
+                }
+                let (c, mc) = self.kept.remove(i % self.kept.len());
+                let Some(t) = self.maps[to].clone() else {
+                    return Ok(());
+                };
+                let model_to = self.model[to].as_mut().unwrap();
+                agree!(
+                    self,
+                    op,
+                    c.copyout(&t).map_err(|(e, _)| e),
+                    model_to.copyout(&mc)
+                );
+            }
             Op::CheckAll => self.check_all()?,
         }
         self.check_after(op)
     }
 
-    fn check_after(&self, op: &Op) -> Result<(), TestCaseError> {
+    fn check_after(&mut self, op: &Op) -> Result<(), TestCaseError> {
         for map in self.maps.iter().flatten() {
             map.verify()
                 .map_err(|e| TestCaseError::fail(format!("after {op:?}: {e}\n{map}")))?;
         }
+        // SPEC §6: after every call nothing unreachable stays resident and
+        // no two neighbouring entries could be one.
+        let a = self.vm.audit();
+        prop_assert!(
+            a.unreachable_pages == 0 && a.mergeable_neighbours == 0,
+            "after {:?}: {:?}",
+            op,
+            a
+        );
+        self.peak.max_chain_depth = self.peak.max_chain_depth.max(a.max_chain_depth);
+        self.peak.entries = self.peak.entries.max(a.entries);
+        self.peak.resident_pages = self.peak.resident_pages.max(a.resident_pages);
         if self.ops % 32 == 0 {
             self.vm
                 .verify()
@@ -516,6 +594,7 @@ impl World {
     fn finish(mut self) -> Result<(), TestCaseError> {
         self.check_all()?;
         let start_free = self.vm.statistics().total_pages;
+        self.kept.clear();
         self.maps.clear();
         let s = self.vm.statistics();
         prop_assert_eq!(
@@ -574,68 +653,82 @@ proptest! {
     }
 }
 
-/// `cargo xtask soak --ops N`: millions of operations, alternating plain and
-/// starved worlds, reporting throughput. A divergence panics with the
-/// sequence that caused it (re-run the proptests above to shrink it).
+/// `cargo xtask soak --ops N [--snapshots K]`: millions of operations,
+/// alternating plain and starved worlds, reporting throughput and what the
+/// audit saw (SPEC §6 is checked after every operation). With
+/// `MACHVM_SOAK_SNAPSHOTS=K`, up to K `vm_read` snapshots stay alive at once
+/// and snapshot operations are eight times as likely, so that chains grow.
+/// A divergence panics with the sequence that caused it (re-run the
+/// proptests above to shrink it).
 #[test]
 #[ignore = "run by `cargo xtask soak`"]
 fn soak() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::{Config, TestRunner};
-    let total: u64 = std::env::var("MACHVM_SOAK_OPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let total = env("MACHVM_SOAK_OPS").unwrap_or(1_000_000);
+    let keep = env("MACHVM_SOAK_SNAPSHOTS");
+    let weight = if keep.is_some() { 8 } else { 1 };
     let mut runner = TestRunner::new(Config {
         failure_persistence: None,
         ..Config::default()
     });
-    let plain = proptest::collection::vec(op(), 400);
-    let starved = proptest::collection::vec((op(), prop_oneof![3 => Just(0u8), 1 => 1..6u8]), 200);
+    let plain = proptest::collection::vec(op_weighted(weight), 400);
+    let starved = proptest::collection::vec(
+        (
+            op_weighted(weight),
+            prop_oneof![3 => Just(0u8), 1 => 1..6u8],
+        ),
+        200,
+    );
     let start = std::time::Instant::now();
     let (mut ops, mut worlds, mut shortages, mut maps) = (0u64, 0u64, 0u64, 0u64);
+    let mut peak = VmAudit::default();
     while ops < total {
         worlds += 1;
-        let mut w;
-        if worlds % 4 == 0 {
-            let seq = starved.new_tree(&mut runner).expect("strategy").current();
-            w = World::new(160 * P);
-            for (op, k) in &seq {
-                w.vm.context().frames().fail_nth_allocation(u64::from(*k));
-                let r = w.step(op);
-                w.vm.context().frames().fail_nth_allocation(0);
-                if let Err(e) = r {
-                    panic!(
-                        "divergence after {} operations: {e}\nsequence: {seq:#?}",
-                        w.ops
-                    );
-                }
-                maps = maps.max(w.maps.iter().flatten().count() as u64);
-            }
+        let starve = worlds % 4 == 0;
+        let mut w = World::new(if starve { 160 * P } else { 16 << 20 });
+        if let Some(k) = keep {
+            w.keep_max = k as usize;
+        }
+        let seq: Vec<(Op, u8)> = if starve {
+            starved.new_tree(&mut runner).expect("strategy").current()
         } else {
-            let seq = plain.new_tree(&mut runner).expect("strategy").current();
-            w = World::new(16 << 20);
-            for op in &seq {
-                if let Err(e) = w.step(op) {
-                    panic!(
-                        "divergence after {} operations: {e}\nsequence: {seq:#?}",
-                        w.ops
-                    );
-                }
-                maps = maps.max(w.maps.iter().flatten().count() as u64);
+            let s = plain.new_tree(&mut runner).expect("strategy").current();
+            s.into_iter().map(|op| (op, 0)).collect()
+        };
+        for (op, k) in &seq {
+            w.vm.context().frames().fail_nth_allocation(u64::from(*k));
+            let r = w.step(op);
+            w.vm.context().frames().fail_nth_allocation(0);
+            if let Err(e) = r {
+                panic!(
+                    "divergence after {} operations: {e}\nsequence: {seq:#?}",
+                    w.ops
+                );
             }
+            maps = maps.max(w.maps.iter().flatten().count() as u64);
         }
         ops += w.ops;
         shortages += w.shortages;
+        peak.max_chain_depth = peak.max_chain_depth.max(w.peak.max_chain_depth);
+        peak.entries = peak.entries.max(w.peak.entries);
+        peak.resident_pages = peak.resident_pages.max(w.peak.resident_pages);
         if let Err(e) = w.finish() {
             panic!("divergence at teardown: {e}");
         }
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "soak: {ops} operations in {worlds} worlds (up to {maps} maps each, 1 thread), \
-         {shortages} calls failed for lack of frames (injected or natural) and changed nothing, \
-         0 divergences, {:.0} operations/s over {secs:.1} s",
+        "soak: {ops} operations in {worlds} worlds (up to {maps} maps each, {} snapshots kept, \
+         1 thread), {shortages} calls failed for lack of frames (injected or natural) and \
+         changed nothing, 0 divergences, {:.0} operations/s over {secs:.1} s",
+        keep.unwrap_or(8),
         ops as f64 / secs
+    );
+    println!(
+        "soak audit after every operation: 0 unreachable pages, 0 mergeable neighbours; \
+         peaks: chain depth {}, entries {}, resident pages {}",
+        peak.max_chain_depth, peak.entries, peak.resident_pages
     );
 }

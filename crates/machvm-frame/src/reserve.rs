@@ -1,0 +1,91 @@
+//! Frame reservations: the frames a multi-step operation will need, taken
+//! before it changes anything.
+//!
+//! A call that may need several frames (a store spanning many pages, a copy
+//! that copies pages eagerly, `fork`) counts them first, under its locks,
+//! and reserves them all at once. If the reservation fails nothing has
+//! changed; once it succeeds nothing can run out half-way, so no rollback is
+//! ever needed. Frames left over go back to the allocator when the
+//! reservation is dropped.
+
+use alloc::vec::Vec;
+
+use crate::{FrameAllocator, FrameUse, KernError, PhysAddr};
+
+/// Frames set aside for one operation (see the module documentation).
+///
+/// ```
+/// use machvm_frame::{FrameAllocator, FrameUse};
+/// let frames = FrameAllocator::hosted(64 * 4096).unwrap();
+/// let before = frames.free_frames();
+/// {
+///     let mut r = frames.reserve(3, FrameUse::Object).unwrap();
+///     assert_eq!(frames.free_frames(), before - 3);
+///     let pa = r.take().unwrap();
+///     frames.free(pa);
+/// } // the two frames not taken go back
+/// assert_eq!(frames.free_frames(), before);
+/// assert!(frames.reserve(1 << 20, FrameUse::Object).is_err());
+/// assert_eq!(frames.free_frames(), before);
+/// ```
+#[must_use = "a reservation returns its frames when dropped"]
+pub struct FrameReservation<'a> {
+    frames: &'a FrameAllocator,
+    what: FrameUse,
+    held: Vec<PhysAddr>,
+}
+
+impl<'a> FrameReservation<'a> {
+    /// An empty reservation: [`take`](Self::take) allocates on demand and may
+    /// fail. For single-step operations, which change nothing when their one
+    /// allocation fails.
+    pub fn on_demand(frames: &'a FrameAllocator, what: FrameUse) -> FrameReservation<'a> {
+        FrameReservation {
+            frames,
+            what,
+            held: Vec::new(),
+        }
+    }
+
+    /// A reserved frame, or, once none is left, a frame allocated now.
+    pub fn take(&mut self) -> Result<PhysAddr, KernError> {
+        match self.held.pop() {
+            Some(pa) => Ok(pa),
+            None => self.frames.alloc(self.what),
+        }
+    }
+
+    /// Frames still reserved.
+    pub fn remaining(&self) -> usize {
+        self.held.len()
+    }
+}
+
+impl Drop for FrameReservation<'_> {
+    fn drop(&mut self) {
+        for pa in self.held.drain(..) {
+            self.frames.free(pa);
+        }
+    }
+}
+
+impl FrameAllocator {
+    /// Reserves `n` frames for `what`, all or none: on `ResourceShortage`
+    /// the allocator is as before.
+    pub fn reserve(&self, n: u64, what: FrameUse) -> Result<FrameReservation<'_>, KernError> {
+        let mut r = FrameReservation::on_demand(self, what);
+        let n = usize::try_from(n).map_err(|_| KernError::ResourceShortage)?;
+        if n > self.free_frames() as usize {
+            return Err(KernError::ResourceShortage);
+        }
+        r.held
+            .try_reserve_exact(n)
+            .map_err(|_| KernError::ResourceShortage)?;
+        for _ in 0..n {
+            // On failure `r` is dropped and frees what it took.
+            let pa = self.alloc(what)?;
+            r.held.push(pa);
+        }
+        Ok(r)
+    }
+}

@@ -1,0 +1,168 @@
+//! A task's loads and stores (`read_bytes`, `write_bytes`), and the part of
+//! them the copy family shares: making a range of pages translatable with
+//! every frame it needs reserved first.
+//!
+//! A multi-page call counts the frames its faults can take (under the map
+//! and graph locks), reserves them all, and only then faults anything in: a
+//! call that runs out of frames fails before it changes anything, and no
+//! rollback exists.
+
+use alloc::vec::Vec;
+
+use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, VaRange};
+use machvm_frame::{FrameReservation, FrameUse};
+use machvm_object::{Hold, Objects};
+use machvm_pmap::Access;
+
+use crate::fault::Enter;
+use crate::ops::{check_access, data_range};
+use crate::{MapInner, VmMap};
+
+impl VmMap {
+    /// Reads `buf.len()` bytes at `addr` as the task's own loads would: the
+    /// whole range is checked first (holes: `InvalidAddress`; no `READ`:
+    /// `ProtectionFailure`), pages are faulted in through the pmap's walker,
+    /// and on any error no byte moves.
+    pub fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> Result<(), KernError> {
+        let Some(r) = data_range(addr, buf.len() as u64)? else {
+            return Ok(());
+        };
+        let mut m = self.0.inner.lock();
+        check_access(&m, r, Access::Read)?;
+        let objs = self.fault_in(&mut m, r, Access::Read)?;
+        for_each_page_piece(&m, addr, buf.len(), |h, page, off, at, n| {
+            objs.read(h, page, off, &mut buf[at..at + n]);
+            true
+        })
+    }
+
+    /// Writes `data` at `addr` as the task's own stores would (copy-on-write
+    /// resolved, pages zero-filled on demand); checked first like
+    /// [`read_bytes`](Self::read_bytes), and on any error no byte moves.
+    pub fn write_bytes(&self, addr: u64, data: &[u8]) -> Result<(), KernError> {
+        let Some(r) = data_range(addr, data.len() as u64)? else {
+            return Ok(());
+        };
+        let mut m = self.0.inner.lock();
+        check_access(&m, r, Access::Write)?;
+        let mut objs = self.fault_in(&mut m, r, Access::Write)?;
+        // Every page is now its entry's own, written directly, and stays so
+        // while this map is locked.
+        for_each_page_piece(&m, addr, data.len(), |h, page, off, at, n| {
+            h.is_some_and(|h| objs.write(h, page, off, &data[at..at + n]))
+        })?;
+        m.simplify(&mut objs, r.start().0, r.end().0);
+        Ok(())
+    }
+
+    /// The pages of `r` the pmap cannot translate for `access` now (the
+    /// walker sets the others' referenced and modified bits, as the MMU
+    /// would).
+    pub(crate) fn untranslatable(&self, r: VaRange, access: Access) -> Vec<u64> {
+        let pm = self.0.ctx.pmap();
+        r.iter_pages()
+            .filter(|va| pm.translate(self.0.pmap, *va, access, true).is_err())
+            .map(|va| va.0)
+            .collect()
+    }
+
+    /// Faults in the pages of `r` (already checked for `access`) the pmap
+    /// cannot translate, every frame that takes reserved first. Returns
+    /// the locked graph.
+    fn fault_in<'c>(
+        &'c self,
+        m: &mut MapInner,
+        r: VaRange,
+        access: Access,
+    ) -> Result<Objects<'c>, KernError> {
+        let missing = self.untranslatable(r, access);
+        let objs = self.0.ctx.objects();
+        let n = if missing.len() <= 1 {
+            0
+        } else {
+            frames_for(m, &objs, &missing, access == Access::Write)
+        };
+        let (mut objs, mut frames) = reserve(objs, n)?;
+        self.fault_pages(m, &mut objs, &missing, access, &mut frames)?;
+        Ok(objs)
+    }
+
+    /// Faults in `vas` for `access`, new pages from `frames`.
+    pub(crate) fn fault_pages(
+        &self,
+        m: &mut MapInner,
+        objs: &mut Objects<'_>,
+        vas: &[u64],
+        access: Access,
+        frames: &mut FrameReservation<'_>,
+    ) -> Result<(), KernError> {
+        for &va in vas {
+            self.fault_locked(m, objs, va, access, frames, Enter::BestEffort)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reserves `n` object frames with the graph unlocked, handing the graph
+/// back locked. Counts taken under the caller's map lock stay upper bounds
+/// meanwhile: sharers only add pages (see `Objects::frames_to_resolve`).
+/// With `n == 0`, frames are allocated on demand.
+pub(crate) fn reserve(
+    objs: Objects<'_>,
+    n: u64,
+) -> Result<(Objects<'_>, FrameReservation<'_>), KernError> {
+    if n == 0 {
+        let frames = objs.on_demand();
+        return Ok((objs, frames));
+    }
+    let ctx = objs.context();
+    drop(objs);
+    let frames = ctx.frames().reserve(n, FrameUse::Object)?;
+    Ok((ctx.objects(), frames))
+}
+
+/// An upper bound on the frames faulting in `vas` would take.
+pub(crate) fn frames_for(m: &MapInner, objs: &Objects<'_>, vas: &[u64], write: bool) -> u64 {
+    vas.iter()
+        .map(|&va| match m.overlapping(va, va + 1).next() {
+            Some((&start, e)) => {
+                let page = (va - start) >> PAGE_SHIFT;
+                objs.frames_to_resolve(e.object.as_ref(), page, 1, write)
+            }
+            None => 1,
+        })
+        .sum()
+}
+
+/// Splits `[addr, addr + len)` at page boundaries and calls `f(hold, page
+/// index in its window, byte offset in the page, offset into the caller's
+/// buffer, length)` for each piece; an untouched entry gives no hold.
+/// `Failure` if `f` refuses a piece or the range has a hole, which the
+/// callers' checks rule out.
+pub(crate) fn for_each_page_piece(
+    m: &MapInner,
+    addr: u64,
+    len: usize,
+    mut f: impl FnMut(Option<&Hold>, u64, u64, usize, usize) -> bool,
+) -> Result<(), KernError> {
+    let end = addr + len as u64;
+    let mut at = 0usize;
+    // One walk over the entries in order, not a tree search per page.
+    for (&start, e) in m.overlapping(addr, end) {
+        while at < len && addr + (at as u64) < e.end {
+            let va = addr + at as u64;
+            let off = va & (PAGE_SIZE - 1);
+            let n = ((PAGE_SIZE - off) as usize).min(len - at);
+            let page = (va - off - start) >> PAGE_SHIFT;
+            if va < start || !f(e.object.as_ref(), page, off, at, n) {
+                return Err(KernError::Failure);
+            }
+            at += n;
+        }
+    }
+    if at < len {
+        Err(KernError::Failure)
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,273 @@
+//! The entry set of a map: lookup (hint and flat index), insertion and
+//! removal keeping `first_free`, first fit, clipping, and simplification
+//! (merging neighbours that could be one entry, as XNU's
+//! `vm_map_simplify_entry` and FreeBSD's `vm_map_try_merge_entries` do).
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use machvm_base::{KernError, PAGE_SHIFT, USER_MAX, USER_MIN};
+use machvm_object::Objects;
+
+use crate::{Entry, MapInner};
+
+/// How lookups avoid walking the tree: a hint (the last entry found, whose
+/// successor is checked too, so a sequential sweep costs O(1) per lookup),
+/// and a flat sorted copy of the entry bounds, rebuilt once lookups since the
+/// last change outnumber a quarter of the entries (binary search over 16-byte
+/// records beats the tree's pointer chasing). Any change of entry bounds
+/// invalidates both; attribute changes do not.
+#[derive(Default)]
+pub(crate) struct LookupIndex {
+    /// `(start, end)` of every entry, in order, when `valid`.
+    pub(crate) flat: Vec<(u64, u64)>,
+    pub(crate) valid: bool,
+    /// Position of the hint in `flat` (when `valid`).
+    pos: usize,
+    /// The hint's bounds (`end == 0`: none).
+    pub(crate) hint: (u64, u64),
+    /// Lookups since the last change (decides when to rebuild `flat`).
+    since_change: usize,
+}
+
+impl LookupIndex {
+    fn invalidate(&mut self) {
+        self.valid = false;
+        self.hint = (0, 0);
+        self.since_change = 0;
+    }
+
+    #[inline]
+    fn lookup(&mut self, entries: &BTreeMap<u64, Entry>, va: u64) -> Option<u64> {
+        let (s, e) = self.hint;
+        if s <= va && va < e {
+            return Some(s);
+        }
+        if self.valid {
+            return self.lookup_flat(va);
+        }
+        self.since_change += 1;
+        if self.since_change > entries.len() / 4 + 8 {
+            self.flat.clear();
+            self.flat.extend(entries.iter().map(|(&s, e)| (s, e.end)));
+            self.valid = true;
+            self.hint = (0, 0);
+            return self.lookup_flat(va);
+        }
+        let (&s, en) = entries.range(..=va).next_back()?;
+        if va < en.end {
+            self.hint = (s, en.end);
+            Some(s)
+        } else {
+            None
+        }
+    }
+
+    /// The hint's successor (a sequential sweep), else a binary search.
+    #[inline]
+    fn lookup_flat(&mut self, va: u64) -> Option<u64> {
+        if let Some(&(ns, ne)) = self.flat.get(self.pos + 1) {
+            if ns <= va && va < ne {
+                self.pos += 1;
+                self.hint = (ns, ne);
+                return Some(ns);
+            }
+        }
+        let i = self.flat.partition_point(|&(s, _)| s <= va);
+        let &(s, e) = self.flat.get(i.checked_sub(1)?)?;
+        if va < e {
+            self.pos = i - 1;
+            self.hint = (s, e);
+            return Some(s);
+        }
+        None
+    }
+}
+
+impl MapInner {
+    /// The start of the entry containing `va`: the hint and its successor
+    /// first (O(1)), then the flat index or the tree (O(log n)).
+    #[inline]
+    pub(crate) fn lookup(&mut self, va: u64) -> Option<u64> {
+        self.index.lookup(&self.entries, va)
+    }
+
+    /// Inserts a new entry, keeping `first_free` right.
+    pub(crate) fn insert(&mut self, start: u64, e: Entry) {
+        self.index.invalidate();
+        let end = e.end;
+        self.entries.insert(start, e);
+        if start == self.first_free {
+            let mut ff = end;
+            while let Some(next) = self.entries.get(&ff) {
+                ff = next.end;
+            }
+            self.first_free = ff;
+        }
+    }
+
+    /// Replaces every entry at once (the map must be empty of translations
+    /// and holds: a new child of `fork`).
+    pub(crate) fn replace_entries(&mut self, entries: BTreeMap<u64, Entry>) {
+        debug_assert!(self.entries.is_empty());
+        self.entries = entries;
+        self.index.invalidate();
+        let mut ff = USER_MIN;
+        while let Some(e) = self.entries.get(&ff) {
+            ff = e.end;
+        }
+        self.first_free = ff;
+    }
+
+    /// Removes every entry starting in `[start, end)` (clip first); their
+    /// holds are the caller's to release.
+    pub(crate) fn remove_range(&mut self, start: u64, end: u64) -> Vec<(u64, Entry)> {
+        self.index.invalidate();
+        let keys: Vec<u64> = self.entries.range(start..end).map(|(s, _)| *s).collect();
+        let removed: Vec<(u64, Entry)> = keys
+            .into_iter()
+            .filter_map(|k| self.entries.remove(&k).map(|e| (k, e)))
+            .collect();
+        if let Some((s, _)) = removed.first() {
+            self.first_free = self.first_free.min(*s);
+        }
+        removed
+    }
+
+    /// Lowest start of `len` free bytes at or above `from` (first fit).
+    pub(crate) fn find_space(&self, from: u64, len: u64) -> Option<u64> {
+        let mut cand = from.max(USER_MIN);
+        if cand < self.first_free {
+            cand = self.first_free;
+        }
+        if let Some((_, e)) = self.entries.range(..=cand).next_back() {
+            cand = cand.max(e.end);
+        }
+        for (&s, e) in self.entries.range(cand..) {
+            if s - cand >= len {
+                break;
+            }
+            cand = e.end;
+        }
+        (cand.checked_add(len)? <= USER_MAX).then_some(cand)
+    }
+
+    /// Splits the entry containing `va` so that an entry starts at `va`; its
+    /// hold is split at the same page.
+    pub(crate) fn clip(&mut self, objs: &mut Objects<'_>, va: u64) {
+        let Some((&start, e)) = self.entries.range_mut(..va).next_back() else {
+            return;
+        };
+        if va >= e.end {
+            return;
+        }
+        let tail_hold = e
+            .object
+            .as_ref()
+            .map(|h| objs.split(h, (va - start) >> PAGE_SHIFT));
+        let tail = Entry::like(e, e.end, tail_hold);
+        e.end = va;
+        self.index.invalidate();
+        self.entries.insert(va, tail);
+    }
+
+    /// Clips at both ends of `[start, end)`.
+    pub(crate) fn clip_range(&mut self, objs: &mut Objects<'_>, start: u64, end: u64) {
+        self.clip(objs, start);
+        self.clip(objs, end);
+    }
+
+    /// True when the entry at `b` continues the entry `a` as one entry
+    /// would: adjacent, equal attributes, and the same object with
+    /// contiguous windows and the same holder (or both untouched).
+    fn mergeable(objs: &Objects<'_>, a: &Entry, b_start: u64, b: &Entry) -> bool {
+        a.end == b_start
+            && a.same_attributes(b)
+            && match (&a.object, &b.object) {
+                (None, None) => true,
+                (Some(x), Some(y)) => objs.can_join(x, y),
+                _ => false,
+            }
+    }
+
+    /// Merges every mergeable pair of neighbours among the entries that
+    /// touch `[start, end]` (the entry before `start` included).
+    pub(crate) fn simplify(&mut self, objs: &mut Objects<'_>, start: u64, end: u64) {
+        let lo = self
+            .entries
+            .range(..start)
+            .next_back()
+            .map_or(start, |(&s, _)| s);
+        if lo > end {
+            return;
+        }
+        let keys: Vec<u64> = self.entries.range(lo..=end).map(|(&s, _)| s).collect();
+        let mut prev: Option<u64> = None;
+        for k in keys {
+            let merge = match prev.and_then(|p| self.entries.get(&p)) {
+                Some(a) => self
+                    .entries
+                    .get(&k)
+                    .is_some_and(|b| Self::mergeable(objs, a, k, b)),
+                None => false,
+            };
+            if !merge {
+                prev = Some(k);
+                continue;
+            }
+            let Some(b) = self.entries.remove(&k) else {
+                continue;
+            };
+            self.index.invalidate();
+            let Some(a) = prev.and_then(|p| self.entries.get_mut(&p)) else {
+                continue;
+            };
+            a.end = b.end;
+            if let (Some(x), Some(y)) = (&a.object, b.object) {
+                // Checked joinable above; a refusal would leak nothing but
+                // the tail's record, which `release` still frees.
+                if let Err(y) = objs.join(x, y) {
+                    objs.release(y);
+                }
+            }
+        }
+    }
+
+    /// Pairs of neighbours that could be one entry (0 when simplified).
+    pub(crate) fn mergeable_pairs(&self, objs: &Objects<'_>) -> u64 {
+        let mut n = 0;
+        let mut it = self.entries.iter().peekable();
+        while let Some((_, a)) = it.next() {
+            if let Some(&(&bs, b)) = it.peek() {
+                n += u64::from(Self::mergeable(objs, a, bs, b));
+            }
+        }
+        n
+    }
+
+    /// `Ok` when `[start, end)` is covered by entries without a hole.
+    pub(crate) fn check_covered(&self, start: u64, end: u64) -> Result<(), KernError> {
+        let (_, e) = self
+            .entries
+            .range(..=start)
+            .next_back()
+            .filter(|(_, e)| e.end > start)
+            .ok_or(KernError::InvalidAddress)?;
+        let mut at = e.end;
+        while at < end {
+            at = self.entries.get(&at).ok_or(KernError::InvalidAddress)?.end;
+        }
+        Ok(())
+    }
+
+    /// The entries overlapping `[start, end)`, as (start, entry).
+    pub(crate) fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = (&u64, &Entry)> {
+        let first = self
+            .entries
+            .range(..=start)
+            .next_back()
+            .filter(|(_, e)| e.end > start)
+            .map_or(start, |(s, _)| *s);
+        self.entries.range(first..end)
+    }
+}

@@ -1,0 +1,222 @@
+//! What every object of one VM system shares: the frames, the pmap module,
+//! the object graph under its lock, the event counters and the audit.
+
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use machvm_base::{KernError, PhysAddr, VmProt};
+use machvm_frame::{FrameAllocator, FrameReservation, FrameUse};
+use machvm_pmap::Pmap;
+
+use crate::graph::Graph;
+
+/// Event counters, Mach's `vm_statistics` that are not frame counts.
+#[derive(Default, Debug)]
+pub struct VmCounters {
+    /// Page faults handled (including ones that failed).
+    pub faults: AtomicU64,
+    /// Pages zero-filled on demand.
+    pub zero_fill_count: AtomicU64,
+    /// Pages copied because of copy-on-write.
+    pub cow_faults: AtomicU64,
+    /// Page lookups in object chains.
+    pub lookups: AtomicU64,
+    /// Lookups that found the page resident.
+    pub hits: AtomicU64,
+    /// Backing objects merged into their only shadow.
+    pub collapses: AtomicU64,
+    /// Backing objects skipped by a shadow that covered them.
+    pub bypasses: AtomicU64,
+    /// Pages freed because nothing could reach them any more.
+    pub reclaimed: AtomicU64,
+}
+
+impl VmCounters {
+    /// Adds one to `counter`.
+    #[inline]
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+}
+
+/// SPEC §6: what the system holds, at a quiet moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmAudit {
+    /// Object pages resident in frames (page-table frames not counted).
+    pub resident_pages: u64,
+    /// Resident pages some map entry or live copy can reach.
+    pub reachable_pages: u64,
+    /// `resident_pages - reachable_pages`.
+    pub unreachable_pages: u64,
+    /// Map entries over all live maps.
+    pub entries: u64,
+    /// Pairs of adjacent entries of one map that could be one entry.
+    pub mergeable_neighbours: u64,
+    /// Objects in the longest chain.
+    pub max_chain_depth: u64,
+}
+
+/// A layer above the objects whose entries the audit counts: the map layer
+/// registers every map with [`VmContext::register_audit`].
+pub trait AuditEntries: Send + Sync {
+    /// Adds this map's entries and mergeable neighbour pairs to `audit`.
+    fn audit_entries(&self, audit: &mut VmAudit);
+}
+
+/// What every object of one VM system shares: the frames, the pmap module,
+/// the object graph and the counters.
+pub struct VmContext {
+    frames: Arc<FrameAllocator>,
+    pmap: Arc<dyn Pmap>,
+    graph: spin::Mutex<Graph>,
+    audited: spin::Mutex<Vec<Weak<dyn AuditEntries>>>,
+    /// Event counters.
+    pub counters: VmCounters,
+}
+
+impl VmContext {
+    /// A context over `frames`, with `pmap` the machine's pmap module.
+    pub fn new(frames: Arc<FrameAllocator>, pmap: Arc<dyn Pmap>) -> Arc<VmContext> {
+        Arc::new(VmContext {
+            frames,
+            pmap,
+            graph: spin::Mutex::new(Graph::new()),
+            audited: spin::Mutex::new(Vec::new()),
+            counters: VmCounters::default(),
+        })
+    }
+
+    /// The frame allocator.
+    #[inline]
+    pub fn frames(&self) -> &Arc<FrameAllocator> {
+        &self.frames
+    }
+
+    /// The pmap module.
+    #[inline]
+    pub fn pmap(&self) -> &dyn Pmap {
+        &*self.pmap
+    }
+
+    /// Locks the object graph. Take it after any map lock, never the other
+    /// way round.
+    #[inline]
+    pub fn objects(&self) -> Objects<'_> {
+        Objects {
+            ctx: self,
+            g: self.graph.lock(),
+        }
+    }
+
+    /// Number of objects alive.
+    pub fn live_objects(&self) -> u64 {
+        self.graph.lock().live()
+    }
+
+    /// Registers a holder of entries for [`audit`](Self::audit).
+    pub fn register_audit(&self, source: Weak<dyn AuditEntries>) {
+        let mut list = self.audited.lock();
+        list.retain(|w| w.strong_count() > 0);
+        list.push(source);
+    }
+
+    /// SPEC §6's audit. Call it at a quiet moment: the maps and the graph
+    /// are read one after the other, each under its own lock.
+    pub fn audit(&self) -> VmAudit {
+        let sources: Vec<Arc<dyn AuditEntries>> = self
+            .audited
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let mut a = VmAudit::default();
+        for s in &sources {
+            s.audit_entries(&mut a);
+        }
+        drop(sources);
+        self.objects().audit_into(&mut a);
+        a
+    }
+}
+
+impl core::fmt::Debug for VmContext {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VmContext")
+            .field("frames", &self.frames)
+            .field("live_objects", &self.live_objects())
+            .finish()
+    }
+}
+
+/// The object graph of a context, locked: every operation on objects and
+/// holds is a method of this guard. Dropping it unlocks the graph.
+pub struct Objects<'a> {
+    pub(crate) ctx: &'a VmContext,
+    pub(crate) g: spin::MutexGuard<'a, Graph>,
+}
+
+impl<'a> Objects<'a> {
+    /// The context.
+    pub fn context(&self) -> &'a VmContext {
+        self.ctx
+    }
+
+    /// A reservation that allocates object frames on demand, for a
+    /// single-step operation.
+    pub fn on_demand(&self) -> FrameReservation<'a> {
+        FrameReservation::on_demand(&self.ctx.frames, FrameUse::Object)
+    }
+
+    /// Takes a frame for page `offset` of object `obj`, zero-filled.
+    pub(crate) fn fill_zero(
+        &self,
+        frames: &mut FrameReservation<'_>,
+        obj: u32,
+        offset: u64,
+    ) -> Result<PhysAddr, KernError> {
+        let pa = frames.take()?;
+        self.ctx.frames.mem().zero_page(pa);
+        self.set_owner(pa, obj, offset);
+        Ok(pa)
+    }
+
+    /// Takes a frame for page `offset` of object `obj`, copied from `src`.
+    pub(crate) fn fill_copy(
+        &self,
+        frames: &mut FrameReservation<'_>,
+        obj: u32,
+        offset: u64,
+        src: PhysAddr,
+    ) -> Result<PhysAddr, KernError> {
+        let pa = frames.take()?;
+        self.ctx.frames.mem().copy_page(pa, src);
+        self.set_owner(pa, obj, offset);
+        Ok(pa)
+    }
+
+    pub(crate) fn set_owner(&self, pa: PhysAddr, obj: u32, offset: u64) {
+        if let Some(p) = self.ctx.frames.page(pa) {
+            p.set_owner(obj, offset);
+        }
+    }
+
+    /// Frees an object page: every translation of it goes first, everywhere.
+    pub(crate) fn free_page(&self, pa: PhysAddr) {
+        self.unmap_everywhere(pa);
+        self.set_owner(pa, 0, 0);
+        self.ctx.frames.free(pa);
+    }
+
+    /// Frees a page that was never mapped (an insertion taken back).
+    pub(crate) fn free_unmapped(&self, pa: PhysAddr) {
+        self.set_owner(pa, 0, 0);
+        self.ctx.frames.free(pa);
+    }
+
+    /// Removes every translation of `pa` in every pmap, shootdown done.
+    pub(crate) fn unmap_everywhere(&self, pa: PhysAddr) {
+        let pm = self.ctx.pmap();
+        pm.flush(pm.page_protect(pa, VmProt::NONE));
+    }
+}

@@ -1,0 +1,266 @@
+//! Pages through a hold: looking them up along the chain, resolving them
+//! for an access (zero-fill, copy-up), counting the frames that would take,
+//! and moving bytes. Every chain walk is a loop.
+
+use alloc::collections::BTreeSet;
+
+use machvm_base::{KernError, PAGE_SIZE, PhysAddr};
+use machvm_frame::FrameReservation;
+
+use crate::{Hold, Holder, ObjectId, Objects, VmCounters};
+
+/// Where a page lookup found its page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// The frame.
+    pub pa: PhysAddr,
+    /// 0 when found in the object held, n when n objects down its chain.
+    pub depth: usize,
+}
+
+/// What [`Objects::resolve`] did to produce the page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// The page was already resident in the object a `Direct` hold writes.
+    Resident,
+    /// The page is still shared copy-on-write — found down the chain, or the
+    /// hold has copy-on-write pending — and may only be read: map it
+    /// read-only.
+    Backing,
+    /// A new zero-filled page was put in the top object.
+    ZeroFilled,
+    /// The page was copied up from the chain into the top object.
+    CopiedUp,
+}
+
+/// A resolved page: the frame to map and how it was obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    /// The frame.
+    pub pa: PhysAddr,
+    /// How.
+    pub how: Resolution,
+}
+
+/// A page found below the top: its object, offset there and frame.
+struct Below {
+    obj: ObjectId,
+    offset: u64,
+    pa: PhysAddr,
+    depth: usize,
+}
+
+impl Objects<'_> {
+    /// The first resident page at `off` of `obj` or below it.
+    fn find(&self, obj: ObjectId, off: u64) -> Option<Below> {
+        let (mut cur, mut off, mut depth) = (obj, off, 0);
+        loop {
+            let o = self.g.obj(cur);
+            if let Some(&pa) = o.pages.get(&off) {
+                return Some(Below {
+                    obj: cur,
+                    offset: off,
+                    pa,
+                    depth,
+                });
+            }
+            let b = o.backing?;
+            (cur, off, depth) = (b.obj, off + b.offset, depth + 1);
+        }
+    }
+
+    /// The object offset of page `page` of `hold`'s window, if inside it.
+    fn offset_of(&self, hold: &Hold, page: u64) -> Option<u64> {
+        let (s, e) = self.window(hold);
+        s.checked_add(page).filter(|&o| o < e)
+    }
+
+    /// The page at page `page` of `hold`'s window as the chain holds it.
+    pub fn lookup(&self, hold: &Hold, page: u64) -> Option<Found> {
+        let off = self.offset_of(hold, page)?;
+        self.find(hold.obj, off).map(|b| Found {
+            pa: b.pa,
+            depth: b.depth,
+        })
+    }
+
+    /// Produces page `page` of `hold`'s window for an access — resident in
+    /// the top object, found down the chain, zero-filled, or, for a write,
+    /// copied up — and hands it to `map` (the pmap step) under the graph
+    /// lock, so nothing can replace or free the page before it is mapped.
+    /// New pages come from `frames`.
+    ///
+    /// A write needs a `Direct` hold ([`make_writable`](Self::make_writable)
+    /// first). After a copy-up, the old page loses every translation when
+    /// other `Direct` holders share the top object (so no sibling keeps
+    /// reading it: FreeBSD CVE-2021-29626), and is freed at once if nothing
+    /// can reach it any more. If `map` fails, a page this call inserted is
+    /// taken out again: with the graph locked throughout, nobody else can
+    /// have seen it. Out of frames: `ResourceShortage`, nothing changed.
+    pub fn resolve(
+        &mut self,
+        hold: &Hold,
+        page: u64,
+        write: bool,
+        frames: &mut FrameReservation<'_>,
+        map: impl FnOnce(Resolved) -> Result<(), KernError>,
+    ) -> Result<Resolved, KernError> {
+        let counters = &self.ctx.counters;
+        VmCounters::bump(&counters.lookups);
+        let off = self
+            .offset_of(hold, page)
+            .ok_or(KernError::InvalidAddress)?;
+        let direct = matches!(self.holder(hold), Holder::Direct { .. });
+        if write && !direct {
+            return Err(KernError::Failure);
+        }
+        let below = self.find(hold.obj, off);
+        let how = match (&below, write) {
+            (Some(b), _) if b.depth == 0 && direct => Resolution::Resident,
+            (Some(_), false) => Resolution::Backing,
+            (Some(_), true) => Resolution::CopiedUp,
+            (None, _) => Resolution::ZeroFilled,
+        };
+        if matches!(how, Resolution::Resident | Resolution::Backing) {
+            VmCounters::bump(&counters.hits);
+            let r = Resolved {
+                pa: below.map_or(PhysAddr(0), |b| b.pa),
+                how,
+            };
+            map(r)?;
+            return Ok(r);
+        }
+        let pa = match &below {
+            Some(b) => self.fill_copy(frames, hold.obj.0, off, b.pa)?,
+            None => self.fill_zero(frames, hold.obj.0, off)?,
+        };
+        self.g.obj_mut(hold.obj).pages.insert(off, pa);
+        let r = Resolved { pa, how };
+        if let Err(e) = map(r) {
+            self.g.obj_mut(hold.obj).pages.remove(&off);
+            self.free_unmapped(pa);
+            return Err(e);
+        }
+        match below {
+            Some(b) => {
+                VmCounters::bump(&counters.hits);
+                VmCounters::bump(&counters.cow_faults);
+                self.after_copy_up(hold, off, b);
+            }
+            None => VmCounters::bump(&counters.zero_fill_count),
+        }
+        Ok(r)
+    }
+
+    /// A page was copied up over `old`: siblings writing the top object
+    /// directly must stop reading `old`, and `old` goes if nothing else can
+    /// reach it.
+    fn after_copy_up(&mut self, hold: &Hold, off: u64, old: Below) {
+        let siblings = self
+            .g
+            .other_overlaps(hold.obj, hold.id, off, off + 1, |_| true);
+        if siblings {
+            self.unmap_everywhere(old.pa);
+        }
+        if !self.visible(old.obj, old.offset) {
+            self.g.obj_mut(old.obj).pages.remove(&old.offset);
+            VmCounters::bump(&self.ctx.counters.reclaimed);
+            self.free_page(old.pa);
+        }
+    }
+
+    /// An upper bound on the frames resolving pages `[first, first + count)`
+    /// of `hold`'s window for `write` (or, with no hold, of untouched
+    /// memory) would take. Concurrent calls only lower it while the
+    /// caller's map stays locked: pages it sees cannot go, and sharers only
+    /// add pages.
+    pub fn frames_to_resolve(
+        &self,
+        hold: Option<&Hold>,
+        first: u64,
+        count: u64,
+        write: bool,
+    ) -> u64 {
+        let Some(hold) = hold else { return count };
+        let (s, _) = self.window(hold);
+        let (lo, hi) = (s + first, s + first + count);
+        if !write {
+            return count - self.resident_in(hold.obj, lo, hi);
+        }
+        let direct = matches!(self.holder(hold), Holder::Direct { .. }) || self.is_alone(hold);
+        if !direct {
+            return count;
+        }
+        count - self.g.obj(hold.obj).pages.range(lo..hi).count() as u64
+    }
+
+    /// Reads `buf.len()` bytes at byte `offset` of page `page` of `hold`'s
+    /// window as the chain shows it (zeros where nothing is resident, or
+    /// with no hold: untouched memory).
+    pub fn read(&self, hold: Option<&Hold>, page: u64, offset: u64, buf: &mut [u8]) {
+        debug_assert!(offset + buf.len() as u64 <= PAGE_SIZE);
+        match hold.and_then(|h| self.lookup(h, page)) {
+            Some(f) => self.ctx.frames().mem().read(f.pa + offset, buf),
+            None => buf.fill(0),
+        }
+    }
+
+    /// Writes `data` at byte `offset` of page `page` of `hold`'s window,
+    /// which must be resident in the held object itself (resolved for
+    /// writing). `false`, nothing written, otherwise.
+    pub fn write(&self, hold: &Hold, page: u64, offset: u64, data: &[u8]) -> bool {
+        debug_assert!(offset + data.len() as u64 <= PAGE_SIZE);
+        let Some(off) = self.offset_of(hold, page) else {
+            return false;
+        };
+        match self.g.obj(hold.obj).pages.get(&off) {
+            Some(&pa) => {
+                self.ctx.frames().mem().write(pa + offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Number of offsets of `hold`'s window with a page resident anywhere
+    /// in its chain.
+    pub fn resident(&self, hold: &Hold) -> u64 {
+        let (s, e) = self.window(hold);
+        self.resident_in(hold.obj, s, e)
+    }
+
+    /// Number of offsets in `[lo, hi)` of `obj` with a page anywhere in its
+    /// chain.
+    fn resident_in(&self, obj: ObjectId, lo: u64, hi: u64) -> u64 {
+        let mut seen = BTreeSet::new();
+        let (mut cur, mut shift) = (Some(obj), 0u64);
+        while let Some(id) = cur {
+            let o = self.g.obj(id);
+            seen.extend(
+                o.pages
+                    .range(lo + shift..hi + shift)
+                    .map(|(k, _)| k - shift),
+            );
+            cur = o.backing.map(|b| {
+                shift += b.offset;
+                b.obj
+            });
+        }
+        seen.len() as u64
+    }
+
+    /// Objects in `hold`'s chain, its own included.
+    pub fn chain_depth(&self, hold: &Hold) -> usize {
+        self.depth_of(hold.obj)
+    }
+
+    pub(crate) fn depth_of(&self, obj: ObjectId) -> usize {
+        let mut n = 1;
+        let mut cur = self.g.obj(obj).backing;
+        while let Some(b) = cur {
+            n += 1;
+            cur = self.g.obj(b.obj).backing;
+        }
+        n
+    }
+}

@@ -1,0 +1,235 @@
+//! The graph's invariants, one check per rule (see the crate
+//! documentation), and SPEC §6's audit of what it holds.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use machvm_frame::FrameState;
+
+use crate::graph::Object;
+use crate::{Holder, ObjectId, Objects, VmAudit};
+
+impl Objects<'_> {
+    /// Checks every invariant of the object graph. O(objects + holders +
+    /// pages), plus an upward search per page; for tests, at any moment the
+    /// graph lock is free.
+    pub fn verify(&self) -> Result<(), String> {
+        self.check_acyclic()?;
+        for (id, o) in self.g.objects() {
+            self.check_pages(id, o)?;
+            check_holders(id, o)?;
+            self.check_backing(id, o)?;
+            self.check_shadow_records(id, o)?;
+            check_direct_exclusive(id, o)?;
+            check_collapsed(id, o)?;
+            self.check_reachable(id, o)?;
+        }
+        Ok(())
+    }
+
+    /// No chain loops back on itself (every walk relies on it).
+    fn check_acyclic(&self) -> Result<(), String> {
+        let live = self.g.live();
+        for (id, _) in self.g.objects() {
+            let (mut cur, mut n) = (self.g.obj(id).backing, 0u64);
+            while let Some(b) = cur {
+                n += 1;
+                if n > live {
+                    return Err(format!("object {}: its chain loops", id.0));
+                }
+                cur = self.g.try_obj(b.obj).and_then(|o| o.backing);
+            }
+        }
+        Ok(())
+    }
+
+    /// A resident page lies inside its object, its frame is an object
+    /// frame, and its metadata names this object and offset.
+    fn check_pages(&self, id: ObjectId, o: &Object) -> Result<(), String> {
+        let frames = self.ctx.frames();
+        for (&off, &pa) in &o.pages {
+            if off >= o.size {
+                return Err(format!(
+                    "object {}: page {off} beyond size {}",
+                    id.0, o.size
+                ));
+            }
+            let meta = frames
+                .page(pa)
+                .ok_or_else(|| format!("object {}: foreign frame {pa:?}", id.0))?;
+            if meta.state() != FrameState::Object {
+                return Err(format!(
+                    "object {}: frame {pa:?} in state {:?}",
+                    id.0,
+                    meta.state()
+                ));
+            }
+            if meta.owner() != (id.0, off) {
+                return Err(format!(
+                    "object {}: frame {pa:?} metadata names {:?}, not ({}, {off})",
+                    id.0,
+                    meta.owner(),
+                    id.0
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A shadow's backing is live, its window fits, and the backing holds
+    /// exactly the matching `Shadow` record.
+    fn check_backing(&self, id: ObjectId, o: &Object) -> Result<(), String> {
+        let Some(b) = o.backing else { return Ok(()) };
+        let bo = self
+            .g
+            .try_obj(b.obj)
+            .ok_or_else(|| format!("object {}: backing {} is gone", id.0, b.obj.0))?;
+        if b.offset + o.size > bo.size {
+            return Err(format!("object {}: window past backing {}", id.0, b.obj.0));
+        }
+        match bo.holders.get(&b.holder) {
+            Some(r)
+                if r.kind == Holder::Shadow(id)
+                    && (r.start, r.end) == (b.offset, b.offset + o.size) => {}
+            other => {
+                return Err(format!(
+                    "object {}: backing {} records it as {other:?}",
+                    id.0, b.obj.0
+                ));
+            }
+        }
+        let mine = bo
+            .holders
+            .values()
+            .filter(|r| r.kind == Holder::Shadow(id))
+            .count();
+        if mine != 1 {
+            return Err(format!(
+                "object {}: {mine} records on backing {}",
+                id.0, b.obj.0
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every `Shadow` record names a live object standing on this one.
+    fn check_shadow_records(&self, id: ObjectId, o: &Object) -> Result<(), String> {
+        for (&hid, r) in &o.holders {
+            let Holder::Shadow(s) = r.kind else { continue };
+            let stands = self
+                .g
+                .try_obj(s)
+                .and_then(|so| so.backing)
+                .is_some_and(|b| b.obj == id && b.holder == hid);
+            if !stands {
+                return Err(format!(
+                    "object {}: shadow record {} does not stand on it",
+                    id.0, s.0
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every resident page is reachable (unreachable pages are freed at
+    /// once).
+    fn check_reachable(&self, id: ObjectId, o: &Object) -> Result<(), String> {
+        match o.pages.keys().find(|&&k| !self.visible(id, k)) {
+            Some(k) => Err(format!("object {}: page {k} is unreachable", id.0)),
+            None => Ok(()),
+        }
+    }
+
+    /// Fills in the object half of SPEC §6's audit.
+    pub(crate) fn audit_into(&self, a: &mut VmAudit) {
+        for (id, o) in self.g.objects() {
+            a.resident_pages += o.pages.len() as u64;
+            a.reachable_pages += o.pages.keys().filter(|&&k| self.visible(id, k)).count() as u64;
+        }
+        a.unreachable_pages = a.resident_pages - a.reachable_pages;
+        a.max_chain_depth = self.longest_chain();
+    }
+
+    /// Objects in the longest chain, in O(objects): each object's depth is
+    /// computed once, from the bottom of its chain up.
+    fn longest_chain(&self) -> u64 {
+        let slots = self
+            .g
+            .objects()
+            .map(|(id, _)| id.0 as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut depth = vec![0u64; slots];
+        let mut path: Vec<ObjectId> = Vec::new();
+        let mut best = 0;
+        for (id, _) in self.g.objects() {
+            let mut cur = Some(id);
+            let mut below = 0;
+            while let Some(c) = cur {
+                if depth[c.0 as usize] != 0 {
+                    below = depth[c.0 as usize];
+                    break;
+                }
+                path.push(c);
+                cur = self.g.obj(c).backing.map(|b| b.obj);
+            }
+            while let Some(c) = path.pop() {
+                below += 1;
+                depth[c.0 as usize] = below;
+            }
+            best = best.max(depth[id.0 as usize]);
+        }
+        best
+    }
+}
+
+/// An object has holders, and each window is non-empty and inside it.
+fn check_holders(id: ObjectId, o: &Object) -> Result<(), String> {
+    if o.holders.is_empty() {
+        return Err(format!("object {}: nobody holds it", id.0));
+    }
+    match o
+        .holders
+        .values()
+        .find(|r| r.start >= r.end || r.end > o.size)
+    {
+        Some(r) => Err(format!(
+            "object {}: holder {:?} window [{}, {}) outside [0, {})",
+            id.0, r.kind, r.start, r.end, o.size
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A window written directly overlaps no holder but other direct writers.
+fn check_direct_exclusive(id: ObjectId, o: &Object) -> Result<(), String> {
+    for (&a, ra) in &o.holders {
+        if !matches!(ra.kind, Holder::Direct { .. }) {
+            continue;
+        }
+        let clash = o.holders.iter().find(|&(&b, rb)| {
+            b != a && rb.overlaps(ra.start, ra.end) && !matches!(rb.kind, Holder::Direct { .. })
+        });
+        if let Some((_, rb)) = clash {
+            return Err(format!(
+                "object {}: window [{}, {}) written directly while {:?} sees [{}, {})",
+                id.0, ra.start, ra.end, rb.kind, rb.start, rb.end
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// No object is held by one shadow alone: it would have been collapsed.
+fn check_collapsed(id: ObjectId, o: &Object) -> Result<(), String> {
+    let mut kinds = o.holders.values().map(|r| r.kind);
+    match (kinds.next(), kinds.next()) {
+        (Some(Holder::Shadow(s)), None) => Err(format!(
+            "object {}: held by shadow {} alone, not collapsed",
+            id.0, s.0
+        )),
+        _ => Ok(()),
+    }
+}
