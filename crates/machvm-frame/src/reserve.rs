@@ -33,6 +33,9 @@ pub struct FrameReservation<'a> {
     frames: &'a FrameAllocator,
     what: FrameUse,
     held: Vec<PhysAddr>,
+    /// Made by [`FrameAllocator::reserve`]: running out means the count was
+    /// wrong (asserted in debug builds; a release build allocates on).
+    counted: bool,
 }
 
 impl<'a> FrameReservation<'a> {
@@ -44,6 +47,7 @@ impl<'a> FrameReservation<'a> {
             frames,
             what,
             held: Vec::new(),
+            counted: false,
         }
     }
 
@@ -51,7 +55,10 @@ impl<'a> FrameReservation<'a> {
     pub fn take(&mut self) -> Result<PhysAddr, KernError> {
         match self.held.pop() {
             Some(pa) => Ok(pa),
-            None => self.frames.alloc(self.what),
+            None => {
+                debug_assert!(!self.counted, "a frame reservation was undercounted");
+                self.frames.alloc(self.what)
+            }
         }
     }
 
@@ -71,9 +78,11 @@ impl Drop for FrameReservation<'_> {
 
 impl FrameAllocator {
     /// Reserves `n` frames for `what`, all or none: on `ResourceShortage`
-    /// the allocator is as before.
+    /// the allocator is as before. Taking more than `n` from it is a
+    /// counting bug, asserted in debug builds.
     pub fn reserve(&self, n: u64, what: FrameUse) -> Result<FrameReservation<'_>, KernError> {
         let mut r = FrameReservation::on_demand(self, what);
+        r.counted = true;
         let n = usize::try_from(n).map_err(|_| KernError::ResourceShortage)?;
         if n > self.free_frames() as usize {
             return Err(KernError::ResourceShortage);

@@ -77,12 +77,15 @@ impl VmMap {
     ) -> Result<Objects<'c>, KernError> {
         let missing = self.untranslatable(r, access);
         let objs = self.0.ctx.objects();
-        let n = if missing.len() <= 1 {
-            0
+        // One page needs at most one frame, taken in one step that changes
+        // nothing when it fails.
+        let (mut objs, mut frames) = if missing.len() <= 1 {
+            let frames = objs.on_demand();
+            (objs, frames)
         } else {
-            frames_for(m, &objs, &missing, access == Access::Write)
+            let n = frames_for(m, &objs, &missing, access == Access::Write);
+            reserve(objs, n)?
         };
-        let (mut objs, mut frames) = reserve(objs, n)?;
         self.fault_pages(m, &mut objs, &missing, access, &mut frames)?;
         Ok(objs)
     }
@@ -106,13 +109,12 @@ impl VmMap {
 /// Reserves `n` object frames with the graph unlocked, handing the graph
 /// back locked. Counts taken under the caller's map lock stay upper bounds
 /// meanwhile: sharers only add pages (see `Objects::frames_to_resolve`).
-/// With `n == 0`, frames are allocated on demand.
 pub(crate) fn reserve(
     objs: Objects<'_>,
     n: u64,
 ) -> Result<(Objects<'_>, FrameReservation<'_>), KernError> {
     if n == 0 {
-        let frames = objs.on_demand();
+        let frames = objs.context().frames().reserve(0, FrameUse::Object)?;
         return Ok((objs, frames));
     }
     let ctx = objs.context();

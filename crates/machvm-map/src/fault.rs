@@ -55,7 +55,7 @@ impl VmMap {
             return Err(KernError::InvalidAddress);
         }
         let page = trunc_page(va);
-        let start = m.lookup(page).ok_or(KernError::InvalidAddress)?;
+        let mut start = m.lookup(page).ok_or(KernError::InvalidAddress)?;
         let e = m.entries.get_mut(&start).ok_or(KernError::Failure)?;
         // The MMU cannot refuse a load from a mapped write- or execute-only
         // page, so neither does the handler: otherwise whether a load works
@@ -68,12 +68,20 @@ impl VmMap {
         let pages = e.pages(start);
         let hold = e.object.get_or_insert_with(|| objs.create(pages, map));
         let mut took_over = false;
-        if write {
-            let before = hold.object();
-            let was_direct = matches!(objs.holder(hold), Holder::Direct { .. });
+        if write && !matches!(objs.holder(hold), Holder::Direct { .. }) {
+            // Resolve copy-on-write for the run of pages the faulting one
+            // belongs to: taken over if nobody else sees it, else shadowed.
+            let (first, end, seen) = objs.shared_run(hold, (page - start) >> PAGE_SHIFT);
+            let (s, t) = (start + (first << PAGE_SHIFT), start + (end << PAGE_SHIFT));
+            m.clip_range(objs, s, t);
+            start = s;
+            let e = m.entries.get_mut(&start).ok_or(KernError::Failure)?;
+            let hold = e.object.as_mut().ok_or(KernError::Failure)?;
             objs.make_writable(hold, self.0.id);
-            took_over = !was_direct && hold.object() == before;
+            took_over = !seen;
         }
+        let e = m.entries.get_mut(&start).ok_or(KernError::Failure)?;
+        let hold = e.object.as_ref().ok_or(KernError::Failure)?;
         let (prot, wired, end) = (e.protection, e.wired_count > 0, e.end);
         let direct = matches!(objs.holder(hold), Holder::Direct { .. });
         let idx = (page - start) >> PAGE_SHIFT;

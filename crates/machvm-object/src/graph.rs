@@ -205,6 +205,51 @@ impl Objects<'_> {
         !self.g.other_overlaps(hold.obj, hold.id, s, e, |_| true)
     }
 
+    /// The windows of `hold`'s object that holders other than `hold` see,
+    /// within `[lo, hi)`, merged and in order.
+    pub(crate) fn seen_by_others(&self, hold: &Hold, lo: u64, hi: u64) -> Vec<(u64, u64)> {
+        let mut v: Vec<(u64, u64)> = self
+            .g
+            .obj(hold.obj)
+            .holders
+            .iter()
+            .filter(|&(&id, r)| id != hold.id && r.overlaps(lo, hi))
+            .map(|(_, r)| (r.start.max(lo), r.end.min(hi)))
+            .collect();
+        v.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+        for (s, e) in v {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        merged
+    }
+
+    /// The run of pages of `hold`'s window around page `page` that other
+    /// holders either all see or none sees: `(first, end, seen)` in pages of
+    /// the window. A copy-on-write entry resolves a write per run: it takes
+    /// over the pages nobody else sees and shadows only the others, so that
+    /// a page is copied only when somebody else can still see it.
+    pub fn shared_run(&self, hold: &Hold, page: u64) -> (u64, u64, bool) {
+        let (s, e) = self.window(hold);
+        let off = s + page;
+        let (mut lo, mut hi) = (s, e);
+        for (a, b) in self.seen_by_others(hold, s, e) {
+            if a <= off && off < b {
+                return (a - s, b - s, true);
+            }
+            if b <= off {
+                lo = b;
+            } else {
+                hi = hi.min(a);
+                break;
+            }
+        }
+        (lo - s, hi - s, false)
+    }
+
     /// Number of holder records naming `map` (a map's `verify` compares it
     /// with its entries).
     pub fn holds_of_map(&self, map: u64) -> usize {

@@ -187,11 +187,16 @@ impl Objects<'_> {
         if !write {
             return count - self.resident_in(hold.obj, lo, hi);
         }
-        let direct = matches!(self.holder(hold), Holder::Direct { .. }) || self.is_alone(hold);
-        if !direct {
-            return count;
+        let resident = |a: u64, b: u64| self.g.obj(hold.obj).pages.range(a..b).count() as u64;
+        if matches!(self.holder(hold), Holder::Direct { .. }) {
+            return count - resident(lo, hi);
         }
-        count - self.g.obj(hold.obj).pages.range(lo..hi).count() as u64
+        // Copy-on-write pending: pages others see go to a fresh shadow (a
+        // frame each); the rest are taken over (a frame where none is
+        // resident). See `shared_run`.
+        let seen = self.seen_by_others(hold, lo, hi);
+        let seen_resident: u64 = seen.iter().map(|&(a, b)| resident(a, b)).sum();
+        count - (resident(lo, hi) - seen_resident)
     }
 
     /// Reads `buf.len()` bytes at byte `offset` of page `page` of `hold`'s

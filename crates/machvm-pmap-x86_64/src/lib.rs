@@ -184,6 +184,8 @@ pub struct X86Pmap {
     inner: spin::Mutex<Inner>,
     cfg: X86Config,
     flushes: AtomicU64,
+    #[cfg(test)]
+    race_hook: spin::Mutex<Option<alloc::boxed::Box<dyn FnOnce() + Send>>>,
 }
 
 impl X86Pmap {
@@ -203,6 +205,8 @@ impl X86Pmap {
             }),
             cfg,
             flushes: AtomicU64::new(0),
+            #[cfg(test)]
+            race_hook: spin::Mutex::new(None),
         })
     }
 
@@ -299,6 +303,31 @@ impl X86Pmap {
         p
     }
 
+    /// True when the level-2 slot of `va` links a page table (small
+    /// translations) rather than holding a large leaf or nothing.
+    fn small_below(&self, root: PhysAddr, va: u64) -> bool {
+        let mut table = root;
+        for level in [4, 3] {
+            let e = self.load(table, index(va, level));
+            if e & P == 0 || e & PS != 0 {
+                return false;
+            }
+            table = PhysAddr(e & ADDR);
+        }
+        let e = self.load(table, index(va, 2));
+        e & P != 0 && e & PS == 0
+    }
+
+    /// Test hook: runs, once, where another CPU's call could interleave with
+    /// an `enter` just before it takes the lock.
+    #[cfg(test)]
+    fn run_race_hook(&self) {
+        let hook = self.race_hook.lock().take();
+        if let Some(h) = hook {
+            h();
+        }
+    }
+
     /// Number of new tables that entering a leaf at `leaf_level` for `va`
     /// needs (a demotion counts as one).
     fn tables_needed(&self, root: PhysAddr, va: u64, leaf_level: u32) -> usize {
@@ -366,6 +395,12 @@ impl X86Pmap {
             self.store(t, k, (pa.0 + k as u64 * PAGE_SIZE) | flags);
         }
         self.add_use(t, ENTRIES as i32);
+        if e & WIRED != 0 {
+            // One wired leaf becomes 512: the counter counts leaves.
+            if let Some(s) = g.space(pmap) {
+                s.wired += SMALL_PER_LARGE - 1;
+            }
+        }
         if e & MANAGED != 0 {
             self.pv_remove(g, pa, PvEntry::new(pmap, VirtAddr(base), true));
             for k in 0..SMALL_PER_LARGE {
@@ -401,14 +436,18 @@ impl X86Pmap {
             return Ok(self.remove(pmap, range));
         }
         let mut f = TlbFlush::none();
-        if large {
-            // Clear whatever small translations and tables sit there first.
-            let range = VaRange::new(va, va + align).ok_or(KernError::InvalidArgument)?;
-            f.merge(self.remove(pmap, range));
-        }
+        #[cfg(test)]
+        self.run_race_hook();
         let leaf_level = if large { 2 } else { 1 };
         let mut g = self.inner.lock();
         let root = g.space(pmap).ok_or(KernError::InvalidArgument)?.root;
+        if large && self.small_below(root, va.0) {
+            // Clear the small translations and the table sitting there, under
+            // the same lock as the new leaf: a 4 KiB enter racing this one
+            // either comes first and is cleared, or comes after and splits
+            // the new leaf.
+            self.range_op(&mut g, pmap, va.0, va.0 + align, Op::Remove, &mut f);
+        }
         let mut spare = ArrayVec::<PhysAddr, 3>::new();
         for _ in 0..self.tables_needed(root, va.0, leaf_level) {
             match self.alloc_table() {

@@ -381,3 +381,74 @@ fn kernel_half_is_copied_into_every_root() {
     pm.verify().unwrap();
     pm.destroy(p);
 }
+
+/// Defect 3: demoting a wired 2 MiB leaf counted its wiring once for the
+/// large leaf and then uncounted it once per small leaf, so the pmap's wired
+/// counter disagreed with the tables and finally wrapped.
+#[test]
+fn demoting_a_wired_large_leaf_keeps_the_wired_count() {
+    let (fa, pm) = setup(2048);
+    let p = pm.create().unwrap();
+    let big = fa.alloc_order(LARGE_PAGE_ORDER, FrameUse::Object).unwrap();
+    let va = 0x4000_0000u64;
+    pm.flush(
+        pm.enter_large(p, VirtAddr(va), big, VmProt::DEFAULT, true)
+            .unwrap(),
+    );
+    check(&fa, &pm);
+    // Removing one small page splits the wired leaf into 511 wired ones.
+    pm.flush(pm.remove(p, range(va + 0x5000, va + 0x6000)));
+    check(&fa, &pm);
+    assert!(pm.extract(p, VirtAddr(va + 0x7000)).unwrap().wired);
+    pm.flush(pm.protect(p, range(va, va + 0x3000), VmProt::READ));
+    check(&fa, &pm);
+    pm.flush(pm.remove(p, range(va, va + LARGE_PAGE_SIZE)));
+    check(&fa, &pm);
+    pm.destroy(p);
+    fa.free(big);
+    assert_eq!(fa.frames_in_use(FrameUse::PageTable), 0);
+}
+
+/// Defect 4: `enter_large` cleared its 2 MiB range before taking the pmap
+/// lock, so a 4 KiB `enter` from another CPU could link a page table in
+/// between, which the large entry then overwrote as if it were an old leaf:
+/// the table leaked and its pv entries dangled. The hook runs that `enter`
+/// at the last moment before the lock.
+#[test]
+fn enter_large_racing_a_small_enter_keeps_the_tables_consistent() {
+    let (fa, pm) = setup(2048);
+    let pm = Arc::new(pm);
+    let p = pm.create().unwrap();
+    let big = fa.alloc_order(LARGE_PAGE_ORDER, FrameUse::Object).unwrap();
+    let small = fa.alloc(FrameUse::Object).unwrap();
+    let va = 0x4000_0000u64;
+    let other_cpu = pm.clone();
+    *pm.race_hook.lock() = Some(alloc::boxed::Box::new(move || {
+        let f = other_cpu.enter(p, VirtAddr(va + 0x3000), small, VmProt::READ, false);
+        other_cpu.flush(f.unwrap());
+    }));
+    pm.flush(
+        pm.enter_large(p, VirtAddr(va), big, VmProt::DEFAULT, false)
+            .unwrap(),
+    );
+    check(&fa, &pm);
+    assert_eq!(
+        pm.extract(p, VirtAddr(va + 0x3000)).unwrap().pa,
+        big + 0x3000
+    );
+    assert_eq!(
+        pm.mapping_count(small),
+        0,
+        "a pv entry of the overwritten table dangles"
+    );
+    pm.flush(pm.remove(p, range(va, va + LARGE_PAGE_SIZE)));
+    pm.destroy(p);
+    check(&fa, &pm);
+    assert_eq!(
+        fa.frames_in_use(FrameUse::PageTable),
+        0,
+        "a page table leaked"
+    );
+    fa.free(big);
+    fa.free(small);
+}

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Barrier;
 
 use common::*;
 use machvm::{KernError, VmInherit, VmMap, VmProt, vm_copy, vm_map_copy, vm_read};
@@ -110,29 +110,64 @@ fn random_operations_on_shared_and_private_maps() {
 
 /// A copy racing a `protect` of its destination returns success or
 /// `ProtectionFailure`, nothing else, and never writes a page while it is
-/// read-only.
+/// read-only. A copy and a `protect` of one map serialise on its lock, so
+/// there are two orders; a barrier forces each of them in turn, every
+/// round (no outcome depends on the scheduler). Then the two threads run
+/// free for a fixed number of rounds, where any outcome must be one of
+/// those two and a read-only page must never change.
 #[test]
 fn copy_racing_protect_of_its_destination() {
     let vm = system();
     let (src, dst) = (vm.create_map().unwrap(), vm.create_map().unwrap());
     let a = src.allocate(0, 4 * P, true).unwrap();
     let b = dst.allocate(0, 4 * P, true).unwrap();
-    let done = AtomicBool::new(false);
+    let copy = |i: u8| {
+        src.write_bytes(a, &[i; 64]).unwrap();
+        src.write_bytes(a + 3 * P, &[i; 64]).unwrap();
+        vm_map_copy(&dst, &src, b + 3, 4 * P - 3, a + 3, false, false)
+    };
+    let turn = Barrier::new(2);
     std::thread::scope(|s| {
-        let copier = s.spawn(|| {
-            let (mut ok, mut refused) = (0, 0);
-            let mut i = 0u8;
-            while !done.load(Relaxed) {
-                src.write_bytes(a, &[i; 64]).unwrap();
-                src.write_bytes(a + 3 * P, &[i; 64]).unwrap();
-                match vm_map_copy(&dst, &src, b + 3, 4 * P - 3, a + 3, false, false) {
-                    Ok(()) => ok += 1,
-                    Err(KernError::ProtectionFailure) => refused += 1,
+        s.spawn(|| {
+            for i in 0..50u8 {
+                turn.wait(); // protect first
+                assert_eq!(copy(i), Err(KernError::ProtectionFailure));
+                turn.wait();
+                turn.wait(); // copy first
+                assert_eq!(copy(i), Ok(()));
+                turn.wait();
+            }
+        });
+        for round in 0..50u64 {
+            let target = b + (round % 4) * P;
+            dst.protect(target, P, false, VmProt::READ).unwrap();
+            let frozen = peek(&dst, target, P as usize);
+            turn.wait();
+            turn.wait();
+            assert_eq!(
+                peek(&dst, target, P as usize),
+                frozen,
+                "a read-only page was written"
+            );
+            dst.protect(target, P, false, VmProt::DEFAULT).unwrap();
+            turn.wait();
+            turn.wait();
+            let n = (4 * P - 3) as usize;
+            assert_eq!(
+                peek(&dst, b + 3, n),
+                peek(&src, a + 3, n),
+                "the copy did not land"
+            );
+        }
+    });
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..400u32 {
+                match copy(i as u8) {
+                    Ok(()) | Err(KernError::ProtectionFailure) => {}
                     Err(e) => panic!("copy racing protect returned {e:?}"),
                 }
-                i = i.wrapping_add(1);
             }
-            (ok, refused)
         });
         for round in 0..400 {
             let target = b + (round % 4) * P;
@@ -148,12 +183,6 @@ fn copy_racing_protect_of_its_destination() {
             );
             dst.protect(target, P, false, VmProt::DEFAULT).unwrap();
         }
-        done.store(true, Relaxed);
-        let (ok, refused) = copier.join().unwrap();
-        assert!(
-            ok > 0 && refused > 0,
-            "the race did not happen both ways: {ok} ok, {refused} refused"
-        );
     });
     check(&vm, &[&src, &dst]);
 }
