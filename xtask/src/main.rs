@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         "soak" => soak::soak(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\ntasks:\n  test        fmt check, clippy -D warnings, host tests, QEMU suite\n  soak        the model test for millions of operations (--ops N)\n{}",
+                "usage: cargo xtask <task>\n\ntasks:\n  test        fmt check, clippy -D warnings, host tests, QEMU suite\n  soak        the model test for millions of operations (--ops N,\n              --snapshots K: keep K vm_read snapshots alive)\n{}",
                 qemu::USAGE
             );
             return if task == "help" || task == "--help" {

@@ -1,29 +1,41 @@
-//! `cargo xtask soak [--ops N]`: the differential model test
-//! (`crates/machvm/tests/model_check.rs`) for millions of operations, in
-//! release mode, printing operations per second.
+//! `cargo xtask soak [--ops N] [--snapshots K]`: the differential model
+//! test (`crates/machvm/tests/model_check.rs`) for millions of operations,
+//! in release mode, with SPEC §6's audit checked after every operation,
+//! printing operations per second and the audit's peaks. `--snapshots K`
+//! keeps up to K `vm_read` snapshots alive at once (and makes snapshot
+//! operations eight times as likely), so that object chains grow.
 
 use crate::cargo_env;
 
-/// Runs the soak; `args` may hold `--ops N` (default 1,000,000).
+/// Runs the soak; `args` may hold `--ops N` (default 1,000,000) and
+/// `--snapshots K`.
 pub fn soak(args: &[String]) -> bool {
     let mut ops = String::from("1000000");
+    let mut snapshots: Option<String> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        match a.as_str() {
-            "--ops" => match it.next() {
-                Some(n) if n.parse::<u64>().is_ok() => ops = n.clone(),
-                _ => {
-                    eprintln!("xtask soak: --ops takes a number");
-                    return false;
-                }
-            },
+        let slot = match a.as_str() {
+            "--ops" => &mut ops,
+            "--snapshots" => snapshots.get_or_insert_with(String::new),
             other => {
                 eprintln!(
-                    "xtask soak: unknown argument {other}\nusage: cargo xtask soak [--ops N]"
+                    "xtask soak: unknown argument {other}\n\
+                     usage: cargo xtask soak [--ops N] [--snapshots K]"
                 );
                 return false;
             }
+        };
+        match it.next() {
+            Some(n) if n.parse::<u64>().is_ok() => *slot = n.clone(),
+            _ => {
+                eprintln!("xtask soak: {a} takes a number");
+                return false;
+            }
         }
+    }
+    let mut env = vec![("MACHVM_SOAK_OPS", ops.as_str())];
+    if let Some(k) = &snapshots {
+        env.push(("MACHVM_SOAK_SNAPSHOTS", k.as_str()));
     }
     cargo_env(
         &[
@@ -39,6 +51,6 @@ pub fn soak(args: &[String]) -> bool {
             "soak",
             "--nocapture",
         ],
-        &[("MACHVM_SOAK_OPS", &ops)],
+        &env,
     )
 }

@@ -210,7 +210,6 @@ impl VmMapCopy {
         m.insert(start, Entry::new_anon(start + size));
         match map.overwrite(&mut m, &mut objs, dst, &mut self, &mut frames) {
             Ok(()) => {
-                m.simplify(&mut objs, start, start + size);
                 self.release_into(&mut objs);
                 Ok(dst)
             }

@@ -45,14 +45,12 @@ impl VmMap {
         };
         let mut m = self.0.inner.lock();
         check_access(&m, r, Access::Write)?;
-        let mut objs = self.fault_in(&mut m, r, Access::Write)?;
+        let objs = self.fault_in(&mut m, r, Access::Write)?;
         // Every page is now its entry's own, written directly, and stays so
         // while this map is locked.
         for_each_page_piece(&m, addr, data.len(), |h, page, off, at, n| {
             h.is_some_and(|h| objs.write(h, page, off, &data[at..at + n]))
-        })?;
-        m.simplify(&mut objs, r.start().0, r.end().0);
-        Ok(())
+        })
     }
 
     /// The pages of `r` the pmap cannot translate for `access` now (the
@@ -123,17 +121,29 @@ pub(crate) fn reserve(
     Ok((ctx.objects(), frames))
 }
 
-/// An upper bound on the frames faulting in `vas` would take.
+/// An upper bound on the frames faulting in `vas` (page addresses, in
+/// increasing order) would take: one question per run of them in one entry.
 pub(crate) fn frames_for(m: &MapInner, objs: &Objects<'_>, vas: &[u64], write: bool) -> u64 {
-    vas.iter()
-        .map(|&va| match m.overlapping(va, va + 1).next() {
-            Some((&start, e)) => {
-                let page = (va - start) >> PAGE_SHIFT;
-                objs.frames_to_resolve(e.object.as_ref(), page, 1, write)
-            }
-            None => 1,
-        })
-        .sum()
+    let mut n = 0;
+    let mut i = 0;
+    while i < vas.len() {
+        let va = vas[i];
+        let Some((&start, e)) = m.overlapping(va, va + 1).next() else {
+            // A hole about to be allocated: zero-filled.
+            n += 1;
+            i += 1;
+            continue;
+        };
+        // The run of consecutive pages inside this entry.
+        let mut k = 1;
+        while i + k < vas.len() && vas[i + k] == va + k as u64 * PAGE_SIZE && vas[i + k] < e.end {
+            k += 1;
+        }
+        let page = (va - start) >> PAGE_SHIFT;
+        n += objs.frames_to_resolve(e.object.as_ref(), page, k as u64, write);
+        i += k;
+    }
+    n
 }
 
 /// Splits `[addr, addr + len)` at page boundaries and calls `f(hold, page

@@ -193,43 +193,41 @@ impl MapInner {
     /// Merges every mergeable pair of neighbours among the entries that
     /// touch `[start, end]` (the entry before `start` included).
     pub(crate) fn simplify(&mut self, objs: &mut Objects<'_>, start: u64, end: u64) {
-        let lo = self
+        let mut cur = self
             .entries
             .range(..start)
             .next_back()
             .map_or(start, |(&s, _)| s);
-        if lo > end {
-            return;
-        }
-        let keys: Vec<u64> = self.entries.range(lo..=end).map(|(&s, _)| s).collect();
-        let mut prev: Option<u64> = None;
-        for k in keys {
-            let merge = match prev.and_then(|p| self.entries.get(&p)) {
-                Some(a) => self
-                    .entries
-                    .get(&k)
-                    .is_some_and(|b| Self::mergeable(objs, a, k, b)),
-                None => false,
-            };
+        while let Some((&a_start, a)) = self.entries.range(cur..).next() {
+            if a_start > end {
+                return;
+            }
+            let b_start = a.end;
+            let merge = self
+                .entries
+                .get(&b_start)
+                .is_some_and(|b| Self::mergeable(objs, a, b_start, b));
             if !merge {
-                prev = Some(k);
+                cur = b_start;
                 continue;
             }
-            let Some(b) = self.entries.remove(&k) else {
-                continue;
+            let Some(b) = self.entries.remove(&b_start) else {
+                return;
             };
             self.index.invalidate();
-            let Some(a) = prev.and_then(|p| self.entries.get_mut(&p)) else {
-                continue;
+            let Some(a) = self.entries.get_mut(&a_start) else {
+                return;
             };
             a.end = b.end;
             if let (Some(x), Some(y)) = (&a.object, b.object) {
-                // Checked joinable above; a refusal would leak nothing but
-                // the tail's record, which `release` still frees.
+                // Checked joinable above; were it refused, the tail's record
+                // would still be released.
                 if let Err(y) = objs.join(x, y) {
                     objs.release(y);
                 }
             }
+            // `a` may continue into its new neighbour too: look again.
+            cur = a_start;
         }
     }
 

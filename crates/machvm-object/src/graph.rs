@@ -8,6 +8,7 @@ use alloc::vec::Vec;
 use machvm_base::{KernError, PhysAddr};
 use machvm_frame::FrameReservation;
 
+use crate::slots::Slots;
 use crate::{CowRef, Hold, Holder, HolderId, ObjectId, Objects};
 
 /// One holder record: who, and the window `[start, end)` (pages of the
@@ -44,7 +45,7 @@ pub(crate) struct Object {
     pub(crate) size: u64,
     pub(crate) pages: BTreeMap<u64, PhysAddr>,
     pub(crate) backing: Option<Backing>,
-    pub(crate) holders: BTreeMap<HolderId, HolderRec>,
+    pub(crate) holders: Slots<HolderRec>,
 }
 
 /// Every object of a context, by id. Slot 0 is never used, so that id 0
@@ -52,7 +53,6 @@ pub(crate) struct Object {
 pub(crate) struct Graph {
     slots: Vec<Option<Object>>,
     free_slots: Vec<u32>,
-    next_holder: u64,
     live: u64,
 }
 
@@ -61,7 +61,6 @@ impl Graph {
         Graph {
             slots: alloc::vec![None],
             free_slots: Vec::new(),
-            next_holder: 1,
             live: 0,
         }
     }
@@ -120,10 +119,7 @@ impl Graph {
     }
 
     pub(crate) fn add_record(&mut self, obj: ObjectId, rec: HolderRec) -> HolderId {
-        let id = HolderId(self.next_holder);
-        self.next_holder += 1;
-        self.obj_mut(obj).holders.insert(id, rec);
-        id
+        self.obj_mut(obj).holders.insert(rec)
     }
 
     pub(crate) fn rec(&self, obj: ObjectId, id: HolderId) -> &HolderRec {
@@ -153,7 +149,7 @@ impl Graph {
         self.obj(obj)
             .holders
             .iter()
-            .any(|(&id, r)| id != except && r.overlaps(start, end) && what(r.kind))
+            .any(|(id, r)| id != except && r.overlaps(start, end) && what(r.kind))
     }
 }
 
@@ -165,7 +161,7 @@ impl Objects<'_> {
             size: pages,
             pages: BTreeMap::new(),
             backing: None,
-            holders: BTreeMap::new(),
+            holders: Slots::new(),
         });
         let id = self.g.add_record(
             obj,
@@ -213,7 +209,7 @@ impl Objects<'_> {
             .obj(hold.obj)
             .holders
             .iter()
-            .filter(|&(&id, r)| id != hold.id && r.overlaps(lo, hi))
+            .filter(|&(id, r)| id != hold.id && r.overlaps(lo, hi))
             .map(|(_, r)| (r.start.max(lo), r.end.min(hi)))
             .collect();
         v.sort_unstable();
@@ -352,7 +348,7 @@ impl Objects<'_> {
             size: r.end - r.start,
             pages: BTreeMap::new(),
             backing: None,
-            holders: BTreeMap::new(),
+            holders: Slots::new(),
         });
         // The shadow's record replaces the holder's: the same window, so
         // nothing becomes visible or invisible.

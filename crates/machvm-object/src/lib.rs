@@ -49,6 +49,7 @@ mod context;
 mod graph;
 mod pages;
 mod reclaim;
+mod slots;
 mod verify;
 
 pub use context::{AuditEntries, Objects, VmAudit, VmContext, VmCounters};
@@ -66,9 +67,9 @@ impl ObjectId {
     }
 }
 
-/// Names one holder record.
+/// Names one holder record of an object (a slot of its holder table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct HolderId(u64);
+pub struct HolderId(u32);
 
 /// Who holds a window of an object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

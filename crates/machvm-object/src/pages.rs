@@ -107,10 +107,10 @@ impl Objects<'_> {
     ) -> Result<Resolved, KernError> {
         let counters = &self.ctx.counters;
         VmCounters::bump(&counters.lookups);
-        let off = self
-            .offset_of(hold, page)
-            .ok_or(KernError::InvalidAddress)?;
-        let direct = matches!(self.holder(hold), Holder::Direct { .. });
+        let rec = *self.g.rec(hold.obj, hold.id);
+        let off = rec.start.checked_add(page).filter(|&o| o < rec.end);
+        let off = off.ok_or(KernError::InvalidAddress)?;
+        let direct = matches!(rec.kind, Holder::Direct { .. });
         if write && !direct {
             return Err(KernError::Failure);
         }

@@ -29,17 +29,34 @@ impl Objects<'_> {
         Ok(())
     }
 
-    /// No chain loops back on itself (every walk relies on it).
+    /// No chain loops back on itself (every walk relies on it). O(objects):
+    /// each object is walked past once.
     fn check_acyclic(&self) -> Result<(), String> {
-        let live = self.g.live();
+        const ON_PATH: u8 = 1;
+        const DONE: u8 = 2;
+        let slots = self
+            .g
+            .objects()
+            .map(|(id, _)| id.0 as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut state = vec![0u8; slots];
+        let mut path: Vec<usize> = Vec::new();
         for (id, _) in self.g.objects() {
-            let (mut cur, mut n) = (self.g.obj(id).backing, 0u64);
-            while let Some(b) = cur {
-                n += 1;
-                if n > live {
-                    return Err(format!("object {}: its chain loops", id.0));
+            let mut cur = Some(id);
+            while let Some(c) = cur {
+                let i = c.0 as usize;
+                match state.get(i).copied() {
+                    Some(DONE) | None => break,
+                    Some(ON_PATH) => return Err(format!("object {}: its chain loops", c.0)),
+                    Some(_) => {}
                 }
-                cur = self.g.try_obj(b.obj).and_then(|o| o.backing);
+                state[i] = ON_PATH;
+                path.push(i);
+                cur = self.g.try_obj(c).and_then(|o| o.backing).map(|b| b.obj);
+            }
+            for i in path.drain(..) {
+                state[i] = DONE;
             }
         }
         Ok(())
@@ -116,7 +133,7 @@ impl Objects<'_> {
 
     /// Every `Shadow` record names a live object standing on this one.
     fn check_shadow_records(&self, id: ObjectId, o: &Object) -> Result<(), String> {
-        for (&hid, r) in &o.holders {
+        for (hid, r) in o.holders.iter() {
             let Holder::Shadow(s) = r.kind else { continue };
             let stands = self
                 .g
@@ -205,11 +222,11 @@ fn check_holders(id: ObjectId, o: &Object) -> Result<(), String> {
 
 /// A window written directly overlaps no holder but other direct writers.
 fn check_direct_exclusive(id: ObjectId, o: &Object) -> Result<(), String> {
-    for (&a, ra) in &o.holders {
+    for (a, ra) in o.holders.iter() {
         if !matches!(ra.kind, Holder::Direct { .. }) {
             continue;
         }
-        let clash = o.holders.iter().find(|&(&b, rb)| {
+        let clash = o.holders.iter().find(|&(b, rb)| {
             b != a && rb.overlaps(ra.start, ra.end) && !matches!(rb.kind, Holder::Direct { .. })
         });
         if let Some((_, rb)) = clash {
