@@ -95,6 +95,10 @@ impl FrameAllocator {
             let pa = self.alloc(what)?;
             r.held.push(pa);
         }
+        // `take` pops from the end: hand frames out in the order the
+        // allocator gave them (memory touched in ascending order streams
+        // faster than the reverse).
+        r.held.reverse();
         Ok(r)
     }
 }

@@ -20,6 +20,7 @@
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use arrayvec::ArrayVec;
 
 use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, VaRange, VmProt, round_page, trunc_page};
 use machvm_frame::FrameReservation;
@@ -255,16 +256,15 @@ impl Drop for VmMapCopy {
 /// The byte ranges of placing `copy` at `dst`, as (destination address,
 /// position in the copy, length): its head and tail when the whole pages go
 /// copy-on-write (`cow`), else all of it.
-fn byte_pieces(dst: u64, copy: &VmMapCopy, cow: bool) -> Vec<(u64, u64, u64)> {
+fn byte_pieces(dst: u64, copy: &VmMapCopy, cow: bool) -> ArrayVec<(u64, u64, u64), 2> {
     let (head, mid) = (copy.head.len() as u64, copy.middle_bytes());
-    let mut pieces = if cow {
-        alloc::vec![
-            (dst, 0, head),
-            (dst + head + mid, head + mid, copy.len - head - mid)
-        ]
+    let mut pieces = ArrayVec::new();
+    if cow {
+        pieces.push((dst, 0, head));
+        pieces.push((dst + head + mid, head + mid, copy.len - head - mid));
     } else {
-        alloc::vec![(dst, 0, copy.len)]
-    };
+        pieces.push((dst, 0, copy.len));
+    }
     pieces.retain(|p| p.2 > 0);
     pieces
 }
@@ -349,8 +349,10 @@ impl VmMap {
     ) -> Result<(), KernError> {
         let (head, mid) = (copy.head.len() as u64, copy.middle_bytes());
         let cow = cow_fits(m, objs, dst, head, mid);
-        let mut chunk = [0u8; PAGE_SIZE as usize];
         for (d, pos, n) in byte_pieces(dst, copy, cow) {
+            // Here, not above the loop: a copy of whole pages alone needs no
+            // buffer, and zeroing one costs more than the rest of the call.
+            let mut chunk = [0u8; PAGE_SIZE as usize];
             let r = VaRange::round_out(d, n).ok_or(KernError::InvalidAddress)?;
             let missing = self.untranslatable(r, Access::Write);
             self.fault_pages(m, objs, &missing, Access::Write, frames)?;
@@ -413,6 +415,9 @@ impl VmMap {
 /// The bytes of `[addr, addr + len)` as the source's objects hold them,
 /// without faulting anything in (untouched memory reads as zero).
 fn snapshot_bytes(m: &MapInner, objs: &Objects<'_>, addr: u64, len: u64) -> Vec<u8> {
+    if len == 0 {
+        return Vec::new();
+    }
     let mut out = alloc::vec![0u8; len as usize];
     let _ = for_each_page_piece(m, addr, len as usize, |h, page, off, at, n| {
         objs.read(h, page, off, &mut out[at..at + n]);

@@ -55,16 +55,19 @@ impl Objects<'_> {
     pub fn release(&mut self, hold: Hold) {
         let rec = self.g.obj_mut(hold.obj).holders.remove(&hold.id);
         let Some(rec) = rec else { return };
-        self.settle(alloc::vec![Lost {
+        self.settle(Lost {
             obj: hold.obj,
             start: rec.start,
             end: rec.end,
-        }]);
+        });
     }
 
-    /// Processes lost windows until the graph is settled again.
-    fn settle(&mut self, mut work: Vec<Lost>) {
-        while let Some(l) = work.pop() {
+    /// Processes a lost window, and the ones it leads to, until the graph
+    /// is settled again.
+    fn settle(&mut self, first: Lost) {
+        let mut work: Vec<Lost> = Vec::new();
+        let mut next = Some(first);
+        while let Some(l) = next.take().or_else(|| work.pop()) {
             let Some(o) = self.g.try_obj(l.obj) else {
                 continue;
             };
@@ -219,7 +222,7 @@ impl Objects<'_> {
             if let Some(nb) = next {
                 self.stand_on(obj, nb.obj, nb.offset + b.offset);
             }
-            self.settle(alloc::vec![lost]);
+            self.settle(lost);
         }
     }
 }
