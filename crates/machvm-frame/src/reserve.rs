@@ -66,6 +66,29 @@ impl<'a> FrameReservation<'a> {
     pub fn remaining(&self) -> usize {
         self.held.len()
     }
+
+    /// Reserves `n` more frames, all or none: on `ResourceShortage` the
+    /// reservation and the allocator are as before.
+    pub fn top_up(&mut self, n: u64) -> Result<(), KernError> {
+        let mut more = self.frames.reserve(n, self.what)?;
+        // `more` pops in allocation order; ours are taken first.
+        let mut fresh = core::mem::take(&mut more.held);
+        fresh.append(&mut self.held);
+        self.held = fresh;
+        Ok(())
+    }
+
+    /// Makes sure `n` frames are held, allocating the missing ones now (all
+    /// or none): a single-step operation takes its frame before it changes
+    /// anything.
+    pub fn ensure(&mut self, n: u64) -> Result<(), KernError> {
+        let have = self.held.len() as u64;
+        if have >= n {
+            return Ok(());
+        }
+        debug_assert!(!self.counted, "a frame reservation was undercounted");
+        self.top_up(n - have)
+    }
 }
 
 impl Drop for FrameReservation<'_> {

@@ -27,7 +27,7 @@ use machvm_frame::FrameReservation;
 use machvm_object::{Hold, Holder, Objects, VmContext};
 use machvm_pmap::{Access, TlbFlush};
 
-use crate::data::{for_each_page_piece, frames_for, reserve};
+use crate::data::{for_each_page_piece, frames_in, reserve};
 use crate::ops::{check_access, data_range};
 use crate::{Entry, MapInner, VmMap, page_range};
 
@@ -197,11 +197,11 @@ impl VmMapCopy {
         };
         let dst = start + self.offset;
         // The fresh range is untouched: each page written as bytes takes one.
-        let n = byte_pieces(dst, &self, true)
+        let n: u64 = byte_pieces(dst, &self, true)
             .iter()
             .map(|&(d, _, k)| VaRange::round_out(d, k).map_or(0, |r| r.len() >> PAGE_SHIFT))
             .sum();
-        let (mut objs, mut frames) = match reserve(map.0.ctx.objects(), n) {
+        let (mut objs, mut frames) = match reserve(map.0.ctx.objects(), |_| n) {
             Ok(x) => x,
             Err(e) => {
                 drop(m);
@@ -294,14 +294,34 @@ impl VmMap {
         frames: &mut FrameReservation<'_>,
     ) -> Result<VmMapCopy, KernError> {
         let l = Layout::of(addr, len);
+        let head = snapshot_bytes(m, objs, addr, l.head_end - addr);
+        let tail = snapshot_bytes(m, objs, l.mid_end, l.end - l.mid_end);
+        // Built as a plain list and wrapped last: a `VmMapCopy` dropped here
+        // (a panic unwinding) would lock the graph this thread holds.
+        let mut entries: Vec<CopyEntry> = Vec::new();
+        if l.has_middle() {
+            self.copyin_pages(m, objs, l, frames, &mut entries)?;
+        }
         let mut copy = VmMapCopy::empty(self.context());
         copy.offset = addr & (PAGE_SIZE - 1);
         copy.len = len;
-        copy.head = snapshot_bytes(m, objs, addr, l.head_end - addr);
-        copy.tail = snapshot_bytes(m, objs, l.mid_end, l.end - l.mid_end);
-        if !l.has_middle() {
-            return Ok(copy);
-        }
+        copy.head = head;
+        copy.tail = tail;
+        copy.entries = entries;
+        Ok(copy)
+    }
+
+    /// Copy-in's whole pages `[l.head_end, l.mid_end)`: the source entries
+    /// clipped to them and shared copy-on-write into `entries`, the lowered
+    /// translations flushed before this returns.
+    fn copyin_pages(
+        &self,
+        m: &mut MapInner,
+        objs: &mut Objects<'_>,
+        l: Layout,
+        frames: &mut FrameReservation<'_>,
+        entries: &mut Vec<CopyEntry>,
+    ) -> Result<(), KernError> {
         m.clip_range(objs, l.head_end, l.mid_end);
         let pm = self.context().pmap();
         let mut flush = TlbFlush::none();
@@ -324,15 +344,16 @@ impl VmMap {
                     }
                 },
             };
-            copy.entries.push(CopyEntry { hold, pages });
+            entries.push(CopyEntry { hold, pages });
         }
         pm.flush(flush);
         m.simplify(objs, l.head_end, l.mid_end);
-        if let Err(e) = result {
-            copy.release_into(objs);
-            return Err(e);
+        if result.is_err() {
+            for h in entries.drain(..).filter_map(|e| e.hold) {
+                objs.release(h);
+            }
         }
-        Ok(copy)
+        result
     }
 
     /// Overwrites `[dst, dst + copy.len)` (allocated and writable, checked)
@@ -427,11 +448,18 @@ fn snapshot_bytes(m: &MapInner, objs: &Objects<'_>, addr: u64, len: u64) -> Vec<
 }
 
 /// Frames copy-in of `[addr, addr + len)` will take: the eager copies of
-/// shared windows among its whole pages.
-fn copyin_frames(m: &MapInner, objs: &Objects<'_>, addr: u64, len: u64) -> u64 {
+/// shared windows among its whole pages. Shortens those entries' chains
+/// first (bypass and collapse move pages between objects, so the count is
+/// taken after them; copy-in itself then moves nothing).
+fn copyin_frames(m: &MapInner, objs: &mut Objects<'_>, addr: u64, len: u64) -> u64 {
     let l = Layout::of(addr, len);
     if !l.has_middle() {
         return 0;
+    }
+    for (_, e) in m.overlapping(l.head_end, l.mid_end) {
+        if let Some(h) = &e.object {
+            objs.shorten_chain(h);
+        }
     }
     m.overlapping(l.head_end, l.mid_end)
         .filter_map(|(&start, e)| {
@@ -588,6 +616,9 @@ fn copy_locked(
     let sr = VaRange::round_out(a.src_addr, a.len).unwrap_or_default();
     let dr = VaRange::round_out(a.dst_addr, a.len).unwrap_or_default();
     let ctx = src_map.context();
+    // Declared before the graph guard, so that on a panic the guard goes
+    // first and the copy's drop can take the graph lock.
+    let mut slot: Option<VmMapCopy> = None;
     let objs = ctx.objects();
     // Source, then destination, then frames: nothing changes until all pass.
     check_access(sm, sr, Access::Read)?;
@@ -598,10 +629,12 @@ fn copy_locked(
         check_access(d, dr, Access::Write)?;
         Vec::new()
     };
-    let n =
-        copyin_frames(sm, &objs, a.src_addr, a.len) + copy_dest_frames(d, &objs, a, dm.is_none());
-    let (mut objs, mut frames) = reserve(objs, n)?;
-    let mut copy = src_map.copyin(sm, &mut objs, a.src_addr, a.len, &mut frames)?;
+    let same = dm.is_none();
+    let (mut objs, mut frames) = reserve(objs, |o| {
+        let d: &MapInner = dm.as_deref().unwrap_or(sm);
+        copyin_frames(sm, o, a.src_addr, a.len) + copy_dest_frames(d, o, a, same)
+    })?;
+    let copy = slot.insert(src_map.copyin(sm, &mut objs, a.src_addr, a.len, &mut frames)?);
     let d: &mut MapInner = match &mut dm {
         Some(d) => d,
         None => sm,
@@ -609,7 +642,7 @@ fn copy_locked(
     for &(s, e) in &holes {
         d.insert(s, Entry::new_anon(e));
     }
-    if let Err(e) = dst_map.overwrite(d, &mut objs, a.dst_addr, &mut copy, &mut frames) {
+    if let Err(e) = dst_map.overwrite(d, &mut objs, a.dst_addr, copy, &mut frames) {
         // Unreachable with the frames reserved.
         for &(s, t) in &holes {
             dst_map.remove_locked(d, &mut objs, page_range(s, t));
@@ -625,30 +658,40 @@ fn copy_locked(
 }
 
 /// An upper bound on the frames the destination's byte pages of a copy
-/// take: as `frames_for` says, except that in the same map the pages the
-/// copy-in is about to make copy-on-write need a frame each.
+/// take: as `frames_in` says, except that in the same map the pages the
+/// copy-in is about to make copy-on-write need a frame each. By ranges, not
+/// pages: O(entries and resident pages), whatever the length.
 fn copy_dest_frames(d: &MapInner, objs: &Objects<'_>, a: &CopyArgs, same: bool) -> u64 {
     let l = Layout::of(a.src_addr, a.len);
     let head = l.head_end - a.src_addr;
     let mid = l.mid_end - l.head_end;
-    let cow = cow_fits(d, objs, a.dst_addr, head, mid);
-    let mut pieces = alloc::vec![(a.dst_addr, a.len)];
-    if cow {
-        pieces = alloc::vec![
-            (a.dst_addr, head),
-            (a.dst_addr + head + mid, a.len - head - mid)
-        ];
+    let mut pieces: ArrayVec<(u64, u64), 2> = ArrayVec::new();
+    if cow_fits(d, objs, a.dst_addr, head, mid) {
+        pieces.push((a.dst_addr, head));
+        pieces.push((a.dst_addr + head + mid, a.len - head - mid));
+    } else {
+        pieces.push((a.dst_addr, a.len));
     }
-    let pages: Vec<u64> = pieces
-        .into_iter()
-        .filter(|p| p.1 > 0)
-        .filter_map(|(s, n)| VaRange::round_out(s, n))
-        .flat_map(|r| r.iter_pages().map(|va| va.0))
-        .collect();
-    let (cow_src, shared): (Vec<u64>, Vec<u64>) = pages
-        .into_iter()
-        .partition(|&va| same && l.has_middle() && l.head_end <= va && va < l.mid_end);
-    cow_src.len() as u64 + frames_for(d, objs, &shared, true)
+    let mut n = 0;
+    for (s, len) in pieces.into_iter().filter(|p| p.1 > 0) {
+        let Some(r) = VaRange::round_out(s, len) else {
+            continue;
+        };
+        let (s, e) = (r.start().0, r.end().0);
+        // The part the same map's copy-in makes copy-on-write first.
+        let (cs, ce) = if same && l.has_middle() {
+            (s.max(l.head_end), e.min(l.mid_end))
+        } else {
+            (e, e)
+        };
+        if cs < ce {
+            n += (ce - cs) >> PAGE_SHIFT;
+            n += frames_in(d, objs, s, cs, true) + frames_in(d, objs, ce, e, true);
+        } else {
+            n += frames_in(d, objs, s, e, true);
+        }
+    }
+    n
 }
 
 /// `vm_read`: a copy-on-write snapshot of `[addr, addr + size)` (no page is
@@ -661,8 +704,7 @@ pub fn vm_read(map: &VmMap, addr: u64, size: u64) -> Result<VmMapCopy, KernError
     let mut m = map.0.inner.lock();
     check_access(&m, r, Access::Read)?;
     let objs = map.context().objects();
-    let n = copyin_frames(&m, &objs, addr, size);
-    let (mut objs, mut frames) = reserve(objs, n)?;
+    let (mut objs, mut frames) = reserve(objs, |o| copyin_frames(&m, o, addr, size))?;
     map.copyin(&mut m, &mut objs, addr, size, &mut frames)
 }
 
@@ -680,13 +722,14 @@ pub fn vm_write(map: &VmMap, addr: u64, mut data: VmMapCopy) -> Result<(), KernE
     let objs = map.context().objects();
     let (head, mid) = (data.head.len() as u64, data.middle_bytes());
     let cow = cow_fits(&m, &objs, addr, head, mid);
-    let pages: Vec<u64> = byte_pieces(addr, &data, cow)
-        .into_iter()
-        .filter_map(|(d, _, n)| VaRange::round_out(d, n))
-        .flat_map(|r| r.iter_pages().map(|va| va.0))
-        .collect();
-    let n = frames_for(&m, &objs, &pages, true);
-    let (mut objs, mut frames) = reserve(objs, n)?;
+    let pieces = byte_pieces(addr, &data, cow);
+    let (mut objs, mut frames) = reserve(objs, |o| {
+        pieces
+            .iter()
+            .filter_map(|&(d, _, n)| VaRange::round_out(d, n))
+            .map(|r| frames_in(&m, o, r.start().0, r.end().0, true))
+            .sum()
+    })?;
     let result = map.overwrite(&mut m, &mut objs, addr, &mut data, &mut frames);
     data.release_into(&mut objs);
     result

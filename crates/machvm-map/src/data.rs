@@ -81,8 +81,8 @@ impl VmMap {
             let frames = objs.on_demand();
             (objs, frames)
         } else {
-            let n = frames_for(m, &objs, &missing, access == Access::Write);
-            reserve(objs, n)?
+            let write = access == Access::Write;
+            reserve(objs, |o| frames_for(m, o, &missing, write))?
         };
         self.fault_pages(m, &mut objs, &missing, access, &mut frames)?;
         Ok(objs)
@@ -104,44 +104,75 @@ impl VmMap {
     }
 }
 
-/// Reserves `n` object frames with the graph unlocked, handing the graph
-/// back locked. Counts taken under the caller's map lock stay upper bounds
-/// meanwhile: sharers only add pages (see `Objects::frames_to_resolve`).
-pub(crate) fn reserve(
-    objs: Objects<'_>,
-    n: u64,
-) -> Result<(Objects<'_>, FrameReservation<'_>), KernError> {
-    if n == 0 {
-        let frames = objs.context().frames().reserve(0, FrameUse::Object)?;
-        return Ok((objs, frames));
-    }
+/// Counts with `count` under the graph lock and reserves that many object
+/// frames with the graph unlocked (the caller's maps stay locked), until a
+/// count taken after reserving is covered: meanwhile another map's call can
+/// change it (a sibling writing a window that is to be copied eagerly raises
+/// it). Returns the graph locked again with the count covered; on
+/// `ResourceShortage` nothing has changed but what `count` did, which must
+/// be invisible (shortening chains).
+pub(crate) fn reserve<'c>(
+    mut objs: Objects<'c>,
+    mut count: impl FnMut(&mut Objects<'c>) -> u64,
+) -> Result<(Objects<'c>, FrameReservation<'c>), KernError> {
     let ctx = objs.context();
-    drop(objs);
-    let frames = ctx.frames().reserve(n, FrameUse::Object)?;
-    Ok((ctx.objects(), frames))
+    let mut frames = ctx.frames().reserve(0, FrameUse::Object)?;
+    loop {
+        let n = count(&mut objs);
+        let have = frames.remaining() as u64;
+        if n <= have {
+            return Ok((objs, frames));
+        }
+        drop(objs);
+        frames.top_up(n - have)?;
+        objs = ctx.objects();
+    }
 }
 
 /// An upper bound on the frames faulting in `vas` (page addresses, in
-/// increasing order) would take: one question per run of them in one entry.
+/// increasing order) would take: one question per run of them.
 pub(crate) fn frames_for(m: &MapInner, objs: &Objects<'_>, vas: &[u64], write: bool) -> u64 {
     let mut n = 0;
     let mut i = 0;
     while i < vas.len() {
-        let va = vas[i];
-        let Some((&start, e)) = m.overlapping(va, va + 1).next() else {
-            // A hole about to be allocated: zero-filled.
-            n += 1;
-            i += 1;
-            continue;
-        };
-        // The run of consecutive pages inside this entry.
         let mut k = 1;
-        while i + k < vas.len() && vas[i + k] == va + k as u64 * PAGE_SIZE && vas[i + k] < e.end {
+        while i + k < vas.len() && vas[i + k] == vas[i] + k as u64 * PAGE_SIZE {
             k += 1;
         }
-        let page = (va - start) >> PAGE_SHIFT;
-        n += objs.frames_to_resolve(e.object.as_ref(), page, k as u64, write);
+        n += frames_in(m, objs, vas[i], vas[i] + k as u64 * PAGE_SIZE, write);
         i += k;
+    }
+    n
+}
+
+/// An upper bound on the frames faulting in every page of `[start, end)`
+/// (page-aligned) would take: a question per entry, a frame per page of a
+/// hole (about to be allocated, then zero-filled). O(entries and resident
+/// pages), not O(pages).
+pub(crate) fn frames_in(
+    m: &MapInner,
+    objs: &Objects<'_>,
+    start: u64,
+    end: u64,
+    write: bool,
+) -> u64 {
+    let mut n = 0;
+    let mut at = start;
+    for (&s, e) in m.overlapping(start, end) {
+        if s > at {
+            n += (s - at) >> PAGE_SHIFT;
+        }
+        let (lo, hi) = (at.max(s), end.min(e.end));
+        n += objs.frames_to_resolve(
+            e.object.as_ref(),
+            (lo - s) >> PAGE_SHIFT,
+            (hi - lo) >> PAGE_SHIFT,
+            write,
+        );
+        at = hi;
+    }
+    if at < end {
+        n += (end - at) >> PAGE_SHIFT;
     }
     n
 }

@@ -64,8 +64,14 @@ impl VmMap {
             return Err(KernError::ProtectionFailure);
         }
         let write = access == Access::Write;
+        // The frame first, before anything changes: the one step that can
+        // run out then comes before every other.
+        let need =
+            objs.frames_to_resolve(e.object.as_ref(), (page - start) >> PAGE_SHIFT, 1, write);
+        frames.ensure(need)?;
         let map = Holder::Direct { map: self.0.id };
         let pages = e.pages(start);
+        let created = e.object.is_none();
         let hold = e.object.get_or_insert_with(|| objs.create(pages, map));
         let mut took_over = false;
         if write && !matches!(objs.holder(hold), Holder::Direct { .. }) {
@@ -102,6 +108,12 @@ impl VmMap {
                 Err(e) => Err(e),
             }
         });
+        if r.is_err() && created {
+            // Only the pmap step can fail here; the object it made is empty.
+            if let Some(h) = m.entries.get_mut(&start).and_then(|e| e.object.take()) {
+                objs.release(h);
+            }
+        }
         if took_over {
             // Now written directly, the entry may continue its neighbours.
             m.simplify(objs, start, end);

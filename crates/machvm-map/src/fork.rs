@@ -14,13 +14,57 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use machvm_base::{KernError, VmInherit, VmProt};
+use machvm_base::{KernError, PAGE_SHIFT, VmInherit, VmProt};
 use machvm_frame::FrameReservation;
 use machvm_object::{Holder, Objects};
 use machvm_pmap::TlbFlush;
 
 use crate::data::reserve;
 use crate::{Entry, MapInner, VmMap, page_range, release_entries};
+
+/// Frames fork's `Copy` entries take: eager copies of windows others write
+/// directly. Shortens their chains first (bypass and collapse move pages
+/// between objects, so the count is taken after them).
+fn eager_frames(m: &MapInner, objs: &mut Objects<'_>) -> u64 {
+    let copied = || {
+        m.entries
+            .values()
+            .filter(|e| e.inheritance == VmInherit::Copy)
+            .filter_map(|e| e.object.as_ref())
+    };
+    for h in copied() {
+        objs.shorten_chain(h);
+    }
+    copied()
+        .map(|h| {
+            let (s, e) = objs.window(h);
+            objs.cow_frames(h, 0, e - s)
+        })
+        .sum()
+}
+
+/// Clips each copy-on-write `Share` entry at the bounds of the runs of
+/// pages other holders see, so that making it writable takes over the runs
+/// nobody else sees and shadows only the others (as a store does).
+fn clip_share_runs(m: &mut MapInner, objs: &mut Objects<'_>) {
+    let mut cuts = Vec::new();
+    for (&start, e) in &m.entries {
+        let Some(h) = &e.object else { continue };
+        if e.inheritance != VmInherit::Share || matches!(objs.holder(h), Holder::Direct { .. }) {
+            continue;
+        }
+        let (s, t) = objs.window(h);
+        let mut page = 0;
+        while page < t - s {
+            let (_, end, _) = objs.shared_run(h, page);
+            cuts.push(start + (end << PAGE_SHIFT));
+            page = end;
+        }
+    }
+    for va in cuts {
+        m.clip(objs, va);
+    }
+}
 
 impl VmMap {
     /// Creates a child map from this one, entry by entry, by inheritance.
@@ -30,17 +74,8 @@ impl VmMap {
         let child = VmMap::new(&ctx)?;
         let mut m = self.0.inner.lock();
         let objs = ctx.objects();
-        let need: u64 = m
-            .entries
-            .values()
-            .filter(|e| e.inheritance == VmInherit::Copy)
-            .filter_map(|e| e.object.as_ref())
-            .map(|h| {
-                let (s, e) = objs.window(h);
-                objs.cow_frames(h, 0, e - s)
-            })
-            .sum();
-        let (mut objs, mut frames) = reserve(objs, need)?;
+        let (mut objs, mut frames) = reserve(objs, |o| eager_frames(&m, o))?;
+        clip_share_runs(&mut m, &mut objs);
         let mut flush = TlbFlush::none();
         let out = self.inherit_entries(&mut m, &mut objs, child.id(), &mut frames, &mut flush);
         drop(frames);

@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use machvm_base::{KernError, PhysAddr};
 use machvm_frame::FrameReservation;
 
-use crate::slots::Slots;
+use crate::slots::Holders;
 use crate::{CowRef, Hold, Holder, HolderId, ObjectId, Objects};
 
 /// One holder record: who, and the window `[start, end)` (pages of the
@@ -22,10 +22,6 @@ pub(crate) struct HolderRec {
 }
 
 impl HolderRec {
-    pub(crate) fn covers(&self, off: u64) -> bool {
-        self.start <= off && off < self.end
-    }
-
     pub(crate) fn overlaps(&self, start: u64, end: u64) -> bool {
         self.start < end && start < self.end
     }
@@ -46,7 +42,7 @@ pub(crate) struct Object {
     pub(crate) size: u64,
     pub(crate) pages: BTreeMap<u64, PhysAddr>,
     pub(crate) backing: Option<Backing>,
-    pub(crate) holders: Slots<HolderRec>,
+    pub(crate) holders: Holders,
 }
 
 /// Every object of a context, by id. Slot 0 is never used, so that id 0
@@ -132,11 +128,12 @@ impl Graph {
         }
     }
 
-    pub(crate) fn rec_mut(&mut self, obj: ObjectId, id: HolderId) -> &mut HolderRec {
-        match self.obj_mut(obj).holders.get_mut(&id) {
-            Some(r) => r,
-            None => panic!("object graph: {obj:?} has no holder {id:?}"),
-        }
+    pub(crate) fn set_kind(&mut self, obj: ObjectId, id: HolderId, kind: Holder) {
+        self.obj_mut(obj).holders.set_kind(&id, kind);
+    }
+
+    pub(crate) fn set_window(&mut self, obj: ObjectId, id: HolderId, start: u64, end: u64) {
+        self.obj_mut(obj).holders.set_window(&id, start, end);
     }
 
     /// True when a record of `obj` other than `except` overlaps
@@ -151,8 +148,8 @@ impl Graph {
     ) -> bool {
         self.obj(obj)
             .holders
-            .iter()
-            .any(|(id, r)| id != except && r.overlaps(start, end) && what(r.kind))
+            .overlapping(start, end)
+            .any(|(id, r)| id != except && what(r.kind))
     }
 }
 
@@ -164,7 +161,7 @@ impl Objects<'_> {
             size: pages,
             pages: BTreeMap::new(),
             backing: None,
-            holders: Slots::new(),
+            holders: Holders::new(),
         });
         let id = self.g.add_record(
             obj,
@@ -211,8 +208,8 @@ impl Objects<'_> {
             .g
             .obj(hold.obj)
             .holders
-            .iter()
-            .filter(|&(id, r)| id != hold.id && r.overlaps(lo, hi))
+            .overlapping(lo, hi)
+            .filter(|&(id, _)| id != hold.id)
             .map(|(_, r)| (r.start.max(lo), r.end.min(hi)))
             .collect();
         v.sort_unstable();
@@ -269,7 +266,7 @@ impl Objects<'_> {
             "split outside the window"
         );
         let at = (r.start + pages).min(r.end);
-        self.g.rec_mut(hold.obj, hold.id).end = at;
+        self.g.set_window(hold.obj, hold.id, r.start, at);
         let id = self.g.add_record(
             hold.obj,
             HolderRec {
@@ -299,7 +296,8 @@ impl Objects<'_> {
         }
         let end = self.g.rec(tail.obj, tail.id).end;
         self.g.obj_mut(tail.obj).holders.remove(&tail.id);
-        self.g.rec_mut(head.obj, head.id).end = end;
+        let start = self.g.rec(head.obj, head.id).start;
+        self.g.set_window(head.obj, head.id, start, end);
         Ok(())
     }
 
@@ -331,7 +329,8 @@ impl Objects<'_> {
     /// Marks `hold` copy-on-write pending (it stops writing directly), or a
     /// copy's range as now held by a map entry. Changes what nobody can see.
     pub fn set_needs_copy(&mut self, hold: &Hold, map: u64) {
-        self.g.rec_mut(hold.obj, hold.id).kind = Holder::NeedsCopy { map };
+        self.g
+            .set_kind(hold.obj, hold.id, Holder::NeedsCopy { map });
     }
 
     /// Before the first write through a copy-on-write holder: when nobody
@@ -343,7 +342,7 @@ impl Objects<'_> {
             return;
         }
         if self.is_alone(hold) {
-            self.g.rec_mut(hold.obj, hold.id).kind = Holder::Direct { map };
+            self.g.set_kind(hold.obj, hold.id, Holder::Direct { map });
             return;
         }
         let r = *self.g.rec(hold.obj, hold.id);
@@ -351,7 +350,7 @@ impl Objects<'_> {
             size: r.end - r.start,
             pages: BTreeMap::new(),
             backing: None,
-            holders: Slots::new(),
+            holders: Holders::new(),
         });
         // The shadow's record replaces the holder's: the same window, so
         // nothing becomes visible or invisible.
@@ -430,7 +429,6 @@ impl Objects<'_> {
                 write_protect: false,
             });
         }
-        self.bypass(hold.obj);
         let write_protect = if let Holder::Direct { map } = kind {
             self.set_needs_copy(hold, map);
             true
@@ -441,6 +439,14 @@ impl Objects<'_> {
             hold: self.share(hold, holder),
             write_protect,
         })
+    }
+
+    /// Shortens `hold`'s chain where its object covers what a backing
+    /// object could supply (bypass; objects left held by one shadow alone
+    /// collapse into it). Nothing becomes visible or invisible, but pages
+    /// move between objects: callers that count frames do this first.
+    pub fn shorten_chain(&mut self, hold: &Hold) {
+        self.bypass(hold.obj);
     }
 
     /// A private object for `holder` with a copy of `hold`'s window: the

@@ -28,10 +28,7 @@ impl Objects<'_> {
         let mut stack: Vec<(ObjectId, u64)> = Vec::new();
         let (mut cur, mut off) = (obj, off);
         loop {
-            for r in self.g.obj(cur).holders.values() {
-                if !r.covers(off) {
-                    continue;
-                }
+            for (_, r) in self.g.obj(cur).holders.overlapping(off, off + 1) {
                 match r.kind {
                     Holder::Shadow(s) => {
                         let so = off - r.start;
@@ -92,8 +89,8 @@ impl Objects<'_> {
             let o = self.g.obj(cur);
             // A top holder still covering the whole window: nothing lost.
             if o.holders
-                .values()
-                .any(|r| r.kind.is_top() && r.start <= s && e <= r.end)
+                .overlapping(s, e)
+                .any(|(_, r)| r.kind.is_top() && r.start <= s && e <= r.end)
             {
                 return;
             }

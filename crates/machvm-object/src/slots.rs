@@ -1,11 +1,14 @@
 //! The holder records of one object: a slab indexed by `HolderId`, so that
-//! a hold finds its record in O(1) however many holders the object has.
-//! Free slots form a list threaded through the slab itself, and the first
-//! allocation holds exactly one record (most objects have one or two).
+//! a hold finds its record in O(1) however many holders the object has, and
+//! an index by window start for overlap queries. Free slots form a list
+//! threaded through the slab itself, and the first allocation holds exactly
+//! one record (most objects have one or two).
 
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
-use crate::HolderId;
+use crate::graph::HolderRec;
+use crate::{Holder, HolderId};
 
 const NONE: u32 = u32::MAX;
 
@@ -82,17 +85,115 @@ impl<T> Slots<T> {
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
 
-    /// Every record with its id.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (HolderId, &T)> {
-        self.slots.iter().enumerate().filter_map(|(i, s)| match s {
-            Slot::Used(v) => Some((HolderId(i as u32), v)),
-            Slot::Free(_) => None,
-        })
+/// The holder records of one object, with an index by window start: the
+/// records overlapping a range are found by scanning only the starts less
+/// than the longest window below it, so an object held by thousands of
+/// small windows answers in O(log n). (One long window among many short
+/// ones widens every scan; an interval tree would not.)
+pub(crate) struct Holders {
+    slots: Slots<HolderRec>,
+    by_start: BTreeSet<(u64, HolderId)>,
+    /// How many windows have each length (the longest is the last key).
+    lens: BTreeMap<u64, u32>,
+}
+
+impl Holders {
+    pub(crate) fn new() -> Holders {
+        Holders {
+            slots: Slots::new(),
+            by_start: BTreeSet::new(),
+            lens: BTreeMap::new(),
+        }
     }
 
-    /// Every record.
-    pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
-        self.iter().map(|(_, v)| v)
+    fn add_len(&mut self, len: u64) {
+        *self.lens.entry(len).or_insert(0) += 1;
+    }
+
+    fn sub_len(&mut self, len: u64) {
+        if let Some(n) = self.lens.get_mut(&len) {
+            *n -= 1;
+            if *n == 0 {
+                self.lens.remove(&len);
+            }
+        }
+    }
+
+    fn max_len(&self) -> u64 {
+        self.lens.last_key_value().map_or(0, |(&l, _)| l)
+    }
+
+    pub(crate) fn insert(&mut self, rec: HolderRec) -> HolderId {
+        self.add_len(rec.end - rec.start);
+        let id = self.slots.insert(rec);
+        self.by_start.insert((rec.start, id));
+        id
+    }
+
+    pub(crate) fn get(&self, id: &HolderId) -> Option<&HolderRec> {
+        self.slots.get(id)
+    }
+
+    pub(crate) fn remove(&mut self, id: &HolderId) -> Option<HolderRec> {
+        let rec = self.slots.remove(id)?;
+        self.by_start.remove(&(rec.start, *id));
+        self.sub_len(rec.end - rec.start);
+        Some(rec)
+    }
+
+    /// Changes who holds record `id` (its window stays).
+    pub(crate) fn set_kind(&mut self, id: &HolderId, kind: Holder) {
+        if let Some(r) = self.slots.get_mut(id) {
+            r.kind = kind;
+        }
+    }
+
+    /// Moves record `id`'s window to `[start, end)`.
+    pub(crate) fn set_window(&mut self, id: &HolderId, start: u64, end: u64) {
+        let Some(r) = self.slots.get_mut(id) else {
+            return;
+        };
+        let old = (r.start, r.end);
+        (r.start, r.end) = (start, end);
+        self.by_start.remove(&(old.0, *id));
+        self.by_start.insert((start, *id));
+        self.sub_len(old.1 - old.0);
+        self.add_len(end - start);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Every record with its id, by window start.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (HolderId, &HolderRec)> {
+        self.by_start
+            .iter()
+            .filter_map(|&(_, id)| self.slots.get(&id).map(|r| (id, r)))
+    }
+
+    /// Every record, by window start.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &HolderRec> {
+        self.iter().map(|(_, r)| r)
+    }
+
+    /// The records whose windows overlap `[start, end)`.
+    pub(crate) fn overlapping(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl Iterator<Item = (HolderId, &HolderRec)> {
+        let lo = start.saturating_sub(self.max_len().saturating_sub(1));
+        let hi = end.max(lo);
+        self.by_start
+            .range((lo, HolderId(0))..(hi, HolderId(0)))
+            .filter_map(|&(_, id)| self.slots.get(&id).map(|r| (id, r)))
+            .filter(move |(_, r)| r.overlaps(start, end))
     }
 }

@@ -226,9 +226,10 @@ fn check_direct_exclusive(id: ObjectId, o: &Object) -> Result<(), String> {
         if !matches!(ra.kind, Holder::Direct { .. }) {
             continue;
         }
-        let clash = o.holders.iter().find(|&(b, rb)| {
-            b != a && rb.overlaps(ra.start, ra.end) && !matches!(rb.kind, Holder::Direct { .. })
-        });
+        let clash = o
+            .holders
+            .overlapping(ra.start, ra.end)
+            .find(|&(b, rb)| b != a && !matches!(rb.kind, Holder::Direct { .. }));
         if let Some((_, rb)) = clash {
             return Err(format!(
                 "object {}: window [{}, {}) written directly while {:?} sees [{}, {})",
