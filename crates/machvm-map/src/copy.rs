@@ -201,7 +201,7 @@ impl VmMapCopy {
             .iter()
             .map(|&(d, _, k)| VaRange::round_out(d, k).map_or(0, |r| r.len() >> PAGE_SHIFT))
             .sum();
-        let (mut objs, mut frames) = match reserve(map.0.ctx.objects(), |_| n) {
+        let (mut objs, mut frames) = match reserve(map.0.ctx.objects(), |_, _| n) {
             Ok(x) => x,
             Err(e) => {
                 drop(m);
@@ -448,17 +448,20 @@ fn snapshot_bytes(m: &MapInner, objs: &Objects<'_>, addr: u64, len: u64) -> Vec<
 }
 
 /// Frames copy-in of `[addr, addr + len)` will take: the eager copies of
-/// shared windows among its whole pages. Shortens those entries' chains
-/// first (bypass and collapse move pages between objects, so the count is
-/// taken after them; copy-in itself then moves nothing).
-fn copyin_frames(m: &MapInner, objs: &mut Objects<'_>, addr: u64, len: u64) -> u64 {
+/// shared windows among its whole pages. With `settle`, shortens those
+/// entries' chains first (bypass and collapse move pages between objects,
+/// so the final count is taken after them and copy-in itself moves nothing;
+/// see `reserve`).
+fn copyin_frames(m: &MapInner, objs: &mut Objects<'_>, addr: u64, len: u64, settle: bool) -> u64 {
     let l = Layout::of(addr, len);
     if !l.has_middle() {
         return 0;
     }
-    for (_, e) in m.overlapping(l.head_end, l.mid_end) {
-        if let Some(h) = &e.object {
-            objs.shorten_chain(h);
+    if settle {
+        for (_, e) in m.overlapping(l.head_end, l.mid_end) {
+            if let Some(h) = &e.object {
+                objs.shorten_chain(h);
+            }
         }
     }
     m.overlapping(l.head_end, l.mid_end)
@@ -630,9 +633,9 @@ fn copy_locked(
         Vec::new()
     };
     let same = dm.is_none();
-    let (mut objs, mut frames) = reserve(objs, |o| {
+    let (mut objs, mut frames) = reserve(objs, |o, settle| {
         let d: &MapInner = dm.as_deref().unwrap_or(sm);
-        copyin_frames(sm, o, a.src_addr, a.len) + copy_dest_frames(d, o, a, same)
+        copyin_frames(sm, o, a.src_addr, a.len, settle) + copy_dest_frames(d, o, a, same)
     })?;
     let copy = slot.insert(src_map.copyin(sm, &mut objs, a.src_addr, a.len, &mut frames)?);
     let d: &mut MapInner = match &mut dm {
@@ -704,7 +707,8 @@ pub fn vm_read(map: &VmMap, addr: u64, size: u64) -> Result<VmMapCopy, KernError
     let mut m = map.0.inner.lock();
     check_access(&m, r, Access::Read)?;
     let objs = map.context().objects();
-    let (mut objs, mut frames) = reserve(objs, |o| copyin_frames(&m, o, addr, size))?;
+    let (mut objs, mut frames) =
+        reserve(objs, |o, settle| copyin_frames(&m, o, addr, size, settle))?;
     map.copyin(&mut m, &mut objs, addr, size, &mut frames)
 }
 
@@ -723,7 +727,7 @@ pub fn vm_write(map: &VmMap, addr: u64, mut data: VmMapCopy) -> Result<(), KernE
     let (head, mid) = (data.head.len() as u64, data.middle_bytes());
     let cow = cow_fits(&m, &objs, addr, head, mid);
     let pieces = byte_pieces(addr, &data, cow);
-    let (mut objs, mut frames) = reserve(objs, |o| {
+    let (mut objs, mut frames) = reserve(objs, |o, _| {
         pieces
             .iter()
             .filter_map(|&(d, _, n)| VaRange::round_out(d, n))

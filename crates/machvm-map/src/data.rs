@@ -82,7 +82,7 @@ impl VmMap {
             (objs, frames)
         } else {
             let write = access == Access::Write;
-            reserve(objs, |o| frames_for(m, o, &missing, write))?
+            reserve(objs, |o, _| frames_for(m, o, &missing, write))?
         };
         self.fault_pages(m, &mut objs, &missing, access, &mut frames)?;
         Ok(objs)
@@ -105,27 +105,33 @@ impl VmMap {
 }
 
 /// Counts with `count` under the graph lock and reserves that many object
-/// frames with the graph unlocked (the caller's maps stay locked), until a
-/// count taken after reserving is covered: meanwhile another map's call can
-/// change it (a sibling writing a window that is to be copied eagerly raises
-/// it). Returns the graph locked again with the count covered; on
-/// `ResourceShortage` nothing has changed but what `count` did, which must
-/// be invisible (shortening chains).
+/// frames with the graph unlocked (the caller's maps stay locked), then
+/// counts again until the reservation covers the count: meanwhile another
+/// map's call can raise it (a sibling adding pages to a window that is to be
+/// copied eagerly). The first count is taken with `settle` false, the later
+/// ones with it true: a count may then shorten chains (bypass, collapse),
+/// which moves pages between objects and only raises counts — so a call
+/// that fails for lack of frames at once has changed nothing at all.
+/// Returns the graph locked again with the count covered.
 pub(crate) fn reserve<'c>(
     mut objs: Objects<'c>,
-    mut count: impl FnMut(&mut Objects<'c>) -> u64,
+    mut count: impl FnMut(&mut Objects<'c>, bool) -> u64,
 ) -> Result<(Objects<'c>, FrameReservation<'c>), KernError> {
     let ctx = objs.context();
     let mut frames = ctx.frames().reserve(0, FrameUse::Object)?;
+    let mut settle = false;
     loop {
-        let n = count(&mut objs);
+        let n = count(&mut objs, settle);
         let have = frames.remaining() as u64;
-        if n <= have {
+        if n <= have && settle {
             return Ok((objs, frames));
         }
-        drop(objs);
-        frames.top_up(n - have)?;
-        objs = ctx.objects();
+        if n > have {
+            drop(objs);
+            frames.top_up(n - have)?;
+            objs = ctx.objects();
+        }
+        settle = true;
     }
 }
 

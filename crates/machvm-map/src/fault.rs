@@ -73,18 +73,9 @@ impl VmMap {
         let pages = e.pages(start);
         let created = e.object.is_none();
         let hold = e.object.get_or_insert_with(|| objs.create(pages, map));
-        let mut took_over = false;
+        let mut made = Made::Nothing;
         if write && !matches!(objs.holder(hold), Holder::Direct { .. }) {
-            // Resolve copy-on-write for the run of pages the faulting one
-            // belongs to: taken over if nobody else sees it, else shadowed.
-            let (first, end, seen) = objs.shared_run(hold, (page - start) >> PAGE_SHIFT);
-            let (s, t) = (start + (first << PAGE_SHIFT), start + (end << PAGE_SHIFT));
-            m.clip_range(objs, s, t);
-            start = s;
-            let e = m.entries.get_mut(&start).ok_or(KernError::Failure)?;
-            let hold = e.object.as_mut().ok_or(KernError::Failure)?;
-            objs.make_writable(hold, self.0.id);
-            took_over = !seen;
+            (start, made) = self.writable_run(m, objs, start, page)?;
         }
         let e = m.entries.get_mut(&start).ok_or(KernError::Failure)?;
         let hold = e.object.as_ref().ok_or(KernError::Failure)?;
@@ -108,16 +99,74 @@ impl VmMap {
                 Err(e) => Err(e),
             }
         });
-        if r.is_err() && created {
-            // Only the pmap step can fail here; the object it made is empty.
-            if let Some(h) = m.entries.get_mut(&start).and_then(|e| e.object.take()) {
-                objs.release(h);
-            }
-        }
-        if took_over {
+        if r.is_err() {
+            // With the frame ensured, only the pmap step fails here: undo
+            // what this fault made, so that it changes nothing.
+            self.undo(m, objs, start, created, made);
+            m.simplify(objs, start, end);
+        } else if made == Made::TookOver {
             // Now written directly, the entry may continue its neighbours.
             m.simplify(objs, start, end);
         }
         r.map(|r| r.pa)
     }
+
+    /// Before a store to a copy-on-write entry: clips it to the run of pages
+    /// the faulting one belongs to, and takes that run over if nobody else
+    /// sees it, else shadows it. Returns the run's start and what was made.
+    fn writable_run(
+        &self,
+        m: &mut MapInner,
+        objs: &mut Objects<'_>,
+        start: u64,
+        page: u64,
+    ) -> Result<(u64, Made), KernError> {
+        let e = m.entries.get(&start).ok_or(KernError::Failure)?;
+        let hold = e.object.as_ref().ok_or(KernError::Failure)?;
+        let (first, end, seen) = objs.shared_run(hold, (page - start) >> PAGE_SHIFT);
+        let (s, t) = (start + (first << PAGE_SHIFT), start + (end << PAGE_SHIFT));
+        m.clip_range(objs, s, t);
+        let e = m.entries.get_mut(&s).ok_or(KernError::Failure)?;
+        let hold = e.object.as_mut().ok_or(KernError::Failure)?;
+        objs.make_writable(hold, self.0.id);
+        Ok((s, if seen { Made::Shadow } else { Made::TookOver }))
+    }
+
+    /// Takes back what a failed fault made at the entry at `start`: the
+    /// object it created (empty), or its takeover or shadow (the clipped
+    /// pieces then merge back when the caller simplifies).
+    fn undo(
+        &self,
+        m: &mut MapInner,
+        objs: &mut Objects<'_>,
+        start: u64,
+        created: bool,
+        made: Made,
+    ) {
+        let Some(e) = m.entries.get_mut(&start) else {
+            return;
+        };
+        if created {
+            if let Some(h) = e.object.take() {
+                objs.release(h);
+            }
+            return;
+        }
+        let Some(h) = e.object.as_mut() else { return };
+        match made {
+            Made::Nothing => {}
+            Made::TookOver => objs.set_needs_copy(h, self.0.id),
+            Made::Shadow => {
+                objs.unshadow(h, self.0.id);
+            }
+        }
+    }
+}
+
+/// What a fault did to make a copy-on-write entry writable.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Made {
+    Nothing,
+    TookOver,
+    Shadow,
 }

@@ -23,17 +23,20 @@ use crate::data::reserve;
 use crate::{Entry, MapInner, VmMap, page_range, release_entries};
 
 /// Frames fork's `Copy` entries take: eager copies of windows others write
-/// directly. Shortens their chains first (bypass and collapse move pages
-/// between objects, so the count is taken after them).
-fn eager_frames(m: &MapInner, objs: &mut Objects<'_>) -> u64 {
+/// directly. With `settle`, shortens their chains first (bypass and
+/// collapse move pages between objects, so the final count is taken after
+/// them; see `reserve`).
+fn eager_frames(m: &MapInner, objs: &mut Objects<'_>, settle: bool) -> u64 {
     let copied = || {
         m.entries
             .values()
             .filter(|e| e.inheritance == VmInherit::Copy)
             .filter_map(|e| e.object.as_ref())
     };
-    for h in copied() {
-        objs.shorten_chain(h);
+    if settle {
+        for h in copied() {
+            objs.shorten_chain(h);
+        }
     }
     copied()
         .map(|h| {
@@ -53,12 +56,10 @@ fn clip_share_runs(m: &mut MapInner, objs: &mut Objects<'_>) {
         if e.inheritance != VmInherit::Share || matches!(objs.holder(h), Holder::Direct { .. }) {
             continue;
         }
-        let (s, t) = objs.window(h);
-        let mut page = 0;
-        while page < t - s {
-            let (_, end, _) = objs.shared_run(h, page);
-            cuts.push(start + (end << PAGE_SHIFT));
-            page = end;
+        // One pass over the other holders gives every cut.
+        for (a, b) in objs.shared_runs(h) {
+            cuts.push(start + (a << PAGE_SHIFT));
+            cuts.push(start + (b << PAGE_SHIFT));
         }
     }
     for va in cuts {
@@ -74,7 +75,7 @@ impl VmMap {
         let child = VmMap::new(&ctx)?;
         let mut m = self.0.inner.lock();
         let objs = ctx.objects();
-        let (mut objs, mut frames) = reserve(objs, |o| eager_frames(&m, o))?;
+        let (mut objs, mut frames) = reserve(objs, |o, settle| eager_frames(&m, o, settle))?;
         clip_share_runs(&mut m, &mut objs);
         let mut flush = TlbFlush::none();
         let out = self.inherit_entries(&mut m, &mut objs, child.id(), &mut frames, &mut flush);

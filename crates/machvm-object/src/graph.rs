@@ -378,6 +378,39 @@ impl Objects<'_> {
         *hold = Hold { obj: shadow, id };
     }
 
+    /// Undoes [`make_writable`](Self::make_writable)'s shadow when the
+    /// store it was for failed: `hold`'s object — a shadow with no page and
+    /// no other holder — goes, and `hold` is copy-on-write again on the
+    /// window below. `false` (nothing done) if it is not such a shadow.
+    pub fn unshadow(&mut self, hold: &mut Hold, map: u64) -> bool {
+        let s = self.g.obj(hold.obj);
+        let Some(b) = s.backing else { return false };
+        if !s.pages.is_empty() || s.holders.len() != 1 {
+            return false;
+        }
+        let size = s.size;
+        self.g.remove(hold.obj);
+        self.g.obj_mut(b.obj).holders.remove(&b.holder);
+        let rec = HolderRec {
+            kind: Holder::NeedsCopy { map },
+            start: b.offset,
+            end: b.offset + size,
+        };
+        let id = self.g.add_record(b.obj, rec);
+        *hold = Hold { obj: b.obj, id };
+        true
+    }
+
+    /// The runs of pages of `hold`'s window that other holders see, as
+    /// `[first, end)` pages of the window, in order.
+    pub fn shared_runs(&self, hold: &Hold) -> Vec<(u64, u64)> {
+        let (s, e) = self.window(hold);
+        self.seen_by_others(hold, s, e)
+            .into_iter()
+            .map(|(a, b)| (a - s, b - s))
+            .collect()
+    }
+
     /// Frames [`cow_share`](Self::cow_share) of pages `[first, first +
     /// count)` of `hold`'s window will take once the hold is clipped to
     /// them: the resident pages of a window others write directly (it is

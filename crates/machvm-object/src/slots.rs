@@ -4,7 +4,8 @@
 //! threaded through the slab itself, and the first allocation holds exactly
 //! one record (most objects have one or two).
 
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::boxed::Box;
+use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
 use crate::graph::HolderRec;
@@ -85,50 +86,87 @@ impl<T> Slots<T> {
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Slots used or free: what a scan of the slab walks.
+    pub(crate) fn slab_len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Every record with its id, in slot order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (HolderId, &T)> {
+        self.slots.iter().enumerate().filter_map(|(i, s)| match s {
+            Slot::Used(v) => Some((HolderId(i as u32), v)),
+            Slot::Free(_) => None,
+        })
+    }
 }
 
-/// The holder records of one object, with an index by window start: the
-/// records overlapping a range are found by scanning only the starts less
-/// than the longest window below it, so an object held by thousands of
-/// small windows answers in O(log n). (One long window among many short
-/// ones widens every scan; an interval tree would not.)
+/// Above this many slots, an object's holders get an index.
+const SMALL: usize = 8;
+
+/// The length class of a window: `c` for lengths in `[2^c, 2^(c+1))`.
+fn class(len: u64) -> u8 {
+    (63 - len.max(1).leading_zeros()) as u8
+}
+
+/// Windows by length class, then start: a window of class `c` overlapping
+/// `[s, e)` starts in `(s - 2^(c+1), e)`, so each class is one short range
+/// scan, however long the other classes' windows are.
+struct Index {
+    by_class: BTreeSet<(u8, u64, HolderId)>,
+    counts: [u32; 64],
+}
+
+impl Index {
+    fn add(&mut self, id: HolderId, r: &HolderRec) {
+        let c = class(r.end - r.start);
+        self.by_class.insert((c, r.start, id));
+        self.counts[c as usize] += 1;
+    }
+
+    fn sub(&mut self, id: HolderId, r: &HolderRec) {
+        let c = class(r.end - r.start);
+        if self.by_class.remove(&(c, r.start, id)) {
+            self.counts[c as usize] -= 1;
+        }
+    }
+}
+
+/// The holder records of one object: a slab (O(1) from a hold) and, once
+/// the object has had more than a few holders, an index by length class and
+/// start, so that the records overlapping a range are found in O(classes ×
+/// log n) — an object held by thousands of windows, short and long, answers
+/// overlap queries without scanning them all. Small objects (nearly all)
+/// scan their few slots and carry no index.
 pub(crate) struct Holders {
     slots: Slots<HolderRec>,
-    by_start: BTreeSet<(u64, HolderId)>,
-    /// How many windows have each length (the longest is the last key).
-    lens: BTreeMap<u64, u32>,
+    index: Option<Box<Index>>,
 }
 
 impl Holders {
     pub(crate) fn new() -> Holders {
         Holders {
             slots: Slots::new(),
-            by_start: BTreeSet::new(),
-            lens: BTreeMap::new(),
+            index: None,
         }
-    }
-
-    fn add_len(&mut self, len: u64) {
-        *self.lens.entry(len).or_insert(0) += 1;
-    }
-
-    fn sub_len(&mut self, len: u64) {
-        if let Some(n) = self.lens.get_mut(&len) {
-            *n -= 1;
-            if *n == 0 {
-                self.lens.remove(&len);
-            }
-        }
-    }
-
-    fn max_len(&self) -> u64 {
-        self.lens.last_key_value().map_or(0, |(&l, _)| l)
     }
 
     pub(crate) fn insert(&mut self, rec: HolderRec) -> HolderId {
-        self.add_len(rec.end - rec.start);
         let id = self.slots.insert(rec);
-        self.by_start.insert((rec.start, id));
+        match &mut self.index {
+            Some(ix) => ix.add(id, &rec),
+            None if self.slots.slab_len() > SMALL => {
+                let mut ix = Box::new(Index {
+                    by_class: BTreeSet::new(),
+                    counts: [0; 64],
+                });
+                for (i, r) in self.slots.iter() {
+                    ix.add(i, r);
+                }
+                self.index = Some(ix);
+            }
+            None => {}
+        }
         id
     }
 
@@ -138,8 +176,9 @@ impl Holders {
 
     pub(crate) fn remove(&mut self, id: &HolderId) -> Option<HolderRec> {
         let rec = self.slots.remove(id)?;
-        self.by_start.remove(&(rec.start, *id));
-        self.sub_len(rec.end - rec.start);
+        if let Some(ix) = &mut self.index {
+            ix.sub(*id, &rec);
+        }
         Some(rec)
     }
 
@@ -155,12 +194,13 @@ impl Holders {
         let Some(r) = self.slots.get_mut(id) else {
             return;
         };
-        let old = (r.start, r.end);
+        let old = *r;
         (r.start, r.end) = (start, end);
-        self.by_start.remove(&(old.0, *id));
-        self.by_start.insert((start, *id));
-        self.sub_len(old.1 - old.0);
-        self.add_len(end - start);
+        let new = *r;
+        if let Some(ix) = &mut self.index {
+            ix.sub(*id, &old);
+            ix.add(*id, &new);
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -171,14 +211,12 @@ impl Holders {
         self.slots.is_empty()
     }
 
-    /// Every record with its id, by window start.
+    /// Every record with its id.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (HolderId, &HolderRec)> {
-        self.by_start
-            .iter()
-            .filter_map(|&(_, id)| self.slots.get(&id).map(|r| (id, r)))
+        self.slots.iter()
     }
 
-    /// Every record, by window start.
+    /// Every record.
     pub(crate) fn values(&self) -> impl Iterator<Item = &HolderRec> {
         self.iter().map(|(_, r)| r)
     }
@@ -189,11 +227,24 @@ impl Holders {
         start: u64,
         end: u64,
     ) -> impl Iterator<Item = (HolderId, &HolderRec)> {
-        let lo = start.saturating_sub(self.max_len().saturating_sub(1));
-        let hi = end.max(lo);
-        self.by_start
-            .range((lo, HolderId(0))..(hi, HolderId(0)))
-            .filter_map(|&(_, id)| self.slots.get(&id).map(|r| (id, r)))
+        let linear = self.index.is_none().then(|| self.slots.iter());
+        let indexed = self.index.as_deref().map(|ix| {
+            (0..64u8)
+                .filter(|&c| ix.counts[c as usize] > 0)
+                .flat_map(move |c| {
+                    // The longest window of class `c`: 2^(c+1) - 1 pages.
+                    let longest = u64::MAX >> (63 - c);
+                    let lo = start.saturating_sub(longest - 1);
+                    let hi = end.max(lo);
+                    ix.by_class
+                        .range((c, lo, HolderId(0))..(c, hi, HolderId(0)))
+                        .filter_map(|&(_, _, id)| self.slots.get(&id).map(|r| (id, r)))
+                })
+        });
+        linear
+            .into_iter()
+            .flatten()
+            .chain(indexed.into_iter().flatten())
             .filter(move |(_, r)| r.overlaps(start, end))
     }
 }
