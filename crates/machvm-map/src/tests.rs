@@ -182,16 +182,24 @@ fn concurrent_faults_forks_and_protects() {
     let c = ctx(4096);
     let map = VmMap::new(&c).unwrap();
     let a = map.allocate(0, 64 * P, true).unwrap();
+    // One page no thread protects: the children write it, whatever the
+    // interleaving with the protect calls on `a`.
+    let spare = map.allocate(0, P, true).unwrap();
     let threads: Vec<_> = (0..4u64)
         .map(|t| {
             let map = map.clone();
             std::thread::spawn(move || {
                 for i in 0..200u64 {
                     let page = (i * 7 + t) % 64;
+                    // May meet another thread's brief read-only window.
                     let _ = map.write_bytes(a + page * P, &[t as u8; 16]);
                     if i % 50 == 0 {
                         let child = map.fork().unwrap();
-                        child.write_bytes(a, &[9]).unwrap();
+                        child.write_bytes(spare, &[9, t as u8]).unwrap();
+                        let mut got = [0u8; 2];
+                        child.read_bytes(spare, &mut got).unwrap();
+                        assert_eq!(got, [9, t as u8]);
+                        verified(&child);
                     }
                     if i % 37 == 0 {
                         map.protect(a + page * P, P, false, VmProt::READ).unwrap();
