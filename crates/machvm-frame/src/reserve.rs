@@ -33,6 +33,9 @@ pub struct FrameReservation<'a> {
     frames: &'a FrameAllocator,
     what: FrameUse,
     held: Vec<PhysAddr>,
+    /// One frame taken by [`ensure`](Self::ensure) for a single-step
+    /// operation, kept out of `held` so that a fault allocates no vector.
+    spare: Option<PhysAddr>,
     /// Made by [`FrameAllocator::reserve`]: running out means the count was
     /// wrong (asserted in debug builds; a release build allocates on).
     counted: bool,
@@ -47,13 +50,14 @@ impl<'a> FrameReservation<'a> {
             frames,
             what,
             held: Vec::new(),
+            spare: None,
             counted: false,
         }
     }
 
     /// A reserved frame, or, once none is left, a frame allocated now.
     pub fn take(&mut self) -> Result<PhysAddr, KernError> {
-        match self.held.pop() {
+        match self.held.pop().or_else(|| self.spare.take()) {
             Some(pa) => Ok(pa),
             None => {
                 debug_assert!(!self.counted, "a frame reservation was undercounted");
@@ -64,7 +68,7 @@ impl<'a> FrameReservation<'a> {
 
     /// Frames still reserved.
     pub fn remaining(&self) -> usize {
-        self.held.len()
+        self.held.len() + usize::from(self.spare.is_some())
     }
 
     /// Reserves `n` more frames, all or none: on `ResourceShortage` the
@@ -82,18 +86,22 @@ impl<'a> FrameReservation<'a> {
     /// or none): a single-step operation takes its frame before it changes
     /// anything.
     pub fn ensure(&mut self, n: u64) -> Result<(), KernError> {
-        let have = self.held.len() as u64;
+        let have = self.remaining() as u64;
         if have >= n {
             return Ok(());
         }
         debug_assert!(!self.counted, "a frame reservation was undercounted");
+        if n - have == 1 && self.spare.is_none() {
+            self.spare = Some(self.frames.alloc(self.what)?);
+            return Ok(());
+        }
         self.top_up(n - have)
     }
 }
 
 impl Drop for FrameReservation<'_> {
     fn drop(&mut self) {
-        for pa in self.held.drain(..) {
+        for pa in self.held.drain(..).chain(self.spare.take()) {
             self.frames.free(pa);
         }
     }

@@ -281,3 +281,23 @@ fn bytes_roundtrip_at_every_alignment_and_length() {
         }
     }
 }
+
+#[test]
+fn on_demand_reservations_hold_what_they_ensure_and_return_the_rest() {
+    let fa = hosted(8);
+    let mut r = crate::FrameReservation::on_demand(&fa, FrameUse::Object);
+    r.ensure(1).unwrap();
+    assert_eq!((r.remaining(), fa.free_frames()), (1, 7));
+    r.ensure(1).unwrap();
+    assert_eq!(fa.free_frames(), 7, "ensure takes only what is missing");
+    r.ensure(3).unwrap();
+    assert_eq!((r.remaining(), fa.free_frames()), (3, 5));
+    assert!(r.ensure(9).is_err());
+    assert_eq!((r.remaining(), fa.free_frames()), (3, 5), "all or none");
+    let pa = r.take().unwrap();
+    assert_eq!(r.remaining(), 2);
+    fa.free(pa);
+    drop(r);
+    assert_eq!(fa.free_frames(), 8);
+    fa.verify().unwrap();
+}

@@ -7,6 +7,7 @@ use alloc::collections::BTreeSet;
 use machvm_base::{KernError, PAGE_SIZE, PhysAddr};
 use machvm_frame::FrameReservation;
 
+use crate::graph::Backing;
 use crate::{Hold, Holder, ObjectId, Objects, VmCounters};
 
 /// Where a page lookup found its page.
@@ -183,7 +184,18 @@ impl Objects<'_> {
     ) -> u64 {
         let Some(hold) = hold else { return count };
         let (s, _) = self.window(hold);
-        let (lo, hi) = (s + first, s + first + count);
+        if count == 1 {
+            let fast = u64::from(!self.resolved_in_place(hold, s + first, write));
+            debug_assert_eq!(fast, self.frames_for_runs(hold, s + first, 1, write));
+            return fast;
+        }
+        self.frames_for_runs(hold, s + first, count, write)
+    }
+
+    /// [`frames_to_resolve`](Self::frames_to_resolve) by runs of pages:
+    /// `count` pages from page `lo` of the held object.
+    fn frames_for_runs(&self, hold: &Hold, lo: u64, count: u64, write: bool) -> u64 {
+        let hi = lo + count;
         if !write {
             return count - self.resident_in(hold.obj, lo, hi);
         }
@@ -236,6 +248,41 @@ impl Objects<'_> {
 
     /// Number of offsets in `[lo, hi)` of `obj` with a page anywhere in its
     /// chain.
+    /// Whether resolving page `off` (in pages of the held object) needs no
+    /// new frame: the single-page case of [`frames_to_resolve`], taken on
+    /// every fault, without building run lists.
+    ///
+    /// [`frames_to_resolve`]: Self::frames_to_resolve
+    fn resolved_in_place(&self, hold: &Hold, off: u64, write: bool) -> bool {
+        let o = self.g.obj(hold.obj);
+        let here = o.pages.contains_key(&off);
+        if !write {
+            return here || self.resident_below(o.backing, off);
+        }
+        if here && !matches!(self.holder(hold), Holder::Direct { .. }) {
+            // Copy-on-write pending: taken over only if nobody else sees it.
+            return !o
+                .holders
+                .overlapping(off, off + 1)
+                .any(|(id, _)| id != hold.id);
+        }
+        here
+    }
+
+    /// Whether page `off` of the object above `backing` is resident
+    /// somewhere down the chain.
+    fn resident_below(&self, mut backing: Option<Backing>, mut off: u64) -> bool {
+        while let Some(b) = backing {
+            off += b.offset;
+            let o = self.g.obj(b.obj);
+            if o.pages.contains_key(&off) {
+                return true;
+            }
+            backing = o.backing;
+        }
+        false
+    }
+
     fn resident_in(&self, obj: ObjectId, lo: u64, hi: u64) -> u64 {
         let mut seen = BTreeSet::new();
         let (mut cur, mut shift) = (Some(obj), 0u64);
