@@ -11,7 +11,6 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::{cargo, workspace_root};
@@ -216,7 +215,6 @@ fn boot(qemu: &Path, elf: &Path, append: &str, o: &Opts) -> std::io::Result<Outc
     let mut child = cmd.spawn()?;
     let stdout = child.stdout.take().expect("piped stdout");
     // Stream the serial console live and remember the last summary line.
-    let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut out = std::io::stdout();
         let mut last = None;
@@ -229,7 +227,7 @@ fn boot(qemu: &Path, elf: &Path, append: &str, o: &Opts) -> std::io::Result<Outc
             // A summary only counts as the final line if nothing follows it.
             last = s;
         }
-        let _ = tx.send(last);
+        last
     });
     let mut timed_out = false;
     let status = loop {
@@ -245,8 +243,9 @@ fn boot(qemu: &Path, elf: &Path, append: &str, o: &Opts) -> std::io::Result<Outc
         std::thread::sleep(Duration::from_millis(50));
     };
     let elapsed = start.elapsed();
-    let final_line = rx.recv_timeout(Duration::from_secs(5)).ok().flatten();
-    let _ = reader.join();
+    // QEMU has exited, so its stdout reaches end-of-file: wait for the
+    // reader however slowly the console drains, never on a timer.
+    let final_line = reader.join().ok().flatten();
     Ok(Outcome {
         status,
         timed_out,

@@ -31,6 +31,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::ops::Range;
+use core::sync::atomic::AtomicBool;
 use core::sync::atomic::Ordering::Relaxed;
 
 use sync::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Lock};
@@ -223,6 +224,9 @@ pub struct FrameAllocator {
     /// Run by the failing allocation before it fails (tests interleave
     /// another thread's work there).
     fail_hook: spin::Mutex<Option<AllocHook>>,
+    /// Set while `reserve_hook` holds a hook: the common path tests a flag.
+    reserve_hooked: AtomicBool,
+    reserve_hook: spin::Mutex<Option<AllocHook>>,
     bad_frees: AtomicU64,
 }
 
@@ -272,6 +276,8 @@ impl FrameAllocator {
             in_use: Default::default(),
             fail_countdown: AtomicU64::new(0),
             fail_hook: spin::Mutex::new(None),
+            reserve_hooked: AtomicBool::new(false),
+            reserve_hook: spin::Mutex::new(None),
             bad_frees: AtomicU64::new(0),
         };
         let mut managed = 0;
@@ -391,6 +397,27 @@ impl FrameAllocator {
         self.fail_countdown.store(n, Relaxed);
     }
 
+    /// Interleaving injection for tests: the next
+    /// [`reserve`](Self::reserve) of at least one frame first runs `hook`,
+    /// then reserves as usual. A multi-page call counts its frames under
+    /// its locks and reserves them with the object graph unlocked; the hook
+    /// is another thread's work placed exactly in that window. (Empty
+    /// reservations, made with the graph locked, do not run it.)
+    pub fn before_next_reserve(&self, hook: impl FnOnce() + Send + 'static) {
+        *self.reserve_hook.lock() = Some(Box::new(hook));
+        self.reserve_hooked.store(true, Relaxed);
+    }
+
+    /// Runs and clears the hook of [`before_next_reserve`](Self::before_next_reserve).
+    fn run_reserve_hook(&self) {
+        if self.reserve_hooked.swap(false, Relaxed) {
+            let hook = self.reserve_hook.lock().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+    }
+
     /// Allocates one frame (contents unspecified). O(1).
     #[inline]
     pub fn alloc(&self, what: FrameUse) -> Result<PhysAddr, KernError> {
@@ -433,13 +460,15 @@ impl FrameAllocator {
         for t in &self.pages[idx + 1..idx + (1 << order)] {
             t.state.store(FrameState::Tail as u8, Relaxed);
         }
+        // Counters change under the lock too: `verify`, which holds it,
+        // may run at any moment on another thread.
+        self.free.fetch_sub(1 << order, Relaxed);
+        self.in_use[what.index()].fetch_add(1 << order, Relaxed);
         drop(b);
         head.flags.store(0, Relaxed);
         head.wire_count.store(0, Relaxed);
         head.use_count.store(0, Relaxed);
         head.set_owner(0, 0);
-        self.free.fetch_sub(1 << order, Relaxed);
-        self.in_use[what.index()].fetch_add(1 << order, Relaxed);
         Ok(self.pa_of(idx))
     }
 
@@ -494,9 +523,9 @@ impl FrameAllocator {
             }
         }
         self.push_free(&mut b, idx, k);
-        drop(b);
         self.free.fetch_add(n, Relaxed);
         self.in_use[what.index()].fetch_sub(n, Relaxed);
+        drop(b);
     }
 
     fn push_free(&self, b: &mut Buddy, idx: usize, k: u32) {

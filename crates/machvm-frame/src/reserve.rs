@@ -112,6 +112,9 @@ impl FrameAllocator {
     /// the allocator is as before. Taking more than `n` from it is a
     /// counting bug, asserted in debug builds.
     pub fn reserve(&self, n: u64, what: FrameUse) -> Result<FrameReservation<'_>, KernError> {
+        if n > 0 {
+            self.run_reserve_hook();
+        }
         let mut r = FrameReservation::on_demand(self, what);
         r.counted = true;
         let n = usize::try_from(n).map_err(|_| KernError::ResourceShortage)?;

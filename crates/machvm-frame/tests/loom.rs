@@ -66,3 +66,24 @@ fn buddy_frees_race() {
         assert_eq!(big, PhysAddr(0), "the buddies merged");
     });
 }
+
+/// `verify` may run while another thread allocates or frees: the counters
+/// it compares with the free lists change under the same lock (they once
+/// changed after it, and a concurrent `verify` reported a miscount).
+#[test]
+fn verify_races_alloc_and_free() {
+    loom::model(|| {
+        let fa = Arc::new(two_frames());
+        let a = fa.alloc(FrameUse::Object).unwrap();
+        let fa2 = fa.clone();
+        let t = loom::thread::spawn(move || {
+            let b = fa2.alloc(FrameUse::Object).unwrap();
+            fa2.free(b);
+        });
+        fa.verify().unwrap();
+        t.join().unwrap();
+        fa.free(a);
+        fa.verify().unwrap();
+        assert_eq!(fa.free_frames(), 2);
+    });
+}

@@ -88,37 +88,29 @@ fn fork_bypass_collapse_grows_a_later_eager_copy() {
 
 /// `copyin_frames` counts a Share window's resident pages under the graph
 /// lock, then reserves with the graph unlocked; a sibling writing fresh pages
-/// of the window meanwhile grows the eager copy past the reservation.
+/// of the window meanwhile grows the eager copy past the reservation. The
+/// sibling's stores are placed exactly in that window by the allocator's
+/// reserve hook.
 #[test]
 fn sibling_writes_during_reservation_outgrow_the_eager_copy() {
     let vm = system();
     let p = vm.create_map().unwrap();
-    const N: u64 = 1024;
+    const N: u64 = 64;
     let r = p.allocate(0, N * P, true).unwrap();
     p.write_bytes(r, &vec![3u8; (N / 2 * P) as usize]).unwrap();
     p.inherit(r, N * P, VmInherit::Share).unwrap();
     let c = p.fork().unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (c, stop) = (c.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for i in N / 2..N {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                c.write_bytes(r + i * P, &[1]).unwrap();
-                for _ in 0..20000 {
-                    std::hint::spin_loop();
-                }
-            }
-        })
-    };
-    for _ in 0..100 {
-        let s = vm_read(&p, r, N * P).unwrap();
-        drop(s);
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    writer.join().unwrap();
+    vm.context()
+        .frames()
+        .before_next_reserve(sibling_writes(&c, r, N));
+    let s = vm_read(&p, r, N * P).unwrap();
+    let at = s.copyout(&p).unwrap();
+    assert_eq!(
+        halves(&p, at, N),
+        (3, 1),
+        "the copy holds the sibling's stores"
+    );
+    p.deallocate(at, N * P).unwrap();
     check(&vm, &[&p, &c]);
 }
 
@@ -129,35 +121,47 @@ fn sibling_writes_during_reservation_outgrow_the_eager_copy() {
 fn sibling_writes_during_fork_reservation_outgrow_the_eager_copy() {
     let vm = system();
     let p = vm.create_map().unwrap();
-    const N: u64 = 1024;
+    const N: u64 = 64;
     let r = p.allocate(0, N * P, true).unwrap();
     p.write_bytes(r, &vec![3u8; (N / 2 * P) as usize]).unwrap();
     p.inherit(r, N * P, VmInherit::Share).unwrap();
     let c = p.fork().unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (c, stop) = (c.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for i in N / 2..N {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                c.write_bytes(r + i * P, &[1]).unwrap();
-                for _ in 0..20000 {
-                    std::hint::spin_loop();
-                }
-            }
-        })
-    };
-    // Copy-inherited in the next forks: each eager-copies the window the
+    // Copy-inherited in the next fork: it eager-copies the window the
     // sibling c writes directly.
     p.inherit(r, N * P, VmInherit::Copy).unwrap();
-    for _ in 0..100 {
-        drop(p.fork().unwrap());
+    vm.context()
+        .frames()
+        .before_next_reserve(sibling_writes(&c, r, N));
+    let child = p.fork().unwrap();
+    assert_eq!(
+        halves(&child, r, N),
+        (3, 1),
+        "the child holds the sibling's stores"
+    );
+    c.write_bytes(r + (N - 1) * P, &[7]).unwrap();
+    let mut last = [0u8];
+    child.read_bytes(r + (N - 1) * P, &mut last).unwrap();
+    assert_eq!(last, [1], "and is a copy");
+    check(&vm, &[&p, &c, &child]);
+}
+
+/// A hook that stores 1 into the first byte of every page of the upper half
+/// of `c`'s `n`-page range at `r` (pages nothing had touched).
+fn sibling_writes(c: &VmMap, r: u64, n: u64) -> impl FnOnce() + Send + 'static {
+    let c = c.clone();
+    move || {
+        for i in n / 2..n {
+            c.write_bytes(r + i * P, &[1]).unwrap();
+        }
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    writer.join().unwrap();
-    check(&vm, &[&p, &c]);
+}
+
+/// The first byte of the first page of each half of `n` pages at `at`.
+fn halves(m: &VmMap, at: u64, n: u64) -> (u8, u8) {
+    let (mut lo, mut hi) = ([0u8], [0u8]);
+    m.read_bytes(at, &mut lo).unwrap();
+    m.read_bytes(at + n / 2 * P, &mut hi).unwrap();
+    (lo[0], hi[0])
 }
 
 /// Fork's Share path shadows a copy-on-write entry's whole window even when

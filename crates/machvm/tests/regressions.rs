@@ -77,6 +77,8 @@ fn dirty_cow_writes_never_reach_the_original() {
         s.spawn(|| {
             // At least 600 rounds, and on until 20 writes raced through: the
             // outcome never depends on how the scheduler shares the cores.
+            // The writer stops even if an assertion here fails.
+            let _stop = StopOnDrop(&done);
             let mut i = 0u32;
             while i < 600 || written.load(std::sync::atomic::Ordering::Relaxed) < 20 {
                 i += 1;
@@ -98,7 +100,6 @@ fn dirty_cow_writes_never_reach_the_original() {
                 // Spin locks are not fair: give the writer its turns.
                 std::thread::yield_now();
             }
-            done.store(true, std::sync::atomic::Ordering::Relaxed);
         });
         let ok = writer.join().unwrap();
         assert!(ok > 0, "the race never let a write through");
@@ -164,4 +165,14 @@ fn ranges_ending_at_or_past_two_to_the_64() {
         vm_write(&map, u64::MAX - P, c)
     });
     assert_eq!(&peek(&map, a, 4), b"safe");
+}
+
+/// Sets its flag when dropped, unwinding included: a thread that waits on
+/// the flag ends when the test fails instead of hanging it.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
