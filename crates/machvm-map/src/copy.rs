@@ -27,7 +27,7 @@ use machvm_frame::FrameReservation;
 use machvm_object::{Hold, Holder, Objects, VmContext};
 use machvm_pmap::{Access, TlbFlush};
 
-use crate::data::{for_each_page_piece, frames_in, reserve};
+use crate::data::{for_each_page_piece, frames_in, reserve, reserve_settled};
 use crate::ops::{check_access, data_range};
 use crate::{Entry, MapInner, VmMap, page_range};
 
@@ -201,7 +201,7 @@ impl VmMapCopy {
             .iter()
             .map(|&(d, _, k)| VaRange::round_out(d, k).map_or(0, |r| r.len() >> PAGE_SHIFT))
             .sum();
-        let (mut objs, mut frames) = match reserve(map.0.ctx.objects(), |_, _| n) {
+        let (mut objs, mut frames) = match reserve(map.0.ctx.objects(), |_| n) {
             Ok(x) => x,
             Err(e) => {
                 drop(m);
@@ -447,22 +447,29 @@ fn snapshot_bytes(m: &MapInner, objs: &Objects<'_>, addr: u64, len: u64) -> Vec<
     out
 }
 
+/// Shortens the chains of the entries copy-in of `[addr, addr + len)`
+/// shares (bypass and collapse move pages between objects, so the final
+/// count is taken after them and copy-in itself moves nothing; see
+/// `reserve_settled`). Returns whether anything moved.
+fn copyin_settle(m: &MapInner, objs: &mut Objects<'_>, addr: u64, len: u64) -> bool {
+    let l = Layout::of(addr, len);
+    let mut moved = false;
+    if l.has_middle() {
+        for (_, e) in m.overlapping(l.head_end, l.mid_end) {
+            if let Some(h) = &e.object {
+                moved |= objs.shorten_chain(h);
+            }
+        }
+    }
+    moved
+}
+
 /// Frames copy-in of `[addr, addr + len)` will take: the eager copies of
-/// shared windows among its whole pages. With `settle`, shortens those
-/// entries' chains first (bypass and collapse move pages between objects,
-/// so the final count is taken after them and copy-in itself moves nothing;
-/// see `reserve`).
-fn copyin_frames(m: &MapInner, objs: &mut Objects<'_>, addr: u64, len: u64, settle: bool) -> u64 {
+/// shared windows among its whole pages.
+fn copyin_frames(m: &MapInner, objs: &Objects<'_>, addr: u64, len: u64) -> u64 {
     let l = Layout::of(addr, len);
     if !l.has_middle() {
         return 0;
-    }
-    if settle {
-        for (_, e) in m.overlapping(l.head_end, l.mid_end) {
-            if let Some(h) = &e.object {
-                objs.shorten_chain(h);
-            }
-        }
     }
     m.overlapping(l.head_end, l.mid_end)
         .filter_map(|(&start, e)| {
@@ -633,10 +640,14 @@ fn copy_locked(
         Vec::new()
     };
     let same = dm.is_none();
-    let (mut objs, mut frames) = reserve(objs, |o, settle| {
-        let d: &MapInner = dm.as_deref().unwrap_or(sm);
-        copyin_frames(sm, o, a.src_addr, a.len, settle) + copy_dest_frames(d, o, a, same)
-    })?;
+    let (mut objs, mut frames) = reserve_settled(
+        objs,
+        |o| copyin_settle(sm, o, a.src_addr, a.len),
+        |o| {
+            let d: &MapInner = dm.as_deref().unwrap_or(sm);
+            copyin_frames(sm, o, a.src_addr, a.len) + copy_dest_frames(d, o, a, same)
+        },
+    )?;
     let copy = slot.insert(src_map.copyin(sm, &mut objs, a.src_addr, a.len, &mut frames)?);
     let d: &mut MapInner = match &mut dm {
         Some(d) => d,
@@ -707,8 +718,11 @@ pub fn vm_read(map: &VmMap, addr: u64, size: u64) -> Result<VmMapCopy, KernError
     let mut m = map.0.inner.lock();
     check_access(&m, r, Access::Read)?;
     let objs = map.context().objects();
-    let (mut objs, mut frames) =
-        reserve(objs, |o, settle| copyin_frames(&m, o, addr, size, settle))?;
+    let (mut objs, mut frames) = reserve_settled(
+        objs,
+        |o| copyin_settle(&m, o, addr, size),
+        |o| copyin_frames(&m, o, addr, size),
+    )?;
     map.copyin(&mut m, &mut objs, addr, size, &mut frames)
 }
 
@@ -727,7 +741,7 @@ pub fn vm_write(map: &VmMap, addr: u64, mut data: VmMapCopy) -> Result<(), KernE
     let (head, mid) = (data.head.len() as u64, data.middle_bytes());
     let cow = cow_fits(&m, &objs, addr, head, mid);
     let pieces = byte_pieces(addr, &data, cow);
-    let (mut objs, mut frames) = reserve(objs, |o, _| {
+    let (mut objs, mut frames) = reserve(objs, |o| {
         pieces
             .iter()
             .filter_map(|&(d, _, n)| VaRange::round_out(d, n))

@@ -82,7 +82,7 @@ impl VmMap {
             (objs, frames)
         } else {
             let write = access == Access::Write;
-            reserve(objs, |o, _| frames_for(m, o, &missing, write))?
+            reserve(objs, |o| frames_for(m, o, &missing, write))?
         };
         self.fault_pages(m, &mut objs, &missing, access, &mut frames)?;
         Ok(objs)
@@ -105,33 +105,52 @@ impl VmMap {
 }
 
 /// Counts with `count` under the graph lock and reserves that many object
-/// frames with the graph unlocked (the caller's maps stay locked), then
-/// counts again until the reservation covers the count: meanwhile another
-/// map's call can raise it (a sibling adding pages to a window that is to be
-/// copied eagerly). The first count is taken with `settle` false, the later
-/// ones with it true: a count may then shorten chains (bypass, collapse),
-/// which moves pages between objects and only raises counts — so a call
-/// that fails for lack of frames at once has changed nothing at all.
-/// Returns the graph locked again with the count covered.
+/// frames with the graph unlocked (the caller's maps stay locked). For
+/// calls whose count no chain shortening can change; see
+/// [`reserve_settled`].
 pub(crate) fn reserve<'c>(
+    objs: Objects<'c>,
+    count: impl FnMut(&Objects<'c>) -> u64,
+) -> Result<(Objects<'c>, FrameReservation<'c>), KernError> {
+    reserve_settled(objs, |_| false, count)
+}
+
+/// Counts with `count` under the graph lock and reserves that many object
+/// frames with the graph unlocked (the caller's maps stay locked), then
+/// settles and counts again until the reservation covers the count:
+/// meanwhile another map's call can raise it (a sibling adding pages to a
+/// window that is to be copied eagerly). The first count is taken before
+/// `settle`, which may shorten chains (bypass, collapse) — that moves pages
+/// between objects and only raises counts — so a call that fails for lack
+/// of frames at once has changed nothing at all. `settle` returns whether
+/// anything moved; a count is retaken only when something moved or the
+/// graph was unlocked. Returns the graph locked again with the count
+/// covered.
+pub(crate) fn reserve_settled<'c>(
     mut objs: Objects<'c>,
-    mut count: impl FnMut(&mut Objects<'c>, bool) -> u64,
+    mut settle: impl FnMut(&mut Objects<'c>) -> bool,
+    mut count: impl FnMut(&Objects<'c>) -> u64,
 ) -> Result<(Objects<'c>, FrameReservation<'c>), KernError> {
     let ctx = objs.context();
     let mut frames = ctx.frames().reserve(0, FrameUse::Object)?;
-    let mut settle = false;
+    let mut n = count(&objs);
+    let mut settled = false;
     loop {
-        let n = count(&mut objs, settle);
         let have = frames.remaining() as u64;
-        if n <= have && settle {
-            return Ok((objs, frames));
-        }
+        let mut stale = false;
         if n > have {
             drop(objs);
             frames.top_up(n - have)?;
             objs = ctx.objects();
+            stale = true;
+        } else if settled {
+            return Ok((objs, frames));
         }
-        settle = true;
+        stale |= settle(&mut objs);
+        settled = true;
+        if stale {
+            n = count(&objs);
+        }
     }
 }
 

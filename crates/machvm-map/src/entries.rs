@@ -191,26 +191,18 @@ impl MapInner {
     }
 
     /// Merges every mergeable pair of neighbours among the entries that
-    /// touch `[start, end]` (the entry before `start` included).
+    /// touch `[start, end]` (the entry before `start` included). One walk
+    /// in order: a tree search per merge, none per entry passed.
     pub(crate) fn simplify(&mut self, objs: &mut Objects<'_>, start: u64, end: u64) {
         let mut cur = self
             .entries
             .range(..start)
             .next_back()
             .map_or(start, |(&s, _)| s);
-        while let Some((&a_start, a)) = self.entries.range(cur..).next() {
-            if a_start > end {
+        while let Some(a_start) = self.next_mergeable(objs, cur, end) {
+            let Some(b_start) = self.entries.get(&a_start).map(|a| a.end) else {
                 return;
-            }
-            let b_start = a.end;
-            let merge = self
-                .entries
-                .get(&b_start)
-                .is_some_and(|b| Self::mergeable(objs, a, b_start, b));
-            if !merge {
-                cur = b_start;
-                continue;
-            }
+            };
             let Some(b) = self.entries.remove(&b_start) else {
                 return;
             };
@@ -229,6 +221,23 @@ impl MapInner {
             // `a` may continue into its new neighbour too: look again.
             cur = a_start;
         }
+    }
+
+    /// The start of the first entry from `from` on (starting at most at
+    /// `end`) that can merge with its successor.
+    fn next_mergeable(&self, objs: &Objects<'_>, from: u64, end: u64) -> Option<u64> {
+        let mut it = self.entries.range(from..).peekable();
+        while let Some((&a_start, a)) = it.next() {
+            if a_start > end {
+                return None;
+            }
+            if let Some(&(&b_start, b)) = it.peek()
+                && Self::mergeable(objs, a, b_start, b)
+            {
+                return Some(a_start);
+            }
+        }
+        None
     }
 
     /// Pairs of neighbours that could be one entry (0 when simplified).

@@ -16,29 +16,31 @@ use alloc::vec::Vec;
 
 use machvm_base::{KernError, PAGE_SHIFT, VmInherit, VmProt};
 use machvm_frame::FrameReservation;
-use machvm_object::{Holder, Objects};
+use machvm_object::{Hold, Holder, Objects};
 use machvm_pmap::TlbFlush;
 
-use crate::data::reserve;
+use crate::data::reserve_settled;
 use crate::{Entry, MapInner, VmMap, page_range, release_entries};
 
+/// The handles fork's `Copy` entries hold.
+fn copied(m: &MapInner) -> impl Iterator<Item = &Hold> {
+    m.entries
+        .values()
+        .filter(|e| e.inheritance == VmInherit::Copy)
+        .filter_map(|e| e.object.as_ref())
+}
+
+/// Shortens the chains of fork's `Copy` entries (bypass and collapse move
+/// pages between objects, so the final count is taken after them; see
+/// `reserve_settled`). Returns whether anything moved.
+fn eager_settle(m: &MapInner, objs: &mut Objects<'_>) -> bool {
+    copied(m).fold(false, |moved, h| objs.shorten_chain(h) | moved)
+}
+
 /// Frames fork's `Copy` entries take: eager copies of windows others write
-/// directly. With `settle`, shortens their chains first (bypass and
-/// collapse move pages between objects, so the final count is taken after
-/// them; see `reserve`).
-fn eager_frames(m: &MapInner, objs: &mut Objects<'_>, settle: bool) -> u64 {
-    let copied = || {
-        m.entries
-            .values()
-            .filter(|e| e.inheritance == VmInherit::Copy)
-            .filter_map(|e| e.object.as_ref())
-    };
-    if settle {
-        for h in copied() {
-            objs.shorten_chain(h);
-        }
-    }
-    copied()
+/// directly.
+fn eager_frames(m: &MapInner, objs: &Objects<'_>) -> u64 {
+    copied(m)
         .map(|h| {
             let (s, e) = objs.window(h);
             objs.cow_frames(h, 0, e - s)
@@ -75,7 +77,8 @@ impl VmMap {
         let child = VmMap::new(&ctx)?;
         let mut m = self.0.inner.lock();
         let objs = ctx.objects();
-        let (mut objs, mut frames) = reserve(objs, |o, settle| eager_frames(&m, o, settle))?;
+        let (mut objs, mut frames) =
+            reserve_settled(objs, |o| eager_settle(&m, o), |o| eager_frames(&m, o))?;
         clip_share_runs(&mut m, &mut objs);
         let mut flush = TlbFlush::none();
         let out = self.inherit_entries(&mut m, &mut objs, child.id(), &mut frames, &mut flush);

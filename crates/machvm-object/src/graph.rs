@@ -478,8 +478,9 @@ impl Objects<'_> {
     /// object could supply (bypass; objects left held by one shadow alone
     /// collapse into it). Nothing becomes visible or invisible, but pages
     /// move between objects: callers that count frames do this first.
-    pub fn shorten_chain(&mut self, hold: &Hold) {
-        self.bypass(hold.obj);
+    /// Returns whether anything moved (a count taken before is then stale).
+    pub fn shorten_chain(&mut self, hold: &Hold) -> bool {
+        self.bypass(hold.obj)
     }
 
     /// A private object for `holder` with a copy of `hold`'s window: the

@@ -200,7 +200,8 @@ impl Objects<'_> {
     /// one in its window, it stands on the backing's backing instead (the
     /// backing can supply it nothing). Nothing becomes visible or invisible;
     /// the skipped object loses a holder and may go.
-    pub(crate) fn bypass(&mut self, obj: ObjectId) {
+    pub(crate) fn bypass(&mut self, obj: ObjectId) -> bool {
+        let mut moved = false;
         while let Some(b) = self.g.obj(obj).backing {
             let o = self.g.obj(obj);
             let covered = self
@@ -210,8 +211,9 @@ impl Objects<'_> {
                 .range(b.offset..b.offset + o.size)
                 .all(|(k, _)| o.pages.contains_key(&(k - b.offset)));
             if !covered {
-                return;
+                return moved;
             }
+            moved = true;
             VmCounters::bump(&self.ctx.counters.bypasses);
             let next = self.g.obj(b.obj).backing;
             let lost = self.drop_record(b);
@@ -221,5 +223,6 @@ impl Objects<'_> {
             }
             self.settle(lost);
         }
+        moved
     }
 }
