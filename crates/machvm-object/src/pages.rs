@@ -246,8 +246,6 @@ impl Objects<'_> {
         self.resident_in(hold.obj, s, e)
     }
 
-    /// Number of offsets in `[lo, hi)` of `obj` with a page anywhere in its
-    /// chain.
     /// Whether resolving page `off` (in pages of the held object) needs no
     /// new frame: the single-page case of [`frames_to_resolve`], taken on
     /// every fault, without building run lists.
@@ -283,6 +281,8 @@ impl Objects<'_> {
         false
     }
 
+    /// Number of offsets in `[lo, hi)` of `obj` with a page anywhere in its
+    /// chain.
     fn resident_in(&self, obj: ObjectId, lo: u64, hi: u64) -> u64 {
         let mut seen = BTreeSet::new();
         let (mut cur, mut shift) = (Some(obj), 0u64);

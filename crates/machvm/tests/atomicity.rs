@@ -460,3 +460,87 @@ fn sweep_fork_copy_of_shared() {
     };
     sweep("fork2", 4 << 20, setup, |w| w.maps[0].fork().map(drop));
 }
+
+/// A fork whose first count is 0 and whose chain shortening then
+/// raises it (a bypass collapses a backing object into an empty Share
+/// shadow that a Copy entry eager-copies). Only `settle`'s "moved" result
+/// makes the reservation recount here: the graph was never unlocked.
+#[test]
+fn fork_recounts_when_shortening_raises_a_zero_count() {
+    let vm = system();
+    let p = vm.create_map().unwrap();
+    let a = p.allocate(0, 2 * P, true).unwrap();
+    p.write_bytes(a, &[7u8; 2 * 4096]).unwrap(); // O: pages 0, 1
+    p.inherit(a, P, VmInherit::None).unwrap();
+    p.inherit(a + P, P, VmInherit::Share).unwrap();
+    let snap = vm_read(&p, a, 2 * P).unwrap(); // both entries NeedsCopy on O
+    p.write_bytes(a, &[1]).unwrap(); // E0 shadowed: X over O[0,1), page 0 copied up
+    let c = p.fork().unwrap(); // E1 Share: empty shadow T over O[1,2), c shares it
+    drop(snap); // O held by shadows X and T only
+    check(&vm, &[&p, &c]);
+    p.inherit(a, 2 * P, VmInherit::Copy).unwrap();
+    // eager count: X alone (0) + T shared but empty (0) = 0; bypassing X
+    // collapses O into T, which then holds page 1: the eager copy takes 1.
+    let g = p.fork().unwrap();
+    check(&vm, &[&p, &c, &g]);
+    assert_eq!(peek(&g, a + P, 1), vec![7]);
+    c.write_bytes(a + P, &[9]).unwrap();
+    assert_eq!(peek(&g, a + P, 1), vec![7], "the child's page is a copy");
+}
+
+/// The copy-in twin — `vm_read`'s first count is 0 and chain
+/// shortening raises it without the graph ever being unlocked.
+#[test]
+fn copy_in_recounts_when_shortening_raises_a_zero_count() {
+    let vm = system();
+    let p = vm.create_map().unwrap();
+    let a = p.allocate(0, 2 * P, true).unwrap();
+    p.write_bytes(a, &[7u8; 2 * 4096]).unwrap();
+    p.inherit(a, P, VmInherit::None).unwrap();
+    p.inherit(a + P, P, VmInherit::Share).unwrap();
+    let snap = vm_read(&p, a, 2 * P).unwrap();
+    p.write_bytes(a, &[1]).unwrap();
+    let c = p.fork().unwrap();
+    drop(snap);
+    check(&vm, &[&p, &c]);
+    let s = vm_read(&p, a, 2 * P).unwrap();
+    check(&vm, &[&p, &c]);
+    c.write_bytes(a + P, &[9]).unwrap();
+    let at = s.copyout(&p).unwrap();
+    assert_eq!(peek(&p, at, 1), vec![1]);
+    assert_eq!(peek(&p, at + P, 1), vec![7], "the copy predates c's store");
+    check(&vm, &[&p, &c]);
+}
+
+/// The same fork failing for lack of frames at each allocation:
+/// the settle it ran before its second count must change nothing visible.
+#[test]
+fn a_fork_failing_after_shortening_changes_nothing_visible() {
+    let mut failed = 0;
+    for k in 1..8 {
+        let vm = system();
+        let p = vm.create_map().unwrap();
+        let a = p.allocate(0, 2 * P, true).unwrap();
+        p.write_bytes(a, &[7u8; 2 * 4096]).unwrap();
+        p.inherit(a, P, VmInherit::None).unwrap();
+        p.inherit(a + P, P, VmInherit::Share).unwrap();
+        let snap = vm_read(&p, a, 2 * P).unwrap();
+        p.write_bytes(a, &[1]).unwrap();
+        let c = p.fork().unwrap();
+        drop(snap);
+        p.inherit(a, 2 * P, VmInherit::Copy).unwrap();
+        let _warm = (snapshot(&vm, &p), snapshot(&vm, &c));
+        let before = (snapshot(&vm, &p), snapshot(&vm, &c));
+        vm.context().frames().fail_nth_allocation(k);
+        let r = p.fork();
+        vm.context().frames().fail_nth_allocation(0);
+        if r.is_ok() {
+            continue;
+        }
+        failed += 1;
+        assert_eq!(before, (snapshot(&vm, &p), snapshot(&vm, &c)), "k={k}");
+        check(&vm, &[&p, &c]);
+        audit_ok(&vm);
+    }
+    assert!(failed > 1, "the injected failures never reached the fork");
+}
