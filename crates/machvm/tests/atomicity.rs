@@ -461,26 +461,33 @@ fn sweep_fork_copy_of_shared() {
     sweep("fork2", 4 << 20, setup, |w| w.maps[0].fork().map(drop));
 }
 
-/// A fork whose first count is 0 and whose chain shortening then
-/// raises it (a bypass collapses a backing object into an empty Share
-/// shadow that a Copy entry eager-copies). Only `settle`'s "moved" result
-/// makes the reservation recount here: the graph was never unlocked.
-#[test]
-fn fork_recounts_when_shortening_raises_a_zero_count() {
-    let vm = system();
+/// Two pages at `a` of `p`, where a count taken before chain shortening is
+/// 0 and shortening raises it: page 0 (inherited None) shadowed by X over
+/// O, page 1 (Share) an empty shadow T over O shared with `c`; O is held
+/// by the two shadows only. Bypassing X collapses O into T, which then holds
+/// page 1 — a page an eager copy of T's window must copy.
+fn zero_count_raised_by_shortening(vm: &VmSystem) -> (VmMap, VmMap, u64) {
     let p = vm.create_map().unwrap();
     let a = p.allocate(0, 2 * P, true).unwrap();
     p.write_bytes(a, &[7u8; 2 * 4096]).unwrap(); // O: pages 0, 1
     p.inherit(a, P, VmInherit::None).unwrap();
     p.inherit(a + P, P, VmInherit::Share).unwrap();
     let snap = vm_read(&p, a, 2 * P).unwrap(); // both entries NeedsCopy on O
-    p.write_bytes(a, &[1]).unwrap(); // E0 shadowed: X over O[0,1), page 0 copied up
-    let c = p.fork().unwrap(); // E1 Share: empty shadow T over O[1,2), c shares it
-    drop(snap); // O held by shadows X and T only
-    check(&vm, &[&p, &c]);
+    p.write_bytes(a, &[1]).unwrap(); // X over O[0,1), page 0 copied up
+    let c = p.fork().unwrap(); // Share: empty shadow T over O[1,2)
+    drop(snap);
+    check(vm, &[&p, &c]);
+    (p, c, a)
+}
+
+/// A fork whose first count is 0 and whose chain shortening then raises
+/// it. Only `settle`'s "moved" result makes the reservation recount here:
+/// the graph was never unlocked.
+#[test]
+fn fork_recounts_when_shortening_raises_a_zero_count() {
+    let vm = system();
+    let (p, c, a) = zero_count_raised_by_shortening(&vm);
     p.inherit(a, 2 * P, VmInherit::Copy).unwrap();
-    // eager count: X alone (0) + T shared but empty (0) = 0; bypassing X
-    // collapses O into T, which then holds page 1: the eager copy takes 1.
     let g = p.fork().unwrap();
     check(&vm, &[&p, &c, &g]);
     assert_eq!(peek(&g, a + P, 1), vec![7]);
@@ -488,21 +495,12 @@ fn fork_recounts_when_shortening_raises_a_zero_count() {
     assert_eq!(peek(&g, a + P, 1), vec![7], "the child's page is a copy");
 }
 
-/// The copy-in twin — `vm_read`'s first count is 0 and chain
-/// shortening raises it without the graph ever being unlocked.
+/// The copy-in twin: `vm_read`'s first count is 0 and chain shortening
+/// raises it without the graph ever being unlocked.
 #[test]
 fn copy_in_recounts_when_shortening_raises_a_zero_count() {
     let vm = system();
-    let p = vm.create_map().unwrap();
-    let a = p.allocate(0, 2 * P, true).unwrap();
-    p.write_bytes(a, &[7u8; 2 * 4096]).unwrap();
-    p.inherit(a, P, VmInherit::None).unwrap();
-    p.inherit(a + P, P, VmInherit::Share).unwrap();
-    let snap = vm_read(&p, a, 2 * P).unwrap();
-    p.write_bytes(a, &[1]).unwrap();
-    let c = p.fork().unwrap();
-    drop(snap);
-    check(&vm, &[&p, &c]);
+    let (p, c, a) = zero_count_raised_by_shortening(&vm);
     let s = vm_read(&p, a, 2 * P).unwrap();
     check(&vm, &[&p, &c]);
     c.write_bytes(a + P, &[9]).unwrap();
@@ -512,22 +510,14 @@ fn copy_in_recounts_when_shortening_raises_a_zero_count() {
     check(&vm, &[&p, &c]);
 }
 
-/// The same fork failing for lack of frames at each allocation:
-/// the settle it ran before its second count must change nothing visible.
+/// The same fork failing for lack of frames at each allocation: the
+/// shortening it ran before its second count changes nothing visible.
 #[test]
 fn a_fork_failing_after_shortening_changes_nothing_visible() {
     let mut failed = 0;
     for k in 1..8 {
         let vm = system();
-        let p = vm.create_map().unwrap();
-        let a = p.allocate(0, 2 * P, true).unwrap();
-        p.write_bytes(a, &[7u8; 2 * 4096]).unwrap();
-        p.inherit(a, P, VmInherit::None).unwrap();
-        p.inherit(a + P, P, VmInherit::Share).unwrap();
-        let snap = vm_read(&p, a, 2 * P).unwrap();
-        p.write_bytes(a, &[1]).unwrap();
-        let c = p.fork().unwrap();
-        drop(snap);
+        let (p, c, a) = zero_count_raised_by_shortening(&vm);
         p.inherit(a, 2 * P, VmInherit::Copy).unwrap();
         let _warm = (snapshot(&vm, &p), snapshot(&vm, &c));
         let before = (snapshot(&vm, &p), snapshot(&vm, &c));
