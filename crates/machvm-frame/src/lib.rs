@@ -21,14 +21,14 @@
 
 extern crate alloc;
 
+mod inject;
 #[allow(unsafe_code)]
 mod mem;
 mod reserve;
 mod sync;
+mod verify;
 
 use alloc::boxed::Box;
-use alloc::format;
-use alloc::string::String;
 use alloc::vec::Vec;
 use core::ops::Range;
 use core::sync::atomic::AtomicBool;
@@ -381,43 +381,6 @@ impl FrameAllocator {
         self.in_use[what.index()].load(Relaxed)
     }
 
-    /// Fault injection for tests: the `n`-th allocation from now (1 = the
-    /// next) fails with `ResourceShortage`; 0 turns injection off.
-    pub fn fail_nth_allocation(&self, n: u64) {
-        *self.fail_hook.lock() = None;
-        self.fail_countdown.store(n, Relaxed);
-    }
-
-    /// [`fail_nth_allocation`](Self::fail_nth_allocation), and the failing
-    /// allocation first runs `hook` (with injection already off, so the
-    /// hook's own allocations succeed): a test's way to put another
-    /// thread's work at an exact point inside a call.
-    pub fn fail_nth_allocation_with(&self, n: u64, hook: impl FnOnce() + Send + 'static) {
-        *self.fail_hook.lock() = Some(Box::new(hook));
-        self.fail_countdown.store(n, Relaxed);
-    }
-
-    /// Interleaving injection for tests: the next
-    /// [`reserve`](Self::reserve) of at least one frame first runs `hook`,
-    /// then reserves as usual. A multi-page call counts its frames under
-    /// its locks and reserves them with the object graph unlocked; the hook
-    /// is another thread's work placed exactly in that window. (Empty
-    /// reservations, made with the graph locked, do not run it.)
-    pub fn before_next_reserve(&self, hook: impl FnOnce() + Send + 'static) {
-        *self.reserve_hook.lock() = Some(Box::new(hook));
-        self.reserve_hooked.store(true, Relaxed);
-    }
-
-    /// Runs and clears the hook of [`before_next_reserve`](Self::before_next_reserve).
-    fn run_reserve_hook(&self) {
-        if self.reserve_hooked.swap(false, Relaxed) {
-            let hook = self.reserve_hook.lock().take();
-            if let Some(hook) = hook {
-                hook();
-            }
-        }
-    }
-
     /// Allocates one frame (contents unspecified). O(1).
     #[inline]
     pub fn alloc(&self, what: FrameUse) -> Result<PhysAddr, KernError> {
@@ -554,121 +517,6 @@ impl FrameAllocator {
             self.pages[next as usize].prev.store(prev, Relaxed);
         }
         b.counts[k as usize] -= 1;
-    }
-
-    /// Checks every invariant listed at the top of this module. O(frames);
-    /// for tests and debugging, at a quiet moment.
-    pub fn verify(&self) -> Result<(), String> {
-        let b = self.buddy.lock();
-        let bad = self.bad_frees.load(Relaxed);
-        if bad != 0 {
-            return Err(format!("{bad} invalid free(s) were attempted"));
-        }
-        let mut listed = 0u64;
-        for k in 0..=MAX_ORDER {
-            let mut n = 0;
-            let mut prev = NIL;
-            let mut cur = b.heads[k as usize];
-            while cur != NIL {
-                let p = self
-                    .pages
-                    .get(cur as usize)
-                    .ok_or("free-list link out of range")?;
-                if p.state() != FrameState::Free || u32::from(p.order.load(Relaxed)) != k {
-                    return Err(format!(
-                        "frame {cur} on free list {k} is not a free head of order {k}"
-                    ));
-                }
-                if cur as usize % (1 << k) != 0 {
-                    return Err(format!("free block {cur} misaligned for order {k}"));
-                }
-                if p.prev.load(Relaxed) != prev {
-                    return Err(format!("free list {k}: broken back link at {cur}"));
-                }
-                let buddy = cur as usize ^ (1 << k);
-                if k < MAX_ORDER
-                    && self.pages.get(buddy).is_some_and(|bp| {
-                        bp.state() == FrameState::Free && u32::from(bp.order.load(Relaxed)) == k
-                    })
-                {
-                    return Err(format!(
-                        "free buddies {cur} and {buddy} of order {k} not merged"
-                    ));
-                }
-                n += 1;
-                if n > self.pages.len() as u64 {
-                    return Err(format!("free list {k} has a cycle"));
-                }
-                prev = cur;
-                cur = p.next.load(Relaxed);
-            }
-            if n != b.counts[k as usize] {
-                return Err(format!(
-                    "free list {k}: {n} blocks, count says {}",
-                    b.counts[k as usize]
-                ));
-            }
-            listed += n << k;
-        }
-        if listed != self.free.load(Relaxed) {
-            return Err(format!(
-                "free lists hold {listed} frames, counter says {}",
-                self.free_frames()
-            ));
-        }
-        // Every frame belongs to exactly one block.
-        let mut used = [0u64; 3];
-        let mut i = 0;
-        while i < self.pages.len() {
-            let p = &self.pages[i];
-            let (state, order) = (p.state(), p.order.load(Relaxed));
-            let len = match state {
-                FrameState::Reserved => 1,
-                FrameState::Tail => return Err(format!("tail frame {i} without a head")),
-                _ if order == NOT_HEAD => {
-                    return Err(format!("frame {i} ({state:?}) is not a block head"));
-                }
-                _ => 1usize << order,
-            };
-            let tail_state = if state == FrameState::Free {
-                FrameState::Free
-            } else {
-                FrameState::Tail
-            };
-            for j in i + 1..i + len {
-                let t = self.pages.get(j).ok_or("block runs past the span")?;
-                if t.state() != tail_state
-                    || (state == FrameState::Free && t.order.load(Relaxed) != NOT_HEAD)
-                {
-                    return Err(format!(
-                        "frame {j} inside block {i} has state {:?}",
-                        t.state()
-                    ));
-                }
-            }
-            match state {
-                FrameState::Object => used[0] += len as u64,
-                FrameState::PageTable => used[1] += len as u64,
-                FrameState::Kernel => used[2] += len as u64,
-                _ => {}
-            }
-            i += len;
-        }
-        for (what, n) in [FrameUse::Object, FrameUse::PageTable, FrameUse::Kernel]
-            .into_iter()
-            .zip(used)
-        {
-            if self.frames_in_use(what) != n {
-                return Err(format!(
-                    "{what:?}: {n} frames in use, counter says {}",
-                    self.frames_in_use(what)
-                ));
-            }
-        }
-        if listed + used.iter().sum::<u64>() != self.managed {
-            return Err("free + used != managed".into());
-        }
-        Ok(())
     }
 }
 

@@ -1,0 +1,46 @@
+//! Fault and interleaving injection for tests: a failing allocation, or
+//! another thread's work placed at an exact point inside a call.
+
+use alloc::boxed::Box;
+use core::sync::atomic::Ordering::Relaxed;
+
+use crate::FrameAllocator;
+
+impl FrameAllocator {
+    /// Fault injection for tests: the `n`-th allocation from now (1 = the
+    /// next) fails with `ResourceShortage`; 0 turns injection off.
+    pub fn fail_nth_allocation(&self, n: u64) {
+        *self.fail_hook.lock() = None;
+        self.fail_countdown.store(n, Relaxed);
+    }
+
+    /// [`fail_nth_allocation`](Self::fail_nth_allocation), and the failing
+    /// allocation first runs `hook` (with injection already off, so the
+    /// hook's own allocations succeed): a test's way to put another
+    /// thread's work at an exact point inside a call.
+    pub fn fail_nth_allocation_with(&self, n: u64, hook: impl FnOnce() + Send + 'static) {
+        *self.fail_hook.lock() = Some(Box::new(hook));
+        self.fail_countdown.store(n, Relaxed);
+    }
+
+    /// Interleaving injection for tests: the next
+    /// [`reserve`](Self::reserve) of at least one frame first runs `hook`,
+    /// then reserves as usual. A multi-page call counts its frames under
+    /// its locks and reserves them with the object graph unlocked; the hook
+    /// is another thread's work placed exactly in that window. (Empty
+    /// reservations, made with the graph locked, do not run it.)
+    pub fn before_next_reserve(&self, hook: impl FnOnce() + Send + 'static) {
+        *self.reserve_hook.lock() = Some(Box::new(hook));
+        self.reserve_hooked.store(true, Relaxed);
+    }
+
+    /// Runs and clears the hook of [`before_next_reserve`](Self::before_next_reserve).
+    pub(crate) fn run_reserve_hook(&self) {
+        if self.reserve_hooked.swap(false, Relaxed) {
+            let hook = self.reserve_hook.lock().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+    }
+}
