@@ -1,0 +1,216 @@
+//! Operations over ranges and frames: protect/remove by range, one leaf at
+//! a time; finding a leaf; a frame's mappings and its modify/reference
+//! bits through the pv lists.
+
+use super::*;
+
+impl X86Pmap {
+    /// Applies `op` to every leaf of `pmap` in `[start, end)`.
+    pub(crate) fn range_op(
+        &self,
+        g: &mut Inner,
+        pmap: PmapId,
+        start: u64,
+        end: u64,
+        op: Op,
+        f: &mut TlbFlush,
+    ) {
+        let end = end.min(USER_MAX);
+        if start >= end {
+            return;
+        }
+        let Some(root) = g.space(pmap).map(|s| s.root) else {
+            return;
+        };
+        let mut acct = Acct::default();
+        self.range_op_in(g, pmap, root, 4, 0, start, end, op, f, &mut acct);
+        if let Some(s) = g.space(pmap) {
+            s.resident = (s.resident as i64 + acct.resident) as u64;
+            s.wired = (s.wired as i64 + acct.wired) as u64;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn range_op_in(
+        &self,
+        g: &mut Inner,
+        pmap: PmapId,
+        table: PhysAddr,
+        level: u32,
+        base: u64,
+        start: u64,
+        end: u64,
+        op: Op,
+        f: &mut TlbFlush,
+        acct: &mut Acct,
+    ) {
+        let span = 1u64 << shift(level);
+        let first = ((start - base) / span) as usize;
+        let last = ((end - 1 - base) / span) as usize;
+        for i in first..=last.min(ENTRIES - 1) {
+            let e = self.load(table, i);
+            if e & P == 0 {
+                continue;
+            }
+            let eva = base + i as u64 * span;
+            let (s, t) = (start.max(eva), end.min(eva + span));
+            let whole = s == eva && t == eva + span;
+            if level == 1 || (level == 2 && e & PS != 0 && whole) {
+                self.leaf_op(g, pmap, table, i, eva, level == 2, op, f, acct);
+                continue;
+            }
+            let child = if e & PS != 0 {
+                // Part of a large leaf: split it, or failing that, drop (or
+                // lower) the whole 2 MiB, which is always allowed of a cache.
+                match self.alloc_table() {
+                    Ok(t) => {
+                        self.demote_into(g, pmap, table, i, eva, t);
+                        t
+                    }
+                    Err(_) => {
+                        self.leaf_op(g, pmap, table, i, eva, true, op, f, acct);
+                        continue;
+                    }
+                }
+            } else {
+                PhysAddr(e & ADDR)
+            };
+            self.range_op_in(g, pmap, child, level - 1, eva, s, t, op, f, acct);
+            if self.use_count(child) == 0 {
+                self.store(table, i, 0);
+                self.add_use(table, -1);
+                f.defer_free(child);
+                f.add_page(pmap, VirtAddr(s));
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn leaf_op(
+        &self,
+        g: &mut Inner,
+        pmap: PmapId,
+        table: PhysAddr,
+        i: usize,
+        va: u64,
+        large: bool,
+        op: Op,
+        f: &mut TlbFlush,
+        acct: &mut Acct,
+    ) {
+        let e = self.load(table, i);
+        match op {
+            Op::Remove => {
+                // Atomically, so that a dirty bit the MMU sets meanwhile is
+                // not lost: it moves to the frame's metadata.
+                let e = self.mem().swap_u64(table + i as u64 * 8, 0);
+                if e & D != 0 {
+                    self.mark_dirty(PhysAddr(e & ADDR), large);
+                }
+                self.add_use(table, -1);
+                if e & MANAGED != 0 {
+                    self.pv_remove(
+                        g,
+                        PhysAddr(e & ADDR),
+                        PvEntry::new(pmap, VirtAddr(va), large),
+                    );
+                }
+                acct.resident -= if large { SMALL_PER_LARGE as i64 } else { 1 };
+                if e & WIRED != 0 {
+                    acct.wired -= 1;
+                }
+                f.add_page(pmap, VirtAddr(va));
+            }
+            Op::Lower { clear, set } => {
+                if (e & !clear) | set != e {
+                    // Read-modify-write atomically: the MMU may be setting
+                    // A/D in this entry at the same moment.
+                    let slot = table + i as u64 * 8;
+                    self.mem().fetch_and_u64(slot, !clear);
+                    self.mem().fetch_or_u64(slot, set);
+                    f.add_page(pmap, VirtAddr(va));
+                }
+            }
+        }
+    }
+
+    /// Records in the frame metadata that a translation being removed had
+    /// written the frame (all 512 frames of a large leaf).
+    pub(crate) fn mark_dirty(&self, pa: PhysAddr, large: bool) {
+        let n = if large { SMALL_PER_LARGE } else { 1 };
+        let base = PhysAddr(pa.0 & !((n << 12) - 1));
+        for k in 0..n {
+            if let Some(p) = self.frames.page(base + k * PAGE_SIZE) {
+                p.set_flags(machvm_frame::page_flags::DIRTY);
+            }
+        }
+    }
+
+    /// Finds the leaf entry for `va`: (table, index, entry, is_large).
+    pub(crate) fn find_leaf(
+        &self,
+        root: PhysAddr,
+        va: u64,
+    ) -> Option<(PhysAddr, usize, u64, bool)> {
+        if va >= USER_MAX {
+            return None;
+        }
+        let mut table = root;
+        for level in (1..=4).rev() {
+            let i = index(va, level);
+            let e = self.load(table, i);
+            if e & P == 0 {
+                return None;
+            }
+            if level == 1 || (level == 2 && e & PS != 0) {
+                return Some((table, i, e, level == 2));
+            }
+            table = PhysAddr(e & ADDR);
+        }
+        None
+    }
+
+    /// Every (pmap, 4 KiB va) mapping the frame `pa`.
+    pub(crate) fn mappings_of(&self, g: &Inner, pa: PhysAddr) -> Vec<(PmapId, VirtAddr)> {
+        let mut out = Vec::new();
+        if let Some(i) = self.frames.frame_index(pa) {
+            out.extend(
+                g.pv[i]
+                    .iter()
+                    .filter(|e| !e.large())
+                    .map(|e| (e.pmap(), e.va())),
+            );
+        }
+        let head = PhysAddr(pa.0 & !(LARGE_PAGE_SIZE - 1));
+        if let Some(i) = self.frames.frame_index(head) {
+            out.extend(
+                g.pv[i]
+                    .iter()
+                    .filter(|e| e.large())
+                    .map(|e| (e.pmap(), e.va() + (pa.page_base() - head))),
+            );
+        }
+        out
+    }
+
+    pub(crate) fn modify_bits(&self, pa: PhysAddr, bit: u64, clear: bool) -> (bool, TlbFlush) {
+        let mut g = self.inner.lock();
+        let mut any = false;
+        let mut f = TlbFlush::none();
+        for (pmap, va) in self.mappings_of(&g, pa) {
+            let Some(root) = g.space(pmap).map(|s| s.root) else {
+                continue;
+            };
+            if let Some((table, i, e, _)) = self.find_leaf(root, va.0) {
+                if e & bit != 0 {
+                    any = true;
+                    if clear {
+                        self.mem().fetch_and_u64(table + i as u64 * 8, !bit);
+                        f.add_page(pmap, va);
+                    }
+                }
+            }
+        }
+        (any, f)
+    }
+}

@@ -1,0 +1,186 @@
+//! Walking and building the tables: how many tables an enter needs, the
+//! descent that creates them, demotion of a 2 MiB leaf, and `enter_at`.
+
+use super::*;
+
+impl X86Pmap {
+    /// Number of new tables that entering a leaf at `leaf_level` for `va`
+    /// needs (a demotion counts as one).
+    pub(crate) fn tables_needed(&self, root: PhysAddr, va: u64, leaf_level: u32) -> usize {
+        let mut table = root;
+        for level in (leaf_level + 1..=4).rev() {
+            let e = self.load(table, index(va, level));
+            if e & P == 0 {
+                return (level - leaf_level) as usize;
+            }
+            if e & PS != 0 {
+                // A large leaf in the way of a small one: demote it.
+                return 1;
+            }
+            table = PhysAddr(e & ADDR);
+        }
+        0
+    }
+
+    /// Descends to the table at `leaf_level` for `va`, linking in the
+    /// preallocated `spare` tables where levels are missing.
+    pub(crate) fn descend(
+        &self,
+        g: &mut Inner,
+        pmap: PmapId,
+        root: PhysAddr,
+        va: u64,
+        leaf_level: u32,
+        spare: &mut ArrayVec<PhysAddr, 3>,
+    ) -> PhysAddr {
+        let mut table = root;
+        for level in (leaf_level + 1..=4).rev() {
+            let i = index(va, level);
+            let e = self.load(table, i);
+            table = if e & P == 0 {
+                let t = spare.pop().expect("tables_needed undercounted");
+                self.store(table, i, t.0 | TABLE);
+                self.add_use(table, 1);
+                t
+            } else if e & PS != 0 {
+                let t = spare.pop().expect("tables_needed undercounted");
+                self.demote_into(g, pmap, table, i, va & !(LARGE_PAGE_SIZE - 1), t);
+                t
+            } else {
+                PhysAddr(e & ADDR)
+            };
+        }
+        table
+    }
+
+    /// Replaces the 2 MiB leaf at `l2[i]` (mapping `base`) by the table `t`
+    /// holding the same 512 small translations.
+    pub(crate) fn demote_into(
+        &self,
+        g: &mut Inner,
+        pmap: PmapId,
+        l2: PhysAddr,
+        i: usize,
+        base: u64,
+        t: PhysAddr,
+    ) {
+        let e = self.load(l2, i);
+        let pa = PhysAddr(e & ADDR & !(LARGE_PAGE_SIZE - 1));
+        let flags = e & !(ADDR | PS) & !(1 << 12); // bit 12 is PAT in a large leaf
+        for k in 0..ENTRIES {
+            self.store(t, k, (pa.0 + k as u64 * PAGE_SIZE) | flags);
+        }
+        self.add_use(t, ENTRIES as i32);
+        if e & WIRED != 0 {
+            // One wired leaf becomes 512: the counter counts leaves.
+            if let Some(s) = g.space(pmap) {
+                s.wired += SMALL_PER_LARGE - 1;
+            }
+        }
+        if e & MANAGED != 0 {
+            self.pv_remove(g, pa, PvEntry::new(pmap, VirtAddr(base), true));
+            for k in 0..SMALL_PER_LARGE {
+                self.pv_add(
+                    g,
+                    pa + k * PAGE_SIZE,
+                    PvEntry::new(pmap, VirtAddr(base + k * PAGE_SIZE), false),
+                );
+            }
+        }
+        self.store(l2, i, t.0 | TABLE);
+    }
+
+    pub(crate) fn enter_at(
+        &self,
+        pmap: PmapId,
+        va: VirtAddr,
+        pa: PhysAddr,
+        prot: VmProt,
+        wired: bool,
+        large: bool,
+    ) -> Result<TlbFlush, KernError> {
+        let align = if large { LARGE_PAGE_SIZE } else { PAGE_SIZE };
+        if !va.is_aligned(align)
+            || !pa.is_aligned(align)
+            || va.0 >= USER_MAX
+            || va.0 + align > USER_MAX
+        {
+            return Err(KernError::InvalidArgument);
+        }
+        if prot.is_empty() {
+            let range = VaRange::new(va, va + align).ok_or(KernError::InvalidArgument)?;
+            return Ok(self.remove(pmap, range));
+        }
+        let mut f = TlbFlush::none();
+        #[cfg(test)]
+        self.run_race_hook();
+        let leaf_level = if large { 2 } else { 1 };
+        let mut g = self.inner.lock();
+        let root = g.space(pmap).ok_or(KernError::InvalidArgument)?.root;
+        if large && self.small_below(root, va.0) {
+            // Clear the small translations and the table sitting there, under
+            // the same lock as the new leaf: a 4 KiB enter racing this one
+            // either comes first and is cleared, or comes after and splits
+            // the new leaf.
+            self.range_op(&mut g, pmap, va.0, va.0 + align, Op::Remove, &mut f);
+        }
+        let mut spare = ArrayVec::<PhysAddr, 3>::new();
+        for _ in 0..self.tables_needed(root, va.0, leaf_level) {
+            match self.alloc_table() {
+                Ok(t) => spare.push(t),
+                Err(e) => {
+                    for t in spare {
+                        self.frames.free(t);
+                    }
+                    drop(g);
+                    self.flush(f);
+                    return Err(e);
+                }
+            }
+        }
+        let table = self.descend(&mut g, pmap, root, va.0, leaf_level, &mut spare);
+        debug_assert!(spare.is_empty());
+        let i = index(va.0, leaf_level);
+        let old = self.load(table, i);
+        let mut acct = Acct::default();
+        let mut new = self.leaf_flags(pa, prot, wired);
+        if large {
+            new |= PS;
+        }
+        if old & P != 0 {
+            // Replacing: drop the old translation's bookkeeping.
+            let old_pa = PhysAddr(old & ADDR);
+            if old & MANAGED != 0 {
+                self.pv_remove(&mut g, old_pa, PvEntry::new(pmap, va, large));
+            }
+            if old & WIRED != 0 {
+                acct.wired -= 1;
+            }
+            // Same frame, same or more rights: keep A/D, no flush needed.
+            let more_or_same = old_pa == pa && (old & RW) <= (new & RW) && (old & NX) >= (new & NX);
+            if more_or_same {
+                new |= old & (A | D);
+            } else {
+                f.add_page(pmap, va);
+            }
+        } else {
+            self.add_use(table, 1);
+            acct.resident += if large { SMALL_PER_LARGE as i64 } else { 1 };
+        }
+        if wired {
+            acct.wired += 1;
+        }
+        let prev = self.mem().swap_u64(table + i as u64 * 8, pa.0 | new);
+        if prev & P != 0 && prev & D != 0 && new & D == 0 {
+            // The replaced translation had written its frame.
+            self.mark_dirty(PhysAddr(prev & ADDR), large);
+        }
+        if new & MANAGED != 0 {
+            self.pv_add(&mut g, pa, PvEntry::new(pmap, va, large));
+        }
+        let s = g.space(pmap).expect("pmap vanished under its lock");
+        s.resident = (s.resident as i64 + acct.resident) as u64;
+        s.wired = (s.wired as i64 + acct.wired) as u64;
+        Ok(f)
+    }
+}
