@@ -1,0 +1,137 @@
+//! The Markdown summary.
+
+use super::*;
+
+pub(super) fn summary(i: &Input) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# machvm benchmarks\n");
+    let _ = writeln!(
+        s,
+        "{} · {} · {} profile · {} s · medians of one run (criterion)\n",
+        i.date,
+        i.machine,
+        if i.quick {
+            "quick (smoke test: short, noisy)"
+        } else {
+            "full"
+        },
+        i.seconds
+    );
+    let _ = writeln!(
+        s,
+        "machvm runs on the host x86_64 backend over simulated RAM; its fault \
+         figures are the handler alone (`VmMap::fault`, no trap). {}\n",
+        match i.linux.as_ref().and_then(|l| l.get("linux_release")) {
+            Some(r) => format!(
+                "Linux's figures were measured in this run by `linux-probe` on Linux {r} \
+                 (THP off for the probe's mappings, median of repeats): they include the \
+                 hardware trap, kernel entry and exit — machvm's do not."
+            ),
+            None => "Linux's figures are the issue's (not measured in this run; pass \
+                     `--vs-linux`); they include the hardware trap — machvm's do not."
+                .into(),
+        }
+    );
+    let _ = writeln!(
+        s,
+        "Copies of at most `SMALL_COPY_BYTES` ({} B) are byte copies, so the \
+         smallest virtual copies are not copy-on-write. The host `memcpy` is glibc's \
+         with `{MEMCPY_TUNABLE}` (unless `GLIBC_TUNABLES` was set): its `rep movsb` \
+         path runs at about 2 GB/s on this host.\n",
+        i.footprint("small_copy_bytes").unwrap_or(f64::NAN)
+    );
+    let _ = writeln!(
+        s,
+        "| Figure | machvm | Reference | Ratio | Target | Met? |\n|---|---|---|---|---|---|"
+    );
+    for r in main_rows(i) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.figure,
+            r.machvm,
+            r.reference,
+            r.ratio.map_or("—".into(), |x| format!("{x:.3}")),
+            r.target,
+            match r.met {
+                Some(true) => "**met**",
+                Some(false) => "**missed**",
+                None => "—",
+            }
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nHow the figures are taken: each copy, fork or fault starts from the same \
+         state (the source resident and writable), restored untimed between iterations. \
+         Eager copy: the same `vm_map_copy` with the destination 8 bytes off a page \
+         boundary, which forces bytes. Lookup: entries of 4 pages, timed per lookup \
+         under one lock per batch (`VmMap::lookup_many`); the sequential sweep visits \
+         every page in order, so the hint can hit 3 times in 4. `fork` per resident page: \
+         (t(1 entry, M pages) − t(1 entry, 0)) / M. Small-copy crossover: the smallest \
+         whole-page size from which copy-on-write stays cheaper; below \
+         `SMALL_COPY_BYTES` it is a least-squares line through the copy-on-write sizes; \
+         *suggests* is the size below it rounded down to a power of two (0: only \
+         sub-page copies as bytes)."
+    );
+    small_copy_table(&mut s, i);
+    fork_table(&mut s, i);
+    let _ = writeln!(
+        s,
+        "\n![copy time against size](copy.svg)\n\n## All medians\n\n| Benchmark | Median |\n|---|---|"
+    );
+    for (k, v) in &i.medians {
+        let _ = writeln!(s, "| `{k}` | {} |", fmt_ns(*v));
+    }
+    s
+}
+
+pub(super) fn small_copy_table(s: &mut String, i: &Input) {
+    let sizes = i.params("small_copy/transfer_bytes/");
+    if sizes.is_empty() {
+        return;
+    }
+    let threshold = i.footprint("small_copy_bytes").unwrap_or(8192.0) as u64;
+    let _ = writeln!(
+        s,
+        "\n## 6. `vm_read` + `copyout`, bytes against copy-on-write\n\n\
+         `vm_read` copies bytes up to `SMALL_COPY_BYTES` = {threshold} and is \
+         copy-on-write above; *bytes* is a byte copy at every size (`read_bytes`, \
+         `allocate`, `write_bytes`). *Cycle* adds what copy-on-write defers: the \
+         receiver reads each page, the sender writes each page while the copy \
+         lives, the receiver deallocates.\n\n\
+         | Size | transfer: vm_read | transfer: bytes | cycle: vm_read | cycle: bytes |\n\
+         |---|---|---|---|---|"
+    );
+    for size in sizes {
+        let cell = |id: &str| {
+            i.get(&format!("small_copy/{id}/{size}"))
+                .map_or("—".into(), fmt_ns)
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            fmt_bytes(size),
+            cell("transfer_vm_read"),
+            cell("transfer_bytes"),
+            cell("cycle_vm_read"),
+            cell("cycle_bytes"),
+        );
+    }
+}
+
+pub(super) fn fork_table(s: &mut String, i: &Input) {
+    let grid = fork_grid(i);
+    if grid.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n## 5. `fork` (entries × resident pages)\n\n| Entries | Resident pages | Time |\n|---|---|---|"
+    );
+    for (n, m) in grid {
+        if let Some(t) = i.get(&format!("fork/fork/n{n}_m{m}")) {
+            let _ = writeln!(s, "| {n} | {m} | {} |", fmt_ns(t));
+        }
+    }
+}
