@@ -301,3 +301,27 @@ fn on_demand_reservations_hold_what_they_ensure_and_return_the_rest() {
     assert_eq!(fa.free_frames(), 8);
     fa.verify().unwrap();
 }
+
+#[test]
+fn verify_names_each_broken_rule() {
+    use core::sync::atomic::Ordering::Relaxed;
+    let fa = hosted(8);
+    let pa = fa.alloc_order(1, FrameUse::Object).unwrap();
+    fa.verify().unwrap();
+    fa.free.fetch_add(1, Relaxed);
+    assert!(fa.verify().unwrap_err().contains("free lists hold"));
+    fa.free.fetch_sub(1, Relaxed);
+    fa.in_use[FrameUse::Object.index()].fetch_add(1, Relaxed);
+    assert!(fa.verify().unwrap_err().contains("frames in use"));
+    fa.in_use[FrameUse::Object.index()].fetch_sub(1, Relaxed);
+    // The block's tail made a head of its own: two blocks overlap.
+    let tail = fa.frame_index(pa + PAGE_SIZE).unwrap();
+    fa.pages[tail]
+        .state
+        .store(FrameState::Object as u8, Relaxed);
+    assert!(fa.verify().unwrap_err().contains("inside block"));
+    fa.pages[tail].state.store(FrameState::Tail as u8, Relaxed);
+    fa.verify().unwrap();
+    fa.free(pa);
+    fa.verify().unwrap();
+}

@@ -5,7 +5,7 @@ use alloc::format;
 use alloc::string::String;
 use core::sync::atomic::Ordering::Relaxed;
 
-use crate::{FrameAllocator, FrameState, FrameUse, MAX_ORDER, NIL, NOT_HEAD};
+use crate::{Buddy, FrameAllocator, FrameState, FrameUse, MAX_ORDER, NIL, NOT_HEAD};
 
 impl FrameAllocator {
     /// Checks every invariant listed at the top of this module. O(frames);
@@ -13,92 +13,101 @@ impl FrameAllocator {
     /// change under the lock it holds).
     pub fn verify(&self) -> Result<(), String> {
         let b = self.buddy.lock();
-        let bad = self.bad_frees.load(Relaxed);
-        if bad != 0 {
-            return Err(format!("{bad} invalid free(s) were attempted"));
-        }
+        self.check_no_invalid_free()?;
         let mut listed = 0u64;
         for k in 0..=MAX_ORDER {
-            let mut n = 0;
-            let mut prev = NIL;
-            let mut cur = b.heads[k as usize];
-            while cur != NIL {
-                let p = self
-                    .pages
-                    .get(cur as usize)
-                    .ok_or("free-list link out of range")?;
-                if p.state() != FrameState::Free || u32::from(p.order.load(Relaxed)) != k {
-                    return Err(format!(
-                        "frame {cur} on free list {k} is not a free head of order {k}"
-                    ));
-                }
-                if cur as usize % (1 << k) != 0 {
-                    return Err(format!("free block {cur} misaligned for order {k}"));
-                }
-                if p.prev.load(Relaxed) != prev {
-                    return Err(format!("free list {k}: broken back link at {cur}"));
-                }
-                let buddy = cur as usize ^ (1 << k);
-                if k < MAX_ORDER
-                    && self.pages.get(buddy).is_some_and(|bp| {
-                        bp.state() == FrameState::Free && u32::from(bp.order.load(Relaxed)) == k
-                    })
-                {
-                    return Err(format!(
-                        "free buddies {cur} and {buddy} of order {k} not merged"
-                    ));
-                }
-                n += 1;
-                if n > self.pages.len() as u64 {
-                    return Err(format!("free list {k} has a cycle"));
-                }
-                prev = cur;
-                cur = p.next.load(Relaxed);
-            }
-            if n != b.counts[k as usize] {
+            listed += self.check_free_list(&b, k)? << k;
+        }
+        self.check_free_counter(listed)?;
+        let used = self.check_blocks()?;
+        self.check_use_counters(used)?;
+        if listed + used.iter().sum::<u64>() != self.managed {
+            return Err("free + used != managed".into());
+        }
+        Ok(())
+    }
+
+    /// No invalid free (double free, foreign frame, a tail) was seen.
+    fn check_no_invalid_free(&self) -> Result<(), String> {
+        match self.bad_frees.load(Relaxed) {
+            0 => Ok(()),
+            bad => Err(format!("{bad} invalid free(s) were attempted")),
+        }
+    }
+
+    /// Free list `k` links free heads of order `k`, aligned to `2^k`, with
+    /// no free buddy of the same order beside them, and its count is right.
+    /// Returns its number of blocks.
+    fn check_free_list(&self, b: &Buddy, k: u32) -> Result<u64, String> {
+        let mut n = 0;
+        let mut prev = NIL;
+        let mut cur = b.heads[k as usize];
+        while cur != NIL {
+            let p = self
+                .pages
+                .get(cur as usize)
+                .ok_or("free-list link out of range")?;
+            if p.state() != FrameState::Free || u32::from(p.order.load(Relaxed)) != k {
                 return Err(format!(
-                    "free list {k}: {n} blocks, count says {}",
-                    b.counts[k as usize]
+                    "frame {cur} on free list {k} is not a free head of order {k}"
                 ));
             }
-            listed += n << k;
+            if cur as usize % (1 << k) != 0 {
+                return Err(format!("free block {cur} misaligned for order {k}"));
+            }
+            if p.prev.load(Relaxed) != prev {
+                return Err(format!("free list {k}: broken back link at {cur}"));
+            }
+            self.check_not_mergeable(cur as usize, k)?;
+            n += 1;
+            if n > self.pages.len() as u64 {
+                return Err(format!("free list {k} has a cycle"));
+            }
+            prev = cur;
+            cur = p.next.load(Relaxed);
         }
+        if n != b.counts[k as usize] {
+            return Err(format!(
+                "free list {k}: {n} blocks, count says {}",
+                b.counts[k as usize]
+            ));
+        }
+        Ok(n)
+    }
+
+    /// The free block at `idx` of order `k` has no free buddy of its order
+    /// (the two would have merged).
+    fn check_not_mergeable(&self, idx: usize, k: u32) -> Result<(), String> {
+        let buddy = idx ^ (1 << k);
+        let free_buddy = self.pages.get(buddy).is_some_and(|bp| {
+            bp.state() == FrameState::Free && u32::from(bp.order.load(Relaxed)) == k
+        });
+        if k < MAX_ORDER && free_buddy {
+            return Err(format!(
+                "free buddies {idx} and {buddy} of order {k} not merged"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The free counter equals the frames on the free lists.
+    fn check_free_counter(&self, listed: u64) -> Result<(), String> {
         if listed != self.free.load(Relaxed) {
             return Err(format!(
                 "free lists hold {listed} frames, counter says {}",
                 self.free_frames()
             ));
         }
-        // Every frame belongs to exactly one block.
+        Ok(())
+    }
+
+    /// Every frame belongs to exactly one block (or is a reserved hole).
+    /// Returns the frames in use for objects, page tables and the kernel.
+    fn check_blocks(&self) -> Result<[u64; 3], String> {
         let mut used = [0u64; 3];
         let mut i = 0;
         while i < self.pages.len() {
-            let p = &self.pages[i];
-            let (state, order) = (p.state(), p.order.load(Relaxed));
-            let len = match state {
-                FrameState::Reserved => 1,
-                FrameState::Tail => return Err(format!("tail frame {i} without a head")),
-                _ if order == NOT_HEAD => {
-                    return Err(format!("frame {i} ({state:?}) is not a block head"));
-                }
-                _ => 1usize << order,
-            };
-            let tail_state = if state == FrameState::Free {
-                FrameState::Free
-            } else {
-                FrameState::Tail
-            };
-            for j in i + 1..i + len {
-                let t = self.pages.get(j).ok_or("block runs past the span")?;
-                if t.state() != tail_state
-                    || (state == FrameState::Free && t.order.load(Relaxed) != NOT_HEAD)
-                {
-                    return Err(format!(
-                        "frame {j} inside block {i} has state {:?}",
-                        t.state()
-                    ));
-                }
-            }
+            let (state, len) = self.check_block_at(i)?;
             match state {
                 FrameState::Object => used[0] += len as u64,
                 FrameState::PageTable => used[1] += len as u64,
@@ -107,6 +116,43 @@ impl FrameAllocator {
             }
             i += len;
         }
+        Ok(used)
+    }
+
+    /// The block headed by frame `i`: a head, and tails of its kind up to
+    /// its length. Returns its state and length in frames.
+    fn check_block_at(&self, i: usize) -> Result<(FrameState, usize), String> {
+        let p = &self.pages[i];
+        let (state, order) = (p.state(), p.order.load(Relaxed));
+        let len = match state {
+            FrameState::Reserved => 1,
+            FrameState::Tail => return Err(format!("tail frame {i} without a head")),
+            _ if order == NOT_HEAD => {
+                return Err(format!("frame {i} ({state:?}) is not a block head"));
+            }
+            _ => 1usize << order,
+        };
+        let tail_state = if state == FrameState::Free {
+            FrameState::Free
+        } else {
+            FrameState::Tail
+        };
+        for j in i + 1..i + len {
+            let t = self.pages.get(j).ok_or("block runs past the span")?;
+            if t.state() != tail_state
+                || (state == FrameState::Free && t.order.load(Relaxed) != NOT_HEAD)
+            {
+                return Err(format!(
+                    "frame {j} inside block {i} has state {:?}",
+                    t.state()
+                ));
+            }
+        }
+        Ok((state, len))
+    }
+
+    /// The per-use counters equal the frames in blocks of that use.
+    fn check_use_counters(&self, used: [u64; 3]) -> Result<(), String> {
         for (what, n) in [FrameUse::Object, FrameUse::PageTable, FrameUse::Kernel]
             .into_iter()
             .zip(used)
@@ -117,9 +163,6 @@ impl FrameAllocator {
                     self.frames_in_use(what)
                 ));
             }
-        }
-        if listed + used.iter().sum::<u64>() != self.managed {
-            return Err("free + used != managed".into());
         }
         Ok(())
     }
