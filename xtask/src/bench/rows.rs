@@ -49,8 +49,19 @@ impl Row {
 }
 
 pub(super) fn main_rows(i: &Input) -> Vec<Row> {
+    let threshold = i.footprint("small_copy_bytes").unwrap_or(8192.0) as u64;
     let mut rows = Vec::new();
-    // 1. Virtual copy.
+    copy_rows(i, threshold, &mut rows);
+    fault_rows(i, &mut rows);
+    lookup_rows(i, &mut rows);
+    fork_rows(i, &mut rows);
+    crossover_rows(i, threshold, &mut rows);
+    size_rows(i, &mut rows);
+    rows
+}
+
+/// Figure 1. Virtual and eager copies against each other and `memcpy`.
+fn copy_rows(i: &Input, threshold: u64, rows: &mut Vec<Row>) {
     let untouched = i.params("copy/virtual_untouched/");
     if let (Some(&lo), Some(&hi)) = (untouched.first(), untouched.last())
         && let (Some(a), Some(b)) = (
@@ -71,7 +82,6 @@ pub(super) fn main_rows(i: &Input) -> Vec<Row> {
     }
     // The smallest sizes are byte copies (`SMALL_COPY_BYTES`); compare with
     // the smallest copy-on-write one too.
-    let threshold = i.footprint("small_copy_bytes").unwrap_or(8192.0) as u64;
     if let (Some(&lo), Some(&hi)) = (untouched.iter().find(|&&s| s > threshold), untouched.last())
         && lo < hi
         && let (Some(a), Some(b)) = (
@@ -130,7 +140,10 @@ pub(super) fn main_rows(i: &Input) -> Vec<Row> {
             None,
         ));
     }
-    // 2, 3. Faults.
+}
+
+/// Figure 2, 3. The fault handler against Linux's trapped faults.
+fn fault_rows(i: &Input, rows: &mut Vec<Row>) {
     for (n, name, id, key, issue) in [
         (
             2,
@@ -157,7 +170,10 @@ pub(super) fn main_rows(i: &Input) -> Vec<Row> {
             ));
         }
     }
-    // 4. Lookup.
+}
+
+/// Figure 4. Entry lookup against a `BTreeMap`.
+fn lookup_rows(i: &Input, rows: &mut Vec<Row>) {
     for n in i.params("lookup/machvm_random/") {
         for pattern in ["random", "sequential"] {
             let (Some(m), Some(b)) = (
@@ -187,7 +203,10 @@ pub(super) fn main_rows(i: &Input) -> Vec<Row> {
             });
         }
     }
-    // 5. Fork.
+}
+
+/// Figure 5. `fork` per resident page and per untouched entry.
+fn fork_rows(i: &Input, rows: &mut Vec<Row>) {
     let grid = fork_grid(i);
     if let (Some(&m_hi), Some(&n_hi)) = (
         grid.iter().map(|(_, m)| m).max(),
@@ -217,7 +236,10 @@ pub(super) fn main_rows(i: &Input) -> Vec<Row> {
             }
         }
     }
-    // 6. Small-copy crossover.
+}
+
+/// Figure 6. Where copy-on-write starts to beat bytes.
+fn crossover_rows(i: &Input, threshold: u64, rows: &mut Vec<Row>) {
     for scenario in ["transfer", "cycle"] {
         if let Some(c) = crossover(i, scenario, threshold) {
             rows.push(Row::info(
@@ -228,7 +250,10 @@ pub(super) fn main_rows(i: &Input) -> Vec<Row> {
             ));
         }
     }
-    // 7. Sizes.
+}
+
+/// Figure 7. Memory per frame, per entry and per resident page.
+fn size_rows(i: &Input, rows: &mut Vec<Row>) {
     if let Some(b) = i.footprint("vm_page_bytes") {
         rows.push(Row {
             figure: "7. Per-frame metadata (`VmPage`)".into(),
@@ -272,7 +297,6 @@ pub(super) fn main_rows(i: &Input) -> Vec<Row> {
             None,
         ));
     }
-    rows
 }
 
 /// (entries, resident pages) of every fork result.
