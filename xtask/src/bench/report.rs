@@ -2,8 +2,21 @@
 
 use super::*;
 
+/// The Markdown summary: the provenance, the main table, how the figures
+/// are taken, the small-copy and fork tables, and every median.
 pub(super) fn summary(i: &Input) -> String {
     let mut s = String::new();
+    intro(&mut s, i);
+    main_table(&mut s, i);
+    method(&mut s);
+    small_copy_table(&mut s, i);
+    fork_table(&mut s, i);
+    all_medians(&mut s, i);
+    s
+}
+
+/// Title, date, machine and what the figures include.
+fn intro(s: &mut String, i: &Input) {
     let _ = writeln!(s, "# machvm benchmarks\n");
     let _ = writeln!(
         s,
@@ -40,6 +53,10 @@ pub(super) fn summary(i: &Input) -> String {
          path runs at about 2 GB/s on this host.\n",
         i.footprint("small_copy_bytes").unwrap_or(f64::NAN)
     );
+}
+
+/// The main table: one row per figure.
+fn main_table(s: &mut String, i: &Input) {
     let _ = writeln!(
         s,
         "| Figure | machvm | Reference | Ratio | Target | Met? |\n|---|---|---|---|---|---|"
@@ -60,6 +77,10 @@ pub(super) fn summary(i: &Input) -> String {
             }
         );
     }
+}
+
+/// How the figures are taken.
+fn method(s: &mut String) {
     let _ = writeln!(
         s,
         "\nHow the figures are taken: each copy, fork or fault starts from the same \
@@ -74,8 +95,10 @@ pub(super) fn summary(i: &Input) -> String {
          *suggests* is the size below it rounded down to a power of two (0: only \
          sub-page copies as bytes)."
     );
-    small_copy_table(&mut s, i);
-    fork_table(&mut s, i);
+}
+
+/// The plot's link and every median.
+fn all_medians(s: &mut String, i: &Input) {
     let _ = writeln!(
         s,
         "\n![copy time against size](copy.svg)\n\n## All medians\n\n| Benchmark | Median |\n|---|---|"
@@ -83,7 +106,6 @@ pub(super) fn summary(i: &Input) -> String {
     for (k, v) in &i.medians {
         let _ = writeln!(s, "| `{k}` | {} |", fmt_ns(*v));
     }
-    s
 }
 
 pub(super) fn small_copy_table(s: &mut String, i: &Input) {
