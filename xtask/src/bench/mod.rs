@@ -53,21 +53,10 @@ const ISSUE_ZERO_FILL_NS: f64 = 3000.0;
 
 /// `cargo xtask bench [--quick] [--vs-linux]`.
 pub(crate) fn bench(rest: &[String]) -> bool {
-    let (mut quick, mut vs_linux) = (false, false);
-    for a in rest {
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--vs-linux" => vs_linux = true,
-            "-h" | "--help" => {
-                eprintln!("usage: cargo xtask bench [--quick] [--vs-linux]\n{USAGE}");
-                return true;
-            }
-            other => {
-                eprintln!("xtask bench: unknown option {other}\n{USAGE}");
-                return false;
-            }
-        }
-    }
+    let (quick, vs_linux) = match options(rest) {
+        Ok(o) => o,
+        Err(done) => return done,
+    };
     let started = Instant::now();
     let root = workspace_root();
     let target = root.join("target").join("bench");
@@ -84,31 +73,11 @@ pub(crate) fn bench(rest: &[String]) -> bool {
         target: &target,
         quick,
     };
-    if !run.cargo(&["bench", "-p", "machvm-benches", "--bench", "vm"]) {
-        eprintln!("xtask bench: the criterion suite failed");
-        return false;
-    }
-    let Some(footprint) = run.bin("machvm-footprint") else {
+    let Some((footprint, linux)) = run.all(vs_linux) else {
         return false;
     };
-    let linux = if vs_linux {
-        match run.bin("linux-probe") {
-            Some(l) => Some(l),
-            None => return false,
-        }
-    } else {
-        None
-    };
-    let medians = match read_medians(&criterion_dir) {
-        Ok(m) if !m.is_empty() => m,
-        Ok(_) => {
-            eprintln!("xtask bench: no results in {}", criterion_dir.display());
-            return false;
-        }
-        Err(e) => {
-            eprintln!("xtask bench: reading results: {e}");
-            return false;
-        }
+    let Some(medians) = medians_in(&criterion_dir) else {
+        return false;
     };
     let input = Input {
         medians,
@@ -119,10 +88,50 @@ pub(crate) fn bench(rest: &[String]) -> bool {
         date: today(),
         seconds: started.elapsed().as_secs(),
     };
-    let out = root.join("target").join("machvm-bench");
-    let summary = summary(&input);
+    write_report(&root.join("target").join("machvm-bench"), &input)
+}
+
+/// `(quick, vs_linux)` from the command line, or the task's result when
+/// there is nothing to run: `true` after `--help`, `false` on a bad option.
+fn options(rest: &[String]) -> Result<(bool, bool), bool> {
+    let (mut quick, mut vs_linux) = (false, false);
+    for a in rest {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--vs-linux" => vs_linux = true,
+            "-h" | "--help" => {
+                eprintln!("usage: cargo xtask bench [--quick] [--vs-linux]\n{USAGE}");
+                return Err(true);
+            }
+            other => {
+                eprintln!("xtask bench: unknown option {other}\n{USAGE}");
+                return Err(false);
+            }
+        }
+    }
+    Ok((quick, vs_linux))
+}
+
+/// Criterion's medians in `dir`, or `None` (reported) when there are none.
+fn medians_in(dir: &Path) -> Option<BTreeMap<String, f64>> {
+    match read_medians(dir) {
+        Ok(m) if !m.is_empty() => Some(m),
+        Ok(_) => {
+            eprintln!("xtask bench: no results in {}", dir.display());
+            None
+        }
+        Err(e) => {
+            eprintln!("xtask bench: reading results: {e}");
+            None
+        }
+    }
+}
+
+/// Writes `summary.md` and `copy.svg` into `out` and prints the summary.
+fn write_report(out: &Path, input: &Input) -> bool {
+    let summary = summary(input);
     let svg = copy_svg(&input.medians);
-    let written = std::fs::create_dir_all(&out)
+    let written = std::fs::create_dir_all(out)
         .and_then(|()| std::fs::write(out.join("summary.md"), &summary))
         .and_then(|()| std::fs::write(out.join("copy.svg"), &svg));
     if let Err(e) = written {
@@ -138,6 +147,9 @@ pub(crate) fn bench(rest: &[String]) -> bool {
     true
 }
 
+/// A helper binary's `key=value` output.
+type KeyValues = BTreeMap<String, String>;
+
 /// Runs cargo with the bench target directory and profile environment.
 struct Runner<'a> {
     root: &'a Path,
@@ -146,6 +158,22 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
+    /// Runs the criterion suite, the footprint binary and, with
+    /// `vs_linux`, the Linux probe; their key=value outputs.
+    fn all(&self, vs_linux: bool) -> Option<(KeyValues, Option<KeyValues>)> {
+        if !self.cargo(&["bench", "-p", "machvm-benches", "--bench", "vm"]) {
+            eprintln!("xtask bench: the criterion suite failed");
+            return None;
+        }
+        let footprint = self.bin("machvm-footprint")?;
+        let linux = if vs_linux {
+            Some(self.bin("linux-probe")?)
+        } else {
+            None
+        };
+        Some((footprint, linux))
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env_cargo());
         c.args(args)
