@@ -36,7 +36,8 @@ impl FrameAllocator {
 
     /// Runs and clears the hook of [`before_next_reserve`](Self::before_next_reserve).
     pub(crate) fn run_reserve_hook(&self) {
-        if self.reserve_hooked.swap(false, Relaxed) {
+        // A plain load first: the common path takes no read-modify-write.
+        if self.reserve_hooked.load(Relaxed) && self.reserve_hooked.swap(false, Relaxed) {
             let hook = self.reserve_hook.lock().take();
             if let Some(hook) = hook {
                 hook();
