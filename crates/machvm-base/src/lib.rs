@@ -299,6 +299,82 @@ impl VaRange {
         })
     }
 
+    /// Validates a data-moving call's byte range `[addr, addr + len)` (the
+    /// rule `read_bytes`, `write_bytes` and the copy family share):
+    /// `Ok(None)` for length 0, else the pages it touches, which must lie
+    /// in a task map; `InvalidAddress` when it overflows, rounds past
+    /// `u64::MAX` or leaves the task map.
+    ///
+    /// ```
+    /// use machvm_base::{KernError, VaRange, USER_MAX};
+    /// assert_eq!(VaRange::of_data(0x1000, 0), Ok(None));
+    /// assert_eq!(VaRange::of_data(0x1ff0, 0x20).unwrap().unwrap().pages(), 2);
+    /// assert_eq!(VaRange::of_data(USER_MAX - 1, 2), Err(KernError::InvalidAddress));
+    /// ```
+    pub const fn of_data(addr: u64, len: u64) -> Result<Option<VaRange>, KernError> {
+        if len == 0 {
+            return Ok(None);
+        }
+        match VaRange::round_out(addr, len) {
+            Some(r) if r.is_user() => Ok(Some(r)),
+            _ => Err(KernError::InvalidAddress),
+        }
+    }
+
+    /// The pages both ranges hold; `None` when they share none.
+    pub const fn intersect(&self, other: &VaRange) -> Option<VaRange> {
+        let start = if self.start.0 > other.start.0 {
+            self.start
+        } else {
+            other.start
+        };
+        let end = if self.end.0 < other.end.0 {
+            self.end
+        } else {
+            other.end
+        };
+        if start.0 < end.0 {
+            Some(VaRange { start, end })
+        } else {
+            None
+        }
+    }
+
+    /// The parts of `self` below and above `inner`, a range within it
+    /// (either part may be empty).
+    pub const fn split_around(&self, inner: &VaRange) -> (VaRange, VaRange) {
+        let mid_start = if inner.start.0 > self.start.0 {
+            inner.start
+        } else {
+            self.start
+        };
+        let mid_end = if inner.end.0 < self.end.0 {
+            inner.end
+        } else {
+            self.end
+        };
+        let below_end = if mid_start.0 < self.end.0 {
+            mid_start
+        } else {
+            self.end
+        };
+        let above_start = if mid_end.0 > below_end.0 {
+            mid_end
+        } else {
+            below_end
+        };
+        (
+            VaRange {
+                start: self.start,
+                end: below_end,
+            },
+            VaRange {
+                start: above_start,
+                end: self.end,
+            },
+        )
+    }
+
     /// First address.
     #[inline]
     pub const fn start(&self) -> VirtAddr {
@@ -355,6 +431,27 @@ impl fmt::Debug for VaRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn r(s: u64, e: u64) -> VaRange {
+        VaRange::new(VirtAddr(s), VirtAddr(e)).unwrap()
+    }
+
+    #[test]
+    fn intersect_and_split_around() {
+        assert_eq!(
+            r(0x1000, 0x5000).intersect(&r(0x3000, 0x9000)),
+            Some(r(0x3000, 0x5000))
+        );
+        assert_eq!(r(0x1000, 0x3000).intersect(&r(0x3000, 0x9000)), None);
+        assert_eq!(r(0x1000, 0x1000).intersect(&r(0, 0x9000)), None);
+        let (lo, hi) = r(0x1000, 0x8000).split_around(&r(0x3000, 0x5000));
+        assert_eq!((lo, hi), (r(0x1000, 0x3000), r(0x5000, 0x8000)));
+        // `inner` reaching past either end leaves that part empty.
+        let (lo, hi) = r(0x2000, 0x4000).split_around(&r(0x1000, 0x3000));
+        assert_eq!((lo.len(), hi), (0, r(0x3000, 0x4000)));
+        let (lo, hi) = r(0x2000, 0x4000).split_around(&r(0x3000, 0x9000));
+        assert_eq!((lo, hi.len()), (r(0x2000, 0x3000), 0));
+    }
 
     #[test]
     fn codes_match_mach() {

@@ -15,7 +15,7 @@ use machvm_object::{Hold, Objects};
 use machvm_pmap::Access;
 
 use crate::fault::Enter;
-use crate::ops::{check_access, data_range};
+use crate::ops::check_access;
 use crate::{MapInner, VmMap};
 
 impl VmMap {
@@ -24,7 +24,7 @@ impl VmMap {
     /// `ProtectionFailure`), pages are faulted in through the pmap's walker,
     /// and on any error no byte moves.
     pub fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> Result<(), KernError> {
-        let Some(r) = data_range(addr, buf.len() as u64)? else {
+        let Some(r) = VaRange::of_data(addr, buf.len() as u64)? else {
             return Ok(());
         };
         let mut m = self.0.inner.lock();
@@ -40,7 +40,7 @@ impl VmMap {
     /// resolved, pages zero-filled on demand); checked first like
     /// [`read_bytes`](Self::read_bytes), and on any error no byte moves.
     pub fn write_bytes(&self, addr: u64, data: &[u8]) -> Result<(), KernError> {
-        let Some(r) = data_range(addr, data.len() as u64)? else {
+        let Some(r) = VaRange::of_data(addr, data.len() as u64)? else {
             return Ok(());
         };
         let mut m = self.0.inner.lock();
@@ -108,7 +108,7 @@ impl VmMap {
 /// frames with the graph unlocked (the caller's maps stay locked). For
 /// calls whose count no chain shortening can change; see
 /// [`reserve_settled`].
-pub(crate) fn reserve<'c>(
+pub fn reserve<'c>(
     objs: Objects<'c>,
     count: impl FnMut(&Objects<'c>) -> u64,
 ) -> Result<(Objects<'c>, FrameReservation<'c>), KernError> {
@@ -126,7 +126,7 @@ pub(crate) fn reserve<'c>(
 /// anything moved; a count is retaken only when something moved or the
 /// graph was unlocked. Returns the graph locked again with the count
 /// covered.
-pub(crate) fn reserve_settled<'c>(
+pub fn reserve_settled<'c>(
     mut objs: Objects<'c>,
     mut settle: impl FnMut(&mut Objects<'c>) -> bool,
     mut count: impl FnMut(&Objects<'c>) -> u64,

@@ -14,13 +14,13 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use machvm_base::{KernError, PAGE_SHIFT, VmInherit, VmProt};
+use machvm_base::{KernError, PAGE_SHIFT, VmInherit};
 use machvm_frame::FrameReservation;
 use machvm_object::{Hold, Holder, Objects};
 use machvm_pmap::TlbFlush;
 
 use crate::data::reserve_settled;
-use crate::{Entry, MapInner, VmMap, page_range, release_entries};
+use crate::{Entry, MapInner, VmMap, release_entries};
 
 /// The handles fork's `Copy` entries hold.
 fn copied(m: &MapInner) -> impl Iterator<Item = &Hold> {
@@ -117,7 +117,6 @@ impl VmMap {
         frames: &mut FrameReservation<'_>,
         flush: &mut TlbFlush,
     ) -> Result<BTreeMap<u64, Entry>, KernError> {
-        let pm = self.0.ctx.pmap();
         let mut out: Vec<(u64, Entry)> = Vec::new();
         for (&start, e) in m.entries.iter_mut() {
             let hold = match e.inheritance {
@@ -129,24 +128,17 @@ impl VmMap {
                     objs.make_writable(h, self.0.id);
                     Some(objs.share(h, Holder::Direct { map: child }))
                 }
-                VmInherit::Copy => match &e.object {
-                    None => None,
-                    Some(h) => match objs.cow_share(h, Holder::NeedsCopy { map: child }, frames) {
-                        Ok(c) => {
-                            if c.write_protect {
-                                let range = page_range(start, e.end);
-                                let prot = e.protection - VmProt::WRITE;
-                                flush.merge(pm.protect(self.0.pmap, range, prot));
-                            }
-                            Some(c.hold)
-                        }
+                VmInherit::Copy => {
+                    let holder = Holder::NeedsCopy { map: child };
+                    match self.cow_reference(objs, (start, e), holder, frames, flush) {
+                        Ok(hold) => hold,
                         Err(err) => {
                             // Unreachable with the frames reserved.
                             release_entries(objs, out.into_iter());
                             return Err(err);
                         }
-                    },
-                },
+                    }
+                }
             };
             out.push((start, Entry::like(e, e.end, hold)));
         }

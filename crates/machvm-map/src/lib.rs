@@ -37,7 +37,7 @@
 
 extern crate alloc;
 
-mod copy;
+mod boundary;
 mod data;
 mod entries;
 mod fault;
@@ -57,7 +57,8 @@ use machvm_base::{
 use machvm_object::{AuditEntries, Hold, Objects, VmAudit, VmContext};
 use machvm_pmap::PmapId;
 
-pub use copy::{SMALL_COPY_BYTES, VmMapCopy, vm_copy, vm_map_copy, vm_read, vm_write};
+pub use boundary::{CowSpan, MapGuard, MapPair};
+pub use data::{reserve, reserve_settled};
 pub use machvm_pmap::Access;
 
 use entries::LookupIndex;

@@ -25,19 +25,6 @@ fn mgmt_range(addr: u64, size: u64) -> Result<Option<VaRange>, KernError> {
     Ok(Some(r))
 }
 
-/// Validates a data-moving call's byte range `[addr, addr + len)`: `Ok(None)`
-/// for length 0, the rounded-out page range otherwise.
-pub(crate) fn data_range(addr: u64, len: u64) -> Result<Option<VaRange>, KernError> {
-    if len == 0 {
-        return Ok(None);
-    }
-    let r = VaRange::round_out(addr, len).ok_or(KernError::InvalidAddress)?;
-    if !r.is_user() {
-        return Err(KernError::InvalidAddress);
-    }
-    Ok(Some(r))
-}
-
 impl VmMap {
     /// `vm_allocate`: zero-filled memory of `size` bytes (rounded out) at
     /// `addr`, or with `anywhere` at the lowest free range at or above `addr`.

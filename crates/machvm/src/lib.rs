@@ -26,7 +26,7 @@
 //!
 //! The layers below are crates of their own, usable one by one:
 //! `machvm-base`, `machvm-frame`, `machvm-pmap`, `machvm-pmap-x86_64`,
-//! `machvm-object`, `machvm-map`.
+//! `machvm-object`, `machvm-map`, `machvm-copy`.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -37,9 +37,8 @@ use alloc::sync::Arc;
 use core::sync::atomic::Ordering::Relaxed;
 
 pub use machvm_base::{KernError, PAGE_SIZE, VmInherit, VmProt};
-pub use machvm_map::{
-    Access, RegionInfo, SMALL_COPY_BYTES, VmMap, VmMapCopy, vm_copy, vm_map_copy, vm_read, vm_write,
-};
+pub use machvm_copy::{SMALL_COPY_BYTES, VmMapCopy, vm_copy, vm_map_copy, vm_read, vm_write};
+pub use machvm_map::{Access, RegionInfo, VmMap};
 
 use machvm_frame::{FrameAllocator, FrameUse};
 pub use machvm_object::VmAudit;

@@ -7,6 +7,8 @@ use machvm_base::{KernError, PAGE_SIZE};
 use machvm_frame::FrameAllocator;
 use machvm_pmap_x86_64::X86Pmap;
 
+mod boundary;
+
 const P: u64 = PAGE_SIZE;
 
 fn ctx(frames: u64) -> Arc<VmContext> {

@@ -1,61 +1,58 @@
-//! The copy family: copy objects, `vm_read`, `vm_write`, `vm_copy` and
-//! `vm_map_copy` (SPEC §4).
+//! The copy API: copy objects and `vm_map_copy`, `vm_read`, `vm_write`,
+//! `vm_copy` (SPEC §4), built on the locked-map primitives `machvm-map`
+//! exposes ([`MapGuard`](machvm_map::MapGuard),
+//! [`MapPair`](machvm_map::MapPair)).
 //!
 //! Everything is built from three steps, as in Mach 3:
 //! - *copy-in* snapshots a source range into a [`VmMapCopy`]: the partial
-//!   pages at its edges as bytes, the whole pages between them as holds on
-//!   the source objects' windows, copy-on-write. The source entries are
-//!   clipped to those pages first, so exactly the pages copied become
+//!   pages at its edges as bytes, the whole pages between them as
+//!   copy-on-write references to the source objects' windows
+//!   ([`MapGuard::extract`](machvm_map::MapGuard::extract)), so exactly the pages copied become
 //!   copy-on-write (and lose `WRITE` in the pmap only);
 //! - *overwrite* replaces an allocated, writable destination range with a
-//!   copy: whole pages at equal page offset become copy-on-write holds that
-//!   keep the destination's protection, maximum and inheritance; the rest is
-//!   written as bytes;
+//!   copy: whole pages at equal page offset become copy-on-write pages that
+//!   keep the destination's protection, maximum and inheritance
+//!   ([`MapGuard::replace`](machvm_map::MapGuard::replace)); the rest is stored as bytes;
 //! - *copy-out* allocates a fresh range anywhere and overwrites it.
 //!
-//! Because copy-in completes before anything is written, an overlapping copy
-//! within one map behaves like `memmove`, and a copy back onto its own source
-//! is a no-op. Every call validates everything first (SPEC §4 rule 8), then
-//! counts and reserves every frame it can need; after that nothing can fail.
+//! Because copy-in completes before anything is written, an overlapping
+//! copy within one map behaves like `memmove`, and a copy back onto its own
+//! source is a no-op. Every call validates everything first (SPEC §4 rule
+//! 8), then counts and reserves every frame it can need; after that nothing
+//! can fail.
+//!
+//! Locking: the maps first (two in id order, by
+//! [`MapPair`](machvm_map::MapPair)), then the
+//! object graph. A [`VmMapCopy`] holds no lock; dropping one takes the
+//! graph's lock to give its references back.
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+mod calls;
+mod steps;
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use arrayvec::ArrayVec;
 
-use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, VaRange, VmProt, round_page, trunc_page};
-use machvm_frame::FrameReservation;
-use machvm_object::{Hold, Holder, Objects, VmContext};
-use machvm_pmap::{Access, TlbFlush};
-
-use crate::data::{for_each_page_piece, frames_in, reserve, reserve_settled};
-use crate::ops::{check_access, data_range};
-use crate::{Entry, MapInner, VmMap, page_range};
-
-mod calls;
-mod transfer;
+use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, VaRange, VirtAddr, round_page, trunc_page};
+use machvm_map::{CowSpan, VmMap, reserve};
+use machvm_object::{Objects, VmContext};
 
 pub use calls::{vm_copy, vm_map_copy, vm_read, vm_write};
-use transfer::*;
 
 /// Copies of at most this many bytes are taken physically, as bytes, rather
 /// than copy-on-write (XNU's `msg_ool_size_small` plays the same part).
 ///
-/// Measured by `cargo xtask bench` (benchmark 6, 2-core EPYC VM): for the
-/// transfer alone (`vm_read` + `copyout`) copy-on-write is cheaper even at
-/// one page (about 1.2 µs at any size against 3 µs for one page of bytes).
-/// Over the whole cycle — the receiver reads every page and the sender
-/// writes every page while the copy lives — bytes win below 2 pages (first
-/// run) to 8 pages (after the byte path got faster). One page keeps the
-/// cheap transfer for everything larger, since most copies are not fully
-/// rewritten on both sides; re-measure when the byte path changes.
+/// Measured by `cargo xtask bench` (the small-copy figures, 2-core EPYC
+/// VM): for the transfer alone (`vm_read` + `copyout`) copy-on-write is
+/// cheaper even at one page. Over the whole cycle — the receiver reads
+/// every page and the sender writes every page while the copy lives —
+/// bytes win below 2 to 8 pages. One page keeps the cheap transfer for
+/// everything larger, since most copies are not fully rewritten on both
+/// sides; re-measure when the byte path changes.
 pub const SMALL_COPY_BYTES: u64 = PAGE_SIZE;
-
-/// A copy-on-write hold on `pages` pages of an object (or, with no hold, a
-/// range of untouched zero-fill memory).
-struct CopyEntry {
-    hold: Option<Hold>,
-    pages: u64,
-}
 
 /// A snapshot of a range of memory (Mach 3's `vm_map_copy_t`): made by
 /// [`vm_read`], consumed by [`vm_write`] or [`VmMapCopy::copyout`]. Dropping
@@ -66,7 +63,7 @@ pub struct VmMapCopy {
     offset: u64,
     len: u64,
     head: Vec<u8>,
-    entries: Vec<CopyEntry>,
+    spans: Vec<CowSpan>,
     tail: Vec<u8>,
 }
 
@@ -98,8 +95,9 @@ impl Layout {
         }
     }
 
-    fn has_middle(&self) -> bool {
-        self.head_end < self.mid_end
+    /// The whole pages, copied copy-on-write (empty when none).
+    fn middle(&self) -> VaRange {
+        VaRange::new(VirtAddr(self.head_end), VirtAddr(self.mid_end)).unwrap_or_default()
     }
 }
 
@@ -120,7 +118,7 @@ impl VmMapCopy {
     }
 
     fn middle_bytes(&self) -> u64 {
-        self.entries.iter().map(|e| e.pages).sum::<u64>() << PAGE_SHIFT
+        self.spans.iter().map(|e| e.pages).sum::<u64>() << PAGE_SHIFT
     }
 
     fn empty(ctx: &Arc<VmContext>) -> VmMapCopy {
@@ -129,14 +127,14 @@ impl VmMapCopy {
             offset: 0,
             len: 0,
             head: Vec::new(),
-            entries: Vec::new(),
+            spans: Vec::new(),
             tail: Vec::new(),
         }
     }
 
-    /// Gives back every hold, through the caller's locked graph.
+    /// Gives back every reference, through the caller's locked graph.
     fn release_into(&mut self, objs: &mut Objects<'_>) {
-        for e in self.entries.drain(..) {
+        for e in self.spans.drain(..) {
             if let Some(h) = e.hold {
                 objs.release(h);
             }
@@ -169,7 +167,7 @@ impl VmMapCopy {
     /// Reads from the whole pages, at byte `rel` of them, up to the end of
     /// that page; returns the bytes read.
     fn read_middle(&self, objs: &Objects<'_>, mut rel: u64, out: &mut [u8]) -> usize {
-        for e in &self.entries {
+        for e in &self.spans {
             let bytes = e.pages << PAGE_SHIFT;
             if rel >= bytes {
                 rel -= bytes;
@@ -196,35 +194,38 @@ impl VmMapCopy {
         let Some(size) = round_page(self.offset + self.len) else {
             return Err((KernError::NoSpace, self));
         };
-        let mut m = map.0.inner.lock();
-        let Some(start) = m.find_space(0, size) else {
+        let mut m = map.lock();
+        let Some(r) = m.find_space(size).and_then(|s| VaRange::round_out(s, size)) else {
             drop(m);
             return Err((KernError::NoSpace, self));
         };
-        let dst = start + self.offset;
-        // The fresh range is untouched: each page written as bytes takes one.
-        let n: u64 = byte_pieces(dst, &self, true)
+        let dst = r.start().0 + self.offset;
+        // The fresh range is untouched: each page stored as bytes takes one.
+        let n: u64 = steps::byte_pieces(dst, &self, true)
             .iter()
-            .map(|&(d, _, k)| VaRange::round_out(d, k).map_or(0, |r| r.len() >> PAGE_SHIFT))
+            .map(|&(d, _, k)| VaRange::round_out(d, k).map_or(0, |r| r.pages()))
             .sum();
-        let (mut objs, mut frames) = match reserve(map.0.ctx.objects(), |_| n) {
+        let (mut objs, mut frames) = match reserve(map.context().objects(), |_| n) {
             Ok(x) => x,
             Err(e) => {
                 drop(m);
                 return Err((e, self));
             }
         };
-        m.insert(start, Entry::new_anon(start + size));
-        match map.overwrite(&mut m, &mut objs, dst, &mut self, &mut frames) {
+        if let Err(e) = m.insert_zero_fill(r) {
+            // Unreachable: `find_space` found the range free.
+            drop((frames, objs, m));
+            return Err((e, self));
+        }
+        match steps::overwrite(&mut m, &mut objs, dst, &mut self, &mut frames) {
             Ok(()) => {
                 self.release_into(&mut objs);
                 Ok(dst)
             }
             Err(e) => {
-                map.remove_locked(&mut m, &mut objs, page_range(start, start + size));
-                drop(frames);
-                drop(objs);
-                drop(m);
+                // Unreachable with the frames reserved.
+                m.remove(&mut objs, r);
+                drop((frames, objs, m));
                 Err((e, self))
             }
         }
@@ -252,7 +253,7 @@ impl core::fmt::Debug for VmMapCopy {
 
 impl Drop for VmMapCopy {
     fn drop(&mut self) {
-        if self.entries.iter().any(|e| e.hold.is_some()) {
+        if self.spans.iter().any(|e| e.hold.is_some()) {
             let ctx = self.ctx.clone();
             self.release_into(&mut ctx.objects());
         }

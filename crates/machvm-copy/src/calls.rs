@@ -1,26 +1,29 @@
 //! The SPEC §4 entry points, `vm_map_copy`, `vm_read`, `vm_write` and
-//! `vm_copy`: every check in order, then the frames, then the steps.
+//! `vm_copy`: every check in SPEC's order, then the frames, then the steps.
 
-use super::*;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
 
-/// With `dst_alloc`: the allocated parts must be writable; returns the holes
-/// to allocate.
-fn dst_holes(m: &MapInner, r: VaRange) -> Result<Vec<(u64, u64)>, KernError> {
-    let (s, e) = (r.start().0, r.end().0);
+use machvm_base::{KernError, VaRange, VmProt};
+use machvm_map::{Access, MapGuard, MapPair, VmMap, reserve, reserve_settled};
+use machvm_object::Objects;
+
+use crate::steps::{copyin, copyin_frames, copyin_settle, cow_fits, overwrite, pieces};
+use crate::{Layout, VmMapCopy};
+
+/// With `dst_alloc`: the allocated parts of `r` must be writable
+/// (`ProtectionFailure`); returns the holes to allocate.
+fn dst_holes(d: &MapGuard<'_>, r: VaRange) -> Result<Vec<VaRange>, KernError> {
     let mut holes = Vec::new();
-    let mut at = s;
-    for (&start, en) in m.overlapping(s, e) {
-        if !en.protection.contains(VmProt::WRITE) {
+    let mut at = r.start();
+    for (part, prot) in d.allocated(r) {
+        if !prot.contains(VmProt::WRITE) {
             return Err(KernError::ProtectionFailure);
         }
-        if start > at {
-            holes.push((at, start));
-        }
-        at = en.end;
+        holes.extend(VaRange::new(at, part.start()).filter(|h| !h.is_empty()));
+        at = part.end();
     }
-    if at < e {
-        holes.push((at, e));
-    }
+    holes.extend(VaRange::new(at, r.end()).filter(|h| !h.is_empty()));
     Ok(holes)
 }
 
@@ -77,7 +80,8 @@ struct CopyArgs {
 /// # Example
 /// ```
 /// # let ctx = machvm_map::hosted_context(1 << 20);
-/// use machvm_map::{VmMap, vm_map_copy};
+/// use machvm_copy::vm_map_copy;
+/// use machvm_map::VmMap;
 /// let (src, dst) = (VmMap::new(&ctx).unwrap(), VmMap::new(&ctx).unwrap());
 /// let a = src.allocate(0, 4 * 4096, true).unwrap();
 /// src.write_bytes(a, b"copy me").unwrap();
@@ -96,10 +100,10 @@ pub fn vm_map_copy(
     dst_alloc: bool,
     src_destroy: bool,
 ) -> Result<(), KernError> {
-    let Some(sr) = data_range(src_addr, len)? else {
+    let Some(sr) = VaRange::of_data(src_addr, len)? else {
         return Ok(());
     };
-    let Some(dr) = data_range(dst_addr, len)? else {
+    let Some(dr) = VaRange::of_data(dst_addr, len)? else {
         return Ok(());
     };
     let same = dst_map.same_map(src_map);
@@ -116,115 +120,86 @@ pub fn vm_map_copy(
         dst_alloc,
         src_destroy,
     };
-    if same {
-        let mut m = src_map.0.inner.lock();
-        return copy_locked(dst_map, src_map, None, &mut m, &args);
-    }
-    // A fixed global order: by map id.
-    let (first, second) = if src_map.id() < dst_map.id() {
-        (src_map, dst_map)
-    } else {
-        (dst_map, src_map)
-    };
-    let mut g1 = first.0.inner.lock();
-    let mut g2 = second.0.inner.lock();
-    let (sm, dm) = if src_map.id() < dst_map.id() {
-        (&mut *g1, &mut *g2)
-    } else {
-        (&mut *g2, &mut *g1)
-    };
-    copy_locked(dst_map, src_map, Some(dm), sm, &args)
+    copy_locked(&mut MapPair::lock(src_map, dst_map), (sr, dr), &args)
 }
 
-/// The body of [`vm_map_copy`] with the maps locked; `dm` is `None` when
-/// the destination is the source map itself.
+/// The body of [`vm_map_copy`] with the maps locked; `sr` and `dr` are the
+/// source and destination pages.
 fn copy_locked(
-    dst_map: &VmMap,
-    src_map: &VmMap,
-    mut dm: Option<&mut MapInner>,
-    sm: &mut MapInner,
+    maps: &mut MapPair<'_>,
+    (sr, dr): (VaRange, VaRange),
     a: &CopyArgs,
 ) -> Result<(), KernError> {
-    let sr = VaRange::round_out(a.src_addr, a.len).unwrap_or_default();
-    let dr = VaRange::round_out(a.dst_addr, a.len).unwrap_or_default();
-    let ctx = src_map.context();
+    let ctx = maps.src().map().context().clone();
     // Declared before the graph guard, so that on a panic the guard goes
     // first and the copy's drop can take the graph lock.
     let mut slot: Option<VmMapCopy> = None;
     let objs = ctx.objects();
     // Source, then destination, then frames: nothing changes until all pass.
-    check_access(sm, sr, Access::Read)?;
-    let d: &MapInner = dm.as_deref().unwrap_or(sm);
+    let (s, d) = maps.both();
+    s.check_access(sr, Access::Read)?;
     let holes = if a.dst_alloc {
         dst_holes(d, dr)?
     } else {
-        check_access(d, dr, Access::Write)?;
+        d.check_access(dr, Access::Write)?;
         Vec::new()
     };
-    let same = dm.is_none();
+    let same = maps.is_same_map();
     let (mut objs, mut frames) = reserve_settled(
         objs,
-        |o| copyin_settle(sm, o, a.src_addr, a.len),
-        |o| {
-            let d: &MapInner = dm.as_deref().unwrap_or(sm);
-            copyin_frames(sm, o, a.src_addr, a.len) + copy_dest_frames(d, o, a, same)
-        },
+        |o| copyin_settle(s, o, a.src_addr, a.len),
+        |o| copyin_frames(s, o, a.src_addr, a.len) + copy_dest_frames(d, o, a, same),
     )?;
-    let copy = slot.insert(src_map.copyin(sm, &mut objs, a.src_addr, a.len, &mut frames)?);
-    let d: &mut MapInner = match &mut dm {
-        Some(d) => d,
-        None => sm,
-    };
-    for &(s, e) in &holes {
-        d.insert(s, Entry::new_anon(e));
+    let copy = slot.insert(copyin(
+        maps.src(),
+        &mut objs,
+        a.src_addr,
+        a.len,
+        &mut frames,
+    )?);
+    let d = maps.dst();
+    for &h in &holes {
+        d.insert_zero_fill(h)?;
     }
-    if let Err(e) = dst_map.overwrite(d, &mut objs, a.dst_addr, copy, &mut frames) {
+    let result = overwrite(d, &mut objs, a.dst_addr, copy, &mut frames);
+    copy.release_into(&mut objs);
+    if let Err(e) = result {
         // Unreachable with the frames reserved.
-        for &(s, t) in &holes {
-            dst_map.remove_locked(d, &mut objs, page_range(s, t));
+        for &h in &holes {
+            d.remove(&mut objs, h);
         }
-        copy.release_into(&mut objs);
         return Err(e);
     }
-    copy.release_into(&mut objs);
     if a.src_destroy {
-        src_map.remove_locked(sm, &mut objs, sr);
+        maps.src().remove(&mut objs, sr);
     }
     Ok(())
 }
 
 /// An upper bound on the frames the destination's byte pages of a copy
-/// take: as `frames_in` says, except that in the same map the pages the
-/// copy-in is about to make copy-on-write need a frame each. By ranges, not
-/// pages: O(entries and resident pages), whatever the length.
-fn copy_dest_frames(d: &MapInner, objs: &Objects<'_>, a: &CopyArgs, same: bool) -> u64 {
+/// take: as [`MapGuard::fault_frames`] says, except that in the same map
+/// the pages the copy-in is about to make copy-on-write need a frame each.
+/// By ranges, not pages: O(entries and resident pages), whatever the
+/// length.
+fn copy_dest_frames(d: &MapGuard<'_>, objs: &Objects<'_>, a: &CopyArgs, same: bool) -> u64 {
     let l = Layout::of(a.src_addr, a.len);
     let head = l.head_end - a.src_addr;
     let mid = l.mid_end - l.head_end;
-    let mut pieces: ArrayVec<(u64, u64), 2> = ArrayVec::new();
-    if cow_fits(d, objs, a.dst_addr, head, mid) {
-        pieces.push((a.dst_addr, head));
-        pieces.push((a.dst_addr + head + mid, a.len - head - mid));
-    } else {
-        pieces.push((a.dst_addr, a.len));
-    }
+    let cow = cow_fits(d, objs, a.dst_addr, head, mid);
+    let middle = l.middle();
     let mut n = 0;
-    for (s, len) in pieces.into_iter().filter(|p| p.1 > 0) {
-        let Some(r) = VaRange::round_out(s, len) else {
+    for (at, _, len) in pieces(a.dst_addr, a.len, head, mid, cow) {
+        let Some(r) = VaRange::round_out(at, len) else {
             continue;
         };
-        let (s, e) = (r.start().0, r.end().0);
         // The part the same map's copy-in makes copy-on-write first.
-        let (cs, ce) = if same && l.has_middle() {
-            (s.max(l.head_end), e.min(l.mid_end))
-        } else {
-            (e, e)
-        };
-        if cs < ce {
-            n += (ce - cs) >> PAGE_SHIFT;
-            n += frames_in(d, objs, s, cs, true) + frames_in(d, objs, ce, e, true);
-        } else {
-            n += frames_in(d, objs, s, e, true);
+        match r.intersect(&middle).filter(|c| same && !c.is_empty()) {
+            Some(c) => {
+                n += c.pages();
+                let (below, above) = r.split_around(&c);
+                n += d.fault_frames(objs, below, true) + d.fault_frames(objs, above, true);
+            }
+            None => n += d.fault_frames(objs, r, true),
         }
     }
     n
@@ -234,43 +209,43 @@ fn copy_dest_frames(d: &MapInner, objs: &Objects<'_>, a: &CopyArgs, same: bool) 
 /// copied for aligned ranges). The range must be allocated
 /// (`InvalidAddress`) and readable (`ProtectionFailure`).
 pub fn vm_read(map: &VmMap, addr: u64, size: u64) -> Result<VmMapCopy, KernError> {
-    let Some(r) = data_range(addr, size)? else {
+    let Some(r) = VaRange::of_data(addr, size)? else {
         return Ok(VmMapCopy::empty(map.context()));
     };
-    let mut m = map.0.inner.lock();
-    check_access(&m, r, Access::Read)?;
+    let mut m = map.lock();
+    m.check_access(r, Access::Read)?;
     let objs = map.context().objects();
     let (mut objs, mut frames) = reserve_settled(
         objs,
         |o| copyin_settle(&m, o, addr, size),
         |o| copyin_frames(&m, o, addr, size),
     )?;
-    map.copyin(&mut m, &mut objs, addr, size, &mut frames)
+    copyin(&mut m, &mut objs, addr, size, &mut frames)
 }
 
 /// `vm_write`: overwrites the allocated, writable range at `addr` with
 /// `data`, consuming it (SPEC §4 rule 5).
 pub fn vm_write(map: &VmMap, addr: u64, mut data: VmMapCopy) -> Result<(), KernError> {
-    let Some(r) = data_range(addr, data.len)? else {
+    let Some(r) = VaRange::of_data(addr, data.len)? else {
         return Ok(());
     };
     if !Arc::ptr_eq(&data.ctx, map.context()) {
         return Err(KernError::InvalidArgument);
     }
-    let mut m = map.0.inner.lock();
-    check_access(&m, r, Access::Write)?;
+    let mut m = map.lock();
+    m.check_access(r, Access::Write)?;
     let objs = map.context().objects();
     let (head, mid) = (data.head.len() as u64, data.middle_bytes());
     let cow = cow_fits(&m, &objs, addr, head, mid);
-    let pieces = byte_pieces(addr, &data, cow);
+    let bytes = pieces(addr, data.len, head, mid, cow);
     let (mut objs, mut frames) = reserve(objs, |o| {
-        pieces
+        bytes
             .iter()
             .filter_map(|&(d, _, n)| VaRange::round_out(d, n))
-            .map(|r| frames_in(&m, o, r.start().0, r.end().0, true))
+            .map(|r| m.fault_frames(o, r, true))
             .sum()
     })?;
-    let result = map.overwrite(&mut m, &mut objs, addr, &mut data, &mut frames);
+    let result = overwrite(&mut m, &mut objs, addr, &mut data, &mut frames);
     data.release_into(&mut objs);
     result
 }
