@@ -1,13 +1,15 @@
 //! machvm's task runner, invoked as `cargo xtask <task>` (see `.cargo/config.toml`).
 //!
 //! Tasks:
-//! - `test`: formatting, clippy with warnings denied, the host test suite,
+//! - `test`: the structure limits, formatting, clippy with warnings denied, the host test suite,
 //!   rustdoc with warnings denied, loom model checks, then the in-kernel suite under QEMU — README's test
 //!   command.
 //! - `qemu`, `qemu-test`: boot the bare-metal test kernel (see `qemu.rs`).
 //! - `soak`: the differential model test for millions of operations.
+//! - `lint-structure`: the file and function size limits (`lint.rs`).
 
 mod bench;
+mod lint;
 mod qemu;
 mod soak;
 
@@ -23,9 +25,10 @@ fn main() -> ExitCode {
         "qemu" => qemu::qemu_demo(rest),
         "qemu-test" => qemu::qemu_test(rest),
         "soak" => soak::soak(rest),
+        "lint-structure" => lint::lint_structure(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\ntasks:\n  test        fmt check, clippy -D warnings, host tests, QEMU suite\n  soak        the model test for millions of operations (--ops N,\n              --snapshots K: keep K vm_read snapshots alive)\n{}",
+                "usage: cargo xtask <task>\n\ntasks:\n  test        structure limits, fmt check, clippy -D warnings, host tests,\n              rustdoc, loom, QEMU suite\n  bench       the criterion suite and its report (--help for options)\n  soak        the model test for millions of operations (--ops N,\n              --snapshots K: keep K vm_read snapshots alive)\n  lint-structure  library files <= 600 lines, functions <= 80\n{}",
                 qemu::USAGE
             );
             return if task == "help" || task == "--help" {
@@ -86,7 +89,8 @@ pub(crate) fn workspace_root() -> std::path::PathBuf {
     dir.parent().map(|p| p.to_path_buf()).unwrap_or(dir)
 }
 
-/// Every check: formatting, host clippy, host tests, kernel clippy, then the
+/// Every check: the structure limits, formatting, host clippy, host tests,
+/// rustdoc, loom, kernel clippy, then the
 /// in-kernel suite under QEMU (`rest` goes to `qemu-test`).
 fn test(rest: &[String]) -> bool {
     let steps: [&[&str]; 3] = [
@@ -101,6 +105,10 @@ fn test(rest: &[String]) -> bool {
         ],
         &["test", "--workspace"],
     ];
+    if !lint::lint_structure(&[]) {
+        eprintln!("xtask test: the structure limits are broken");
+        return false;
+    }
     for step in steps {
         if !cargo(step) {
             eprintln!("xtask test: `cargo {}` failed", step.join(" "));

@@ -124,34 +124,66 @@ impl X86Pmap {
             // the new leaf.
             self.range_op(&mut g, pmap, va.0, va.0 + align, Op::Remove, &mut f);
         }
+        let mut spare = match self.alloc_tables(self.tables_needed(root, va.0, leaf_level)) {
+            Ok(spare) => spare,
+            Err(e) => {
+                drop(g);
+                self.flush(f);
+                return Err(e);
+            }
+        };
+        let table = self.descend(&mut g, pmap, root, va.0, leaf_level, &mut spare);
+        debug_assert!(spare.is_empty());
+        let leaf = Leaf {
+            pmap,
+            va,
+            pa,
+            flags: self.leaf_flags(pa, prot, wired) | if large { PS } else { 0 },
+            large,
+        };
+        self.install_leaf(&mut g, table, &leaf, &mut f);
+        Ok(f)
+    }
+
+    /// `n` zeroed page-table frames, or none at all.
+    fn alloc_tables(&self, n: usize) -> Result<ArrayVec<PhysAddr, 3>, KernError> {
         let mut spare = ArrayVec::<PhysAddr, 3>::new();
-        for _ in 0..self.tables_needed(root, va.0, leaf_level) {
+        for _ in 0..n {
             match self.alloc_table() {
                 Ok(t) => spare.push(t),
                 Err(e) => {
                     for t in spare {
                         self.frames.free(t);
                     }
-                    drop(g);
-                    self.flush(f);
                     return Err(e);
                 }
             }
         }
-        let table = self.descend(&mut g, pmap, root, va.0, leaf_level, &mut spare);
-        debug_assert!(spare.is_empty());
-        let i = index(va.0, leaf_level);
+        Ok(spare)
+    }
+
+    /// Writes `leaf` into slot `index(va)` of `table` (the lowest table of
+    /// its walk, under the lock), replacing any translation there: the pv
+    /// lists, the table's use count and the space's counts follow, a
+    /// replaced translation's dirty bit goes to its frame, and a flush is
+    /// added unless the same frame keeps the same or more rights.
+    fn install_leaf(&self, g: &mut Inner, table: PhysAddr, leaf: &Leaf, f: &mut TlbFlush) {
+        let Leaf {
+            pmap,
+            va,
+            pa,
+            large,
+            ..
+        } = *leaf;
+        let i = index(va.0, if large { 2 } else { 1 });
         let old = self.load(table, i);
         let mut acct = Acct::default();
-        let mut new = self.leaf_flags(pa, prot, wired);
-        if large {
-            new |= PS;
-        }
+        let mut new = leaf.flags;
         if old & P != 0 {
             // Replacing: drop the old translation's bookkeeping.
             let old_pa = PhysAddr(old & ADDR);
             if old & MANAGED != 0 {
-                self.pv_remove(&mut g, old_pa, PvEntry::new(pmap, va, large));
+                self.pv_remove(g, old_pa, PvEntry::new(pmap, va, large));
             }
             if old & WIRED != 0 {
                 acct.wired -= 1;
@@ -167,7 +199,7 @@ impl X86Pmap {
             self.add_use(table, 1);
             acct.resident += if large { SMALL_PER_LARGE as i64 } else { 1 };
         }
-        if wired {
+        if new & WIRED != 0 {
             acct.wired += 1;
         }
         let prev = self.mem().swap_u64(table + i as u64 * 8, pa.0 | new);
@@ -176,11 +208,22 @@ impl X86Pmap {
             self.mark_dirty(PhysAddr(prev & ADDR), large);
         }
         if new & MANAGED != 0 {
-            self.pv_add(&mut g, pa, PvEntry::new(pmap, va, large));
+            self.pv_add(g, pa, PvEntry::new(pmap, va, large));
         }
         let s = g.space(pmap).expect("pmap vanished under its lock");
         s.resident = (s.resident as i64 + acct.resident) as u64;
         s.wired = (s.wired as i64 + acct.wired) as u64;
-        Ok(f)
     }
+}
+
+/// One leaf translation to install.
+#[derive(Clone, Copy)]
+struct Leaf {
+    pmap: PmapId,
+    va: VirtAddr,
+    pa: PhysAddr,
+    /// Entry bits without the address.
+    flags: u64,
+    /// A 2 MiB leaf at level 2 (else 4 KiB at level 1).
+    large: bool,
 }
