@@ -139,6 +139,20 @@ fn test(rest: &[String]) -> bool {
         eprintln!("xtask test: the loom model checks failed");
         return false;
     }
+    // The alignment checks that keep `PhysMem` sound, with debug
+    // assertions off.
+    let release = [
+        "test",
+        "-p",
+        "machvm-frame",
+        "--release",
+        "--test",
+        "alignment",
+    ];
+    if !cargo(&release) {
+        eprintln!("xtask test: PhysMem's alignment checks failed in a release build");
+        return false;
+    }
     if !qemu::clippy_kernel() {
         eprintln!("xtask test: clippy for the kernel target failed");
         return false;

@@ -8,6 +8,10 @@
 //! Invariants:
 //! - Every access is bounds-checked against `[base, base + len)`; an access
 //!   outside is a caller bug and panics (never touches foreign memory).
+//! - Every word access is alignment-checked on the host pointer it makes,
+//!   in every build: a misaligned `AtomicU64` would be undefined behaviour,
+//!   so a misaligned word address (or a direct map whose virtual start is
+//!   not aligned like its physical base) panics instead.
 //! - Bytes are moved with relaxed atomic loads and stores, never plain ones:
 //!   two CPUs (or two host threads) may legitimately race on a shared page,
 //!   exactly as on real RAM, and the MMU updates accessed/dirty bits in page
@@ -87,6 +91,10 @@ impl PhysMem {
     /// as the returned value lives, must map exactly the physical range
     /// `base .. base + len`, and must not be used by anything else except
     /// through this `PhysMem` (or atomically, as the MMU does).
+    ///
+    /// Alignment is not part of the contract: word and page accesses check
+    /// the host address they make, so a `virt` not aligned like `base`
+    /// makes them panic, never misbehave.
     pub unsafe fn direct_map(virt: NonNull<u8>, base: PhysAddr, len: u64) -> PhysMem {
         PhysMem {
             base: base.0,
@@ -135,12 +143,44 @@ impl PhysMem {
         unsafe { self.ptr.as_ptr().add((pa.0 - self.base) as usize) }
     }
 
-    /// Atomically loads the aligned 64-bit word at `pa`.
+    /// Host pointer to the 64-bit word at `pa`; panics when it is not
+    /// covered or not 8-aligned.
+    #[inline]
+    fn word(&self, pa: PhysAddr) -> *mut u64 {
+        let p = self.at(pa, 8);
+        assert!(
+            (p as usize) % 8 == 0,
+            "misaligned physical word access at {:#x}",
+            pa.0
+        );
+        p.cast()
+    }
+
+    /// Host pointer to the page at `pa`, as words; panics when it is not
+    /// covered or `pa` is not page-aligned (or its host address not
+    /// 8-aligned).
+    #[inline]
+    fn page_words(&self, pa: PhysAddr) -> *mut u64 {
+        assert!(
+            pa.is_page_aligned(),
+            "misaligned physical page at {:#x}",
+            pa.0
+        );
+        let p = self.at(pa, PAGE_SIZE);
+        assert!(
+            (p as usize) % 8 == 0,
+            "misaligned physical page at {:#x}",
+            pa.0
+        );
+        p.cast()
+    }
+
+    /// Atomically loads the 64-bit word at `pa` (8-aligned, or this
+    /// panics).
     #[inline]
     pub fn load_u64(&self, pa: PhysAddr) -> u64 {
-        debug_assert!(pa.is_aligned(8));
-        let p = self.at(pa, 8).cast::<u64>();
-        // SAFETY: `p` is in bounds, 8-aligned (the arena is page-aligned), and
+        let p = self.word(pa);
+        // SAFETY: `p` is in bounds and 8-aligned (checked by `word`), and
         // all accesses to this memory are atomic (module invariant).
         unsafe { AtomicU64::from_ptr(p) }.load(Relaxed)
     }
@@ -148,8 +188,7 @@ impl PhysMem {
     /// Atomically stores the aligned 64-bit word at `pa`.
     #[inline]
     pub fn store_u64(&self, pa: PhysAddr, v: u64) {
-        debug_assert!(pa.is_aligned(8));
-        let p = self.at(pa, 8).cast::<u64>();
+        let p = self.word(pa);
         // SAFETY: as in `load_u64`.
         unsafe { AtomicU64::from_ptr(p) }.store(v, Relaxed)
     }
@@ -158,8 +197,7 @@ impl PhysMem {
     /// (how a pmap clears accessed/dirty bits the MMU may be setting).
     #[inline]
     pub fn fetch_and_u64(&self, pa: PhysAddr, mask: u64) -> u64 {
-        debug_assert!(pa.is_aligned(8));
-        let p = self.at(pa, 8).cast::<u64>();
+        let p = self.word(pa);
         // SAFETY: as in `load_u64`.
         unsafe { AtomicU64::from_ptr(p) }.fetch_and(mask, Relaxed)
     }
@@ -169,8 +207,7 @@ impl PhysMem {
     /// at the same moment).
     #[inline]
     pub fn swap_u64(&self, pa: PhysAddr, v: u64) -> u64 {
-        debug_assert!(pa.is_aligned(8));
-        let p = self.at(pa, 8).cast::<u64>();
+        let p = self.word(pa);
         // SAFETY: as in `load_u64`.
         unsafe { AtomicU64::from_ptr(p) }.swap(v, Relaxed)
     }
@@ -179,8 +216,7 @@ impl PhysMem {
     /// (how the software walker sets accessed/dirty bits, like the MMU).
     #[inline]
     pub fn fetch_or_u64(&self, pa: PhysAddr, bits: u64) -> u64 {
-        debug_assert!(pa.is_aligned(8));
-        let p = self.at(pa, 8).cast::<u64>();
+        let p = self.word(pa);
         // SAFETY: as in `load_u64`.
         unsafe { AtomicU64::from_ptr(p) }.fetch_or(bits, Relaxed)
     }
@@ -236,8 +272,7 @@ impl PhysMem {
 
     /// Fills the page at `pa` with zeros.
     pub fn zero_page(&self, pa: PhysAddr) {
-        debug_assert!(pa.is_page_aligned());
-        let p = self.at(pa, PAGE_SIZE).cast::<u64>();
+        let p = self.page_words(pa);
         for i in 0..(PAGE_SIZE as usize / 8) {
             // SAFETY: in bounds and aligned.
             unsafe { AtomicU64::from_ptr(p.add(i)) }.store(0, Relaxed);
@@ -246,9 +281,8 @@ impl PhysMem {
 
     /// Copies the page at `src` to the page at `dst`.
     pub fn copy_page(&self, dst: PhysAddr, src: PhysAddr) {
-        debug_assert!(dst.is_page_aligned() && src.is_page_aligned());
-        let d = self.at(dst, PAGE_SIZE).cast::<u64>();
-        let s = self.at(src, PAGE_SIZE).cast::<u64>();
+        let d = self.page_words(dst);
+        let s = self.page_words(src);
         for i in 0..(PAGE_SIZE as usize / 8) {
             // SAFETY: both in bounds and aligned.
             let w = unsafe { AtomicU64::from_ptr(s.add(i)) }.load(Relaxed);
