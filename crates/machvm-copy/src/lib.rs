@@ -36,7 +36,9 @@ mod steps;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, VaRange, VirtAddr, round_page, trunc_page};
+use machvm_base::{
+    KernError, PAGE_SHIFT, PAGE_SIZE, VaRange, VirtAddr, page_chunks, round_page, trunc_page,
+};
 use machvm_map::{CowSpan, VmMap, reserve};
 use machvm_object::{Objects, VmContext};
 
@@ -97,7 +99,7 @@ impl Layout {
 
     /// The whole pages, copied copy-on-write (empty when none).
     fn middle(&self) -> VaRange {
-        VaRange::new(VirtAddr(self.head_end), VirtAddr(self.mid_end)).unwrap_or_default()
+        VaRange::new(VirtAddr::new(self.head_end), VirtAddr::new(self.mid_end)).unwrap_or_default()
     }
 }
 
@@ -173,10 +175,13 @@ impl VmMapCopy {
                 rel -= bytes;
                 continue;
             }
-            let in_page = rel % PAGE_SIZE;
-            let n = ((PAGE_SIZE - in_page) as usize).min(out.len());
-            objs.read(e.hold.as_ref(), rel >> PAGE_SHIFT, in_page, &mut out[..n]);
-            return n;
+            // The first page's piece: up to the end of the page.
+            let Some(c) = page_chunks(rel, out.len()).next() else {
+                return 0;
+            };
+            let page = c.page.page_number();
+            objs.read(e.hold.as_ref(), page, c.offset, &mut out[..c.len]);
+            return c.len;
         }
         0
     }
@@ -199,7 +204,7 @@ impl VmMapCopy {
             drop(m);
             return Err((KernError::NoSpace, self));
         };
-        let dst = r.start().0 + self.offset;
+        let dst = r.start().as_u64() + self.offset;
         // The fresh range is untouched: each page stored as bytes takes one.
         let n: u64 = steps::byte_pieces(dst, &self, true)
             .iter()

@@ -239,12 +239,12 @@ impl FrameAllocator {
         let mut lo = u64::MAX;
         let mut hi = 0;
         for r in ranges {
-            let s = machvm_base::round_page(r.start.0).ok_or(KernError::InvalidArgument)?;
-            let e = machvm_base::trunc_page(r.end.0);
+            let s = machvm_base::round_page(r.start.as_u64()).ok_or(KernError::InvalidArgument)?;
+            let e = machvm_base::trunc_page(r.end.as_u64());
             if s >= e {
                 continue;
             }
-            if !mem.contains(PhysAddr(s), e - s) {
+            if !mem.contains(PhysAddr::new(s), e - s) {
                 return Err(KernError::InvalidArgument);
             }
             lo = lo.min(s);
@@ -284,8 +284,8 @@ impl FrameAllocator {
         {
             let mut b = fa.buddy.lock();
             for r in ranges {
-                let s = machvm_base::round_page(r.start.0).unwrap_or(u64::MAX);
-                let e = machvm_base::trunc_page(r.end.0);
+                let s = machvm_base::round_page(r.start.as_u64()).unwrap_or(u64::MAX);
+                let e = machvm_base::trunc_page(r.end.as_u64());
                 if s >= e {
                     continue;
                 }
@@ -317,7 +317,7 @@ impl FrameAllocator {
     /// A host arena of `bytes` with every frame managed.
     pub fn hosted(bytes: u64) -> Result<FrameAllocator, KernError> {
         let mem = PhysMem::hosted(bytes)?;
-        let r = mem.base()..PhysAddr(mem.base().0 + mem.len());
+        let r = mem.base()..PhysAddr::new(mem.base().as_u64() + mem.len());
         FrameAllocator::new(mem, &[r])
     }
 
@@ -334,27 +334,27 @@ impl FrameAllocator {
 
     #[inline]
     fn pa_of(&self, idx: usize) -> PhysAddr {
-        PhysAddr(self.span_base + ((idx as u64) << PAGE_SHIFT))
+        PhysAddr::new(self.span_base + ((idx as u64) << PAGE_SHIFT))
     }
 
     /// Metadata of the frame at `pa`, or `None` for an address outside the
     /// managed span.
     #[inline]
     pub fn page(&self, pa: PhysAddr) -> Option<&VmPage> {
-        if pa.0 < self.span_base {
+        if pa.as_u64() < self.span_base {
             return None;
         }
-        self.pages.get(self.index_of(pa.0))
+        self.pages.get(self.index_of(pa.as_u64()))
     }
 
     /// Index of the frame at `pa` within the managed span (`0..span_frames()`),
     /// for side tables kept per frame by other layers (a pmap's pv lists).
     #[inline]
     pub fn frame_index(&self, pa: PhysAddr) -> Option<usize> {
-        if pa.0 < self.span_base {
+        if pa.as_u64() < self.span_base {
             return None;
         }
-        let i = self.index_of(pa.0);
+        let i = self.index_of(pa.as_u64());
         (i < self.pages.len()).then_some(i)
     }
 
@@ -448,7 +448,7 @@ impl FrameAllocator {
                         FrameState::Object | FrameState::PageTable | FrameState::Kernel
                     ) =>
             {
-                self.index_of(pa.0)
+                self.index_of(pa.as_u64())
             }
             _ => {
                 self.bad_frees.fetch_add(1, Relaxed);

@@ -58,7 +58,7 @@ impl PhysMem {
     /// use machvm_frame::PhysMem;
     /// use machvm_base::PhysAddr;
     /// let mem = PhysMem::hosted(4 * 4096).unwrap();
-    /// let pa = PhysAddr(machvm_frame::HOSTED_PHYS_BASE + 4096);
+    /// let pa = PhysAddr::new(machvm_frame::HOSTED_PHYS_BASE + 4096);
     /// mem.write(pa, b"mach");
     /// let mut buf = [0u8; 4];
     /// mem.read(pa, &mut buf);
@@ -97,7 +97,7 @@ impl PhysMem {
     /// makes them panic, never misbehave.
     pub unsafe fn direct_map(virt: NonNull<u8>, base: PhysAddr, len: u64) -> PhysMem {
         PhysMem {
-            base: base.0,
+            base: base.as_u64(),
             len,
             ptr: virt,
             owned: None,
@@ -106,7 +106,7 @@ impl PhysMem {
 
     /// Lowest physical address covered.
     pub fn base(&self) -> PhysAddr {
-        PhysAddr(self.base)
+        PhysAddr::new(self.base)
     }
 
     /// Number of bytes covered.
@@ -121,9 +121,9 @@ impl PhysMem {
 
     /// True when `[pa, pa + len)` is covered.
     pub fn contains(&self, pa: PhysAddr, len: u64) -> bool {
-        pa.0 >= self.base
+        pa.as_u64() >= self.base
             && pa
-                .0
+                .as_u64()
                 .checked_add(len)
                 .is_some_and(|end| end <= self.base + self.len)
     }
@@ -134,13 +134,13 @@ impl PhysMem {
         assert!(
             self.contains(pa, len),
             "physical access {:#x}+{:#x} outside [{:#x}, {:#x})",
-            pa.0,
+            pa.as_u64(),
             len,
             self.base,
             self.base + self.len
         );
         // SAFETY: in bounds of the covered region, checked just above.
-        unsafe { self.ptr.as_ptr().add((pa.0 - self.base) as usize) }
+        unsafe { self.ptr.as_ptr().add((pa.as_u64() - self.base) as usize) }
     }
 
     /// Host pointer to the 64-bit word at `pa`; panics when it is not
@@ -151,7 +151,7 @@ impl PhysMem {
         assert!(
             (p as usize) % 8 == 0,
             "misaligned physical word access at {:#x}",
-            pa.0
+            pa.as_u64()
         );
         p.cast()
     }
@@ -164,13 +164,13 @@ impl PhysMem {
         assert!(
             pa.is_page_aligned(),
             "misaligned physical page at {:#x}",
-            pa.0
+            pa.as_u64()
         );
         let p = self.at(pa, PAGE_SIZE);
         assert!(
             (p as usize) % 8 == 0,
             "misaligned physical page at {:#x}",
-            pa.0
+            pa.as_u64()
         );
         p.cast()
     }

@@ -93,17 +93,17 @@ fn large_block_unavailable_when_fragmented() {
 #[test]
 fn several_ranges_with_holes() {
     let mem = PhysMem::hosted(64 * PAGE_SIZE).unwrap();
-    let b = mem.base().0;
+    let b = mem.base().as_u64();
     let ranges = [
-        PhysAddr(b)..PhysAddr(b + 10 * PAGE_SIZE),
-        PhysAddr(b + 20 * PAGE_SIZE + 7)..PhysAddr(b + 40 * PAGE_SIZE),
+        PhysAddr::new(b)..PhysAddr::new(b + 10 * PAGE_SIZE),
+        PhysAddr::new(b + 20 * PAGE_SIZE + 7)..PhysAddr::new(b + 40 * PAGE_SIZE),
     ];
     let fa = FrameAllocator::new(mem, &ranges).unwrap();
     fa.verify().unwrap();
     assert_eq!(fa.total_frames(), 10 + 19);
     let mut n = 0;
     while let Ok(pa) = fa.alloc(FrameUse::Object) {
-        let off = (pa.0 - b) / PAGE_SIZE;
+        let off = (pa.as_u64() - b) / PAGE_SIZE;
         assert!(
             off < 10 || (21..40).contains(&off),
             "frame {off} is in a hole"
@@ -116,16 +116,16 @@ fn several_ranges_with_holes() {
 #[test]
 fn bad_ranges_refused() {
     let mem = PhysMem::hosted(8 * PAGE_SIZE).unwrap();
-    let b = mem.base().0;
-    let outside = [PhysAddr(b)..PhysAddr(b + 9 * PAGE_SIZE)];
+    let b = mem.base().as_u64();
+    let outside = [PhysAddr::new(b)..PhysAddr::new(b + 9 * PAGE_SIZE)];
     assert_eq!(
         FrameAllocator::new(mem, &outside).err(),
         Some(KernError::InvalidArgument)
     );
     let mem = PhysMem::hosted(8 * PAGE_SIZE).unwrap();
     let overlap = [
-        PhysAddr(b)..PhysAddr(b + 4 * PAGE_SIZE),
-        PhysAddr(b + 3 * PAGE_SIZE)..PhysAddr(b + 5 * PAGE_SIZE),
+        PhysAddr::new(b)..PhysAddr::new(b + 4 * PAGE_SIZE),
+        PhysAddr::new(b + 3 * PAGE_SIZE)..PhysAddr::new(b + 5 * PAGE_SIZE),
     ];
     assert_eq!(
         FrameAllocator::new(mem, &overlap).err(),
@@ -159,7 +159,7 @@ fn double_free_asserts_in_debug() {
 #[should_panic(expected = "invalid free")]
 fn foreign_frame_asserts_in_debug() {
     let fa = hosted(8);
-    fa.free(PhysAddr(0x1234_5000));
+    fa.free(PhysAddr::new(0x1234_5000));
 }
 
 #[test]

@@ -12,7 +12,7 @@ fn mem() -> PhysMem {
     PhysMem::hosted(4 * 4096).unwrap()
 }
 
-const ODD: PhysAddr = PhysAddr(HOSTED_PHYS_BASE + 4);
+const ODD: PhysAddr = PhysAddr::new(HOSTED_PHYS_BASE + 4);
 
 #[test]
 #[should_panic(expected = "misaligned physical word access")]
@@ -53,7 +53,7 @@ fn zeroing_a_misaligned_page_is_refused() {
 #[test]
 #[should_panic(expected = "misaligned physical page")]
 fn copying_to_a_misaligned_page_is_refused() {
-    mem().copy_page(ODD, PhysAddr(HOSTED_PHYS_BASE));
+    mem().copy_page(ODD, PhysAddr::new(HOSTED_PHYS_BASE));
 }
 
 #[test]
@@ -64,14 +64,14 @@ fn a_direct_map_aligned_unlike_its_base_is_refused() {
     let virt = NonNull::new(ram.as_mut_ptr().cast::<u8>().wrapping_add(1)).unwrap();
     // SAFETY: `virt .. virt + 4096` lies inside `ram`, which outlives `m`
     // and is reached only through `m`.
-    let m = unsafe { PhysMem::direct_map(virt, PhysAddr(0x1000), 4096) };
-    let _ = m.load_u64(PhysAddr(0x1008));
+    let m = unsafe { PhysMem::direct_map(virt, PhysAddr::new(0x1000), 4096) };
+    let _ = m.load_u64(PhysAddr::new(0x1008));
 }
 
 #[test]
 fn aligned_words_still_work() {
     let m = mem();
-    let pa = PhysAddr(HOSTED_PHYS_BASE + 8);
+    let pa = PhysAddr::new(HOSTED_PHYS_BASE + 8);
     m.store_u64(pa, 7);
     assert_eq!(m.swap_u64(pa, 9), 7);
     assert_eq!(m.load_u64(pa), 9);

@@ -17,9 +17,9 @@ fn two_frames() -> FrameAllocator {
     // only reached through this PhysMem (the allocator never touches it).
     let mem = unsafe {
         let p = NonNull::new_unchecked((&raw mut RAM).cast::<u8>());
-        PhysMem::direct_map(p, PhysAddr(0), 2 * PAGE_SIZE)
+        PhysMem::direct_map(p, PhysAddr::new(0), 2 * PAGE_SIZE)
     };
-    FrameAllocator::new(mem, &[PhysAddr(0)..PhysAddr(2 * PAGE_SIZE)]).unwrap()
+    FrameAllocator::new(mem, &[PhysAddr::new(0)..PhysAddr::new(2 * PAGE_SIZE)]).unwrap()
 }
 
 /// An exact-fit allocation racing the free of its buddy: the allocated
@@ -63,7 +63,7 @@ fn buddy_frees_race() {
         fa.verify().unwrap();
         assert_eq!(fa.free_frames(), 2);
         let big = fa.alloc_order(1, FrameUse::Kernel).unwrap();
-        assert_eq!(big, PhysAddr(0), "the buddies merged");
+        assert_eq!(big, PhysAddr::new(0), "the buddies merged");
     });
 }
 

@@ -146,7 +146,7 @@ fn boot() {
 fn frame(fill: u8) -> u64 {
     let pa = frames().alloc(FrameUse::Kernel).expect("demo frame");
     frames().mem().write(pa, &[fill; 4096]);
-    pa.0
+    pa.as_u64()
 }
 
 fn map(va: u64, pa: u64, flags: u64) {
@@ -158,7 +158,7 @@ fn unmap(va: u64, pa: u64) {
     // SAFETY: the demo's own mapping.
     unsafe { paging::unmap_4k(paging::kernel_pml4_pa(), va) };
     smp::shootdown(smp::all_cpus_mask(), Some(&[va]));
-    frames().free(PhysAddr(pa));
+    frames().free(PhysAddr::new(pa));
 }
 
 fn faults() {
@@ -221,7 +221,7 @@ fn shootdown() {
     );
     println!("cpu1 loads {va:#x} -> {}", trap::describe(&read()));
     unmap(va, b);
-    frames().free(PhysAddr(a));
+    frames().free(PhysAddr::new(a));
 }
 
 fn address_space() {
@@ -247,6 +247,6 @@ fn address_space() {
     );
     // SAFETY: no CPU uses `space` any more; the CR3 reload flushed it.
     unsafe { paging::free_address_space(space) };
-    frames().free(PhysAddr(pa));
+    frames().free(PhysAddr::new(pa));
     println!("  back on the kernel CR3; the PML4 and its tables are freed");
 }

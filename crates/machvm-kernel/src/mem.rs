@@ -130,14 +130,14 @@ pub(crate) fn init(info: &BootInfo) {
 
     let ranges: alloc::vec::Vec<Range<PhysAddr>> = avail.r[..avail.n]
         .iter()
-        .map(|&(s, e)| PhysAddr(s)..PhysAddr(e))
+        .map(|&(s, e)| PhysAddr::new(s)..PhysAddr::new(e))
         .collect();
     let virt = NonNull::new(phys_to_virt(0) as *mut u8).expect("direct map base is not null");
     // SAFETY: the direct map covers physical [0, ram_end) read-write from
     // DIRECT_MAP_BASE for the kernel's whole life (boot tables plus the
     // extension above), and the managed ranges exclude everything the kernel
     // uses otherwise (image, heap, low memory).
-    let mem = unsafe { PhysMem::direct_map(virt, PhysAddr(0), ram_end) };
+    let mem = unsafe { PhysMem::direct_map(virt, PhysAddr::new(0), ram_end) };
     let fa = FrameAllocator::new(mem, &ranges).expect("frame allocator rejected the memory map");
     FRAMES.call_once(|| Arc::new(fa));
     LAYOUT.call_once(|| Layout {

@@ -86,11 +86,11 @@ pub fn new_address_space() -> Result<u64, KernError> {
     let pa = frames.alloc(FrameUse::PageTable)?;
     frames.mem().zero_page(pa);
     // SAFETY: a fresh, zeroed frame we own.
-    let t = unsafe { table(pa.0) };
+    let t = unsafe { table(pa.as_u64()) };
     for (i, e) in kernel_upper_half().into_iter().enumerate() {
         t[256 + i].store(e, Relaxed);
     }
-    Ok(pa.0)
+    Ok(pa.as_u64())
 }
 
 /// Frees the lower-half page-table pages of `pml4` and the PML4 itself (not
@@ -105,7 +105,7 @@ pub unsafe fn free_address_space(pml4: u64) {
     unsafe {
         free_level(pml4, 4, 256);
     }
-    frames.free(PhysAddr(pml4));
+    frames.free(PhysAddr::new(pml4));
 }
 
 /// Frees the child tables of `t` (level 4 = PML4) in entries `0..n`.
@@ -123,7 +123,7 @@ unsafe fn free_level(t: u64, level: u32, n: usize) {
             // SAFETY: same contract, one level down.
             unsafe { free_level(child, level - 1, 512) };
         }
-        frames.free(PhysAddr(child));
+        frames.free(PhysAddr::new(child));
     }
 }
 
@@ -145,8 +145,8 @@ fn walk(pml4: u64, va: u64, create: bool) -> Result<&'static AtomicU64, KernErro
             let pa = frames.alloc(FrameUse::PageTable)?;
             frames.mem().zero_page(pa);
             let flags = pte::P | pte::W | if user { pte::U } else { 0 };
-            e.store(pa.0 | flags, Relaxed);
-            t = pa.0;
+            e.store(pa.as_u64() | flags, Relaxed);
+            t = pa.as_u64();
         } else if v & pte::PS != 0 {
             return Err(KernError::InvalidArgument);
         } else {
@@ -237,7 +237,7 @@ pub(crate) fn init_kernel_half(lapic_pa: u64) {
         .alloc(FrameUse::PageTable)
         .expect("no frame for the window PDPT");
     frames.mem().zero_page(pdpt);
-    BOOT_PML4.0[384].store(pdpt.0 | pte::P | pte::W, Relaxed);
+    BOOT_PML4.0[384].store(pdpt.as_u64() | pte::P | pte::W, Relaxed);
     // The LAPIC lives in a 2 MiB page of the boot direct map (< 4 GiB).
     if lapic_pa < 1 << 32 {
         let pd = &BOOT_PD[(lapic_pa >> 30) as usize];

@@ -336,7 +336,7 @@ pub(crate) fn start_aps(rsdp: u64, low_ram_ok: bool) -> usize {
         let Ok(stack) = frames.alloc_order(AP_STACK_ORDER, FrameUse::Kernel) else {
             break;
         };
-        let top = phys_to_virt(stack.0) + (4096u64 << AP_STACK_ORDER);
+        let top = phys_to_virt(stack.as_u64()) + (4096u64 << AP_STACK_ORDER);
         CPUS[idx].apic_id.store(id, Ordering::Relaxed);
         tramp_set(&raw const machvm_tramp_stack, top);
         tramp_set(&raw const machvm_tramp_arg, idx as u64);

@@ -39,7 +39,7 @@ impl Mmu for KernelMmu {
     fn load_root(&self, root: PhysAddr) {
         // SAFETY: every root comes from the X86Pmap built in `vm()`, whose
         // roots copy `paging::kernel_upper_half()`, the kernel half as it is.
-        unsafe { cpu::load_cr3(root.0) }
+        unsafe { cpu::load_cr3(root.as_u64()) }
     }
 
     fn invalidate(&self, cpus: CpuSet, pages: Option<&[VirtAddr]>) {
@@ -51,7 +51,7 @@ impl Mmu for KernelMmu {
         let mut buf = [0u64; TLB_FLUSH_BATCH];
         for chunk in pages.chunks(TLB_FLUSH_BATCH) {
             for (b, va) in buf.iter_mut().zip(chunk) {
-                *b = va.0;
+                *b = va.as_u64();
             }
             smp::shootdown(cpus, Some(&buf[..chunk.len()]));
         }
@@ -259,5 +259,5 @@ pub fn fault_counts(cpu: usize) -> (u64, u64) {
 /// Physical address of the root `map` runs on (what CR3 holds on a CPU that
 /// runs it).
 pub fn root_of(map: &VmMap) -> Option<u64> {
-    vm().pmap.root(map.pmap()).map(|r| r.0)
+    vm().pmap.root(map.pmap()).map(|r| r.as_u64())
 }

@@ -106,7 +106,7 @@ impl<'a> MapGuard<'a> {
     /// The allocated parts of `r`, in order, each with its protection
     /// (neighbouring parts may have equal protection).
     pub fn allocated(&self, r: VaRange) -> impl Iterator<Item = (VaRange, VmProt)> + '_ {
-        let (s, t) = (r.start().0, r.end().0);
+        let (s, t) = (r.start().as_u64(), r.end().as_u64());
         self.m
             .overlapping(s, t)
             .map(move |(&a, e)| (page_range(a.max(s), e.end.min(t)), e.protection))
@@ -121,14 +121,14 @@ impl<'a> MapGuard<'a> {
     /// copy-on-write (its sharers must see what is written there).
     pub fn shared_with_others(&self, objs: &Objects<'_>, r: VaRange) -> bool {
         self.m
-            .overlapping(r.start().0, r.end().0)
+            .overlapping(r.start().as_u64(), r.end().as_u64())
             .any(|(_, e)| e.object.as_ref().is_some_and(|h| objs.is_shared(h)))
     }
 
     /// An upper bound on the frames [`extract`](Self::extract) of `r`
     /// takes: eager copies of windows others write directly.
     pub fn extract_frames(&self, objs: &Objects<'_>, r: VaRange) -> u64 {
-        let (s0, t0) = (r.start().0, r.end().0);
+        let (s0, t0) = (r.start().as_u64(), r.end().as_u64());
         self.m
             .overlapping(s0, t0)
             .filter_map(|(&start, e)| {
@@ -145,7 +145,7 @@ impl<'a> MapGuard<'a> {
     /// (see [`reserve_settled`](crate::reserve_settled)). Returns whether anything moved.
     pub fn settle_extract(&self, objs: &mut Objects<'_>, r: VaRange) -> bool {
         let mut moved = false;
-        for (_, e) in self.m.overlapping(r.start().0, r.end().0) {
+        for (_, e) in self.m.overlapping(r.start().as_u64(), r.end().as_u64()) {
             if let Some(h) = &e.object {
                 moved |= objs.shorten_chain(h);
             }
@@ -156,7 +156,7 @@ impl<'a> MapGuard<'a> {
     /// An upper bound on the frames faulting in every page of `r` for a
     /// store (`write`) or a load would take. O(entries and resident pages).
     pub fn fault_frames(&self, objs: &Objects<'_>, r: VaRange, write: bool) -> u64 {
-        frames_in(&self.m, objs, r.start().0, r.end().0, write)
+        frames_in(&self.m, objs, r.start().as_u64(), r.end().as_u64(), write)
     }
 
     /// Reads `buf.len()` bytes at `addr` as the map's objects hold them,
@@ -182,7 +182,7 @@ impl<'a> MapGuard<'a> {
         r: VaRange,
         frames: &mut FrameReservation<'_>,
     ) -> Result<Vec<CowSpan>, KernError> {
-        let (s, t) = (r.start().0, r.end().0);
+        let (s, t) = (r.start().as_u64(), r.end().as_u64());
         self.m.clip_range(objs, s, t);
         let mut flush = TlbFlush::none();
         let mut spans = Vec::new();
@@ -315,7 +315,7 @@ impl<'a> MapGuard<'a> {
         if !r.is_user() {
             return Err(KernError::InvalidAddress);
         }
-        let (s, t) = (r.start().0, r.end().0);
+        let (s, t) = (r.start().as_u64(), r.end().as_u64());
         if self.m.overlapping(s, t).next().is_some() {
             return Err(KernError::NoSpace);
         }
@@ -335,7 +335,7 @@ impl<'a> MapGuard<'a> {
     /// Merges the neighbours among the entries touching `r` that could be
     /// one entry; every change ends with it.
     pub fn simplify(&mut self, objs: &mut Objects<'_>, r: VaRange) {
-        self.m.simplify(objs, r.start().0, r.end().0);
+        self.m.simplify(objs, r.start().as_u64(), r.end().as_u64());
     }
 }
 

@@ -9,7 +9,7 @@
 
 use alloc::vec::Vec;
 
-use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, VaRange};
+use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, VaRange, page_chunks};
 use machvm_frame::{FrameReservation, FrameUse};
 use machvm_object::{Hold, Objects};
 use machvm_pmap::Access;
@@ -60,7 +60,7 @@ impl VmMap {
         let pm = self.0.ctx.pmap();
         r.iter_pages()
             .filter(|va| pm.translate(self.0.pmap, *va, access, true).is_err())
-            .map(|va| va.0)
+            .map(|va| va.as_u64())
             .collect()
     }
 
@@ -214,23 +214,26 @@ pub(crate) fn for_each_page_piece(
     mut f: impl FnMut(Option<&Hold>, u64, u64, usize, usize) -> bool,
 ) -> Result<(), KernError> {
     let end = addr + len as u64;
-    let mut at = 0usize;
+    let mut chunks = page_chunks(addr, len).peekable();
     // One walk over the entries in order, not a tree search per page.
     for (&start, e) in m.overlapping(addr, end) {
-        while at < len && addr + (at as u64) < e.end {
-            let va = addr + at as u64;
-            let off = va & (PAGE_SIZE - 1);
-            let n = ((PAGE_SIZE - off) as usize).min(len - at);
-            let page = (va - off - start) >> PAGE_SHIFT;
-            if va < start || !f(e.object.as_ref(), page, off, at, n) {
+        while let Some(c) = chunks.next_if(|c| c.page.as_u64() < e.end) {
+            let page = c.page.as_u64();
+            if page + c.offset < start
+                || !f(
+                    e.object.as_ref(),
+                    (page - start) >> PAGE_SHIFT,
+                    c.offset,
+                    c.at,
+                    c.len,
+                )
+            {
                 return Err(KernError::Failure);
             }
-            at += n;
         }
     }
-    if at < len {
-        Err(KernError::Failure)
-    } else {
-        Ok(())
+    match chunks.next() {
+        Some(_) => Err(KernError::Failure),
+        None => Ok(()),
     }
 }

@@ -90,7 +90,7 @@ impl VmMap {
             if r.how == Resolution::Backing || !direct {
                 prot.remove(VmProt::WRITE);
             }
-            match pm.enter(pmap, VirtAddr(page), r.pa, prot, wired) {
+            match pm.enter(pmap, VirtAddr::new(page), r.pa, prot, wired) {
                 Ok(f) => {
                     pm.flush(f);
                     Ok(())

@@ -263,7 +263,7 @@ impl Drop for MapShared {
     fn drop(&mut self) {
         let pm = self.ctx.pmap();
         let entries = core::mem::take(&mut self.inner.get_mut().entries);
-        let all = VaRange::new(VirtAddr(0), VirtAddr(USER_MAX)).unwrap_or_default();
+        let all = VaRange::new(VirtAddr::new(0), VirtAddr::new(USER_MAX)).unwrap_or_default();
         pm.flush(pm.remove(self.pmap, all));
         let mut objs = self.ctx.objects();
         release_entries(&mut objs, entries.into_iter());
@@ -292,7 +292,7 @@ pub fn hosted_context(bytes: u64) -> Arc<VmContext> {
 }
 
 pub(crate) fn page_range(start: u64, end: u64) -> VaRange {
-    VaRange::new(VirtAddr(start), VirtAddr(end)).unwrap_or_default()
+    VaRange::new(VirtAddr::new(start), VirtAddr::new(end)).unwrap_or_default()
 }
 
 impl MapInner {

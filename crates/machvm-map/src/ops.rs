@@ -36,16 +36,19 @@ impl VmMap {
         let r = VaRange::round_out(addr, size).ok_or(KernError::InvalidArgument)?;
         let mut m = self.0.inner.lock();
         let start = if anywhere {
-            m.find_space(r.start().0, r.len())
+            m.find_space(r.start().as_u64(), r.len())
                 .ok_or(KernError::NoSpace)?
         } else {
             if !r.is_user() {
                 return Err(KernError::InvalidAddress);
             }
-            if m.overlapping(r.start().0, r.end().0).next().is_some() {
+            if m.overlapping(r.start().as_u64(), r.end().as_u64())
+                .next()
+                .is_some()
+            {
                 return Err(KernError::NoSpace);
             }
-            r.start().0
+            r.start().as_u64()
         };
         m.insert(start, Entry::new_anon(start + r.len()));
         m.simplify(&mut self.0.ctx.objects(), start, start + r.len());
@@ -67,7 +70,7 @@ impl VmMap {
 
     /// Unmaps `r`, takes its entries out and gives back their holds.
     pub(crate) fn remove_locked(&self, m: &mut MapInner, objs: &mut Objects<'_>, r: VaRange) {
-        let (s, e) = (r.start().0, r.end().0);
+        let (s, e) = (r.start().as_u64(), r.end().as_u64());
         m.clip_range(objs, s, e);
         let removed = m.remove_range(s, e);
         if !removed.is_empty() {
@@ -97,7 +100,7 @@ impl VmMap {
         if !r.is_user() {
             return Err(KernError::InvalidAddress);
         }
-        let (s, e) = (r.start().0, r.end().0);
+        let (s, e) = (r.start().as_u64(), r.end().as_u64());
         let mut m = self.0.inner.lock();
         m.check_covered(s, e)?;
         if m.overlapping(s, e)
@@ -131,7 +134,7 @@ impl VmMap {
         let Some(r) = mgmt_range(addr, size)? else {
             return Ok(());
         };
-        let (s, e) = (r.start().0, r.end().0);
+        let (s, e) = (r.start().as_u64(), r.end().as_u64());
         let mut m = self.0.inner.lock();
         m.check_covered(s, e)?;
         let mut objs = self.0.ctx.objects();
@@ -178,7 +181,7 @@ impl VmMap {
 /// `Ok` when `r` is allocated without a hole (`InvalidAddress`) and every
 /// entry in it allows `access` (`ProtectionFailure`).
 pub(crate) fn check_access(m: &MapInner, r: VaRange, access: Access) -> Result<(), KernError> {
-    let (s, e) = (r.start().0, r.end().0);
+    let (s, e) = (r.start().as_u64(), r.end().as_u64());
     m.check_covered(s, e)?;
     if m.overlapping(s, e)
         .any(|(_, en)| !en.protection.contains(access.needs()))

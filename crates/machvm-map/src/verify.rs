@@ -54,7 +54,7 @@ impl VmMap {
     /// holds, allows no more than the entry, and is writable only where the
     /// entry writes the page directly.
     fn check_translations(&self, m: &MapInner, objs: &Objects<'_>) -> Result<(), String> {
-        let all = VaRange::new(VirtAddr(0), VirtAddr(USER_MAX)).unwrap_or_default();
+        let all = VaRange::new(VirtAddr::new(0), VirtAddr::new(USER_MAX)).unwrap_or_default();
         let pm = self.0.ctx.pmap();
         let maps = pm.mappings(self.0.pmap, all);
         if maps.len() as u64 != pm.resident_count(self.0.pmap) {
@@ -75,9 +75,9 @@ fn check_translation(
 ) -> Result<(), String> {
     let Some((&start, e)) = m
         .entries
-        .range(..=va.0)
+        .range(..=va.as_u64())
         .next_back()
-        .filter(|(_, e)| va.0 < e.end)
+        .filter(|(_, e)| va.as_u64() < e.end)
     else {
         return Err(format!("translation of {va:?} outside every entry"));
     };
@@ -90,7 +90,7 @@ fn check_translation(
     let Some(h) = &e.object else {
         return Err(format!("translation of {va:?} in an entry without object"));
     };
-    let Some(found) = objs.lookup(h, (va.0 - start) >> PAGE_SHIFT) else {
+    let Some(found) = objs.lookup(h, (va.as_u64() - start) >> PAGE_SHIFT) else {
         return Err(format!(
             "translation of {va:?} to {:?}, but no page in the chain",
             t.pa

@@ -125,7 +125,7 @@ impl Objects<'_> {
         if matches!(how, Resolution::Resident | Resolution::Backing) {
             VmCounters::bump(&counters.hits);
             let r = Resolved {
-                pa: below.map_or(PhysAddr(0), |b| b.pa),
+                pa: below.map_or(PhysAddr::new(0), |b| b.pa),
                 how,
             };
             map(r)?;

@@ -221,7 +221,7 @@ fn copy_up_into_a_shared_object_removes_stale_translations() {
     // The sibling reads the page through the shared shadow: read-only.
     let r = resolve(&mut o, &sib, 0, false);
     assert_eq!((r.pa, r.how), (old, Resolution::Backing));
-    let va = VirtAddr(0x1000);
+    let va = VirtAddr::new(0x1000);
     pm.flush(pm.enter(p2, va, old, VmProt::READ, false).unwrap());
     let mut f = o.on_demand();
     o.resolve(&h, 0, true, &mut f, |r| {

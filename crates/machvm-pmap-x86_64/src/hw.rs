@@ -8,7 +8,7 @@ use x86_64::structures::paging::PhysFrame;
 
 /// Invalidates the TLB entry for `va` on this CPU (`invlpg`).
 pub fn invlpg(va: VirtAddr) {
-    x86_64::instructions::tlb::flush(x86_64::VirtAddr::new_truncate(va.0));
+    x86_64::instructions::tlb::flush(x86_64::VirtAddr::new_truncate(va.as_u64()));
 }
 
 /// Invalidates every non-global TLB entry on this CPU (reloads CR3).
@@ -23,7 +23,7 @@ pub fn flush_all() {
 /// half maps the running kernel (code, stack, data) exactly as the current
 /// root does, and it must stay alive while loaded.
 pub unsafe fn load_cr3(root: PhysAddr) {
-    let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(root.0));
+    let frame = PhysFrame::containing_address(x86_64::PhysAddr::new(root.as_u64()));
     // SAFETY: the caller guarantees the new root maps the kernel identically.
     unsafe { Cr3::write(frame, Cr3Flags::empty()) };
 }

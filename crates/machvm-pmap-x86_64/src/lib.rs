@@ -176,10 +176,10 @@ struct Acct {
 /// let pmap = X86Pmap::new(frames.clone(), Default::default()).unwrap();
 /// let p = pmap.create().unwrap();
 /// let page = frames.alloc(FrameUse::Object).unwrap();
-/// let flush = pmap.enter(p, VirtAddr(0x40_0000), page, VmProt::READ, false).unwrap();
+/// let flush = pmap.enter(p, VirtAddr::new(0x40_0000), page, VmProt::READ, false).unwrap();
 /// pmap.flush(flush);
-/// assert_eq!(pmap.translate(p, VirtAddr(0x40_0123), Access::Read, true), Ok(page + 0x123));
-/// assert!(pmap.translate(p, VirtAddr(0x40_0123), Access::Write, true).is_err());
+/// assert_eq!(pmap.translate(p, VirtAddr::new(0x40_0123), Access::Read, true), Ok(page + 0x123));
+/// assert!(pmap.translate(p, VirtAddr::new(0x40_0123), Access::Write, true).is_err());
 /// pmap.destroy(p);
 /// frames.free(page);
 /// ```
@@ -316,7 +316,7 @@ impl X86Pmap {
             if e & P == 0 || e & PS != 0 {
                 return false;
             }
-            table = PhysAddr(e & ADDR);
+            table = PhysAddr::new(e & ADDR);
         }
         let e = self.load(table, index(va, 2));
         e & P != 0 && e & PS == 0

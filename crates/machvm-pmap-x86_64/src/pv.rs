@@ -18,14 +18,14 @@ pub(crate) struct PvEntry(u64);
 
 impl PvEntry {
     pub(crate) fn new(pmap: PmapId, va: VirtAddr, large: bool) -> PvEntry {
-        debug_assert!(pmap.0 < MAX_PMAPS && va.0 < (1 << 48));
-        PvEntry((u64::from(pmap.0) + 1) << 36 | va.0 >> PAGE_SHIFT | u64::from(large) << 63)
+        debug_assert!(pmap.0 < MAX_PMAPS && va.as_u64() < (1 << 48));
+        PvEntry((u64::from(pmap.0) + 1) << 36 | va.as_u64() >> PAGE_SHIFT | u64::from(large) << 63)
     }
     pub(crate) fn pmap(self) -> PmapId {
         PmapId((((self.0 >> 36) & ((1 << 27) - 1)) - 1) as u32)
     }
     pub(crate) fn va(self) -> VirtAddr {
-        VirtAddr((self.0 & ((1 << 36) - 1)) << PAGE_SHIFT)
+        VirtAddr::new((self.0 & ((1 << 36) - 1)) << PAGE_SHIFT)
     }
     pub(crate) fn large(self) -> bool {
         self.0 >> 63 != 0
@@ -86,12 +86,12 @@ mod tests {
 
     #[test]
     fn entries_pack_and_unpack() {
-        let e = PvEntry::new(PmapId(77), VirtAddr(0x7fff_ffff_f000), true);
+        let e = PvEntry::new(PmapId(77), VirtAddr::new(0x7fff_ffff_f000), true);
         assert_eq!(
             (e.pmap(), e.va(), e.large()),
-            (PmapId(77), VirtAddr(0x7fff_ffff_f000), true)
+            (PmapId(77), VirtAddr::new(0x7fff_ffff_f000), true)
         );
-        let z = PvEntry::new(PmapId(0), VirtAddr(0), false);
+        let z = PvEntry::new(PmapId(0), VirtAddr::new(0), false);
         assert_ne!(z.0, 0);
         let mut h = PvHead::default();
         h.insert(e);

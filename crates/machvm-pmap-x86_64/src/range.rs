@@ -73,14 +73,14 @@ impl X86Pmap {
                     }
                 }
             } else {
-                PhysAddr(e & ADDR)
+                PhysAddr::new(e & ADDR)
             };
             self.range_op_in(g, pmap, child, level - 1, eva, s, t, op, f, acct);
             if self.use_count(child) == 0 {
                 self.store(table, i, 0);
                 self.add_use(table, -1);
                 f.defer_free(child);
-                f.add_page(pmap, VirtAddr(s));
+                f.add_page(pmap, VirtAddr::new(s));
             }
         }
     }
@@ -105,21 +105,21 @@ impl X86Pmap {
                 // not lost: it moves to the frame's metadata.
                 let e = self.mem().swap_u64(table + i as u64 * 8, 0);
                 if e & D != 0 {
-                    self.mark_dirty(PhysAddr(e & ADDR), large);
+                    self.mark_dirty(PhysAddr::new(e & ADDR), large);
                 }
                 self.add_use(table, -1);
                 if e & MANAGED != 0 {
                     self.pv_remove(
                         g,
-                        PhysAddr(e & ADDR),
-                        PvEntry::new(pmap, VirtAddr(va), large),
+                        PhysAddr::new(e & ADDR),
+                        PvEntry::new(pmap, VirtAddr::new(va), large),
                     );
                 }
                 acct.resident -= if large { SMALL_PER_LARGE as i64 } else { 1 };
                 if e & WIRED != 0 {
                     acct.wired -= 1;
                 }
-                f.add_page(pmap, VirtAddr(va));
+                f.add_page(pmap, VirtAddr::new(va));
             }
             Op::Lower { clear, set } => {
                 if (e & !clear) | set != e {
@@ -128,7 +128,7 @@ impl X86Pmap {
                     let slot = table + i as u64 * 8;
                     self.mem().fetch_and_u64(slot, !clear);
                     self.mem().fetch_or_u64(slot, set);
-                    f.add_page(pmap, VirtAddr(va));
+                    f.add_page(pmap, VirtAddr::new(va));
                 }
             }
         }
@@ -138,7 +138,7 @@ impl X86Pmap {
     /// written the frame (all 512 frames of a large leaf).
     pub(crate) fn mark_dirty(&self, pa: PhysAddr, large: bool) {
         let n = if large { SMALL_PER_LARGE } else { 1 };
-        let base = PhysAddr(pa.0 & !((n << 12) - 1));
+        let base = PhysAddr::new(pa.as_u64() & !((n << 12) - 1));
         for k in 0..n {
             if let Some(p) = self.frames.page(base + k * PAGE_SIZE) {
                 p.set_flags(machvm_frame::page_flags::DIRTY);
@@ -165,7 +165,7 @@ impl X86Pmap {
             if level == 1 || (level == 2 && e & PS != 0) {
                 return Some((table, i, e, level == 2));
             }
-            table = PhysAddr(e & ADDR);
+            table = PhysAddr::new(e & ADDR);
         }
         None
     }
@@ -181,7 +181,7 @@ impl X86Pmap {
                     .map(|e| (e.pmap(), e.va())),
             );
         }
-        let head = PhysAddr(pa.0 & !(LARGE_PAGE_SIZE - 1));
+        let head = PhysAddr::new(pa.as_u64() & !(LARGE_PAGE_SIZE - 1));
         if let Some(i) = self.frames.frame_index(head) {
             out.extend(
                 g.pv[i]
@@ -201,7 +201,7 @@ impl X86Pmap {
             let Some(root) = g.space(pmap).map(|s| s.root) else {
                 continue;
             };
-            if let Some((table, i, e, _)) = self.find_leaf(root, va.0) {
+            if let Some((table, i, e, _)) = self.find_leaf(root, va.as_u64()) {
                 if e & bit != 0 {
                     any = true;
                     if clear {

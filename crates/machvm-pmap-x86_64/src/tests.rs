@@ -16,7 +16,7 @@ fn check(fa: &FrameAllocator, pm: &X86Pmap) {
 }
 
 fn range(a: u64, b: u64) -> VaRange {
-    VaRange::new(VirtAddr(a), VirtAddr(b)).unwrap()
+    VaRange::new(VirtAddr::new(a), VirtAddr::new(b)).unwrap()
 }
 
 #[test]
@@ -26,49 +26,55 @@ fn walker_applies_protection_like_the_mmu() {
     let f0 = fa.alloc(FrameUse::Object).unwrap();
     let f1 = fa.alloc(FrameUse::Object).unwrap();
     pm.flush(
-        pm.enter(p, VirtAddr(0x1000), f0, VmProt::READ, false)
+        pm.enter(p, VirtAddr::new(0x1000), f0, VmProt::READ, false)
             .unwrap(),
     );
     pm.flush(
-        pm.enter(p, VirtAddr(0x2000), f1, VmProt::ALL, false)
+        pm.enter(p, VirtAddr::new(0x2000), f1, VmProt::ALL, false)
             .unwrap(),
     );
     check(&fa, &pm);
-    assert_eq!(pm.translate(p, VirtAddr(0x1008), Read, true), Ok(f0 + 8));
     assert_eq!(
-        pm.translate(p, VirtAddr(0x1008), Write, true),
+        pm.translate(p, VirtAddr::new(0x1008), Read, true),
+        Ok(f0 + 8)
+    );
+    assert_eq!(
+        pm.translate(p, VirtAddr::new(0x1008), Write, true),
         Err(FaultCode(7))
     );
     // CR0.WP: the supervisor cannot write a read-only page either.
     assert_eq!(
-        pm.translate(p, VirtAddr(0x1008), Write, false),
+        pm.translate(p, VirtAddr::new(0x1008), Write, false),
         Err(FaultCode(3))
     );
     assert_eq!(
-        pm.translate(p, VirtAddr(0x1008), Execute, true),
+        pm.translate(p, VirtAddr::new(0x1008), Execute, true),
         Err(FaultCode(0x15))
     );
-    assert_eq!(pm.translate(p, VirtAddr(0x2008), Execute, true), Ok(f1 + 8));
     assert_eq!(
-        pm.translate(p, VirtAddr(0x3000), Read, true),
+        pm.translate(p, VirtAddr::new(0x2008), Execute, true),
+        Ok(f1 + 8)
+    );
+    assert_eq!(
+        pm.translate(p, VirtAddr::new(0x3000), Read, true),
         Err(FaultCode(4))
     );
     assert_eq!(
-        pm.translate(p, VirtAddr(0x0000_8000_0000_0000), Read, true),
+        pm.translate(p, VirtAddr::new(0x0000_8000_0000_0000), Read, true),
         Err(FaultCode(4))
     );
-    let t = pm.extract(p, VirtAddr(0x2fff)).unwrap();
+    let t = pm.extract(p, VirtAddr::new(0x2fff)).unwrap();
     assert_eq!(
         (t.pa, t.prot, t.wired, t.size),
         (f1, VmProt::ALL, false, PAGE_SIZE)
     );
     // Write-only is not expressible: reading is allowed too.
     pm.flush(
-        pm.enter(p, VirtAddr(0x1000), f0, VmProt::WRITE, false)
+        pm.enter(p, VirtAddr::new(0x1000), f0, VmProt::WRITE, false)
             .unwrap(),
     );
     assert_eq!(
-        pm.extract(p, VirtAddr(0x1000)).unwrap().prot,
+        pm.extract(p, VirtAddr::new(0x1000)).unwrap().prot,
         VmProt::DEFAULT
     );
     check(&fa, &pm);
@@ -94,7 +100,7 @@ fn intermediate_tables_are_freed_when_empty() {
     ];
     for va in vas {
         pm.flush(
-            pm.enter(p, VirtAddr(va), frame, VmProt::READ, false)
+            pm.enter(p, VirtAddr::new(va), frame, VmProt::READ, false)
                 .unwrap(),
         );
         check(&fa, &pm);
@@ -125,7 +131,7 @@ fn protect_lowers_and_never_raises() {
         pm.flush(
             pm.enter(
                 p,
-                VirtAddr(0x10000 + i * PAGE_SIZE),
+                VirtAddr::new(0x10000 + i * PAGE_SIZE),
                 frame,
                 VmProt::DEFAULT,
                 false,
@@ -137,15 +143,18 @@ fn protect_lowers_and_never_raises() {
     assert!(!f.is_empty());
     pm.flush(f);
     check(&fa, &pm);
-    assert_eq!(pm.extract(p, VirtAddr(0x10000)).unwrap().prot, VmProt::READ);
     assert_eq!(
-        pm.extract(p, VirtAddr(0x14000)).unwrap().prot,
+        pm.extract(p, VirtAddr::new(0x10000)).unwrap().prot,
+        VmProt::READ
+    );
+    assert_eq!(
+        pm.extract(p, VirtAddr::new(0x14000)).unwrap().prot,
         VmProt::DEFAULT
     );
     // Protecting without READ removes.
     pm.flush(pm.protect(p, range(0x13000, 0x15000), VmProt::WRITE));
-    assert!(pm.extract(p, VirtAddr(0x13000)).is_none());
-    assert!(pm.extract(p, VirtAddr(0x14000)).is_none());
+    assert!(pm.extract(p, VirtAddr::new(0x13000)).is_none());
+    assert!(pm.extract(p, VirtAddr::new(0x14000)).is_none());
     assert_eq!(pm.resident_count(p), 6);
     check(&fa, &pm);
     // A no-op protect needs no flush.
@@ -165,21 +174,21 @@ fn page_protect_reaches_every_pmap() {
     let b = pm.create().unwrap();
     let frame = fa.alloc(FrameUse::Object).unwrap();
     pm.flush(
-        pm.enter(a, VirtAddr(0x5000), frame, VmProt::DEFAULT, false)
+        pm.enter(a, VirtAddr::new(0x5000), frame, VmProt::DEFAULT, false)
             .unwrap(),
     );
     pm.flush(
-        pm.enter(b, VirtAddr(0x9000), frame, VmProt::ALL, false)
+        pm.enter(b, VirtAddr::new(0x9000), frame, VmProt::ALL, false)
             .unwrap(),
     );
     pm.flush(pm.page_protect(frame, VmProt::READ));
     check(&fa, &pm);
     assert_eq!(
-        pm.translate(a, VirtAddr(0x5000), Write, true),
+        pm.translate(a, VirtAddr::new(0x5000), Write, true),
         Err(FaultCode(7))
     );
     assert_eq!(
-        pm.translate(b, VirtAddr(0x9000), Write, true),
+        pm.translate(b, VirtAddr::new(0x9000), Write, true),
         Err(FaultCode(7))
     );
     pm.flush(pm.page_protect(frame, VmProt::NONE));
@@ -197,20 +206,20 @@ fn referenced_and_modified_bits() {
     let p = pm.create().unwrap();
     let frame = fa.alloc(FrameUse::Object).unwrap();
     pm.flush(
-        pm.enter(p, VirtAddr(0x5000), frame, VmProt::DEFAULT, false)
+        pm.enter(p, VirtAddr::new(0x5000), frame, VmProt::DEFAULT, false)
             .unwrap(),
     );
     assert!(!pm.is_referenced(frame) && !pm.is_modified(frame));
-    pm.translate(p, VirtAddr(0x5000), Read, true).unwrap();
+    pm.translate(p, VirtAddr::new(0x5000), Read, true).unwrap();
     assert!(pm.is_referenced(frame) && !pm.is_modified(frame));
-    pm.translate(p, VirtAddr(0x5000), Write, true).unwrap();
+    pm.translate(p, VirtAddr::new(0x5000), Write, true).unwrap();
     assert!(pm.is_modified(frame));
     pm.flush(pm.clear_modify(frame));
     pm.flush(pm.clear_reference(frame));
     assert!(!pm.is_referenced(frame) && !pm.is_modified(frame));
     check(&fa, &pm);
     // A dirty bit survives the removal of its translation.
-    pm.translate(p, VirtAddr(0x5000), Write, true).unwrap();
+    pm.translate(p, VirtAddr::new(0x5000), Write, true).unwrap();
     pm.flush(pm.remove(p, range(0x5000, 0x6000)));
     assert!(
         pm.is_modified(frame),
@@ -220,10 +229,10 @@ fn referenced_and_modified_bits() {
     assert!(!pm.is_modified(frame));
     // And the lowering of a writable translation keeps it too.
     pm.flush(
-        pm.enter(p, VirtAddr(0x5000), frame, VmProt::DEFAULT, false)
+        pm.enter(p, VirtAddr::new(0x5000), frame, VmProt::DEFAULT, false)
             .unwrap(),
     );
-    pm.translate(p, VirtAddr(0x5000), Write, true).unwrap();
+    pm.translate(p, VirtAddr::new(0x5000), Write, true).unwrap();
     pm.flush(pm.protect(p, range(0x5000, 0x6000), VmProt::READ));
     assert!(pm.is_modified(frame));
     check(&fa, &pm);
@@ -237,13 +246,13 @@ fn wiring_is_counted() {
     let p = pm.create().unwrap();
     let frame = fa.alloc(FrameUse::Object).unwrap();
     pm.flush(
-        pm.enter(p, VirtAddr(0x5000), frame, VmProt::DEFAULT, true)
+        pm.enter(p, VirtAddr::new(0x5000), frame, VmProt::DEFAULT, true)
             .unwrap(),
     );
-    assert!(pm.extract(p, VirtAddr(0x5000)).unwrap().wired);
+    assert!(pm.extract(p, VirtAddr::new(0x5000)).unwrap().wired);
     check(&fa, &pm);
-    pm.change_wiring(p, VirtAddr(0x5000), false);
-    assert!(!pm.extract(p, VirtAddr(0x5000)).unwrap().wired);
+    pm.change_wiring(p, VirtAddr::new(0x5000), false);
+    assert!(!pm.extract(p, VirtAddr::new(0x5000)).unwrap().wired);
     check(&fa, &pm);
     pm.destroy(p);
     fa.free(frame);
@@ -257,13 +266,19 @@ fn large_pages_map_split_and_free() {
     let big = fa.alloc_order(LARGE_PAGE_ORDER, FrameUse::Object).unwrap();
     let va = 0x4000_0000u64;
     assert_eq!(
-        pm.enter_large(p, VirtAddr(va + PAGE_SIZE), big, VmProt::DEFAULT, false)
-            .err(),
+        pm.enter_large(
+            p,
+            VirtAddr::new(va + PAGE_SIZE),
+            big,
+            VmProt::DEFAULT,
+            false
+        )
+        .err(),
         Some(KernError::InvalidArgument)
     );
     let tables = fa.frames_in_use(FrameUse::PageTable);
     pm.flush(
-        pm.enter_large(p, VirtAddr(va), big, VmProt::DEFAULT, false)
+        pm.enter_large(p, VirtAddr::new(va), big, VmProt::DEFAULT, false)
             .unwrap(),
     );
     check(&fa, &pm);
@@ -274,25 +289,25 @@ fn large_pages_map_split_and_free() {
     );
     assert_eq!(pm.resident_count(p), 512);
     assert_eq!(
-        pm.translate(p, VirtAddr(va + 0x1_2345), Write, true),
+        pm.translate(p, VirtAddr::new(va + 0x1_2345), Write, true),
         Ok(big + 0x1_2345)
     );
-    let t = pm.extract(p, VirtAddr(va + 0x3000)).unwrap();
+    let t = pm.extract(p, VirtAddr::new(va + 0x3000)).unwrap();
     assert_eq!((t.pa, t.size), (big + 0x3000, LARGE_PAGE_SIZE));
     assert_eq!(pm.mapping_count(big + 0x3000), 1);
     // Lowering one small page inside splits the large one.
     pm.flush(pm.page_protect(big + 0x3000, VmProt::READ));
     check(&fa, &pm);
     assert_eq!(
-        pm.extract(p, VirtAddr(va + 0x3000)).unwrap().size,
+        pm.extract(p, VirtAddr::new(va + 0x3000)).unwrap().size,
         PAGE_SIZE
     );
     assert_eq!(
-        pm.translate(p, VirtAddr(va + 0x3000), Write, true),
+        pm.translate(p, VirtAddr::new(va + 0x3000), Write, true),
         Err(FaultCode(7))
     );
     assert_eq!(
-        pm.translate(p, VirtAddr(va + 0x4000), Write, true),
+        pm.translate(p, VirtAddr::new(va + 0x4000), Write, true),
         Ok(big + 0x4000)
     );
     assert_eq!(pm.resident_count(p), 512);
@@ -302,17 +317,17 @@ fn large_pages_map_split_and_free() {
     // Large entry over existing small ones replaces them.
     let small = fa.alloc(FrameUse::Object).unwrap();
     pm.flush(
-        pm.enter(p, VirtAddr(va + 0x5000), small, VmProt::READ, false)
+        pm.enter(p, VirtAddr::new(va + 0x5000), small, VmProt::READ, false)
             .unwrap(),
     );
     pm.flush(
-        pm.enter_large(p, VirtAddr(va), big, VmProt::READ, false)
+        pm.enter_large(p, VirtAddr::new(va), big, VmProt::READ, false)
             .unwrap(),
     );
     check(&fa, &pm);
     assert_eq!(pm.mapping_count(small), 0);
     assert_eq!(
-        pm.extract(p, VirtAddr(va + 0x5000)).unwrap().pa,
+        pm.extract(p, VirtAddr::new(va + 0x5000)).unwrap().pa,
         big + 0x5000
     );
     pm.destroy(p);
@@ -331,14 +346,20 @@ fn enter_out_of_memory_changes_nothing() {
     for k in 1..=3 {
         fa.fail_nth_allocation(k);
         assert_eq!(
-            pm.enter(p, VirtAddr(0x7000_0000_0000), frame, VmProt::READ, false)
-                .err(),
+            pm.enter(
+                p,
+                VirtAddr::new(0x7000_0000_0000),
+                frame,
+                VmProt::READ,
+                false
+            )
+            .err(),
             Some(KernError::ResourceShortage)
         );
         fa.fail_nth_allocation(0);
         check(&fa, &pm);
         assert_eq!(fa.free_frames(), free);
-        assert!(pm.extract(p, VirtAddr(0x7000_0000_0000)).is_none());
+        assert!(pm.extract(p, VirtAddr::new(0x7000_0000_0000)).is_none());
     }
     pm.destroy(p);
     fa.free(frame);
@@ -350,18 +371,24 @@ fn bad_arguments_are_refused() {
     let p = pm.create().unwrap();
     let frame = fa.alloc(FrameUse::Object).unwrap();
     assert_eq!(
-        pm.enter(p, VirtAddr(0x1001), frame, VmProt::READ, false)
+        pm.enter(p, VirtAddr::new(0x1001), frame, VmProt::READ, false)
             .err(),
         Some(KernError::InvalidArgument)
     );
     assert_eq!(
-        pm.enter(p, VirtAddr(USER_MAX), frame, VmProt::READ, false)
+        pm.enter(p, VirtAddr::new(USER_MAX), frame, VmProt::READ, false)
             .err(),
         Some(KernError::InvalidArgument)
     );
     assert_eq!(
-        pm.enter(PmapId(99), VirtAddr(0x1000), frame, VmProt::READ, false)
-            .err(),
+        pm.enter(
+            PmapId(99),
+            VirtAddr::new(0x1000),
+            frame,
+            VmProt::READ,
+            false
+        )
+        .err(),
         Some(KernError::InvalidArgument)
     );
     check(&fa, &pm);
@@ -392,14 +419,14 @@ fn demoting_a_wired_large_leaf_keeps_the_wired_count() {
     let big = fa.alloc_order(LARGE_PAGE_ORDER, FrameUse::Object).unwrap();
     let va = 0x4000_0000u64;
     pm.flush(
-        pm.enter_large(p, VirtAddr(va), big, VmProt::DEFAULT, true)
+        pm.enter_large(p, VirtAddr::new(va), big, VmProt::DEFAULT, true)
             .unwrap(),
     );
     check(&fa, &pm);
     // Removing one small page splits the wired leaf into 511 wired ones.
     pm.flush(pm.remove(p, range(va + 0x5000, va + 0x6000)));
     check(&fa, &pm);
-    assert!(pm.extract(p, VirtAddr(va + 0x7000)).unwrap().wired);
+    assert!(pm.extract(p, VirtAddr::new(va + 0x7000)).unwrap().wired);
     pm.flush(pm.protect(p, range(va, va + 0x3000), VmProt::READ));
     check(&fa, &pm);
     pm.flush(pm.remove(p, range(va, va + LARGE_PAGE_SIZE)));
@@ -424,16 +451,16 @@ fn enter_large_racing_a_small_enter_keeps_the_tables_consistent() {
     let va = 0x4000_0000u64;
     let other_cpu = pm.clone();
     *pm.race_hook.lock() = Some(alloc::boxed::Box::new(move || {
-        let f = other_cpu.enter(p, VirtAddr(va + 0x3000), small, VmProt::READ, false);
+        let f = other_cpu.enter(p, VirtAddr::new(va + 0x3000), small, VmProt::READ, false);
         other_cpu.flush(f.unwrap());
     }));
     pm.flush(
-        pm.enter_large(p, VirtAddr(va), big, VmProt::DEFAULT, false)
+        pm.enter_large(p, VirtAddr::new(va), big, VmProt::DEFAULT, false)
             .unwrap(),
     );
     check(&fa, &pm);
     assert_eq!(
-        pm.extract(p, VirtAddr(va + 0x3000)).unwrap().pa,
+        pm.extract(p, VirtAddr::new(va + 0x3000)).unwrap().pa,
         big + 0x3000
     );
     assert_eq!(

@@ -79,8 +79,8 @@ impl Pmap for X86Pmap {
         self.range_op(
             &mut g,
             pmap,
-            range.start().0,
-            range.end().0,
+            range.start().as_u64(),
+            range.end().as_u64(),
             Op::Remove,
             &mut f,
         );
@@ -93,8 +93,8 @@ impl Pmap for X86Pmap {
         self.range_op(
             &mut g,
             pmap,
-            range.start().0,
-            range.end().0,
+            range.start().as_u64(),
+            range.end().as_u64(),
             Op::for_prot(prot),
             &mut f,
         );
@@ -104,10 +104,10 @@ impl Pmap for X86Pmap {
     fn extract(&self, pmap: PmapId, va: VirtAddr) -> Option<Translation> {
         let mut g = self.inner.lock();
         let root = g.space(pmap)?.root;
-        let (_, _, e, large) = self.find_leaf(root, va.0)?;
+        let (_, _, e, large) = self.find_leaf(root, va.as_u64())?;
         let size = if large { LARGE_PAGE_SIZE } else { PAGE_SIZE };
         Some(Translation {
-            pa: PhysAddr((e & ADDR & !(size - 1)) + (va.page_base().0 & (size - 1))),
+            pa: PhysAddr::new((e & ADDR & !(size - 1)) + (va.page_base().as_u64() & (size - 1))),
             prot: Self::leaf_prot(e),
             wired: e & WIRED != 0,
             size,
@@ -125,7 +125,7 @@ impl Pmap for X86Pmap {
         let mut g = self.inner.lock();
         let root = g.space(pmap).ok_or(not_present)?.root;
         // Non-canonical addresses #GP on hardware; report them as not present.
-        let canonical = va.0 < (1 << 47) || va.0 >= 0xFFFF_8000_0000_0000;
+        let canonical = va.as_u64() < (1 << 47) || va.as_u64() >= 0xFFFF_8000_0000_0000;
         if !canonical {
             return Err(not_present);
         }
@@ -133,7 +133,7 @@ impl Pmap for X86Pmap {
         let mut table = root;
         let mut path = ArrayVec::<PhysAddr, 4>::new();
         for level in (1..=4).rev() {
-            let i = index(va.0, level);
+            let i = index(va.as_u64(), level);
             let slot = table + i as u64 * 8;
             let e = self.mem().load_u64(slot);
             if e & P == 0 {
@@ -158,9 +158,11 @@ impl Pmap for X86Pmap {
                 if access == Access::Write {
                     self.mem().fetch_or_u64(slot, D);
                 }
-                return Ok(PhysAddr((e & ADDR & !(size - 1)) + (va.0 & (size - 1))));
+                return Ok(PhysAddr::new(
+                    (e & ADDR & !(size - 1)) + (va.as_u64() & (size - 1)),
+                ));
             }
-            table = PhysAddr(e & ADDR);
+            table = PhysAddr::new(e & ADDR);
         }
         Err(not_present)
     }
@@ -170,7 +172,14 @@ impl Pmap for X86Pmap {
         let mut g = self.inner.lock();
         let op = Op::for_prot(prot);
         for (pmap, va) in self.mappings_of(&g, pa) {
-            self.range_op(&mut g, pmap, va.0, va.0 + PAGE_SIZE, op, &mut f);
+            self.range_op(
+                &mut g,
+                pmap,
+                va.as_u64(),
+                va.as_u64() + PAGE_SIZE,
+                op,
+                &mut f,
+            );
         }
         f
     }
@@ -207,7 +216,7 @@ impl Pmap for X86Pmap {
         let Some(root) = g.space(pmap).map(|s| s.root) else {
             return;
         };
-        if let Some((table, i, e, _)) = self.find_leaf(root, va.0) {
+        if let Some((table, i, e, _)) = self.find_leaf(root, va.as_u64()) {
             if (e & WIRED != 0) != wired {
                 self.store(table, i, e ^ WIRED);
                 if let Some(s) = g.space(pmap) {

@@ -16,7 +16,7 @@ impl X86Pmap {
         let n = if level == 4 { USER_ENTRIES } else { ENTRIES };
         for i in 0..n {
             let eva = base + i as u64 * span;
-            if eva >= range.end().0 || eva + span <= range.start().0 {
+            if eva >= range.end().as_u64() || eva + span <= range.start().as_u64() {
                 continue;
             }
             let e = self.load(table, i);
@@ -27,18 +27,18 @@ impl X86Pmap {
                 let pages = if level == 1 { 1 } else { SMALL_PER_LARGE };
                 for k in 0..pages {
                     let va = eva + k * PAGE_SIZE;
-                    if range.contains(VirtAddr(va)) {
+                    if range.contains(VirtAddr::new(va)) {
                         let t = Translation {
-                            pa: PhysAddr((e & ADDR & !(span - 1)) + k * PAGE_SIZE),
+                            pa: PhysAddr::new((e & ADDR & !(span - 1)) + k * PAGE_SIZE),
                             prot: Self::leaf_prot(e),
                             wired: e & WIRED != 0,
                             size: span,
                         };
-                        out.push((VirtAddr(va), t));
+                        out.push((VirtAddr::new(va), t));
                     }
                 }
             } else {
-                self.collect_leaves(PhysAddr(e & ADDR), level - 1, eva, range, out);
+                self.collect_leaves(PhysAddr::new(e & ADDR), level - 1, eva, range, out);
             }
         }
     }
@@ -59,7 +59,7 @@ impl X86Pmap {
         if meta.state() != FrameState::PageTable {
             return Err(format!("table {table:?} is in state {:?}", meta.state()));
         }
-        seen.insert(table.0);
+        seen.insert(table.as_u64());
         let n = if level == 4 { USER_ENTRIES } else { ENTRIES };
         let span = 1u64 << shift(level);
         let (mut present, mut resident, mut wired) = (0u16, 0, 0);
@@ -78,7 +78,7 @@ impl X86Pmap {
                 if e & US == 0 {
                     return Err(format!("user leaf {eva:#x} without US"));
                 }
-                let pa = PhysAddr(e & ADDR & !(span - 1));
+                let pa = PhysAddr::new(e & ADDR & !(span - 1));
                 let managed = self.frames.frame_index(pa).is_some();
                 if managed != (e & MANAGED != 0) {
                     return Err(format!(
@@ -87,7 +87,7 @@ impl X86Pmap {
                 }
                 if managed {
                     let idx = self.frames.frame_index(pa).unwrap_or(0);
-                    if !g.pv[idx].contains(PvEntry::new(pmap, VirtAddr(eva), large)) {
+                    if !g.pv[idx].contains(PvEntry::new(pmap, VirtAddr::new(eva), large)) {
                         return Err(format!("leaf {eva:#x} -> {pa:?} missing from pv list"));
                     }
                     *pv_seen += 1;
@@ -102,8 +102,8 @@ impl X86Pmap {
                         "intermediate entry {eva:#x} at level {level} not P|RW|US"
                     ));
                 }
-                let child = PhysAddr(e & ADDR);
-                if seen.contains(&child.0) {
+                let child = PhysAddr::new(e & ADDR);
+                if seen.contains(&child.as_u64()) {
                     return Err(format!("table {child:?} linked twice"));
                 }
                 if self.use_count(child) == 0 {

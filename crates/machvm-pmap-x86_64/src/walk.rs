@@ -17,7 +17,7 @@ impl X86Pmap {
                 // A large leaf in the way of a small one: demote it.
                 return 1;
             }
-            table = PhysAddr(e & ADDR);
+            table = PhysAddr::new(e & ADDR);
         }
         0
     }
@@ -39,7 +39,7 @@ impl X86Pmap {
             let e = self.load(table, i);
             table = if e & P == 0 {
                 let t = spare.pop().expect("tables_needed undercounted");
-                self.store(table, i, t.0 | TABLE);
+                self.store(table, i, t.as_u64() | TABLE);
                 self.add_use(table, 1);
                 t
             } else if e & PS != 0 {
@@ -47,7 +47,7 @@ impl X86Pmap {
                 self.demote_into(g, pmap, table, i, va & !(LARGE_PAGE_SIZE - 1), t);
                 t
             } else {
-                PhysAddr(e & ADDR)
+                PhysAddr::new(e & ADDR)
             };
         }
         table
@@ -65,10 +65,10 @@ impl X86Pmap {
         t: PhysAddr,
     ) {
         let e = self.load(l2, i);
-        let pa = PhysAddr(e & ADDR & !(LARGE_PAGE_SIZE - 1));
+        let pa = PhysAddr::new(e & ADDR & !(LARGE_PAGE_SIZE - 1));
         let flags = e & !(ADDR | PS) & !(1 << 12); // bit 12 is PAT in a large leaf
         for k in 0..ENTRIES {
-            self.store(t, k, (pa.0 + k as u64 * PAGE_SIZE) | flags);
+            self.store(t, k, (pa.as_u64() + k as u64 * PAGE_SIZE) | flags);
         }
         self.add_use(t, ENTRIES as i32);
         if e & WIRED != 0 {
@@ -78,16 +78,16 @@ impl X86Pmap {
             }
         }
         if e & MANAGED != 0 {
-            self.pv_remove(g, pa, PvEntry::new(pmap, VirtAddr(base), true));
+            self.pv_remove(g, pa, PvEntry::new(pmap, VirtAddr::new(base), true));
             for k in 0..SMALL_PER_LARGE {
                 self.pv_add(
                     g,
                     pa + k * PAGE_SIZE,
-                    PvEntry::new(pmap, VirtAddr(base + k * PAGE_SIZE), false),
+                    PvEntry::new(pmap, VirtAddr::new(base + k * PAGE_SIZE), false),
                 );
             }
         }
-        self.store(l2, i, t.0 | TABLE);
+        self.store(l2, i, t.as_u64() | TABLE);
     }
 
     pub(crate) fn enter_at(
@@ -102,8 +102,8 @@ impl X86Pmap {
         let align = if large { LARGE_PAGE_SIZE } else { PAGE_SIZE };
         if !va.is_aligned(align)
             || !pa.is_aligned(align)
-            || va.0 >= USER_MAX
-            || va.0 + align > USER_MAX
+            || va.as_u64() >= USER_MAX
+            || va.as_u64() + align > USER_MAX
         {
             return Err(KernError::InvalidArgument);
         }
@@ -117,14 +117,21 @@ impl X86Pmap {
         let leaf_level = if large { 2 } else { 1 };
         let mut g = self.inner.lock();
         let root = g.space(pmap).ok_or(KernError::InvalidArgument)?.root;
-        if large && self.small_below(root, va.0) {
+        if large && self.small_below(root, va.as_u64()) {
             // Clear the small translations and the table sitting there, under
             // the same lock as the new leaf: a 4 KiB enter racing this one
             // either comes first and is cleared, or comes after and splits
             // the new leaf.
-            self.range_op(&mut g, pmap, va.0, va.0 + align, Op::Remove, &mut f);
+            self.range_op(
+                &mut g,
+                pmap,
+                va.as_u64(),
+                va.as_u64() + align,
+                Op::Remove,
+                &mut f,
+            );
         }
-        let mut spare = match self.alloc_tables(self.tables_needed(root, va.0, leaf_level)) {
+        let mut spare = match self.alloc_tables(self.tables_needed(root, va.as_u64(), leaf_level)) {
             Ok(spare) => spare,
             Err(e) => {
                 drop(g);
@@ -132,7 +139,7 @@ impl X86Pmap {
                 return Err(e);
             }
         };
-        let table = self.descend(&mut g, pmap, root, va.0, leaf_level, &mut spare);
+        let table = self.descend(&mut g, pmap, root, va.as_u64(), leaf_level, &mut spare);
         debug_assert!(spare.is_empty());
         let leaf = Leaf {
             pmap,
@@ -175,13 +182,13 @@ impl X86Pmap {
             large,
             ..
         } = *leaf;
-        let i = index(va.0, if large { 2 } else { 1 });
+        let i = index(va.as_u64(), if large { 2 } else { 1 });
         let old = self.load(table, i);
         let mut acct = Acct::default();
         let mut new = leaf.flags;
         if old & P != 0 {
             // Replacing: drop the old translation's bookkeeping.
-            let old_pa = PhysAddr(old & ADDR);
+            let old_pa = PhysAddr::new(old & ADDR);
             if old & MANAGED != 0 {
                 self.pv_remove(g, old_pa, PvEntry::new(pmap, va, large));
             }
@@ -202,10 +209,10 @@ impl X86Pmap {
         if new & WIRED != 0 {
             acct.wired += 1;
         }
-        let prev = self.mem().swap_u64(table + i as u64 * 8, pa.0 | new);
+        let prev = self.mem().swap_u64(table + i as u64 * 8, pa.as_u64() | new);
         if prev & P != 0 && prev & D != 0 && new & D == 0 {
             // The replaced translation had written its frame.
-            self.mark_dirty(PhysAddr(prev & ADDR), large);
+            self.mark_dirty(PhysAddr::new(prev & ADDR), large);
         }
         if new & MANAGED != 0 {
             self.pv_add(g, pa, PvEntry::new(pmap, va, large));

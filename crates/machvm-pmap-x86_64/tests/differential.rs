@@ -48,17 +48,17 @@ impl Pair {
         for (i, &(x, s)) in self.ids.iter().enumerate() {
             let tx = self
                 .x86
-                .extract(x, VirtAddr(va))
+                .extract(x, VirtAddr::new(va))
                 .map(|t| (t.pa, t.prot, t.wired));
             let ts = self
                 .soft
-                .extract(s, VirtAddr(va))
+                .extract(s, VirtAddr::new(va))
                 .map(|t| (t.pa, t.prot, t.wired));
             assert_eq!(tx, ts, "extract of {va:#x} in pmap {i}");
             for access in [Access::Read, Access::Write, Access::Execute] {
                 for user in [true, false] {
-                    let a = self.x86.translate(x, VirtAddr(va + 8), access, user);
-                    let b = self.soft.translate(s, VirtAddr(va + 8), access, user);
+                    let a = self.x86.translate(x, VirtAddr::new(va + 8), access, user);
+                    let b = self.soft.translate(s, VirtAddr::new(va + 8), access, user);
                     assert_eq!(a, b, "{access:?} user={user} at {va:#x} in pmap {i}");
                 }
             }
@@ -97,9 +97,15 @@ fn run(seed: u64, ops: usize) {
                 let va = random_va(&mut r);
                 let pa = frames[r.below(frames.len() as u64) as usize];
                 let (prot, wired) = (random_prot(&mut r), r.below(4) == 0);
-                let a = pair.x86.enter(x, VirtAddr(va), pa, prot, wired).unwrap();
+                let a = pair
+                    .x86
+                    .enter(x, VirtAddr::new(va), pa, prot, wired)
+                    .unwrap();
                 pair.x86.flush(a);
-                let b = pair.soft.enter(s, VirtAddr(va), pa, prot, wired).unwrap();
+                let b = pair
+                    .soft
+                    .enter(s, VirtAddr::new(va), pa, prot, wired)
+                    .unwrap();
                 pair.soft.flush(b);
                 touched.push(va);
             }
@@ -112,27 +118,33 @@ fn run(seed: u64, ops: usize) {
                 let wired = r.below(2) == 0;
                 pair.x86.flush(
                     pair.x86
-                        .enter_large(x, VirtAddr(va), big, prot, wired)
+                        .enter_large(x, VirtAddr::new(va), big, prot, wired)
                         .unwrap(),
                 );
                 pair.soft.flush(
                     pair.soft
-                        .enter_large(s, VirtAddr(va), big, prot, wired)
+                        .enter_large(s, VirtAddr::new(va), big, prot, wired)
                         .unwrap(),
                 );
                 touched.extend((0..8).map(|k| va + k * 64 * PAGE_SIZE));
             }
             50..=64 => {
                 let va = random_va(&mut r);
-                let range =
-                    VaRange::new(VirtAddr(va), VirtAddr(va + r.below(700) * PAGE_SIZE)).unwrap();
+                let range = VaRange::new(
+                    VirtAddr::new(va),
+                    VirtAddr::new(va + r.below(700) * PAGE_SIZE),
+                )
+                .unwrap();
                 pair.x86.flush(pair.x86.remove(x, range));
                 pair.soft.flush(pair.soft.remove(s, range));
             }
             65..=79 => {
                 let va = random_va(&mut r);
-                let range =
-                    VaRange::new(VirtAddr(va), VirtAddr(va + r.below(700) * PAGE_SIZE)).unwrap();
+                let range = VaRange::new(
+                    VirtAddr::new(va),
+                    VirtAddr::new(va + r.below(700) * PAGE_SIZE),
+                )
+                .unwrap();
                 let prot = random_prot(&mut r);
                 pair.x86.flush(pair.x86.protect(x, range, prot));
                 pair.soft.flush(pair.soft.protect(s, range, prot));
@@ -171,7 +183,7 @@ fn run(seed: u64, ops: usize) {
         pair.compare(va);
     }
     for (i, &(x, s)) in pair.ids.iter().enumerate() {
-        let all = VaRange::new(VirtAddr(0), VirtAddr(0x8000_0000_0000)).unwrap();
+        let all = VaRange::new(VirtAddr::new(0), VirtAddr::new(0x8000_0000_0000)).unwrap();
         let mx: Vec<_> = pair
             .x86
             .mappings(x, all)
@@ -226,7 +238,7 @@ fn backends_agree_under_memory_pressure() {
     let mut r = Rng(77);
     let mut failures = 0;
     for _ in 0..2000 {
-        let va = VirtAddr(r.below(1 << 35) * PAGE_SIZE % 0x7fff_ffff_f000 + PAGE_SIZE);
+        let va = VirtAddr::new(r.below(1 << 35) * PAGE_SIZE % 0x7fff_ffff_f000 + PAGE_SIZE);
         match pm.enter(x, va, frame, VmProt::READ, false) {
             Ok(f) => {
                 pm.flush(f);
@@ -261,20 +273,27 @@ fn run_one_pmap(x86: &X86Pmap, fa: &FrameAllocator, frames: &[PhysAddr], seed: u
     let mut r = Rng(seed | 1);
     for _ in 0..1500 {
         let va = random_va(&mut r);
-        let range = VaRange::new(VirtAddr(va), VirtAddr(va + r.below(700) * PAGE_SIZE)).unwrap();
+        let range = VaRange::new(
+            VirtAddr::new(va),
+            VirtAddr::new(va + r.below(700) * PAGE_SIZE),
+        )
+        .unwrap();
         match r.below(10) {
             0..=4 => {
                 let pa = frames[r.below(frames.len() as u64) as usize];
                 let (prot, wired) = (random_prot(&mut r), r.below(4) == 0);
-                x86.flush(x86.enter(x, VirtAddr(va), pa, prot, wired).unwrap());
-                soft.flush(soft.enter(s, VirtAddr(va), pa, prot, wired).unwrap());
+                x86.flush(x86.enter(x, VirtAddr::new(va), pa, prot, wired).unwrap());
+                soft.flush(soft.enter(s, VirtAddr::new(va), pa, prot, wired).unwrap());
             }
             5 => {
                 let lva = (va + LARGE_PAGE_SIZE - 1) & !(LARGE_PAGE_SIZE - 1);
                 let (prot, wired) = (random_prot(&mut r) | VmProt::READ, r.below(2) == 0);
-                x86.flush(x86.enter_large(x, VirtAddr(lva), big, prot, wired).unwrap());
+                x86.flush(
+                    x86.enter_large(x, VirtAddr::new(lva), big, prot, wired)
+                        .unwrap(),
+                );
                 soft.flush(
-                    soft.enter_large(s, VirtAddr(lva), big, prot, wired)
+                    soft.enter_large(s, VirtAddr::new(lva), big, prot, wired)
                         .unwrap(),
                 );
             }
@@ -289,7 +308,7 @@ fn run_one_pmap(x86: &X86Pmap, fa: &FrameAllocator, frames: &[PhysAddr], seed: u
             }
         }
     }
-    let all = VaRange::new(VirtAddr(0), VirtAddr(0x8000_0000_0000)).unwrap();
+    let all = VaRange::new(VirtAddr::new(0), VirtAddr::new(0x8000_0000_0000)).unwrap();
     let mx: Vec<_> = x86
         .mappings(x, all)
         .into_iter()
@@ -352,18 +371,19 @@ fn large_and_small_enters_racing_in_one_range_stay_consistent() {
         sc.spawn(|| {
             for i in 0..2000u64 {
                 x86.flush(
-                    x86.enter_large(p, VirtAddr(va), big, VmProt::DEFAULT, i % 3 == 0)
+                    x86.enter_large(p, VirtAddr::new(va), big, VmProt::DEFAULT, i % 3 == 0)
                         .unwrap(),
                 );
                 if i % 4 == 0 {
-                    let r = VaRange::new(VirtAddr(va), VirtAddr(va + LARGE_PAGE_SIZE)).unwrap();
+                    let r = VaRange::new(VirtAddr::new(va), VirtAddr::new(va + LARGE_PAGE_SIZE))
+                        .unwrap();
                     x86.flush(x86.remove(p, r));
                 }
             }
         });
         sc.spawn(|| {
             for i in 0..2000u64 {
-                let at = VirtAddr(va + (i % 512) * PAGE_SIZE);
+                let at = VirtAddr::new(va + (i % 512) * PAGE_SIZE);
                 x86.flush(x86.enter(p, at, small, VmProt::READ, i % 5 == 0).unwrap());
                 if i % 7 == 0 {
                     x86.flush(x86.protect(
@@ -376,9 +396,9 @@ fn large_and_small_enters_racing_in_one_range_stay_consistent() {
         });
     });
     x86.verify().unwrap();
-    let all = VaRange::new(VirtAddr(va), VirtAddr(va + LARGE_PAGE_SIZE)).unwrap();
+    let all = VaRange::new(VirtAddr::new(va), VirtAddr::new(va + LARGE_PAGE_SIZE)).unwrap();
     for (v, t) in x86.mappings(p, all) {
-        let off = v.0 - va;
+        let off = v.as_u64() - va;
         assert!(t.pa == big + off || t.pa == small, "{v:?} maps {:?}", t.pa);
     }
     x86.destroy(p);

@@ -336,7 +336,7 @@ mod tests {
         let mut f = TlbFlush::none();
         assert!(f.is_empty());
         for i in 0..TLB_FLUSH_BATCH as u64 {
-            f.add_page(PmapId(1), VirtAddr(i * PAGE_SIZE));
+            f.add_page(PmapId(1), VirtAddr::new(i * PAGE_SIZE));
         }
         let p = f.into_parts();
         assert_eq!(
@@ -345,11 +345,11 @@ mod tests {
         );
         let mut f = TlbFlush::none();
         for i in 0..=TLB_FLUSH_BATCH as u64 {
-            f.add_page(PmapId(1), VirtAddr(i * PAGE_SIZE));
+            f.add_page(PmapId(1), VirtAddr::new(i * PAGE_SIZE));
         }
-        f.add_page(PmapId(2), VirtAddr(0));
+        f.add_page(PmapId(2), VirtAddr::new(0));
         let p = f.into_parts();
-        assert_eq!(p.pages.as_slice(), &[(PmapId(2), VirtAddr(0))]);
+        assert_eq!(p.pages.as_slice(), &[(PmapId(2), VirtAddr::new(0))]);
         assert_eq!(p.whole.as_slice(), &[PmapId(1)]);
         assert!(!p.everything);
         let mut f = TlbFlush::none();
@@ -357,7 +357,7 @@ mod tests {
             f.add_whole(PmapId(i));
         }
         let mut g = TlbFlush::none();
-        g.add_page(PmapId(3), VirtAddr(0));
+        g.add_page(PmapId(3), VirtAddr::new(0));
         g.merge(f);
         assert!(g.into_parts().everything);
     }

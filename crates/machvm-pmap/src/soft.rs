@@ -45,10 +45,10 @@ struct Inner {
 /// use machvm_pmap::{Pmap, SoftPmap, VirtAddr, PhysAddr, VmProt, Access};
 /// let pm = SoftPmap::new();
 /// let p = pm.create().unwrap();
-/// let f = pm.enter(p, VirtAddr(0x1000), PhysAddr(0x5000), VmProt::READ, false).unwrap();
+/// let f = pm.enter(p, VirtAddr::new(0x1000), PhysAddr::new(0x5000), VmProt::READ, false).unwrap();
 /// pm.flush(f);
-/// assert!(pm.translate(p, VirtAddr(0x1000), Access::Read, true).is_ok());
-/// assert!(pm.translate(p, VirtAddr(0x1000), Access::Write, true).is_err());
+/// assert!(pm.translate(p, VirtAddr::new(0x1000), Access::Read, true).is_ok());
+/// assert!(pm.translate(p, VirtAddr::new(0x1000), Access::Write, true).is_err());
 /// pm.destroy(p);
 /// ```
 #[derive(Default)]
@@ -81,7 +81,7 @@ impl SoftPmap {
                     any = true;
                     if clear {
                         *b = false;
-                        f.add_page(PmapId(p), VirtAddr(va));
+                        f.add_page(PmapId(p), VirtAddr::new(va));
                     }
                 }
             }
@@ -117,7 +117,7 @@ impl Inner {
                     self.pv.remove(&old.pa);
                 }
             }
-            flush.add_page(p, VirtAddr(va));
+            flush.add_page(p, VirtAddr::new(va));
         }
     }
 
@@ -130,14 +130,14 @@ impl Inner {
             let new = pte.prot & effective_prot(prot);
             if new != pte.prot {
                 pte.prot = new;
-                flush.add_page(p, VirtAddr(va));
+                flush.add_page(p, VirtAddr::new(va));
             }
         }
     }
 
     fn pv_of(&self, pa: PhysAddr) -> Vec<(u32, u64)> {
         self.pv
-            .get(&pa.page_base().0)
+            .get(&pa.page_base().as_u64())
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default()
     }
@@ -186,17 +186,17 @@ impl Pmap for SoftPmap {
         g.space(pmap).ok_or(KernError::InvalidArgument)?;
         let mut f = TlbFlush::none();
         if prot.is_empty() {
-            g.remove_one(pmap, va.0, &mut f);
+            g.remove_one(pmap, va.as_u64(), &mut f);
             return Ok(f);
         }
         let pte = Pte {
-            pa: pa.0,
+            pa: pa.as_u64(),
             prot: effective_prot(prot),
             wired,
             referenced: false,
             modified: false,
         };
-        g.insert(pmap, va.0, pte, &mut f);
+        g.insert(pmap, va.as_u64(), pte, &mut f);
         Ok(f)
     }
 
@@ -224,7 +224,7 @@ impl Pmap for SoftPmap {
         let Some(s) = g.space(pmap) else { return f };
         let vas: Vec<u64> = s
             .ptes
-            .range(range.start().0..range.end().0)
+            .range(range.start().as_u64()..range.end().as_u64())
             .map(|(k, _)| *k)
             .collect();
         for va in vas {
@@ -239,7 +239,7 @@ impl Pmap for SoftPmap {
         let Some(s) = g.space(pmap) else { return f };
         let vas: Vec<u64> = s
             .ptes
-            .range(range.start().0..range.end().0)
+            .range(range.start().as_u64()..range.end().as_u64())
             .map(|(k, _)| *k)
             .collect();
         for va in vas {
@@ -250,9 +250,9 @@ impl Pmap for SoftPmap {
 
     fn extract(&self, pmap: PmapId, va: VirtAddr) -> Option<Translation> {
         let mut g = self.inner.lock();
-        let pte = *g.space(pmap)?.ptes.get(&va.page_base().0)?;
+        let pte = *g.space(pmap)?.ptes.get(&va.page_base().as_u64())?;
         Some(Translation {
-            pa: PhysAddr(pte.pa),
+            pa: PhysAddr::new(pte.pa),
             prot: pte.prot,
             wired: pte.wired,
             size: PAGE_SIZE,
@@ -269,7 +269,7 @@ impl Pmap for SoftPmap {
         let mut g = self.inner.lock();
         let Some(pte) = g
             .space(pmap)
-            .and_then(|s| s.ptes.get_mut(&va.page_base().0))
+            .and_then(|s| s.ptes.get_mut(&va.page_base().as_u64()))
         else {
             return Err(FaultCode::new(access, user, false));
         };
@@ -280,7 +280,7 @@ impl Pmap for SoftPmap {
         if access == Access::Write {
             pte.modified = true;
         }
-        Ok(PhysAddr(pte.pa + va.page_offset()))
+        Ok(PhysAddr::new(pte.pa + va.page_offset()))
     }
 
     fn page_protect(&self, pa: PhysAddr, prot: VmProt) -> TlbFlush {
@@ -312,7 +312,7 @@ impl Pmap for SoftPmap {
         let mut g = self.inner.lock();
         if let Some(pte) = g
             .space(pmap)
-            .and_then(|s| s.ptes.get_mut(&va.page_base().0))
+            .and_then(|s| s.ptes.get_mut(&va.page_base().as_u64()))
         {
             pte.wired = wired;
         }
@@ -350,15 +350,15 @@ impl Pmap for SoftPmap {
             return Vec::new();
         };
         s.ptes
-            .range(range.start().0..range.end().0)
+            .range(range.start().as_u64()..range.end().as_u64())
             .map(|(va, pte)| {
                 let t = Translation {
-                    pa: PhysAddr(pte.pa),
+                    pa: PhysAddr::new(pte.pa),
                     prot: pte.prot,
                     wired: pte.wired,
                     size: PAGE_SIZE,
                 };
-                (VirtAddr(*va), t)
+                (VirtAddr::new(*va), t)
             })
             .collect()
     }
@@ -367,7 +367,7 @@ impl Pmap for SoftPmap {
         self.inner
             .lock()
             .pv
-            .get(&pa.page_base().0)
+            .get(&pa.page_base().as_u64())
             .map_or(0, |s| s.len())
     }
 

@@ -1,6 +1,7 @@
 //! machvm: the Mach / 4.4BSD virtual-memory system, as a library.
 //!
-//! This crate is the public façade of `SPEC.md`: a [`VmSystem`] owns
+//! This crate is the public façade of the contract in `docs/SPEC.md`
+//! ("SPEC §N" in these docs is a section of it): a [`VmSystem`] owns
 //! physical memory and the machine's pmap; [`VmMap`]s are task address maps
 //! with `allocate`, `deallocate`, `protect`, `inherit`, `region`, `fork`,
 //! and `read_bytes` / `write_bytes` that behave exactly as the task's own

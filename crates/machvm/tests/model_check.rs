@@ -1,5 +1,5 @@
 //! Differential model testing: random sequences of every façade call over
-//! up to four maps, run on machvm and on the reference model of SPEC.md
+//! up to four maps, run on machvm and on the reference model of docs/SPEC.md
 //! (`model/mod.rs`). Every result (value or exact `KernError`) and every
 //! byte must agree, and every invariant must hold after each step.
 //! Failures shrink to a minimal sequence; keep those as named tests below.

@@ -107,7 +107,7 @@ fn fork_write_protects_everywhere_before_any_copy_up() {
     parent.write_bytes(va, b"original").unwrap();
     // A thread of the parent runs on CPU 1 with the page's translation.
     pmap.activate(parent.pmap(), 1);
-    let old = pmap.extract(parent.pmap(), VirtAddr(va)).unwrap().pa;
+    let old = pmap.extract(parent.pmap(), VirtAddr::new(va)).unwrap().pa;
     *mmu.race.lock().unwrap() = Some(Race {
         parent: parent.clone(),
         va,

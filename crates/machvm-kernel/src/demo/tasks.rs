@@ -113,8 +113,8 @@ fn translation(c: usize, va: u64) -> Option<(u64, VmProt)> {
     let t = sys()
         .context()
         .pmap()
-        .extract(map.pmap(), VirtAddr(va & !(PG - 1)))?;
-    Some((t.pa.0, t.prot))
+        .extract(map.pmap(), VirtAddr::new(va & !(PG - 1)))?;
+    Some((t.pa.as_u64(), t.prot))
 }
 
 fn run(c: usize, name: &str, map: &VmMap) {

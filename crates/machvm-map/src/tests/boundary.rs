@@ -4,7 +4,7 @@ use super::*;
 use machvm_base::{VaRange, VmProt};
 
 fn range(s: u64, e: u64) -> VaRange {
-    VaRange::new(machvm_base::VirtAddr(s), machvm_base::VirtAddr(e)).unwrap()
+    VaRange::new(machvm_base::VirtAddr::new(s), machvm_base::VirtAddr::new(e)).unwrap()
 }
 
 fn untouched(pages: u64) -> CowSpan {

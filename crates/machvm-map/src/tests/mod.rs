@@ -133,24 +133,27 @@ fn faults_zero_fill_protect_and_refuse() {
         Err(KernError::ProtectionFailure)
     );
     map.fault(a + 5, Access::Read).unwrap();
-    let t = c.pmap().extract(map.pmap(), VirtAddr(a)).unwrap();
+    let t = c.pmap().extract(map.pmap(), VirtAddr::new(a)).unwrap();
     assert_eq!(t.prot, VmProt::DEFAULT);
     assert_eq!(c.counters.zero_fill_count.load(Relaxed), 1);
     verified(&map);
     // After fork the parent's translation is read-only until it writes.
     let child = map.fork().unwrap();
     assert_eq!(
-        c.pmap().extract(map.pmap(), VirtAddr(a)).unwrap().prot,
+        c.pmap().extract(map.pmap(), VirtAddr::new(a)).unwrap().prot,
         VmProt::READ
     );
     child.fault(a, Access::Read).unwrap();
     assert_eq!(
-        c.pmap().extract(child.pmap(), VirtAddr(a)).unwrap().prot,
+        c.pmap()
+            .extract(child.pmap(), VirtAddr::new(a))
+            .unwrap()
+            .prot,
         VmProt::READ
     );
     map.fault(a, Access::Write).unwrap();
     assert_eq!(
-        c.pmap().extract(map.pmap(), VirtAddr(a)).unwrap().prot,
+        c.pmap().extract(map.pmap(), VirtAddr::new(a)).unwrap().prot,
         VmProt::DEFAULT
     );
     assert_eq!(c.counters.cow_faults.load(Relaxed), 1);

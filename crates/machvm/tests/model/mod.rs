@@ -1,4 +1,4 @@
-//! A reference model of SPEC.md in plain Rust, with no machvm code inside:
+//! A reference model of docs/SPEC.md in plain Rust, with no machvm code inside:
 //! per map, a sparse set of pages, each with its bytes, protection, maximum
 //! and inheritance. Pages shared by `Share` inheritance are one `Rc` held by
 //! several maps; everything else is copied eagerly. Every call checks its

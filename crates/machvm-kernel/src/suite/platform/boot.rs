@@ -79,7 +79,7 @@ pub(super) fn identity_map_dropped() -> Result<(), String> {
 pub(super) fn direct_map_reaches_frames() -> Result<(), String> {
     let f = Frame::new(0)?;
     let pattern = 0x0123_4567_89AB_CDEF;
-    frames().mem().store_u64(PhysAddr(f.0 + 8), pattern);
+    frames().mem().store_u64(PhysAddr::new(f.0 + 8), pattern);
     let va = paging::phys_to_virt(f.0);
     // SAFETY: the test's own frame; nothing else writes it.
     let word = unsafe { trap::probe_read_u64_anywhere(va + 8) };
@@ -104,7 +104,7 @@ pub(super) fn frame_allocator_excludes_kernel() -> Result<(), String> {
     let l = mem::layout();
     let reserved = |pa: u64| {
         frames()
-            .page(PhysAddr(pa))
+            .page(PhysAddr::new(pa))
             .is_none_or(|p| p.state() == FrameState::Reserved)
     };
     for (pa, what) in [

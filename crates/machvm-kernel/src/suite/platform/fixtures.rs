@@ -12,19 +12,19 @@ impl Frame {
             .alloc(FrameUse::Kernel)
             .map_err(|e| format!("frame allocation: {e:?}"))?;
         frames().mem().write(pa, &[fill; 4096]);
-        Ok(Frame(pa.0))
+        Ok(Frame(pa.as_u64()))
     }
 
     pub(super) fn byte(&self, off: u64) -> u8 {
         let mut b = [0];
-        frames().mem().read(PhysAddr(self.0 + off), &mut b);
+        frames().mem().read(PhysAddr::new(self.0 + off), &mut b);
         b[0]
     }
 }
 
 impl Drop for Frame {
     fn drop(&mut self) {
-        frames().free(PhysAddr(self.0));
+        frames().free(PhysAddr::new(self.0));
     }
 }
 

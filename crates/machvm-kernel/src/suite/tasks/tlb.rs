@@ -74,7 +74,7 @@ pub(super) fn tlb_clear_modify_rearms_dirty_bit() -> Result<(), String> {
     ensure_eq!(rd(0, a)?, 0, "first load");
     let pm = &vm::vm().pmap;
     let pa = pm
-        .extract(map.pmap(), VirtAddr(a))
+        .extract(map.pmap(), VirtAddr::new(a))
         .ok_or("no translation after the load")?
         .pa;
     // The MMU sets the accessed and dirty bits; the pmap reads them back.
