@@ -12,6 +12,8 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
 use core::fmt;
 
 /// Size of a base page in bytes (SPEC §1).
@@ -171,8 +173,10 @@ impl fmt::Display for VmInherit {
 }
 
 mod addr;
+mod violation;
 
 pub use addr::{AddrNotValid, PHYS_ADDR_BITS, PageChunk, PhysAddr, VaRange, VirtAddr, page_chunks};
+pub use violation::Violation;
 
 #[cfg(test)]
 mod tests {

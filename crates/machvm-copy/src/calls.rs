@@ -120,7 +120,13 @@ pub fn vm_map_copy(
         dst_alloc,
         src_destroy,
     };
-    copy_locked(&mut MapPair::lock(src_map, dst_map), (sr, dr), &args)
+    let mut maps = MapPair::lock(src_map, dst_map);
+    let result = copy_locked(&mut maps, (sr, dr), &args);
+    let objs = src_map.context().objects();
+    let (s, d) = maps.both();
+    s.assert_consistent(&objs);
+    d.assert_consistent(&objs);
+    result
 }
 
 /// The body of [`vm_map_copy`] with the maps locked; `sr` and `dr` are the
@@ -220,7 +226,9 @@ pub fn vm_read(map: &VmMap, addr: u64, size: u64) -> Result<VmMapCopy, KernError
         |o| copyin_settle(&m, o, addr, size),
         |o| copyin_frames(&m, o, addr, size),
     )?;
-    copyin(&mut m, &mut objs, addr, size, &mut frames)
+    let copy = copyin(&mut m, &mut objs, addr, size, &mut frames);
+    m.assert_consistent(&objs);
+    copy
 }
 
 /// `vm_write`: overwrites the allocated, writable range at `addr` with
@@ -247,6 +255,7 @@ pub fn vm_write(map: &VmMap, addr: u64, mut data: VmMapCopy) -> Result<(), KernE
     })?;
     let result = overwrite(&mut m, &mut objs, addr, &mut data, &mut frames);
     data.release_into(&mut objs);
+    m.assert_consistent(&objs);
     result
 }
 

@@ -225,6 +225,7 @@ impl VmMapCopy {
         match steps::overwrite(&mut m, &mut objs, dst, &mut self, &mut frames) {
             Ok(()) => {
                 self.release_into(&mut objs);
+                m.assert_consistent(&objs);
                 Ok(dst)
             }
             Err(e) => {

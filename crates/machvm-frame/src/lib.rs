@@ -7,14 +7,16 @@
 //!   runs of `2^order` frames (page-table pages, 2 MiB pages) from one or more
 //!   physical ranges, buddy style.
 //!
-//! Invariants (checked by [`FrameAllocator::verify`]):
+//! Invariants (checked by [`FrameAllocator::verify`], one [`FrameRule`]
+//! each):
 //! - Every managed frame is in exactly one state: part of exactly one free
 //!   block, or part of exactly one allocated block, or reserved (a hole).
 //! - A free block of order `k` starts at a frame index aligned to `2^k`, is on
 //!   free list `k`, and its head has `order == k`; its other frames have
 //!   `order == NOT_HEAD`.
 //! - No two free buddies of the same order coexist (they would have merged).
-//! - The free counter equals the frames on the free lists.
+//! - The free counter, each free list's count and each use's counter equal
+//!   the frames they count.
 //! - No invalid free (double free, foreign frame, freeing a tail) was seen.
 #![cfg_attr(not(loom), no_std)]
 #![deny(unsafe_code)]
@@ -39,6 +41,7 @@ use sync::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Lock};
 pub use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PhysAddr};
 pub use mem::{HOSTED_PHYS_BASE, PhysMem};
 pub use reserve::FrameReservation;
+pub use verify::FrameRule;
 
 /// What [`FrameAllocator::fail_nth_allocation_with`] runs at the failing
 /// allocation.

@@ -309,19 +309,34 @@ fn verify_names_each_broken_rule() {
     let pa = fa.alloc_order(1, FrameUse::Object).unwrap();
     fa.verify().unwrap();
     fa.free.fetch_add(1, Relaxed);
-    assert!(fa.verify().unwrap_err().contains("free lists hold"));
+    assert_eq!(fa.verify().unwrap_err().rule, FrameRule::Counters);
     fa.free.fetch_sub(1, Relaxed);
     fa.in_use[FrameUse::Object.index()].fetch_add(1, Relaxed);
-    assert!(fa.verify().unwrap_err().contains("frames in use"));
+    assert_eq!(fa.verify().unwrap_err().rule, FrameRule::Counters);
     fa.in_use[FrameUse::Object.index()].fetch_sub(1, Relaxed);
     // The block's tail made a head of its own: two blocks overlap.
     let tail = fa.frame_index(pa + PAGE_SIZE).unwrap();
     fa.pages[tail]
         .state
         .store(FrameState::Object as u8, Relaxed);
-    assert!(fa.verify().unwrap_err().contains("inside block"));
+    assert_eq!(fa.verify().unwrap_err().rule, FrameRule::OneState);
     fa.pages[tail].state.store(FrameState::Tail as u8, Relaxed);
     fa.verify().unwrap();
     fa.free(pa);
     fa.verify().unwrap();
+    // A free head that no longer says it heads a block of its list's order.
+    let b = fa.buddy.lock();
+    let k = (0..=MAX_ORDER)
+        .find(|&k| b.heads[k as usize] != NIL)
+        .unwrap();
+    let head = b.heads[k as usize] as usize;
+    drop(b);
+    let order = fa.pages[head].order.load(Relaxed);
+    fa.pages[head].order.store(NOT_HEAD, Relaxed);
+    assert_eq!(fa.verify().unwrap_err().rule, FrameRule::FreeBlocks);
+    fa.pages[head].order.store(order, Relaxed);
+    fa.verify().unwrap();
+    // An invalid free seen (debug builds also panic at it).
+    fa.bad_frees.fetch_add(1, Relaxed);
+    assert_eq!(fa.verify().unwrap_err().rule, FrameRule::NoInvalidFree);
 }

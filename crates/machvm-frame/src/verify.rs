@@ -3,28 +3,49 @@
 
 use alloc::format;
 use alloc::string::String;
+
 use core::sync::atomic::Ordering::Relaxed;
+use machvm_base::Violation;
 
 use crate::{Buddy, FrameAllocator, FrameState, FrameUse, MAX_ORDER, NIL, NOT_HEAD};
 
+/// The allocator's invariants, one per bullet at the top of the crate:
+/// what a [`Violation`] from [`FrameAllocator::verify`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameRule {
+    /// Every managed frame is in exactly one state: in one free block, in
+    /// one allocated block, or a reserved hole.
+    OneState,
+    /// Free blocks are aligned heads of their order on the list of their
+    /// order, their other frames tails.
+    FreeBlocks,
+    /// No two free buddies of the same order coexist.
+    BuddiesMerged,
+    /// The free counter, each list's count and each use's counter match
+    /// the frames they count.
+    Counters,
+    /// No invalid free (double free, foreign frame, a tail) was seen.
+    NoInvalidFree,
+}
+
 impl FrameAllocator {
-    /// Checks every invariant listed at the top of this module. O(frames);
-    /// for tests and debugging, at any moment (the counters it compares
-    /// change under the lock it holds).
-    pub fn verify(&self) -> Result<(), String> {
+    /// Checks every invariant listed at the top of the crate, one check
+    /// per rule, and names the first one broken. O(frames); for tests and
+    /// debugging, at any moment (the counters it compares change under the
+    /// lock it holds).
+    pub fn verify(&self) -> Result<(), Violation<FrameRule>> {
+        use FrameRule::*;
         let b = self.buddy.lock();
-        self.check_no_invalid_free()?;
-        let mut listed = 0u64;
+        Violation::check(NoInvalidFree, self.check_no_invalid_free())?;
+        let mut listed = [0u64; MAX_ORDER as usize + 1];
         for k in 0..=MAX_ORDER {
-            listed += self.check_free_list(&b, k)? << k;
+            listed[k as usize] = Violation::check(FreeBlocks, self.check_free_list(&b, k))?;
         }
-        self.check_free_counter(listed)?;
-        let used = self.check_blocks()?;
-        self.check_use_counters(used)?;
-        if listed + used.iter().sum::<u64>() != self.managed {
-            return Err("free + used != managed".into());
+        for k in 0..=MAX_ORDER {
+            Violation::check(BuddiesMerged, self.check_buddies_merged(&b, k))?;
         }
-        Ok(())
+        let used = Violation::check(OneState, self.check_one_state())?;
+        Violation::check(Counters, self.check_counters(&b, &listed, used))
     }
 
     /// No invalid free (double free, foreign frame, a tail) was seen.
@@ -35,8 +56,7 @@ impl FrameAllocator {
         }
     }
 
-    /// Free list `k` links free heads of order `k`, aligned to `2^k`, with
-    /// no free buddy of the same order beside them, and its count is right.
+    /// Free list `k` links free heads of order `k`, aligned to `2^k`.
     /// Returns its number of blocks.
     fn check_free_list(&self, b: &Buddy, k: u32) -> Result<u64, String> {
         let mut n = 0;
@@ -58,7 +78,6 @@ impl FrameAllocator {
             if p.prev.load(Relaxed) != prev {
                 return Err(format!("free list {k}: broken back link at {cur}"));
             }
-            self.check_not_mergeable(cur as usize, k)?;
             n += 1;
             if n > self.pages.len() as u64 {
                 return Err(format!("free list {k} has a cycle"));
@@ -66,13 +85,19 @@ impl FrameAllocator {
             prev = cur;
             cur = p.next.load(Relaxed);
         }
-        if n != b.counts[k as usize] {
-            return Err(format!(
-                "free list {k}: {n} blocks, count says {}",
-                b.counts[k as usize]
-            ));
-        }
         Ok(n)
+    }
+
+    /// No block on free list `k` has a free buddy of its order.
+    fn check_buddies_merged(&self, b: &Buddy, k: u32) -> Result<(), String> {
+        let mut cur = b.heads[k as usize];
+        let mut steps = 0;
+        while cur != NIL && steps <= self.pages.len() {
+            self.check_not_mergeable(cur as usize, k)?;
+            cur = self.pages[cur as usize].next.load(Relaxed);
+            steps += 1;
+        }
+        Ok(())
     }
 
     /// The free block at `idx` of order `k` has no free buddy of its order
@@ -90,15 +115,45 @@ impl FrameAllocator {
         Ok(())
     }
 
-    /// The free counter equals the frames on the free lists.
-    fn check_free_counter(&self, listed: u64) -> Result<(), String> {
-        if listed != self.free.load(Relaxed) {
+    /// The counters: each list's count equals its blocks (`listed[k]`), the
+    /// free counter the frames on the lists, each use's counter the frames
+    /// in blocks of that use (`used`).
+    fn check_counters(&self, b: &Buddy, listed: &[u64], used: [u64; 3]) -> Result<(), String> {
+        let mut free = 0;
+        for (k, &n) in listed.iter().enumerate() {
+            if n != b.counts[k] {
+                return Err(format!(
+                    "free list {k}: {n} blocks, count says {}",
+                    b.counts[k]
+                ));
+            }
+            free += n << k;
+        }
+        if free != self.free.load(Relaxed) {
             return Err(format!(
-                "free lists hold {listed} frames, counter says {}",
+                "free lists hold {free} frames, counter says {}",
                 self.free_frames()
             ));
         }
-        Ok(())
+        self.check_use_counters(used)
+    }
+
+    /// Every frame belongs to exactly one block or is a reserved hole, and
+    /// free and used frames add up to the managed ones. Returns the frames
+    /// in use for objects, page tables and the kernel.
+    fn check_one_state(&self) -> Result<[u64; 3], String> {
+        let used = self.check_blocks()?;
+        let free: u64 = (0..self.pages.len())
+            .filter(|&i| self.pages[i].state() == FrameState::Free)
+            .count() as u64;
+        if free + used.iter().sum::<u64>() != self.managed {
+            return Err(format!(
+                "{free} free + {} used frames != {} managed",
+                used.iter().sum::<u64>(),
+                self.managed
+            ));
+        }
+        Ok(used)
     }
 
     /// Every frame belongs to exactly one block (or is a reserved hole).

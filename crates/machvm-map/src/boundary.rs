@@ -332,6 +332,15 @@ impl<'a> MapGuard<'a> {
         self.map.remove_locked(&mut self.m, objs, r);
     }
 
+    /// Checks the map's invariants when the debug-build consistency checks
+    /// are on ([`VmContext::set_consistency_checks`](machvm_object::VmContext::set_consistency_checks)):
+    /// a call built on this boundary ends with it, and panics naming the
+    /// rule broken.
+    #[track_caller]
+    pub fn assert_consistent(&self, objs: &Objects<'_>) {
+        self.map.assert_consistent(&self.m, objs);
+    }
+
     /// Merges the neighbours among the entries touching `r` that could be
     /// one entry; every change ends with it.
     pub fn simplify(&mut self, objs: &mut Objects<'_>, r: VaRange) {

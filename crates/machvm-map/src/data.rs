@@ -30,10 +30,12 @@ impl VmMap {
         let mut m = self.0.inner.lock();
         check_access(&m, r, Access::Read)?;
         let objs = self.fault_in(&mut m, r, Access::Read)?;
-        for_each_page_piece(&m, addr, buf.len(), |h, page, off, at, n| {
+        let moved = for_each_page_piece(&m, addr, buf.len(), |h, page, off, at, n| {
             objs.read(h, page, off, &mut buf[at..at + n]);
             true
-        })
+        });
+        self.assert_consistent(&m, &objs);
+        moved
     }
 
     /// Writes `data` at `addr` as the task's own stores would (copy-on-write
@@ -48,9 +50,11 @@ impl VmMap {
         let objs = self.fault_in(&mut m, r, Access::Write)?;
         // Every page is now its entry's own, written directly, and stays so
         // while this map is locked.
-        for_each_page_piece(&m, addr, data.len(), |h, page, off, at, n| {
+        let moved = for_each_page_piece(&m, addr, data.len(), |h, page, off, at, n| {
             h.is_some_and(|h| objs.write(h, page, off, &data[at..at + n]))
-        })
+        });
+        self.assert_consistent(&m, &objs);
+        moved
     }
 
     /// The pages of `r` the pmap cannot translate for `access` now (the

@@ -36,8 +36,10 @@ impl VmMap {
         let mut m = self.0.inner.lock();
         let mut objs = self.0.ctx.objects();
         let mut frames = objs.on_demand();
-        self.fault_locked(&mut m, &mut objs, va, access, &mut frames, Enter::Required)
-            .map(|_| ())
+        let r = self.fault_locked(&mut m, &mut objs, va, access, &mut frames, Enter::Required);
+        drop(frames);
+        self.assert_consistent(&m, &objs);
+        r.map(|_| ())
     }
 
     pub(crate) fn fault_locked(

@@ -96,14 +96,17 @@ impl VmMap {
         if held {
             m.simplify(&mut objs, 0, u64::MAX);
         }
+        self.assert_consistent(&m, &objs);
         drop(objs);
         drop(m);
         let mut cm = child.0.inner.lock();
         cm.replace_entries(out);
+        let mut objs = ctx.objects();
         if held {
-            cm.simplify(&mut ctx.objects(), 0, u64::MAX);
+            cm.simplify(&mut objs, 0, u64::MAX);
         }
-        drop(cm);
+        child.assert_consistent(&cm, &objs);
+        drop((objs, cm));
         Ok(child)
     }
 

@@ -9,7 +9,9 @@
 //! hardware translations, which are only a cache of what the entries and
 //! objects say: no decision here reads it.
 //!
-//! Invariants (checked by [`VmMap::verify`] after every mutation in tests):
+//! Invariants (checked by [`VmMap::verify`], one [`MapRule`] each; debug
+//! builds check them after every change once
+//! [`VmContext::set_consistency_checks`] is on):
 //! - Entries are sorted, non-overlapping, page-aligned, non-empty and inside
 //!   `[USER_MIN, USER_MAX)`; `protection ⊆ max_protection`.
 //! - An entry's hold is an entry holder of this map (`Direct` or
@@ -39,6 +41,7 @@ extern crate alloc;
 
 mod boundary;
 mod data;
+mod display;
 mod entries;
 mod fault;
 mod fork;
@@ -60,6 +63,7 @@ use machvm_pmap::PmapId;
 pub use boundary::{CowSpan, MapGuard, MapPair};
 pub use data::{reserve, reserve_settled};
 pub use machvm_pmap::Access;
+pub use verify::MapRule;
 
 use entries::LookupIndex;
 

@@ -51,7 +51,9 @@ impl VmMap {
             r.start().as_u64()
         };
         m.insert(start, Entry::new_anon(start + r.len()));
-        m.simplify(&mut self.0.ctx.objects(), start, start + r.len());
+        let mut objs = self.0.ctx.objects();
+        m.simplify(&mut objs, start, start + r.len());
+        self.assert_consistent(&m, &objs);
         Ok(start)
     }
 
@@ -65,6 +67,7 @@ impl VmMap {
         let mut m = self.0.inner.lock();
         let mut objs = self.0.ctx.objects();
         self.remove_locked(&mut m, &mut objs, r);
+        self.assert_consistent(&m, &objs);
         Ok(())
     }
 
@@ -126,6 +129,7 @@ impl VmMap {
         }
         pm.flush(flush);
         m.simplify(&mut objs, s, e);
+        self.assert_consistent(&m, &objs);
         Ok(())
     }
 
@@ -143,6 +147,7 @@ impl VmMap {
             en.inheritance = inheritance;
         }
         m.simplify(&mut objs, s, e);
+        self.assert_consistent(&m, &objs);
         Ok(())
     }
 

@@ -1,32 +1,78 @@
 //! A map's invariants, one check per rule (see the crate documentation),
-//! and the `vmmap`-style display.
+//! and the consistency checks debug builds can run after every change
+//! (FreeBSD's `VM_MAP_ASSERT_CONSISTENT` under `debug.vmmap_check`).
 
 use alloc::format;
 use alloc::string::String;
-use core::fmt;
 
-use machvm_base::{PAGE_SHIFT, PAGE_SIZE, USER_MAX, USER_MIN, VaRange, VirtAddr, VmProt};
-use machvm_object::{Holder, Objects};
+use machvm_base::{
+    PAGE_SHIFT, PAGE_SIZE, USER_MAX, USER_MIN, VaRange, Violation, VirtAddr, VmProt,
+};
+use machvm_object::{Holder, ObjectRule, Objects};
 use machvm_pmap::{Translation, effective_prot};
 
-use crate::{Entry, MapInner, VmMap};
+use crate::{MapInner, VmMap};
+
+/// A map's invariants, one per bullet at the top of the crate: what a
+/// [`Violation`] from [`VmMap::verify`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapRule {
+    /// Entries are sorted, non-overlapping, page-aligned, non-empty and
+    /// inside the task map, with protection within the maximum.
+    WellFormed,
+    /// An entry's hold is an entry holder of this map as long as the entry,
+    /// and the graph holds no other record naming this map.
+    HoldsExact,
+    /// No two neighbouring entries could be one entry.
+    Simplified,
+    /// Every translation lies inside an entry, maps the page the entry's
+    /// chain holds there, and allows at most the entry's protection.
+    TranslationsJustified,
+    /// No writable translation maps a page still shared copy-on-write.
+    NoWritableShared,
+    /// The object graph's own invariants (its rule inside).
+    Objects(ObjectRule),
+}
 
 impl VmMap {
     /// Checks every invariant in the crate documentation, the object
-    /// graph's included.
-    pub fn verify(&self) -> Result<(), String> {
+    /// graph's included, one check per rule; names the first one broken.
+    pub fn verify(&self) -> Result<(), Violation<MapRule>> {
         let m = self.0.inner.lock();
         let objs = self.0.ctx.objects();
-        check_entries(&m)?;
-        self.check_holds(&m, &objs)?;
-        check_simplified(&m, &objs)?;
-        self.check_translations(&m, &objs)?;
+        self.verify_locked(&m, &objs)
+    }
+
+    /// [`verify`](Self::verify) with the map and the graph locked.
+    pub(crate) fn verify_locked(
+        &self,
+        m: &MapInner,
+        objs: &Objects<'_>,
+    ) -> Result<(), Violation<MapRule>> {
+        use MapRule::*;
+        Violation::check(WellFormed, check_well_formed(m))?;
+        Violation::check(HoldsExact, self.check_holds_exact(m, objs))?;
+        Violation::check(Simplified, check_simplified(m, objs))?;
+        self.check_translations(m, objs)?;
         objs.verify()
+            .map_err(|v| Violation::new(Objects(v.rule), v.detail))
+    }
+
+    /// With the checks on in a debug build, panics when the map (locked,
+    /// with the graph) breaks an invariant: called at the end of every
+    /// change.
+    #[track_caller]
+    pub(crate) fn assert_consistent(&self, m: &MapInner, objs: &Objects<'_>) {
+        if self.0.ctx.consistency_checks()
+            && let Err(v) = self.verify_locked(m, objs)
+        {
+            panic!("map {} inconsistent: {v}", self.0.id);
+        }
     }
 
     /// Each hold is one of this map's, as long as its entry, and the graph
     /// has no other record naming this map.
-    fn check_holds(&self, m: &MapInner, objs: &Objects<'_>) -> Result<(), String> {
+    fn check_holds_exact(&self, m: &MapInner, objs: &Objects<'_>) -> Result<(), String> {
         let mut held = 0;
         for (&start, e) in &m.entries {
             let Some(h) = &e.object else { continue };
@@ -52,27 +98,42 @@ impl VmMap {
 
     /// Every translation is justified by an entry and the page its chain
     /// holds, allows no more than the entry, and is writable only where the
-    /// entry writes the page directly.
-    fn check_translations(&self, m: &MapInner, objs: &Objects<'_>) -> Result<(), String> {
+    /// entry writes the page directly (two rules, named apart).
+    fn check_translations(
+        &self,
+        m: &MapInner,
+        objs: &Objects<'_>,
+    ) -> Result<(), Violation<MapRule>> {
         let all = VaRange::new(VirtAddr::new(0), VirtAddr::new(USER_MAX)).unwrap_or_default();
         let pm = self.0.ctx.pmap();
         let maps = pm.mappings(self.0.pmap, all);
         if maps.len() as u64 != pm.resident_count(self.0.pmap) {
-            return Err("pmap resident count disagrees with its translations".into());
+            let d = "pmap resident count disagrees with its translations";
+            return Err(Violation::new(MapRule::TranslationsJustified, d));
         }
         for (va, t) in maps {
-            check_translation(m, objs, va, t)?;
+            let depth = Violation::check(
+                MapRule::TranslationsJustified,
+                check_translation_justified(m, objs, va, t),
+            )?;
+            Violation::check(
+                MapRule::NoWritableShared,
+                check_not_writable_shared(m, objs, va, t, depth),
+            )?;
         }
         Ok(())
     }
 }
 
-fn check_translation(
+/// The translation of `va` lies in an entry, maps the page the entry's
+/// chain holds there, and allows at most the entry's protection. Returns
+/// the depth in the chain the page was found at.
+fn check_translation_justified(
     m: &MapInner,
     objs: &Objects<'_>,
     va: VirtAddr,
     t: Translation,
-) -> Result<(), String> {
+) -> Result<usize, String> {
     let Some((&start, e)) = m
         .entries
         .range(..=va.as_u64())
@@ -102,8 +163,28 @@ fn check_translation(
             t.pa, found.pa
         ));
     }
-    let direct = matches!(objs.holder(h), Holder::Direct { .. });
-    if t.prot.contains(VmProt::WRITE) && (found.depth != 0 || !direct) {
+    Ok(found.depth)
+}
+
+/// A writable translation of `va` maps a page in the entry's own object
+/// (`depth` 0) that the entry writes directly.
+fn check_not_writable_shared(
+    m: &MapInner,
+    objs: &Objects<'_>,
+    va: VirtAddr,
+    t: Translation,
+    depth: usize,
+) -> Result<(), String> {
+    if !t.prot.contains(VmProt::WRITE) {
+        return Ok(());
+    }
+    let direct = m
+        .entries
+        .range(..=va.as_u64())
+        .next_back()
+        .and_then(|(_, e)| e.object.as_ref())
+        .is_some_and(|h| matches!(objs.holder(h), Holder::Direct { .. }));
+    if depth != 0 || !direct {
         return Err(format!(
             "writable translation of {va:?} to a page still shared copy-on-write"
         ));
@@ -113,7 +194,7 @@ fn check_translation(
 
 /// Entries are sorted, non-overlapping, page-aligned, non-empty, inside the
 /// task map, with protection within the maximum.
-fn check_entries(m: &MapInner) -> Result<(), String> {
+fn check_well_formed(m: &MapInner) -> Result<(), String> {
     let mut prev_end = USER_MIN;
     for (&start, e) in &m.entries {
         if start % PAGE_SIZE != 0 || e.end % PAGE_SIZE != 0 || start >= e.end {
@@ -138,57 +219,5 @@ fn check_simplified(m: &MapInner, objs: &Objects<'_>) -> Result<(), String> {
     match m.mergeable_pairs(objs) {
         0 => Ok(()),
         n => Err(format!("{n} pairs of neighbouring entries could be one")),
-    }
-}
-
-impl fmt::Display for VmMap {
-    /// One line per entry, `vmmap` style: range, protection/maximum,
-    /// inheritance, copy-on-write state, object chain depth, resident pages.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0.inner.lock();
-        let objs = self.0.ctx.objects();
-        writeln!(
-            f,
-            "{:<33} {:<7} {:<5} {:<4} {:>5} {:>8}",
-            "START-END", "PRT/MAX", "INH", "COW", "DEPTH", "RESIDENT"
-        )?;
-        for (&start, e) in &m.entries {
-            display_entry(f, &objs, start, e)?;
-        }
-        Ok(())
-    }
-}
-
-fn display_entry(
-    f: &mut fmt::Formatter<'_>,
-    objs: &Objects<'_>,
-    start: u64,
-    e: &Entry,
-) -> fmt::Result {
-    let (depth, resident, nc) = match &e.object {
-        Some(h) => (
-            objs.chain_depth(h),
-            objs.resident(h),
-            matches!(objs.holder(h), Holder::NeedsCopy { .. }),
-        ),
-        None => (0, 0, false),
-    };
-    writeln!(
-        f,
-        "{:016x}-{:016x} {}/{} {:<5} {:<4} {:>5} {:>8}",
-        start,
-        e.end,
-        e.protection,
-        e.max_protection,
-        e.inheritance,
-        if nc { "nc" } else { "-" },
-        depth,
-        resident
-    )
-}
-
-impl fmt::Debug for VmMap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "VmMap#{}", self.0.id)
     }
 }

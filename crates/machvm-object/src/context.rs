@@ -3,7 +3,7 @@
 
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use machvm_base::{KernError, PhysAddr, VmProt};
 use machvm_frame::{FrameAllocator, FrameReservation, FrameUse};
@@ -73,6 +73,9 @@ pub struct VmContext {
     audited: spin::Mutex<Vec<Weak<dyn AuditEntries>>>,
     /// Event counters.
     pub counters: VmCounters,
+    /// Debug builds check every map's invariants after each change while
+    /// set (FreeBSD's `debug.vmmap_check`); release builds never do.
+    consistency_checks: AtomicBool,
 }
 
 impl VmContext {
@@ -84,7 +87,23 @@ impl VmContext {
             graph: spin::Mutex::new(Graph::new()),
             audited: spin::Mutex::new(Vec::new()),
             counters: VmCounters::default(),
+            consistency_checks: AtomicBool::new(false),
         })
+    }
+
+    /// Turns on or off the checks debug builds run after every change to a
+    /// map of this context (off at start: each check is O(entries +
+    /// translations + graph)). A broken invariant then panics at the change
+    /// that broke it, naming the rule. Release builds ignore it.
+    pub fn set_consistency_checks(&self, on: bool) {
+        self.consistency_checks.store(on, Relaxed);
+    }
+
+    /// True when debug builds check every change (see
+    /// [`set_consistency_checks`](Self::set_consistency_checks)).
+    #[inline]
+    pub fn consistency_checks(&self) -> bool {
+        cfg!(debug_assertions) && self.consistency_checks.load(Relaxed)
     }
 
     /// The frame allocator.

@@ -22,7 +22,8 @@
 //! being reachable (a holder goes, a window shrinks, a page above it is
 //! copied up), not at some later collapse.
 //!
-//! Invariants (checked by [`Objects::verify`]):
+//! Invariants (checked by [`Objects::verify`], one [`ObjectRule`] each):
+//! - No chain loops back on itself.
 //! - A resident page's offset is below its object's size, its frame is in
 //!   state `Object` and its metadata names this object and offset.
 //! - Every object has at least one holder; each holder's window lies inside
@@ -54,6 +55,7 @@ mod verify;
 
 pub use context::{AuditEntries, Objects, VmAudit, VmContext, VmCounters};
 pub use pages::{Found, Resolution, Resolved};
+pub use verify::ObjectRule;
 
 /// Names a VM object of one context: an index into the context's object
 /// table, reused once the object is gone (no hold can outlive its object).

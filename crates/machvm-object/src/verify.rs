@@ -6,25 +6,49 @@ use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use machvm_base::Violation;
 use machvm_frame::FrameState;
 
 use crate::graph::Object;
 use crate::{Holder, ObjectId, Objects, VmAudit};
 
+/// The object graph's invariants, one per bullet at the top of the crate:
+/// what a [`Violation`] from [`Objects::verify`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectRule {
+    /// No chain loops back on itself.
+    Acyclic,
+    /// A resident page lies inside its object, in a frame of state
+    /// `Object` whose metadata names it.
+    PagesOwned,
+    /// Every object has a holder, and every window lies inside its object.
+    Held,
+    /// A shadow and its backing object's `Shadow` record agree.
+    ShadowRecords,
+    /// A window written directly overlaps only other `Direct` windows.
+    DirectExclusive,
+    /// No object is held by exactly one shadow and nothing else.
+    Collapsed,
+    /// Every resident page is reachable.
+    Reachable,
+}
+
 impl Objects<'_> {
-    /// Checks every invariant of the object graph. O(objects + holders +
-    /// pages), plus an upward search per page; for tests, at any moment the
-    /// graph lock is free.
-    pub fn verify(&self) -> Result<(), String> {
-        self.check_acyclic()?;
+    /// Checks every invariant of the object graph, one check per rule,
+    /// naming the first one broken. O(objects + holders + pages), plus an
+    /// upward search per page; for tests, at any moment the graph lock is
+    /// free.
+    pub fn verify(&self) -> Result<(), Violation<ObjectRule>> {
+        use ObjectRule::*;
+        Violation::check(Acyclic, self.check_acyclic())?;
         for (id, o) in self.g.objects() {
-            self.check_pages(id, o)?;
-            check_holders(id, o)?;
-            self.check_backing(id, o)?;
-            self.check_shadow_records(id, o)?;
-            check_direct_exclusive(id, o)?;
-            check_collapsed(id, o)?;
-            self.check_reachable(id, o)?;
+            Violation::check(PagesOwned, self.check_pages(id, o))?;
+            Violation::check(Held, check_holders(id, o))?;
+            Violation::check(ShadowRecords, self.check_backing(id, o))?;
+            Violation::check(ShadowRecords, self.check_shadow_records(id, o))?;
+            Violation::check(DirectExclusive, check_direct_exclusive(id, o))?;
+            Violation::check(Collapsed, check_collapsed(id, o))?;
+            Violation::check(Reachable, self.check_reachable(id, o))?;
         }
         Ok(())
     }

@@ -9,7 +9,9 @@
 //! supervisor writes honour read-only), accessed bits set on every level and
 //! the dirty bit on the leaf.
 //!
-//! Invariants (checked by [`X86Pmap::verify`]):
+//! Invariants (checked by `Pmap::verify`, each naming its
+//! [`PmapRule`](machvm_pmap::PmapRule): `KernelHalf`, `Entries`, `Tables`,
+//! `ReverseMaps`, `Counters`):
 //! - Only the user half (PML4 entries 0..256) belongs to a pmap; entries
 //!   256..512 are the kernel's, copied into every root at creation.
 //! - Intermediate entries are `P|RW|US`; leaves carry the protection.
@@ -37,7 +39,6 @@ mod verify;
 mod walk;
 
 use alloc::format;
-use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use arrayvec::ArrayVec;
@@ -47,7 +48,9 @@ use machvm_base::{
     KernError, LARGE_PAGE_SIZE, PAGE_SIZE, PhysAddr, USER_MAX, VaRange, VirtAddr, VmProt,
 };
 use machvm_frame::{FrameAllocator, FrameState, FrameUse, PhysMem};
-use machvm_pmap::{Access, CpuSet, FaultCode, Pmap, PmapId, TlbFlush, Translation};
+use machvm_pmap::{
+    Access, CpuSet, FaultCode, Pmap, PmapId, PmapRule, TlbFlush, Translation, Violation,
+};
 use pv::{PvEntry, PvHead};
 use x86_64::structures::paging::PageTableFlags as F;
 

@@ -479,3 +479,41 @@ fn enter_large_racing_a_small_enter_keeps_the_tables_consistent() {
     fa.free(big);
     fa.free(small);
 }
+
+/// Breaks each rule in turn and checks that `verify` names it.
+#[test]
+fn verify_names_each_broken_rule() {
+    let (fa, pm) = setup(64);
+    let p = pm.create().unwrap();
+    let f = fa.alloc(FrameUse::Object).unwrap();
+    pm.flush(
+        pm.enter(p, VirtAddr::new(0x1000), f, VmProt::ALL, true)
+            .unwrap(),
+    );
+    check(&fa, &pm);
+    let root = pm.inner.lock().space(p).unwrap().root;
+    let rule = || pm.verify().unwrap_err().rule;
+    // The kernel half differs from the configured one.
+    pm.store(root, USER_ENTRIES, 0x1234_5000 | P);
+    assert_eq!(rule(), PmapRule::KernelHalf);
+    pm.store(root, USER_ENTRIES, 0);
+    // A non-present entry with bits left in it.
+    pm.store(root, 7, RW);
+    assert_eq!(rule(), PmapRule::Entries);
+    pm.store(root, 7, 0);
+    // A table whose use count is not its present entries.
+    pm.add_use(root, 1);
+    assert_eq!(rule(), PmapRule::Tables);
+    pm.add_use(root, -1);
+    // The counters disagree with the leaves.
+    pm.inner.lock().space(p).unwrap().wired += 1;
+    assert_eq!(rule(), PmapRule::Counters);
+    pm.inner.lock().space(p).unwrap().wired -= 1;
+    // A managed leaf missing from its frame's pv list.
+    let idx = fa.frame_index(f).unwrap();
+    let e = PvEntry::new(p, VirtAddr::new(0x1000), false);
+    assert!(pm.inner.lock().pv[idx].remove(e));
+    assert_eq!(rule(), PmapRule::ReverseMaps);
+    pm.inner.lock().pv[idx].insert(e);
+    check(&fa, &pm);
+}

@@ -332,36 +332,7 @@ impl Pmap for X86Pmap {
         self.mappings_of(&g, pa).len()
     }
 
-    fn verify(&self) -> Result<(), String> {
-        let g = self.inner.lock();
-        let mut seen = alloc::collections::BTreeSet::new();
-        let mut pv_seen = 0u64;
-        for (id, s) in g.spaces.iter().enumerate() {
-            let Some(s) = s else { continue };
-            let pmap = PmapId(id as u32);
-            for k in 0..USER_ENTRIES {
-                if self.load(s.root, USER_ENTRIES + k) != self.cfg.kernel_half[k] {
-                    return Err(format!(
-                        "pmap {id}: kernel half entry {} differs",
-                        USER_ENTRIES + k
-                    ));
-                }
-            }
-            let (resident, wired) =
-                self.verify_table(&g, pmap, s.root, 4, 0, &mut seen, &mut pv_seen)?;
-            if (resident, wired) != (s.resident, s.wired) {
-                return Err(format!(
-                    "pmap {id}: tables hold {resident} pages / {wired} wired, counters say {} / {}",
-                    s.resident, s.wired
-                ));
-            }
-        }
-        let pv_total: u64 = g.pv.iter().map(|h| h.len() as u64).sum();
-        if pv_total != pv_seen {
-            return Err(format!(
-                "{pv_total} pv entries but {pv_seen} managed leaves"
-            ));
-        }
-        Ok(())
+    fn verify(&self) -> Result<(), Violation<PmapRule>> {
+        self.verify_all()
     }
 }

@@ -43,23 +43,69 @@ impl X86Pmap {
         }
     }
 
-    /// Checks one table subtree; returns (resident 4 KiB pages, wired leaves).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn verify_table(
+    /// Checks every invariant stated at the top of the crate, naming the
+    /// first rule broken.
+    pub(crate) fn verify_all(&self) -> Result<(), Violation<PmapRule>> {
+        let g = self.inner.lock();
+        let mut walk = Walk {
+            g: &g,
+            pmap: PmapId(0),
+            seen: alloc::collections::BTreeSet::new(),
+            pv_seen: 0,
+        };
+        for (id, s) in g.spaces.iter().enumerate() {
+            let Some(s) = s else { continue };
+            walk.pmap = PmapId(id as u32);
+            self.check_kernel_half(id, s.root)?;
+            let (resident, wired) = self.verify_table(&mut walk, s.root, 4, 0)?;
+            if (resident, wired) != (s.resident, s.wired) {
+                return Err(Violation::new(
+                    PmapRule::Counters,
+                    format!(
+                        "pmap {id}: tables hold {resident} pages / {wired} wired, counters say {} / {}",
+                        s.resident, s.wired
+                    ),
+                ));
+            }
+        }
+        let pv_total: u64 = g.pv.iter().map(|h| h.len() as u64).sum();
+        if pv_total != walk.pv_seen {
+            let d = format!("{pv_total} pv entries but {} managed leaves", walk.pv_seen);
+            return Err(Violation::new(PmapRule::ReverseMaps, d));
+        }
+        Ok(())
+    }
+
+    /// The kernel half of pmap `id`'s root is the configured one.
+    fn check_kernel_half(&self, id: usize, root: PhysAddr) -> Result<(), Violation<PmapRule>> {
+        for k in 0..USER_ENTRIES {
+            if self.load(root, USER_ENTRIES + k) != self.cfg.kernel_half[k] {
+                let d = format!("pmap {id}: kernel half entry {} differs", USER_ENTRIES + k);
+                return Err(Violation::new(PmapRule::KernelHalf, d));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks one table subtree (at most four levels deep); returns its
+    /// resident 4 KiB pages and wired leaves.
+    fn verify_table(
         &self,
-        g: &Inner,
-        pmap: PmapId,
+        w: &mut Walk<'_>,
         table: PhysAddr,
         level: u32,
         base: u64,
-        seen: &mut alloc::collections::BTreeSet<u64>,
-        pv_seen: &mut u64,
-    ) -> Result<(u64, u64), String> {
-        let meta = self.frames.page(table).ok_or("table outside frame span")?;
+    ) -> Result<(u64, u64), Violation<PmapRule>> {
+        use PmapRule::*;
+        let meta = self
+            .frames
+            .page(table)
+            .ok_or_else(|| Violation::new(Tables, format!("table {table:?} outside frame span")))?;
         if meta.state() != FrameState::PageTable {
-            return Err(format!("table {table:?} is in state {:?}", meta.state()));
+            let d = format!("table {table:?} is in state {:?}", meta.state());
+            return Err(Violation::new(Tables, d));
         }
-        seen.insert(table.as_u64());
+        w.seen.insert(table.as_u64());
         let n = if level == 4 { USER_ENTRIES } else { ENTRIES };
         let span = 1u64 << shift(level);
         let (mut present, mut resident, mut wired) = (0u16, 0, 0);
@@ -67,7 +113,8 @@ impl X86Pmap {
             let e = self.load(table, i);
             if e & P == 0 {
                 if e != 0 {
-                    return Err(format!("non-present entry with bits {e:#x}"));
+                    let d = format!("non-present entry with bits {e:#x}");
+                    return Err(Violation::new(Entries, d));
                 }
                 continue;
             }
@@ -75,54 +122,88 @@ impl X86Pmap {
             let eva = base + i as u64 * span;
             if level == 1 || (level == 2 && e & PS != 0) {
                 let large = level == 2;
-                if e & US == 0 {
-                    return Err(format!("user leaf {eva:#x} without US"));
-                }
-                let pa = PhysAddr::new(e & ADDR & !(span - 1));
-                let managed = self.frames.frame_index(pa).is_some();
-                if managed != (e & MANAGED != 0) {
-                    return Err(format!(
-                        "leaf {eva:#x}: MANAGED bit disagrees with frame span"
-                    ));
-                }
-                if managed {
-                    let idx = self.frames.frame_index(pa).unwrap_or(0);
-                    if !g.pv[idx].contains(PvEntry::new(pmap, VirtAddr::new(eva), large)) {
-                        return Err(format!("leaf {eva:#x} -> {pa:?} missing from pv list"));
-                    }
-                    *pv_seen += 1;
-                }
+                self.check_leaf(w, e, eva, large)?;
                 resident += if large { SMALL_PER_LARGE } else { 1 };
                 wired += u64::from(e & WIRED != 0);
-            } else if e & PS != 0 {
-                return Err(format!("PS bit at level {level}"));
             } else {
-                if e & TABLE != TABLE || e & NX != 0 {
-                    return Err(format!(
-                        "intermediate entry {eva:#x} at level {level} not P|RW|US"
-                    ));
-                }
-                let child = PhysAddr::new(e & ADDR);
-                if seen.contains(&child.as_u64()) {
-                    return Err(format!("table {child:?} linked twice"));
-                }
-                if self.use_count(child) == 0 {
-                    return Err(format!(
-                        "empty table {child:?} left linked at level {}",
-                        level - 1
-                    ));
-                }
-                let (r, w) = self.verify_table(g, pmap, child, level - 1, eva, seen, pv_seen)?;
+                let child = self.check_link(w, e, eva, level)?;
+                let (r, wd) = self.verify_table(w, child, level - 1, eva)?;
                 resident += r;
-                wired += w;
+                wired += wd;
             }
         }
         if present != meta.use_count() {
-            return Err(format!(
+            let d = format!(
                 "table {table:?} level {level}: {present} present entries, use_count {}",
                 meta.use_count()
-            ));
+            );
+            return Err(Violation::new(Tables, d));
         }
         Ok((resident, wired))
     }
+
+    /// A leaf `e` for `eva`: user-accessible, `MANAGED` iff its frame is
+    /// managed, and then on that frame's pv list.
+    fn check_leaf(
+        &self,
+        w: &mut Walk<'_>,
+        e: u64,
+        eva: u64,
+        large: bool,
+    ) -> Result<(), Violation<PmapRule>> {
+        if e & US == 0 {
+            let d = format!("user leaf {eva:#x} without US");
+            return Err(Violation::new(PmapRule::Entries, d));
+        }
+        let span = if large { LARGE_PAGE_SIZE } else { PAGE_SIZE };
+        let pa = PhysAddr::new(e & ADDR & !(span - 1));
+        let idx = self.frames.frame_index(pa);
+        if idx.is_some() != (e & MANAGED != 0) {
+            let d = format!("leaf {eva:#x}: MANAGED bit disagrees with frame span");
+            return Err(Violation::new(PmapRule::ReverseMaps, d));
+        }
+        if let Some(idx) = idx {
+            if !w.g.pv[idx].contains(PvEntry::new(w.pmap, VirtAddr::new(eva), large)) {
+                let d = format!("leaf {eva:#x} -> {pa:?} missing from pv list");
+                return Err(Violation::new(PmapRule::ReverseMaps, d));
+            }
+            w.pv_seen += 1;
+        }
+        Ok(())
+    }
+
+    /// An intermediate entry `e` for `eva` at `level`: `P|RW|US`, not
+    /// large, linking a non-empty table no other entry links. Returns it.
+    fn check_link(
+        &self,
+        w: &Walk<'_>,
+        e: u64,
+        eva: u64,
+        level: u32,
+    ) -> Result<PhysAddr, Violation<PmapRule>> {
+        if e & PS != 0 || e & TABLE != TABLE || e & NX != 0 {
+            let d = format!("intermediate entry {eva:#x} at level {level} not P|RW|US");
+            return Err(Violation::new(PmapRule::Entries, d));
+        }
+        let child = PhysAddr::new(e & ADDR);
+        if w.seen.contains(&child.as_u64()) {
+            let d = format!("table {child:?} linked twice");
+            return Err(Violation::new(PmapRule::Tables, d));
+        }
+        if self.use_count(child) == 0 {
+            let d = format!("empty table {child:?} left linked at level {}", level - 1);
+            return Err(Violation::new(PmapRule::Tables, d));
+        }
+        Ok(child)
+    }
+}
+
+/// What one verification walk carries across tables.
+struct Walk<'g> {
+    g: &'g Inner,
+    pmap: PmapId,
+    /// Tables reached so far (each must be reached once).
+    seen: alloc::collections::BTreeSet<u64>,
+    /// Managed leaves found (each on a pv list).
+    pv_seen: u64,
 }

@@ -28,12 +28,33 @@ extern crate alloc;
 
 mod soft;
 
-use alloc::string::String;
 use alloc::vec::Vec;
 use arrayvec::ArrayVec;
 
-pub use machvm_base::{KernError, LARGE_PAGE_SIZE, PAGE_SIZE, PhysAddr, VaRange, VirtAddr, VmProt};
+pub use machvm_base::{
+    KernError, LARGE_PAGE_SIZE, PAGE_SIZE, PhysAddr, VaRange, Violation, VirtAddr, VmProt,
+};
 pub use soft::SoftPmap;
+
+/// The rules every pmap backend keeps, as a [`Violation`] from
+/// [`Pmap::verify`] names them (a backend documents how it keeps each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PmapRule {
+    /// The kernel's part of every address space is the one configured.
+    KernelHalf,
+    /// Entries are well formed: links between tables, leaves with a
+    /// protection the hardware can express, nothing in a non-present one.
+    Entries,
+    /// Page-table pages: each reached from one parent, its use count its
+    /// present entries, none empty but a root, all in the page-table state.
+    Tables,
+    /// Reverse maps: a translation of a managed frame is on that frame's
+    /// mapping list, and every list entry is such a translation.
+    ReverseMaps,
+    /// Per-address-space resident and wired counters match the
+    /// translations.
+    Counters,
+}
 
 /// Names one address space (one pmap) of a [`Pmap`] backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -324,7 +345,7 @@ pub trait Pmap: Send + Sync {
     fn mapping_count(&self, pa: PhysAddr) -> usize;
 
     /// Checks the backend's invariants.
-    fn verify(&self) -> Result<(), String>;
+    fn verify(&self) -> Result<(), Violation<PmapRule>>;
 }
 
 #[cfg(test)]

@@ -7,13 +7,12 @@
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
-use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::{
     Access, CpuSet, FaultCode, KernError, LARGE_PAGE_SIZE, PAGE_SIZE, PhysAddr, Pmap, PmapId,
-    TlbFlush, Translation, VaRange, VirtAddr, VmProt, effective_prot,
+    PmapRule, TlbFlush, Translation, VaRange, Violation, VirtAddr, VmProt, effective_prot,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -371,16 +370,19 @@ impl Pmap for SoftPmap {
             .map_or(0, |s| s.len())
     }
 
-    fn verify(&self) -> Result<(), String> {
+    fn verify(&self) -> Result<(), Violation<PmapRule>> {
         let g = self.inner.lock();
         let mut n = 0usize;
         for (id, s) in g.spaces.iter().enumerate() {
             let Some(s) = s else { continue };
             for (va, pte) in &s.ptes {
                 if pte.prot.is_empty() || effective_prot(pte.prot) != pte.prot {
-                    return Err(format!(
-                        "pmap {id} va {va:#x}: stored protection {:?} not effective",
-                        pte.prot
+                    return Err(Violation::new(
+                        PmapRule::Entries,
+                        format!(
+                            "pmap {id} va {va:#x}: stored protection {:?} not effective",
+                            pte.prot
+                        ),
                     ));
                 }
                 if !g
@@ -388,9 +390,9 @@ impl Pmap for SoftPmap {
                     .get(&pte.pa)
                     .is_some_and(|set| set.contains(&(id as u32, *va)))
                 {
-                    return Err(format!(
-                        "pmap {id} va {va:#x} missing from pv list of {:#x}",
-                        pte.pa
+                    return Err(Violation::new(
+                        PmapRule::ReverseMaps,
+                        format!("pmap {id} va {va:#x} missing from pv list of {:#x}", pte.pa),
                     ));
                 }
                 n += 1;
@@ -398,7 +400,8 @@ impl Pmap for SoftPmap {
         }
         let pv_total: usize = g.pv.values().map(BTreeSet::len).sum();
         if pv_total != n {
-            return Err(format!("{pv_total} pv entries for {n} translations"));
+            let d = format!("{pv_total} pv entries for {n} translations");
+            return Err(Violation::new(PmapRule::ReverseMaps, d));
         }
         Ok(())
     }

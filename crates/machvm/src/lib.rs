@@ -33,13 +33,15 @@
 
 extern crate alloc;
 
-use alloc::string::String;
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering::Relaxed;
 
-pub use machvm_base::{KernError, PAGE_SIZE, VmInherit, VmProt};
+pub use machvm_base::{KernError, PAGE_SIZE, Violation, VmInherit, VmProt};
 pub use machvm_copy::{SMALL_COPY_BYTES, VmMapCopy, vm_copy, vm_map_copy, vm_read, vm_write};
-pub use machvm_map::{Access, RegionInfo, VmMap};
+pub use machvm_frame::FrameRule;
+pub use machvm_map::{Access, MapRule, RegionInfo, VmMap};
+pub use machvm_object::ObjectRule;
+pub use machvm_pmap::PmapRule;
 
 use machvm_frame::{FrameAllocator, FrameUse};
 pub use machvm_object::VmAudit;
@@ -172,10 +174,22 @@ impl VmSystem {
         self.ctx.audit()
     }
 
-    /// Checks the frame allocator's and the pmap's invariants.
-    pub fn verify(&self) -> Result<(), String> {
-        self.ctx.frames().verify()?;
-        self.ctx.pmap().verify()
+    /// Checks the frame allocator's and the pmap's invariants, naming the
+    /// first rule broken (a map's and the object graph's: [`VmMap::verify`]).
+    pub fn verify(&self) -> Result<(), SystemViolation> {
+        self.ctx
+            .frames()
+            .verify()
+            .map_err(SystemViolation::Frames)?;
+        self.ctx.pmap().verify().map_err(SystemViolation::Pmap)
+    }
+
+    /// Turns on or off the checks debug builds run after every change to
+    /// one of this system's maps: a change that breaks an invariant panics
+    /// there, naming the rule (FreeBSD's `debug.vmmap_check`). Off at
+    /// start; release builds ignore it.
+    pub fn set_consistency_checks(&self, on: bool) {
+        self.ctx.set_consistency_checks(on);
     }
 
     /// The layers' shared context (frames, pmap module, counters).
@@ -191,6 +205,26 @@ impl core::fmt::Debug for VmSystem {
             .finish()
     }
 }
+
+/// What [`VmSystem::verify`] found broken: the layer and its rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SystemViolation {
+    /// A rule of the frame allocator.
+    Frames(Violation<FrameRule>),
+    /// A rule of the pmap.
+    Pmap(Violation<PmapRule>),
+}
+
+impl core::fmt::Display for SystemViolation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SystemViolation::Frames(v) => write!(f, "frames: {v}"),
+            SystemViolation::Pmap(v) => write!(f, "pmap: {v}"),
+        }
+    }
+}
+
+impl core::error::Error for SystemViolation {}
 
 /// The examples in README.md, compiled and run as doctests.
 #[cfg(doctest)]

@@ -602,7 +602,9 @@ impl World {
             start_free,
             "frames leaked after dropping every map"
         );
-        self.vm.verify().map_err(TestCaseError::fail)?;
+        self.vm
+            .verify()
+            .map_err(|v| TestCaseError::fail(v.to_string()))?;
         Ok(())
     }
 }

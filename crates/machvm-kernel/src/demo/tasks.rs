@@ -284,7 +284,9 @@ pub(super) fn teardown() {
         "every CPU back on the kernel CR3; A, B and C dropped: free frames {} -> {} (at the start: {})",
         before, s.free_count, free_at_start
     );
-    let verdict = sys().verify().map_or_else(|e| e, |()| "ok".into());
+    let verdict = sys()
+        .verify()
+        .map_or_else(|e| e.to_string(), |()| "ok".into());
     let (resolved, refused) = (0..smp::cpu_count())
         .map(vm::fault_counts)
         .fold((0, 0), |(r, f), (a, b)| (r + a, f + b));

@@ -8,15 +8,21 @@ use machvm_frame::FrameAllocator;
 use machvm_pmap_x86_64::X86Pmap;
 
 mod boundary;
+mod consistency;
 
 const P: u64 = PAGE_SIZE;
 
+/// A context for one test; every change is checked after it (debug
+/// builds).
 fn ctx(frames: u64) -> Arc<VmContext> {
     let fa = Arc::new(FrameAllocator::hosted(frames * P).unwrap());
     let pm = Arc::new(X86Pmap::new(fa.clone(), Default::default()).unwrap());
-    VmContext::new(fa, pm)
+    let c = VmContext::new(fa, pm);
+    c.set_consistency_checks(true);
+    c
 }
 
+#[track_caller]
 fn verified(map: &VmMap) {
     map.verify().unwrap_or_else(|e| panic!("{e}\n{map}"));
     map.context().pmap().verify().unwrap();

@@ -7,6 +7,7 @@ use machvm::{KernError, PAGE_SIZE, RegionInfo, VmMap, VmSystem};
 pub const P: u64 = PAGE_SIZE;
 
 /// Verifies the system and every map given.
+#[track_caller]
 pub fn check(vm: &VmSystem, maps: &[&VmMap]) {
     vm.verify()
         .unwrap_or_else(|e| panic!("system invariant: {e}"));
@@ -78,6 +79,7 @@ pub fn peek(map: &VmMap, addr: u64, len: usize) -> Vec<u8> {
 }
 
 /// Asserts that `f` fails with `want` and changes nothing observable.
+#[track_caller]
 pub fn fails_unchanged<T: std::fmt::Debug>(
     vm: &VmSystem,
     map: &VmMap,
@@ -99,6 +101,10 @@ pub fn fails_unchanged<T: std::fmt::Debug>(
     check(vm, &[map]);
 }
 
+/// A system for one test, with every map change checked after it (in
+/// debug builds).
 pub fn system() -> VmSystem {
-    VmSystem::hosted(64 << 20)
+    let vm = VmSystem::hosted(64 << 20);
+    vm.set_consistency_checks(true);
+    vm
 }

@@ -100,7 +100,7 @@ pub(super) fn direct_map_reaches_frames() -> Result<(), String> {
 }
 
 pub(super) fn frame_allocator_excludes_kernel() -> Result<(), String> {
-    frames().verify()?;
+    frames().verify().map_err(|v| alloc::format!("{v}"))?;
     let l = mem::layout();
     let reserved = |pa: u64| {
         frames()
