@@ -10,7 +10,7 @@
 //! the dirty bit on the leaf.
 //!
 //! Invariants (checked by `Pmap::verify`, each naming its
-//! [`PmapRule`](machvm_pmap::PmapRule): `KernelHalf`, `Entries`, `Tables`,
+//! [`PmapRule`]: `KernelHalf`, `Entries`, `Tables`,
 //! `ReverseMaps`, `Counters`):
 //! - Only the user half (PML4 entries 0..256) belongs to a pmap; entries
 //!   256..512 are the kernel's, copied into every root at creation.
