@@ -1,5 +1,5 @@
-//! machvm's criterion suite: benchmarks 1–6 of issue 6 (7, the sizes, is
-//! the `machvm-footprint` binary). Run it with `cargo xtask bench`, which
+//! machvm's criterion suite: the copy, fault, lookup, fork and small-copy
+//! groups (the memory figures come from the `machvm-footprint` binary). Run it with `cargo xtask bench`, which
 //! reads the medians and writes `target/machvm-bench/summary.md`.
 //!
 //! Every figure is the host x86_64 backend over simulated RAM, through the
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, measurement::WallTime};
 use machvm::{Access, PAGE_SIZE, SMALL_COPY_BYTES, VmMap, VmSystem, vm_map_copy, vm_read};
-use machvm_benches::{Lcg, Profile, distinct_entries, pages_of, ram_for, touch};
+use machvm_benches::{Lcg, Profile, distinct_entries, ids, pages_of, ram_for, touch};
 
 /// Sizes at or above this are sampled flat (a few long iterations).
 const LARGE: u64 = 16 << 20;
@@ -52,11 +52,11 @@ fn copy(c: &mut Criterion) {
     let max = p.copy_sizes_resident().into_iter().max().unwrap_or(0);
     // Resident source plus eager destination.
     let vm = VmSystem::hosted(ram_for(2 * max));
-    let mut g = c.benchmark_group("copy");
+    let mut g = c.benchmark_group(ids::COPY);
     for size in p.copy_sizes_untouched() {
         tune(&mut g, p, size, false);
         g.bench_with_input(
-            BenchmarkId::new("virtual_untouched", size),
+            BenchmarkId::new(ids::VIRTUAL_UNTOUCHED, size),
             &size,
             |b, &size| {
                 let (src, dst) = (vm.create_map().unwrap(), vm.create_map().unwrap());
@@ -80,7 +80,7 @@ fn copy(c: &mut Criterion) {
         let a = src.allocate(0, size, true).unwrap();
         touch(&src, a, size).unwrap();
         g.bench_with_input(
-            BenchmarkId::new("virtual_resident", size),
+            BenchmarkId::new(ids::VIRTUAL_RESIDENT, size),
             &size,
             |b, &size| {
                 b.iter_custom(|iters| {
@@ -100,7 +100,7 @@ fn copy(c: &mut Criterion) {
         // 8 bytes off: not page-aligned, so bytes; still word-aligned, so
         // the copy is not byte-at-a-time.
         let off = 8;
-        g.bench_with_input(BenchmarkId::new("eager", size), &size, |b, &size| {
+        g.bench_with_input(BenchmarkId::new(ids::EAGER, size), &size, |b, &size| {
             b.iter_custom(|iters| {
                 let mut t = Duration::ZERO;
                 for _ in 0..iters {
@@ -117,7 +117,7 @@ fn copy(c: &mut Criterion) {
         tune(&mut g, p, size, false);
         let from = vec![0x5au8; size as usize];
         let mut to = vec![0u8; size as usize];
-        g.bench_with_input(BenchmarkId::new("memcpy", size), &size, |b, _| {
+        g.bench_with_input(BenchmarkId::new(ids::MEMCPY, size), &size, |b, _| {
             b.iter(|| {
                 to.copy_from_slice(black_box(&from));
                 black_box(&mut to);
@@ -159,12 +159,12 @@ fn faults(c: &mut Criterion) {
     let p = profile();
     let round = p.fault_pages();
     let vm = VmSystem::hosted(ram_for(4 * round * PAGE_SIZE));
-    let mut g = c.benchmark_group("fault");
+    let mut g = c.benchmark_group(ids::FAULT);
     tune(&mut g, p, 0, false);
     let parent = vm.create_map().unwrap();
     let a = parent.allocate(0, round * PAGE_SIZE, true).unwrap();
     touch(&parent, a, round * PAGE_SIZE).unwrap();
-    g.bench_function("cow", |b| {
+    g.bench_function(ids::COW, |b| {
         b.iter_custom(|iters| {
             per_page_faults(
                 iters,
@@ -174,7 +174,7 @@ fn faults(c: &mut Criterion) {
             )
         });
     });
-    g.bench_function("zero_fill", |b| {
+    g.bench_function(ids::ZERO_FILL, |b| {
         let map = vm.create_map().unwrap();
         b.iter_custom(|iters| {
             per_page_faults(
@@ -191,7 +191,7 @@ fn faults(c: &mut Criterion) {
     g.finish();
 }
 
-/// Pages per entry in benchmark 4: a sweep page by page hits the entry
+/// Pages per entry in the lookup benchmark: a sweep page by page hits the entry
 /// found last three times out of four.
 const LOOKUP_ENTRY_PAGES: u64 = 4;
 
@@ -201,7 +201,7 @@ const LOOKUP_ENTRY_PAGES: u64 = 4;
 fn lookup(c: &mut Criterion) {
     let p = profile();
     let vm = VmSystem::hosted(ram_for(0));
-    let mut g = c.benchmark_group("lookup");
+    let mut g = c.benchmark_group(ids::LOOKUP);
     tune(&mut g, p, 0, false);
     for n in p.lookup_entries() {
         let map = vm.create_map().unwrap();
@@ -222,16 +222,16 @@ fn lookup(c: &mut Criterion) {
         let sequential: Vec<u64> = (0..pages.max(4096))
             .map(|i| base + (i % pages) * PAGE_SIZE)
             .collect();
-        for (pattern, addrs) in [("random", &random), ("sequential", &sequential)] {
+        for (pattern, addrs) in ids::LOOKUP_PATTERNS.into_iter().zip([&random, &sequential]) {
             g.bench_with_input(
-                BenchmarkId::new(format!("machvm_{pattern}"), n),
+                BenchmarkId::new(ids::lookup_fn(true, pattern), n),
                 addrs,
                 |b, addrs| {
                     b.iter_custom(|iters| per_lookup(iters, addrs, |chunk| map.lookup_many(chunk)));
                 },
             );
             g.bench_with_input(
-                BenchmarkId::new(format!("btreemap_{pattern}"), n),
+                BenchmarkId::new(ids::lookup_fn(false, pattern), n),
                 addrs,
                 |b, addrs| {
                     b.iter_custom(|iters| {
@@ -279,7 +279,7 @@ fn fork(c: &mut Criterion) {
     let p = profile();
     let max_m = p.fork_grid().iter().map(|&(_, m)| m).max().unwrap_or(0);
     let vm = VmSystem::hosted(ram_for(2 * max_m * PAGE_SIZE));
-    let mut g = c.benchmark_group("fork");
+    let mut g = c.benchmark_group(ids::FORK);
     for (n, m) in p.fork_grid() {
         tune(&mut g, p, m * PAGE_SIZE, true);
         let parent = vm.create_map().unwrap();
@@ -287,7 +287,7 @@ fn fork(c: &mut Criterion) {
         let base = distinct_entries(&parent, n, per).unwrap();
         assert_eq!(parent.entry_count() as u64, n, "entries must not merge");
         touch(&parent, base, m * PAGE_SIZE).unwrap();
-        g.bench_function(BenchmarkId::new("fork", format!("n{n}_m{m}")), |b| {
+        g.bench_function(BenchmarkId::new(ids::FORK, ids::fork_param(n, m)), |b| {
             b.iter_custom(|iters| {
                 let mut t = Duration::ZERO;
                 for _ in 0..iters {
@@ -316,14 +316,14 @@ fn fork(c: &mut Criterion) {
 fn small_copy(c: &mut Criterion) {
     let p = profile();
     let vm = VmSystem::hosted(ram_for(1 << 20));
-    let mut g = c.benchmark_group("small_copy");
+    let mut g = c.benchmark_group(ids::SMALL_COPY);
     tune(&mut g, p, 0, false);
     let (src, dst) = (vm.create_map().unwrap(), vm.create_map().unwrap());
     let max = 16 * PAGE_SIZE;
     let a = src.allocate(0, max, true).unwrap();
     src.write_bytes(a, &vec![0x5a; max as usize]).unwrap();
     for cycle in [false, true] {
-        let scenario = if cycle { "cycle" } else { "transfer" };
+        let scenario = if cycle { ids::CYCLE } else { ids::TRANSFER };
         for size in p.small_copy_sizes() {
             let pages = pages_of(size);
             // The receiver's and the sender's touches of the cycle.
@@ -335,7 +335,7 @@ fn small_copy(c: &mut Criterion) {
                 }
             };
             g.bench_with_input(
-                BenchmarkId::new(format!("{scenario}_vm_read"), size),
+                BenchmarkId::new(ids::small_copy_fn(scenario, true), size),
                 &size,
                 |b, &size| {
                     b.iter_custom(|iters| {
@@ -359,7 +359,7 @@ fn small_copy(c: &mut Criterion) {
                 },
             );
             g.bench_with_input(
-                BenchmarkId::new(format!("{scenario}_bytes"), size),
+                BenchmarkId::new(ids::small_copy_fn(scenario, false), size),
                 &size,
                 |b, &size| {
                     b.iter_custom(|iters| {

@@ -1,10 +1,12 @@
-//! Shared pieces of machvm's benchmark suite (issue 6): the run profile
+//! Shared pieces of machvm's benchmark suite: the run profile
 //! (`--quick` or full), the sizes each benchmark sweeps, and helpers that
 //! build maps in a known state.
 //!
 //! The suite itself is `benches/vm.rs` (criterion); the untimed figures
-//! (benchmark 7) come from the `machvm-footprint` binary and Linux's from
+//! (the memory figures) come from the `machvm-footprint` binary and Linux's from
 //! `linux-probe`. `cargo xtask bench` runs all three and writes the summary.
+
+pub mod ids;
 
 use machvm::{Access, KernError, PAGE_SIZE, VmMap, VmProt};
 
@@ -25,7 +27,7 @@ impl Profile {
         Profile { quick }
     }
 
-    /// Sizes of benchmark 1 for the untouched virtual copy (cheap at any
+    /// Sizes of the copy group for the untouched virtual copy (cheap at any
     /// size, so 1 GiB even in the quick profile: it is the target's figure).
     pub fn copy_sizes_untouched(self) -> Vec<u64> {
         if self.quick {
@@ -35,7 +37,7 @@ impl Profile {
         }
     }
 
-    /// Sizes of benchmark 1 for the copies that touch every page (resident
+    /// Sizes of the copy group for the copies that touch every page (resident
     /// virtual copy, eager copy, memcpy).
     pub fn copy_sizes_resident(self) -> Vec<u64> {
         if self.quick {
@@ -45,17 +47,17 @@ impl Profile {
         }
     }
 
-    /// Pages faulted per round in benchmarks 2 and 3.
+    /// Pages faulted per round in the fault group.
     pub fn fault_pages(self) -> u64 {
         if self.quick { 256 } else { 1024 }
     }
 
-    /// Entry counts of benchmark 4.
+    /// Entry counts of the lookup group.
     pub fn lookup_entries(self) -> Vec<u64> {
         vec![10, 1_000, 100_000]
     }
 
-    /// (entries, resident pages) of benchmark 5.
+    /// (entries, resident pages) of the fork group.
     pub fn fork_grid(self) -> Vec<(u64, u64)> {
         let (ns, ms): (&[u64], &[u64]) = if self.quick {
             (&[1, 1_000], &[0, 4_096])
@@ -67,7 +69,7 @@ impl Profile {
             .collect()
     }
 
-    /// Byte counts of benchmark 6 (1 byte … 16 pages).
+    /// Byte counts of the small-copy group (1 byte … 16 pages).
     pub fn small_copy_sizes(self) -> Vec<u64> {
         if self.quick {
             vec![64, 4096, 8192, 12288, 16384, 65536]
@@ -151,7 +153,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_cover_the_issue() {
+    fn sizes_cover_the_targets() {
         let full = Profile { quick: false };
         let s = full.copy_sizes_untouched();
         assert_eq!((s[0], *s.last().unwrap()), (4096, 1 << 30));

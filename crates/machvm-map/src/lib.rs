@@ -229,7 +229,7 @@ impl VmMap {
         self.0.inner.is_locked()
     }
 
-    /// Benchmark hook (`cargo xtask bench`, benchmark 4): looks every address
+    /// Benchmark hook (`cargo xtask bench`, the lookup group): looks every address
     /// up as the fault path does, hint first, under one lock acquisition so
     /// that the lookup alone is timed. Returns the sum of the entry starts
     /// found.

@@ -37,11 +37,11 @@ impl Input {
         v
     }
 
-    /// A Linux figure, or the issue's when not measured; and its label.
-    pub(super) fn reference(&self, key: &str, issue: f64) -> (f64, &'static str) {
+    /// A Linux figure, or the published one when not measured; and its label.
+    pub(super) fn reference(&self, key: &str, published: f64) -> (f64, &'static str) {
         match self.linux(key) {
             Some(v) => (v, "Linux, measured"),
-            None => (issue, "Linux, issue's figure"),
+            None => (published, "Linux, published figure"),
         }
     }
 }

@@ -1,11 +1,12 @@
-//! `cargo xtask bench`: runs the criterion suite of `benches/` (issue 6),
+//! `cargo xtask bench`: runs the criterion suite of `benches/`,
 //! reads criterion's medians and writes `target/machvm-bench/summary.md`
 //! (figure, machvm, reference, ratio, target met?) and `copy.svg` (copy
 //! time against size: virtual, eager, memcpy).
 //!
 //! - `--vs-linux` also runs `linux-probe` (in the same run) for Linux's
 //!   zero-fill fault, copy-on-write fault, `fork` per resident page and
-//!   `memcpy` bandwidth; without it the references are the issue's figures.
+//!   `memcpy` bandwidth; without it the references are published Linux figures
+//!   (the `PUBLISHED_*` constants).
 //! - `--quick` is the CI smoke test: short measurements, fewer sizes, under
 //!   two minutes once built; no threshold fails it.
 //!
@@ -46,10 +47,11 @@ const PAGE: f64 = 4096.0;
 /// Keeps glibc's memcpy off `rep movsb` (see [`Runner::command`]).
 const MEMCPY_TUNABLE: &str = "glibc.cpu.x86_rep_movsb_threshold=1000000000000";
 
-/// The issue's Linux figures, used when `--vs-linux` is not given.
-const ISSUE_FORK_PER_PAGE_NS: f64 = 130.0;
-const ISSUE_COW_NS: f64 = 4000.0;
-const ISSUE_ZERO_FILL_NS: f64 = 3000.0;
+/// Typical Linux figures on current x86_64 hardware, used when
+/// `--vs-linux` is not given (measure them with it).
+const PUBLISHED_FORK_PER_PAGE_NS: f64 = 130.0;
+const PUBLISHED_COW_NS: f64 = 4000.0;
+const PUBLISHED_ZERO_FILL_NS: f64 = 3000.0;
 
 /// `cargo xtask bench [--quick] [--vs-linux]`.
 pub(crate) fn bench(rest: &[String]) -> bool {

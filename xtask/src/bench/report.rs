@@ -1,6 +1,7 @@
 //! The Markdown summary.
 
 use super::*;
+use machvm_benches::ids;
 
 /// The Markdown summary: the provenance, the main table, how the figures
 /// are taken, the small-copy and fork tables, and every median.
@@ -40,7 +41,7 @@ fn intro(s: &mut String, i: &Input) {
                  (THP off for the probe's mappings, median of repeats): they include the \
                  hardware trap, kernel entry and exit — machvm's do not."
             ),
-            None => "Linux's figures are the issue's (not measured in this run; pass \
+            None => "Linux's figures are typical published ones (not measured in this run; pass \
                      `--vs-linux`); they include the hardware trap — machvm's do not."
                 .into(),
         }
@@ -109,7 +110,10 @@ fn all_medians(s: &mut String, i: &Input) {
 }
 
 pub(super) fn small_copy_table(s: &mut String, i: &Input) {
-    let sizes = i.params("small_copy/transfer_bytes/");
+    let sizes = i.params(&ids::prefix(
+        ids::SMALL_COPY,
+        &ids::small_copy_fn(ids::TRANSFER, false),
+    ));
     if sizes.is_empty() {
         return;
     }
@@ -127,17 +131,17 @@ pub(super) fn small_copy_table(s: &mut String, i: &Input) {
     );
     for size in sizes {
         let cell = |id: &str| {
-            i.get(&format!("small_copy/{id}/{size}"))
+            i.get(&ids::full(ids::SMALL_COPY, id, size))
                 .map_or("—".into(), fmt_ns)
         };
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} |",
             fmt_bytes(size),
-            cell("transfer_vm_read"),
-            cell("transfer_bytes"),
-            cell("cycle_vm_read"),
-            cell("cycle_bytes"),
+            cell(&ids::small_copy_fn(ids::TRANSFER, true)),
+            cell(&ids::small_copy_fn(ids::TRANSFER, false)),
+            cell(&ids::small_copy_fn(ids::CYCLE, true)),
+            cell(&ids::small_copy_fn(ids::CYCLE, false)),
         );
     }
 }
@@ -152,7 +156,7 @@ pub(super) fn fork_table(s: &mut String, i: &Input) {
         "\n## 5. `fork` (entries × resident pages)\n\n| Entries | Resident pages | Time |\n|---|---|---|"
     );
     for (n, m) in grid {
-        if let Some(t) = i.get(&format!("fork/fork/n{n}_m{m}")) {
+        if let Some(t) = i.get(&ids::full(ids::FORK, ids::FORK, ids::fork_param(n, m))) {
             let _ = writeln!(s, "| {n} | {m} | {} |", fmt_ns(t));
         }
     }

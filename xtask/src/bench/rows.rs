@@ -1,6 +1,7 @@
 //! The report's rows: one per figure, and the small-copy crossover.
 
 use super::*;
+use machvm_benches::ids;
 
 /// One row of the main table.
 pub(super) struct Row {
@@ -62,11 +63,11 @@ pub(super) fn main_rows(i: &Input) -> Vec<Row> {
 
 /// Figure 1. Virtual and eager copies against each other and `memcpy`.
 fn copy_rows(i: &Input, threshold: u64, rows: &mut Vec<Row>) {
-    let untouched = i.params("copy/virtual_untouched/");
+    let untouched = i.params(&ids::prefix(ids::COPY, ids::VIRTUAL_UNTOUCHED));
     if let (Some(&lo), Some(&hi)) = (untouched.first(), untouched.last())
         && let (Some(a), Some(b)) = (
-            i.get(&format!("copy/virtual_untouched/{lo}")),
-            i.get(&format!("copy/virtual_untouched/{hi}")),
+            i.get(&ids::full(ids::COPY, ids::VIRTUAL_UNTOUCHED, lo)),
+            i.get(&ids::full(ids::COPY, ids::VIRTUAL_UNTOUCHED, hi)),
         )
     {
         rows.push(Row::ratio_target(
@@ -85,8 +86,8 @@ fn copy_rows(i: &Input, threshold: u64, rows: &mut Vec<Row>) {
     if let (Some(&lo), Some(&hi)) = (untouched.iter().find(|&&s| s > threshold), untouched.last())
         && lo < hi
         && let (Some(a), Some(b)) = (
-            i.get(&format!("copy/virtual_untouched/{lo}")),
-            i.get(&format!("copy/virtual_untouched/{hi}")),
+            i.get(&ids::full(ids::COPY, ids::VIRTUAL_UNTOUCHED, lo)),
+            i.get(&ids::full(ids::COPY, ids::VIRTUAL_UNTOUCHED, hi)),
         )
     {
         rows.push(Row::info(
@@ -100,11 +101,11 @@ fn copy_rows(i: &Input, threshold: u64, rows: &mut Vec<Row>) {
             Some(b / a),
         ));
     }
-    let resident = i.params("copy/virtual_resident/");
+    let resident = i.params(&ids::prefix(ids::COPY, ids::VIRTUAL_RESIDENT));
     if let Some(&hi) = resident.last() {
-        if let Some(t) = i.get(&format!("copy/virtual_resident/{hi}")) {
+        if let Some(t) = i.get(&ids::full(ids::COPY, ids::VIRTUAL_RESIDENT, hi)) {
             let per_page = t / (hi as f64 / PAGE);
-            let (r, label) = i.reference("linux_fork_per_page_ns", ISSUE_FORK_PER_PAGE_NS);
+            let (r, label) = i.reference("linux_fork_per_page_ns", PUBLISHED_FORK_PER_PAGE_NS);
             rows.push(Row::ratio_target(
                 format!(
                     "1. Virtual copy, resident, per page ({}) vs Linux `fork` per resident page",
@@ -116,12 +117,12 @@ fn copy_rows(i: &Input, threshold: u64, rows: &mut Vec<Row>) {
             ));
         }
         for (what, id) in [
-            ("Virtual copy", "virtual_resident"),
-            ("Eager copy", "eager"),
+            ("Virtual copy", ids::VIRTUAL_RESIDENT),
+            ("Eager copy", ids::EAGER),
         ] {
             if let (Some(t), Some(m)) = (
-                i.get(&format!("copy/{id}/{hi}")),
-                i.get(&format!("copy/memcpy/{hi}")),
+                i.get(&ids::full(ids::COPY, id, hi)),
+                i.get(&ids::full(ids::COPY, ids::MEMCPY, hi)),
             ) {
                 rows.push(Row::info(
                     format!("1. {what}, resident, {} vs `memcpy`", fmt_bytes(hi)),
@@ -144,24 +145,24 @@ fn copy_rows(i: &Input, threshold: u64, rows: &mut Vec<Row>) {
 
 /// Figure 2, 3. The fault handler against Linux's trapped faults.
 fn fault_rows(i: &Input, rows: &mut Vec<Row>) {
-    for (n, name, id, key, issue) in [
+    for (n, name, id, key, published) in [
         (
             2,
             "Copy-on-write fault",
-            "fault/cow",
+            ids::COW,
             "linux_cow_fault_ns",
-            ISSUE_COW_NS,
+            PUBLISHED_COW_NS,
         ),
         (
             3,
             "Zero-fill fault",
-            "fault/zero_fill",
+            ids::ZERO_FILL,
             "linux_zero_fill_ns",
-            ISSUE_ZERO_FILL_NS,
+            PUBLISHED_ZERO_FILL_NS,
         ),
     ] {
-        if let Some(t) = i.get(id) {
-            let (r, label) = i.reference(key, issue);
+        if let Some(t) = i.get(&ids::plain(ids::FAULT, id)) {
+            let (r, label) = i.reference(key, published);
             rows.push(Row::ratio_target(
                 format!("{n}. {name}, per page (machvm: handler alone; Linux: with trap)"),
                 t,
@@ -174,11 +175,14 @@ fn fault_rows(i: &Input, rows: &mut Vec<Row>) {
 
 /// Figure 4. Entry lookup against a `BTreeMap`.
 fn lookup_rows(i: &Input, rows: &mut Vec<Row>) {
-    for n in i.params("lookup/machvm_random/") {
-        for pattern in ["random", "sequential"] {
+    for n in i.params(&ids::prefix(
+        ids::LOOKUP,
+        &ids::lookup_fn(true, ids::LOOKUP_PATTERNS[0]),
+    )) {
+        for pattern in ids::LOOKUP_PATTERNS {
             let (Some(m), Some(b)) = (
-                i.get(&format!("lookup/machvm_{pattern}/{n}")),
-                i.get(&format!("lookup/btreemap_{pattern}/{n}")),
+                i.get(&ids::full(ids::LOOKUP, &ids::lookup_fn(true, pattern), n)),
+                i.get(&ids::full(ids::LOOKUP, &ids::lookup_fn(false, pattern), n)),
             ) else {
                 continue;
             };
@@ -212,11 +216,11 @@ fn fork_rows(i: &Input, rows: &mut Vec<Row>) {
         grid.iter().map(|(_, m)| m).max(),
         grid.iter().map(|(n, _)| n).max(),
     ) {
-        let one = |m: u64| i.get(&format!("fork/fork/n1_m{m}"));
+        let one = |m: u64| i.get(&ids::full(ids::FORK, ids::FORK, ids::fork_param(1, m)));
         if let (Some(base), Some(big)) = (one(0), one(m_hi)) {
             if m_hi > 0 {
                 let per_page = (big - base) / m_hi as f64;
-                let (r, label) = i.reference("linux_fork_per_page_ns", ISSUE_FORK_PER_PAGE_NS);
+                let (r, label) = i.reference("linux_fork_per_page_ns", PUBLISHED_FORK_PER_PAGE_NS);
                 rows.push(Row::info(
                     format!("5. `fork` per resident page (1 entry, {m_hi} pages)"),
                     fmt_ns(per_page),
@@ -224,7 +228,7 @@ fn fork_rows(i: &Input, rows: &mut Vec<Row>) {
                     Some(per_page / r),
                 ));
             }
-            if let Some(many) = i.get(&format!("fork/fork/n{n_hi}_m0"))
+            if let Some(many) = i.get(&ids::full(ids::FORK, ids::FORK, ids::fork_param(n_hi, 0)))
                 && n_hi > 1
             {
                 rows.push(Row::info(
@@ -305,7 +309,9 @@ pub(super) fn fork_grid(i: &Input) -> Vec<(u64, u64)> {
         .medians
         .keys()
         .filter_map(|k| {
-            let p = k.strip_prefix("fork/fork/n")?;
+            let p = k
+                .strip_prefix(&ids::prefix(ids::FORK, ids::FORK))?
+                .strip_prefix('n')?;
             let (n, m) = p.split_once("_m")?;
             Some((n.parse().ok()?, m.parse().ok()?))
         })
@@ -314,7 +320,7 @@ pub(super) fn fork_grid(i: &Input) -> Vec<(u64, u64)> {
     v
 }
 
-/// Where copy-on-write starts to beat byte copying in benchmark 6.
+/// Where copy-on-write starts to beat byte copying in the small-copy group.
 pub(super) struct Crossover {
     /// Smallest whole-page size from which copy-on-write is cheaper at every
     /// larger size measured; `None`: bytes never lose.
@@ -347,10 +353,13 @@ impl Crossover {
 /// Copy-on-write cost per size: measured above `threshold` (where
 /// `vm_read` uses it), a least-squares line in pages below.
 pub(super) fn crossover(i: &Input, scenario: &str, threshold: u64) -> Option<Crossover> {
-    let bytes_id = |s: u64| format!("small_copy/{scenario}_bytes/{s}");
-    let read_id = |s: u64| format!("small_copy/{scenario}_vm_read/{s}");
+    let bytes_id = |s: u64| ids::full(ids::SMALL_COPY, &ids::small_copy_fn(scenario, false), s);
+    let read_id = |s: u64| ids::full(ids::SMALL_COPY, &ids::small_copy_fn(scenario, true), s);
     let sizes: Vec<u64> = i
-        .params(&format!("small_copy/{scenario}_bytes/"))
+        .params(&ids::prefix(
+            ids::SMALL_COPY,
+            &ids::small_copy_fn(scenario, false),
+        ))
         .into_iter()
         .filter(|s| s % PAGE as u64 == 0)
         .collect();

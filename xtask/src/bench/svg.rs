@@ -1,16 +1,17 @@
 //! The copy plot (time against size).
 
 use super::*;
+use machvm_benches::ids;
 
 /// One plotted line: label, colour, (bytes, ns) points.
 type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
 
 /// The kinds of copy plotted: benchmark id, label, colour.
 const SERIES: [(&str, &str, &str); 4] = [
-    ("virtual_untouched", "virtual copy, untouched", "#1f77b4"),
-    ("virtual_resident", "virtual copy, resident", "#2ca02c"),
-    ("eager", "eager copy (bytes)", "#d62728"),
-    ("memcpy", "memcpy (host)", "#7f7f7f"),
+    (ids::VIRTUAL_UNTOUCHED, "virtual copy, untouched", "#1f77b4"),
+    (ids::VIRTUAL_RESIDENT, "virtual copy, resident", "#2ca02c"),
+    (ids::EAGER, "eager copy (bytes)", "#d62728"),
+    (ids::MEMCPY, "memcpy (host)", "#7f7f7f"),
 ];
 
 /// Image size and margins (left, right, top, bottom), in pixels.
@@ -54,7 +55,7 @@ fn series(medians: &BTreeMap<String, f64>) -> Vec<Series<'static>> {
     SERIES
         .iter()
         .map(|&(id, label, colour)| {
-            let prefix = format!("copy/{id}/");
+            let prefix = ids::prefix(ids::COPY, id);
             let mut pts: Vec<(f64, f64)> = medians
                 .iter()
                 .filter_map(|(k, &v)| Some((k.strip_prefix(&prefix)?.parse::<f64>().ok()?, v)))
