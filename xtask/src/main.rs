@@ -93,12 +93,22 @@ pub(crate) fn workspace_root() -> std::path::PathBuf {
 /// rustdoc, loom, kernel clippy, then the
 /// in-kernel suite under QEMU (`rest` goes to `qemu-test`).
 fn test(rest: &[String]) -> bool {
-    let steps: [&[&str]; 3] = [
+    let steps: [&[&str]; 4] = [
         &["fmt", "--all", "--", "--check"],
         &[
             "clippy",
             "--workspace",
             "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        // The machine-independent façade, without the hosted x86_64 backend.
+        &[
+            "clippy",
+            "-p",
+            "machvm",
+            "--no-default-features",
             "--",
             "-D",
             "warnings",

@@ -50,10 +50,7 @@ fn main() {
         "vm_page_bytes={}",
         std::mem::size_of::<machvm_frame::VmPage>()
     );
-    println!(
-        "entry_struct_bytes={}",
-        std::mem::size_of::<machvm_map::Entry>() + std::mem::size_of::<u64>()
-    );
+    println!("entry_struct_bytes={}", machvm_map::ENTRY_BYTES);
 
     let vm = VmSystem::hosted(ram_for(N * PAGE_SIZE));
     let map = vm.create_map().expect("map");

@@ -67,10 +67,13 @@ pub use verify::MapRule;
 
 use entries::LookupIndex;
 
+/// Bytes one map entry takes in its map's tree, key included (the
+/// benchmarks report it).
+pub const ENTRY_BYTES: usize = core::mem::size_of::<Entry>() + core::mem::size_of::<u64>();
+
 /// One map entry (Mach's `vm_map_entry`); its start is the key it is
-/// stored under. Not `Clone`: its hold is one exact holder record. Public
-/// only so that the benchmarks can report its size.
-pub struct Entry {
+/// stored under. Not `Clone`: its hold is one exact holder record.
+pub(crate) struct Entry {
     pub(crate) end: u64,
     /// `None` until first touched: anonymous zero-fill memory, no object yet.
     pub(crate) object: Option<Hold>,
@@ -225,6 +228,7 @@ impl VmMap {
     /// injected MMU uses it to check that a shootdown is sent before the
     /// map can change again).
     #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn is_locked(&self) -> bool {
         self.0.inner.is_locked()
     }
@@ -234,6 +238,7 @@ impl VmMap {
     /// that the lookup alone is timed. Returns the sum of the entry starts
     /// found.
     #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn lookup_many(&self, addrs: &[u64]) -> u64 {
         let mut m = self.0.inner.lock();
         addrs

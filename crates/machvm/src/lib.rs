@@ -47,9 +47,11 @@ use machvm_frame::{FrameAllocator, FrameUse};
 pub use machvm_object::VmAudit;
 use machvm_object::VmContext;
 use machvm_pmap::Pmap;
+#[cfg(feature = "hosted")]
 use machvm_pmap_x86_64::X86Pmap;
 
 /// The smallest simulated RAM [`VmSystem::hosted`] builds (64 KiB).
+#[cfg(feature = "hosted")]
 pub const MIN_HOSTED_BYTES: u64 = 16 * PAGE_SIZE;
 
 /// One virtual-memory system: physical memory, the machine's pmap, and the
@@ -93,11 +95,13 @@ pub struct VmStatistics {
 
 impl VmSystem {
     /// A system over `phys_bytes` of simulated RAM (at least
-    /// [`MIN_HOSTED_BYTES`]) with real x86_64 page tables built in it.
+    /// [`MIN_HOSTED_BYTES`]) with real x86_64 page tables built in it
+    /// (feature `hosted`, on by default).
     ///
     /// # Panics
     /// If the host cannot allocate the simulated RAM; use
     /// [`try_hosted`](Self::try_hosted) to get an error instead.
+    #[cfg(feature = "hosted")]
     pub fn hosted(phys_bytes: u64) -> VmSystem {
         match Self::try_hosted(phys_bytes) {
             Ok(vm) => vm,
@@ -107,6 +111,7 @@ impl VmSystem {
 
     /// [`hosted`](Self::hosted), reporting `ResourceShortage` when the host
     /// cannot provide the memory.
+    #[cfg(feature = "hosted")]
     pub fn try_hosted(phys_bytes: u64) -> Result<VmSystem, KernError> {
         let frames = Arc::new(FrameAllocator::hosted(phys_bytes.max(MIN_HOSTED_BYTES))?);
         let pmap = Arc::new(X86Pmap::new(frames.clone(), Default::default())?);
@@ -114,7 +119,7 @@ impl VmSystem {
     }
 
     /// A system over any frames and pmap module (a kernel passes its own
-    /// direct-mapped RAM and an [`X86Pmap`] wired to the real MMU).
+    /// direct-mapped RAM and an `X86Pmap` wired to the real MMU).
     pub fn with_pmap(frames: Arc<FrameAllocator>, pmap: Arc<dyn Pmap>) -> VmSystem {
         VmSystem {
             ctx: VmContext::new(frames, pmap),
