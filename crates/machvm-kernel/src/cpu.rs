@@ -1,7 +1,13 @@
 //! Privileged x86_64 instructions: I/O ports, MSRs, control registers, the
-//! TLB, the PIT delay and QEMU's `isa-debug-exit`.
+//! TLB, the PIT delay and QEMU's `isa-debug-exit`. Control registers, the
+//! TLB and the interrupt flag go through the `x86_64` crate.
 
 use core::arch::asm;
+
+use x86_64::instructions::{interrupts, tlb};
+use x86_64::registers::control::{Cr0, Cr2, Cr3, Cr3Flags, Cr4};
+use x86_64::registers::model_specific::Efer;
+use x86_64::structures::paging::PhysFrame;
 
 /// `IA32_EFER`.
 pub const MSR_EFER: u32 = 0xC000_0080;
@@ -10,9 +16,9 @@ pub const MSR_GS_BASE: u32 = 0xC000_0101;
 /// `IA32_APIC_BASE`.
 pub const MSR_APIC_BASE: u32 = 0x1B;
 /// `EFER.NXE`: the NX bit of page-table entries is honoured.
-pub const EFER_NXE: u64 = 1 << 11;
+pub const EFER_NXE: u64 = x86_64::registers::model_specific::EferFlags::NO_EXECUTE_ENABLE.bits();
 /// `CR0.WP`: ring 0 honours read-only pages.
-pub const CR0_WP: u64 = 1 << 16;
+pub const CR0_WP: u64 = x86_64::registers::control::Cr0Flags::WRITE_PROTECT.bits();
 
 /// Writes a byte to an I/O port.
 ///
@@ -83,44 +89,32 @@ pub unsafe fn wrmsr(msr: u32, val: u64) {
 /// `CR0`.
 #[inline]
 pub fn read_cr0() -> u64 {
-    let v;
-    // SAFETY: reading a control register has no side effect.
-    unsafe { asm!("mov {}, cr0", out(reg) v, options(nomem, nostack, preserves_flags)) }
-    v
+    Cr0::read_raw()
 }
 
 /// `CR2`: the linear address of the last page fault.
 #[inline]
 pub fn read_cr2() -> u64 {
-    let v;
-    // SAFETY: reading a control register has no side effect.
-    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack, preserves_flags)) }
-    v
+    Cr2::read_raw()
 }
 
 /// `CR3`: physical address of the current PML4 (and PCD/PWT bits).
 #[inline]
 pub fn current_cr3() -> u64 {
-    let v;
-    // SAFETY: reading a control register has no side effect.
-    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) }
-    v
+    let (frame, flags) = Cr3::read_raw();
+    frame.start_address().as_u64() | u64::from(flags)
 }
 
 /// `CR4`.
 #[inline]
 pub fn read_cr4() -> u64 {
-    let v;
-    // SAFETY: reading a control register has no side effect.
-    unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags)) }
-    v
+    Cr4::read_raw()
 }
 
 /// `IA32_EFER`.
 #[inline]
 pub fn read_efer() -> u64 {
-    // SAFETY: EFER exists on every x86_64 CPU (we are in long mode).
-    unsafe { rdmsr(MSR_EFER) }
+    Efer::read_raw()
 }
 
 /// Switches this CPU to the address space whose PML4 is at physical
@@ -132,33 +126,27 @@ pub fn read_efer() -> u64 {
 /// the kernel loses its code, stack and direct map.
 #[inline]
 pub unsafe fn load_cr3(pml4_pa: u64) {
+    let frame = PhysFrame::containing_address(x86_64::PhysAddr::new_truncate(pml4_pa));
     // SAFETY: the caller guarantees the kernel half is present.
-    unsafe { asm!("mov cr3, {}", in(reg) pml4_pa, options(nostack, preserves_flags)) }
+    unsafe { Cr3::write(frame, Cr3Flags::empty()) }
 }
 
-/// Drops this CPU's TLB entry for the page holding `va`.
-///
-/// Harmless for memory safety: it can only make the CPU re-walk tables.
+/// Drops this CPU's TLB entry for the page holding `va` (`invlpg`).
 #[inline]
 pub fn invlpg(va: u64) {
-    // SAFETY: invalidating a translation never breaks an invariant.
-    unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) }
+    tlb::flush(x86_64::VirtAddr::new_truncate(va));
 }
 
 /// Flushes this CPU's non-global TLB entries by reloading `CR3`.
 #[inline]
 pub fn flush_tlb() {
-    // SAFETY: reloading the current CR3 keeps the same address space.
-    unsafe { load_cr3(current_cr3()) }
+    tlb::flush_all();
 }
 
 /// True when maskable interrupts are enabled on this CPU.
 #[inline]
 pub fn interrupts_enabled() -> bool {
-    let flags: u64;
-    // SAFETY: reading RFLAGS has no side effect.
-    unsafe { asm!("pushfq", "pop {}", out(reg) flags, options(nomem, preserves_flags)) }
-    flags & (1 << 9) != 0
+    interrupts::are_enabled()
 }
 
 /// Busy-waits for about `us` microseconds on PIT channel 2 (gate through port

@@ -14,37 +14,41 @@
 
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use machvm_base::{KernError, PhysAddr, USER_MAX};
+use machvm_base::{KernError, PhysAddr, USER_MAX, VirtAddr};
 use machvm_frame::FrameUse;
+use machvm_pmap_x86_64::entry::{self, PageTableFlags as F, Pte};
 
 use crate::boot::{BOOT_PD, BOOT_PDPT_LOW, BOOT_PML4};
 pub use crate::boot::{DIRECT_MAP_BASE, KERNEL_VMA, Table};
 use crate::cpu;
 
-/// Page-table entry bits.
+/// Page-table entry bits, as the pmap defines them ([`entry`], the
+/// `x86_64` crate's flags): no second copy.
 pub mod pte {
+    use machvm_pmap_x86_64::entry::{PageTableFlags as F, Pte};
+
     /// Present.
-    pub const P: u64 = 1;
+    pub const P: u64 = F::PRESENT.bits();
     /// Writable.
-    pub const W: u64 = 1 << 1;
+    pub const W: u64 = F::WRITABLE.bits();
     /// User-accessible.
-    pub const U: u64 = 1 << 2;
+    pub const U: u64 = F::USER_ACCESSIBLE.bits();
     /// Write-through.
-    pub const PWT: u64 = 1 << 3;
+    pub const PWT: u64 = F::WRITE_THROUGH.bits();
     /// Cache disable.
-    pub const PCD: u64 = 1 << 4;
+    pub const PCD: u64 = F::NO_CACHE.bits();
     /// Accessed (set by the MMU).
-    pub const A: u64 = 1 << 5;
+    pub const A: u64 = F::ACCESSED.bits();
     /// Dirty (set by the MMU).
-    pub const D: u64 = 1 << 6;
+    pub const D: u64 = F::DIRTY.bits();
     /// Large page (in a PDPT or PD entry).
-    pub const PS: u64 = 1 << 7;
+    pub const PS: u64 = F::HUGE_PAGE.bits();
     /// Global.
-    pub const G: u64 = 1 << 8;
+    pub const G: u64 = F::GLOBAL.bits();
     /// No-execute.
-    pub const NX: u64 = 1 << 63;
+    pub const NX: u64 = F::NO_EXECUTE.bits();
     /// Physical-address bits of an entry.
-    pub const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
+    pub const ADDR: u64 = Pte::ADDR_MASK;
 }
 
 /// Base of the scratch window (PML4 entry 384).
@@ -127,34 +131,25 @@ unsafe fn free_level(t: u64, level: u32, n: usize) {
     }
 }
 
-/// The leaf entry for `va` in the 4-level tables under `pml4`, creating
-/// missing tables when `create` (parents get P|W, and U in the lower half).
-fn walk(pml4: u64, va: u64, create: bool) -> Result<&'static AtomicU64, KernError> {
-    let user = va < USER_MAX;
-    let mut t = pml4;
-    for level in (1..4).rev() {
-        let idx = ((va >> (12 + 9 * level)) & 511) as usize;
-        // SAFETY: `t` is the PML4 or a table reached from it.
-        let e = unsafe { &table(t)[idx] };
-        let v = e.load(Relaxed);
-        if v & pte::P == 0 {
-            if !create {
-                return Err(KernError::InvalidAddress);
-            }
-            let frames = crate::mem::frames();
-            let pa = frames.alloc(FrameUse::PageTable)?;
-            frames.mem().zero_page(pa);
-            let flags = pte::P | pte::W | if user { pte::U } else { 0 };
-            e.store(pa.as_u64() | flags, Relaxed);
-            t = pa.as_u64();
-        } else if v & pte::PS != 0 {
-            return Err(KernError::InvalidArgument);
-        } else {
-            t = v & pte::ADDR;
-        }
+/// The physical address of `va`'s 4 KiB leaf entry under `pml4` (the
+/// pmap's walk), creating missing tables when `create` (parents get P|W,
+/// and U in the lower half).
+fn leaf_slot(pml4: u64, va: u64, create: bool) -> Result<PhysAddr, KernError> {
+    let frames = crate::mem::frames();
+    let mut link = F::WRITABLE;
+    if va < USER_MAX {
+        link |= F::USER_ACCESSIBLE;
     }
-    // SAFETY: `t` is now the page table covering `va`.
-    Ok(unsafe { &table(t)[((va >> 12) & 511) as usize] })
+    let alloc = || {
+        if !create {
+            return Err(KernError::InvalidAddress);
+        }
+        let pa = frames.alloc(FrameUse::PageTable)?;
+        frames.mem().zero_page(pa);
+        Ok(pa)
+    };
+    let (root, va) = (PhysAddr::new(pml4), VirtAddr::new(va));
+    entry::leaf_slot(frames.mem(), root, va, link, alloc)
 }
 
 /// Maps the 4 KiB page at `va` to frame `pa` with leaf `flags` (P added)
@@ -167,8 +162,9 @@ fn walk(pml4: u64, va: u64, create: bool) -> Result<&'static AtomicU64, KernErro
 /// be in use by the kernel (use the lower half of a task PML4 or
 /// [`alloc_window`]).
 pub unsafe fn map_4k(pml4: u64, va: u64, pa: u64, flags: u64) -> Result<(), KernError> {
-    let e = walk(pml4, va, true)?;
-    e.store((pa & pte::ADDR) | flags | pte::P, Relaxed);
+    let slot = leaf_slot(pml4, va, true)?;
+    let e = Pte::from_bits((pa & pte::ADDR) | flags | pte::P);
+    crate::mem::frames().mem().store_u64(slot, e.bits());
     Ok(())
 }
 
@@ -179,35 +175,26 @@ pub unsafe fn map_4k(pml4: u64, va: u64, pa: u64, flags: u64) -> Result<(), Kern
 /// `va` must be a mapping the caller made ([`map_4k`]): the kernel's own
 /// mappings must stay.
 pub unsafe fn unmap_4k(pml4: u64, va: u64) -> Option<u64> {
-    let e = walk(pml4, va, false).ok()?;
-    let old = e.swap(0, Relaxed);
-    (old & pte::P != 0).then_some(old)
+    let slot = leaf_slot(pml4, va, false).ok()?;
+    let old = Pte::from_bits(crate::mem::frames().mem().swap_u64(slot, 0));
+    old.is_present().then_some(old.bits())
 }
 
 /// The leaf entry of `va` under `pml4` (for tests that rewrite a PTE behind
 /// the TLB's back), or `None` when a table is missing.
 pub fn leaf_entry(pml4: u64, va: u64) -> Option<&'static AtomicU64> {
-    walk(pml4, va, false).ok()
+    let slot = leaf_slot(pml4, va, false).ok()?;
+    // SAFETY: `slot` is an 8-aligned entry of a page table reached from
+    // `pml4`, in the direct map; page tables are only accessed atomically
+    // and the kernel's tables are never freed while it runs.
+    Some(unsafe { &*(phys_to_virt(slot.as_u64()) as *const AtomicU64) })
 }
 
-/// Physical address `va` translates to under `pml4` by a software walk
-/// (4 KiB, 2 MiB and 1 GiB leaves), or `None`.
+/// Physical address `va` translates to under `pml4` by the pmap's
+/// side-effect-free walk (4 KiB, 2 MiB and 1 GiB leaves), or `None`.
 pub fn translate(pml4: u64, va: u64) -> Option<u64> {
-    let mut t = pml4;
-    for level in (0..4).rev() {
-        let shift = 12 + 9 * level;
-        // SAFETY: `t` is a table reached from `pml4`.
-        let v = unsafe { table(t)[((va >> shift) & 511) as usize].load(Relaxed) };
-        if v & pte::P == 0 {
-            return None;
-        }
-        if level == 0 || (level < 3 && v & pte::PS != 0) {
-            let mask = (1u64 << shift) - 1;
-            return Some((v & pte::ADDR & !mask) | (va & mask));
-        }
-        t = v & pte::ADDR;
-    }
-    None
+    let mem = crate::mem::frames().mem();
+    entry::translate(mem, PhysAddr::new(pml4), VirtAddr::new(va)).map(PhysAddr::as_u64)
 }
 
 static WINDOW_NEXT: AtomicU64 = AtomicU64::new(WINDOW_BASE);

@@ -21,8 +21,9 @@ use crate::{MapInner, VmMap};
 impl VmMap {
     /// Reads `buf.len()` bytes at `addr` as the task's own loads would: the
     /// whole range is checked first (holes: `InvalidAddress`; no `READ`:
-    /// `ProtectionFailure`), pages are faulted in through the pmap's walker,
-    /// and on any error no byte moves.
+    /// `ProtectionFailure`), the pages the pmap's walker cannot translate
+    /// are faulted in, the bytes move through the objects, and on any error
+    /// no byte moves.
     pub fn read_bytes(&self, addr: u64, buf: &mut [u8]) -> Result<(), KernError> {
         let Some(r) = VaRange::of_data(addr, buf.len() as u64)? else {
             return Ok(());

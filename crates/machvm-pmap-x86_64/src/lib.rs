@@ -25,13 +25,11 @@
 //! - `WIRED` software bit <=> the translation is wired; per-pmap resident and
 //!   wired counters match the leaves.
 #![no_std]
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 
-#[cfg(all(target_arch = "x86_64", target_os = "none"))]
-#[allow(unsafe_code)]
-pub mod hw;
+pub mod entry;
 mod pv;
 mod range;
 mod trait_impl;
@@ -44,6 +42,7 @@ use alloc::vec::Vec;
 use arrayvec::ArrayVec;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use entry::{Pte, index, shift};
 use machvm_base::{
     KernError, LARGE_PAGE_SIZE, PAGE_SIZE, PhysAddr, USER_MAX, VaRange, VirtAddr, VmProt,
 };
@@ -54,7 +53,8 @@ use machvm_pmap::{
 use pv::{PvEntry, PvHead};
 use x86_64::structures::paging::PageTableFlags as F;
 
-/// Entry bits, from the `x86_64` crate's definitions.
+/// Entry bits as the hot loops use them, from the definitions in
+/// [`entry`] (the `x86_64` crate's flags).
 const P: u64 = F::PRESENT.bits();
 const RW: u64 = F::WRITABLE.bits();
 const US: u64 = F::USER_ACCESSIBLE.bits();
@@ -66,21 +66,11 @@ const NX: u64 = F::NO_EXECUTE.bits();
 const WIRED: u64 = F::BIT_9.bits();
 /// Software bit: the frame is managed (has a pv list).
 const MANAGED: u64 = F::BIT_10.bits();
-const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
+const ADDR: u64 = Pte::ADDR_MASK;
 const TABLE: u64 = P | RW | US;
 const ENTRIES: usize = 512;
 const USER_ENTRIES: usize = 256;
 const SMALL_PER_LARGE: u64 = LARGE_PAGE_SIZE / PAGE_SIZE;
-
-#[inline]
-const fn shift(level: u32) -> u32 {
-    12 + 9 * (level - 1)
-}
-
-#[inline]
-const fn index(va: u64, level: u32) -> usize {
-    ((va >> shift(level)) & 511) as usize
-}
 
 /// Hooks into the CPU, supplied by a kernel; absent on the host.
 pub trait Mmu: Sync {

@@ -517,3 +517,45 @@ fn verify_names_each_broken_rule() {
     pm.inner.lock().pv[idx].insert(e);
     check(&fa, &pm);
 }
+
+/// The public walk reads what the pmap built, without touching A/D bits,
+/// and `leaf_slot` builds tables the same walk then follows.
+#[test]
+fn entry_walks_agree_with_the_pmap() {
+    use crate::entry::{self, PageTableFlags as Fl, Pte};
+    let (fa, pm) = setup(2048);
+    let p = pm.create().unwrap();
+    let small = fa.alloc(FrameUse::Object).unwrap();
+    let large = fa.alloc_order(LARGE_PAGE_ORDER, FrameUse::Object).unwrap();
+    pm.flush(
+        pm.enter(p, VirtAddr::new(0x1000), small, VmProt::READ, false)
+            .unwrap(),
+    );
+    let big = VirtAddr::new(0x4000_0000);
+    pm.flush(pm.enter_large(p, big, large, VmProt::ALL, false).unwrap());
+    let root = pm.inner.lock().space(p).unwrap().root;
+    let mem = fa.mem();
+    assert_eq!(
+        entry::translate(mem, root, VirtAddr::new(0x1234)),
+        Some(small + 0x234)
+    );
+    assert_eq!(
+        entry::translate(mem, root, big + 0x12_3456),
+        Some(large + 0x12_3456)
+    );
+    assert_eq!(entry::translate(mem, root, VirtAddr::new(0x9000)), None);
+    let s = entry::walk(mem, root, VirtAddr::new(0x1000));
+    assert_eq!((s.level, s.pte.addr()), (1, small));
+    assert!(!s.pte.flags().contains(Fl::ACCESSED), "a read-only walk");
+    assert_eq!(entry::walk(mem, root, big).level, 2);
+    // A large leaf is in the way of a 4 KiB slot.
+    let none = || Err(KernError::ResourceShortage);
+    assert_eq!(
+        entry::leaf_slot(mem, root, big + 0x1000, Fl::WRITABLE, none),
+        Err(KernError::InvalidArgument)
+    );
+    // Existing tables are followed without allocating.
+    let slot = entry::leaf_slot(mem, root, VirtAddr::new(0x1000), Fl::WRITABLE, none).unwrap();
+    assert_eq!(Pte::from_bits(mem.load_u64(slot)).addr(), small);
+    check(&fa, &pm);
+}

@@ -5,8 +5,9 @@
 //! physical memory and the machine's pmap; [`VmMap`]s are task address maps
 //! with `allocate`, `deallocate`, `protect`, `inherit`, `region`, `fork`,
 //! and `read_bytes` / `write_bytes` that behave exactly as the task's own
-//! loads and stores would (translated by the x86_64 page-table walker,
-//! faulting on a miss).
+//! loads and stores would: the pmap's walker says which pages the MMU could
+//! not translate for the access, those are faulted in, and the bytes then
+//! move through the map's objects.
 //!
 //! ```
 //! use machvm::{VmSystem, VmProt, KernError};
