@@ -261,6 +261,36 @@ impl VaRange {
         }
     }
 
+    /// The lower half `[0, USER_MAX)`: every address a task map can hold.
+    pub const USER_HALF: VaRange = VaRange {
+        start: VirtAddr(0),
+        end: VirtAddr(USER_MAX),
+    };
+
+    /// The pages touching `[start, end)`: `start` rounded down, `end` up
+    /// (at most to the last page boundary); empty when `end <= start`, as a
+    /// Rust range is. Exact for page-aligned bounds, which is how the map
+    /// uses it (entry bounds).
+    ///
+    /// ```
+    /// use machvm_base::{VaRange, VirtAddr};
+    /// let r = VaRange::covering(0x1000, 0x3000);
+    /// assert_eq!((r.start(), r.end()), (VirtAddr::new(0x1000), VirtAddr::new(0x3000)));
+    /// assert_eq!(VaRange::covering(0x1ff0, 0x2001).pages(), 2);
+    /// assert!(VaRange::covering(0x5000, 0x1000).is_empty());
+    /// ```
+    pub const fn covering(start: u64, end: u64) -> VaRange {
+        let s = trunc_page(start);
+        let e = match round_page(end) {
+            Some(e) => e,
+            None => trunc_page(u64::MAX),
+        };
+        VaRange {
+            start: VirtAddr(s),
+            end: VirtAddr(if e > s { e } else { s }),
+        }
+    }
+
     /// The pages both ranges hold; `None` when they share none.
     pub const fn intersect(&self, other: &VaRange) -> Option<VaRange> {
         let start = if self.start.0 > other.start.0 {

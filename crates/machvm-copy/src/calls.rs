@@ -199,7 +199,7 @@ fn copy_dest_frames(d: &MapGuard<'_>, objs: &Objects<'_>, a: &CopyArgs, same: bo
             continue;
         };
         // The part the same map's copy-in makes copy-on-write first.
-        match r.intersect(&middle).filter(|c| same && !c.is_empty()) {
+        match middle.and_then(|m| r.intersect(&m)).filter(|_| same) {
             Some(c) => {
                 n += c.pages();
                 let (below, above) = r.split_around(&c);

@@ -97,9 +97,14 @@ impl Layout {
         }
     }
 
-    /// The whole pages, copied copy-on-write (empty when none).
-    fn middle(&self) -> VaRange {
-        VaRange::new(VirtAddr::new(self.head_end), VirtAddr::new(self.mid_end)).unwrap_or_default()
+    /// The whole pages, copied copy-on-write; `None` for a copy taken
+    /// as bytes alone.
+    fn middle(&self) -> Option<VaRange> {
+        if self.head_end < self.mid_end {
+            VaRange::new(VirtAddr::new(self.head_end), VirtAddr::new(self.mid_end))
+        } else {
+            None
+        }
     }
 }
 

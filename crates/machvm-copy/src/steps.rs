@@ -72,11 +72,9 @@ pub(crate) fn copyin(
     let tail = snapshot(src, objs, l.mid_end, l.end - l.mid_end)?;
     // Wrapped last: a `VmMapCopy` dropped here (a panic unwinding) would
     // lock the graph this thread holds.
-    let middle = l.middle();
-    let spans = if middle.is_empty() {
-        Vec::new()
-    } else {
-        src.extract(objs, middle, frames)?
+    let spans = match l.middle() {
+        Some(middle) => src.extract(objs, middle, frames)?,
+        None => Vec::new(),
     };
     let mut copy = VmMapCopy::empty(src.map().context());
     copy.offset = addr & (PAGE_SIZE - 1);
@@ -138,17 +136,15 @@ pub(crate) fn copyin_settle(
     addr: u64,
     len: u64,
 ) -> bool {
-    let middle = Layout::of(addr, len).middle();
-    !middle.is_empty() && src.settle_extract(objs, middle)
+    Layout::of(addr, len)
+        .middle()
+        .is_some_and(|middle| src.settle_extract(objs, middle))
 }
 
 /// Frames copy-in of `[addr, addr + len)` takes: the eager copies of
 /// shared windows among its whole pages.
 pub(crate) fn copyin_frames(src: &MapGuard<'_>, objs: &Objects<'_>, addr: u64, len: u64) -> u64 {
-    let middle = Layout::of(addr, len).middle();
-    if middle.is_empty() {
-        0
-    } else {
-        src.extract_frames(objs, middle)
-    }
+    Layout::of(addr, len)
+        .middle()
+        .map_or(0, |middle| src.extract_frames(objs, middle))
 }

@@ -23,6 +23,7 @@
 
 extern crate alloc;
 
+mod error;
 mod inject;
 #[allow(unsafe_code)]
 mod mem;
@@ -38,6 +39,7 @@ use core::sync::atomic::Ordering::Relaxed;
 
 use sync::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Lock};
 
+pub use error::FrameError;
 pub use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PhysAddr};
 pub use mem::{HOSTED_PHYS_BASE, PhysMem};
 pub use reserve::FrameReservation;
@@ -386,15 +388,15 @@ impl FrameAllocator {
 
     /// Allocates one frame (contents unspecified). O(1).
     #[inline]
-    pub fn alloc(&self, what: FrameUse) -> Result<PhysAddr, KernError> {
+    pub fn alloc(&self, what: FrameUse) -> Result<PhysAddr, FrameError> {
         self.alloc_order(0, what)
     }
 
     /// Allocates `2^order` contiguous frames aligned to their size (contents
     /// unspecified); `LARGE_PAGE_ORDER` gives a 2 MiB page.
-    pub fn alloc_order(&self, order: u32, what: FrameUse) -> Result<PhysAddr, KernError> {
+    pub fn alloc_order(&self, order: u32, what: FrameUse) -> Result<PhysAddr, FrameError> {
         if order > MAX_ORDER {
-            return Err(KernError::InvalidArgument);
+            return Err(FrameError::OrderTooLarge { order });
         }
         if self.fail_countdown.load(Relaxed) != 0 && self.fail_countdown.fetch_sub(1, Relaxed) == 1
         {
@@ -402,7 +404,7 @@ impl FrameAllocator {
             if let Some(hook) = hook {
                 hook();
             }
-            return Err(KernError::ResourceShortage);
+            return Err(FrameError::OutOfFrames { order });
         }
         let mut b = self.buddy.lock();
         let mut k = order;
@@ -410,7 +412,7 @@ impl FrameAllocator {
             k += 1;
         }
         if k > MAX_ORDER {
-            return Err(KernError::ResourceShortage);
+            return Err(FrameError::OutOfFrames { order });
         }
         let idx = b.heads[k as usize] as usize;
         self.unlink(&mut b, idx, k);

@@ -10,7 +10,7 @@
 
 use alloc::vec::Vec;
 
-use crate::{FrameAllocator, FrameUse, KernError, PhysAddr};
+use crate::{FrameAllocator, FrameError, FrameUse, PhysAddr};
 
 /// Frames set aside for one operation (see the module documentation).
 ///
@@ -56,7 +56,7 @@ impl<'a> FrameReservation<'a> {
     }
 
     /// A reserved frame, or, once none is left, a frame allocated now.
-    pub fn take(&mut self) -> Result<PhysAddr, KernError> {
+    pub fn take(&mut self) -> Result<PhysAddr, FrameError> {
         match self.held.pop().or_else(|| self.spare.take()) {
             Some(pa) => Ok(pa),
             None => {
@@ -73,7 +73,7 @@ impl<'a> FrameReservation<'a> {
 
     /// Reserves `n` more frames, all or none: on `ResourceShortage` the
     /// reservation and the allocator are as before.
-    pub fn top_up(&mut self, n: u64) -> Result<(), KernError> {
+    pub fn top_up(&mut self, n: u64) -> Result<(), FrameError> {
         let mut more = self.frames.reserve(n, self.what)?;
         // `more` pops in allocation order; ours are taken first.
         let mut fresh = core::mem::take(&mut more.held);
@@ -85,7 +85,7 @@ impl<'a> FrameReservation<'a> {
     /// Makes sure `n` frames are held, allocating the missing ones now (all
     /// or none): a single-step operation takes its frame before it changes
     /// anything.
-    pub fn ensure(&mut self, n: u64) -> Result<(), KernError> {
+    pub fn ensure(&mut self, n: u64) -> Result<(), FrameError> {
         let have = self.remaining() as u64;
         if have >= n {
             return Ok(());
@@ -111,19 +111,21 @@ impl FrameAllocator {
     /// Reserves `n` frames for `what`, all or none: on `ResourceShortage`
     /// the allocator is as before. Taking more than `n` from it is a
     /// counting bug, asserted in debug builds.
-    pub fn reserve(&self, n: u64, what: FrameUse) -> Result<FrameReservation<'_>, KernError> {
+    pub fn reserve(&self, n: u64, what: FrameUse) -> Result<FrameReservation<'_>, FrameError> {
         if n > 0 {
             self.run_reserve_hook();
         }
         let mut r = FrameReservation::on_demand(self, what);
         r.counted = true;
-        let n = usize::try_from(n).map_err(|_| KernError::ResourceShortage)?;
-        if n > self.free_frames() as usize {
-            return Err(KernError::ResourceShortage);
+        let free = self.free_frames();
+        let short = FrameError::ShortOf { wanted: n, free };
+        let n = usize::try_from(n).map_err(|_| short)?;
+        if n as u64 > free {
+            return Err(short);
         }
         r.held
             .try_reserve_exact(n)
-            .map_err(|_| KernError::ResourceShortage)?;
+            .map_err(|_| FrameError::HostMemory)?;
         for _ in 0..n {
             // On failure `r` is dropped and frees what it took.
             let pa = self.alloc(what)?;

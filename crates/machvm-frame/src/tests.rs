@@ -32,7 +32,8 @@ fn alloc_free_roundtrip_and_exhaustion() {
                 fa.verify().unwrap();
             }
             Err(e) => {
-                assert_eq!(e, KernError::ResourceShortage);
+                assert_eq!(e, FrameError::OutOfFrames { order: 0 });
+                assert_eq!(KernError::from(e), KernError::ResourceShortage);
                 break;
             }
         }
@@ -68,7 +69,9 @@ fn contiguous_aligned_blocks() {
     assert_eq!(fa.free_frames(), 4096);
     assert_eq!(
         fa.alloc_order(MAX_ORDER + 1, FrameUse::Kernel),
-        Err(KernError::InvalidArgument)
+        Err(FrameError::OrderTooLarge {
+            order: MAX_ORDER + 1
+        })
     );
 }
 
@@ -85,7 +88,9 @@ fn large_block_unavailable_when_fragmented() {
     }
     assert_eq!(
         fa.alloc_order(LARGE_PAGE_ORDER, FrameUse::Object),
-        Err(KernError::ResourceShortage)
+        Err(FrameError::OutOfFrames {
+            order: LARGE_PAGE_ORDER
+        })
     );
     fa.verify().unwrap();
 }
@@ -168,7 +173,10 @@ fn fault_injection_fails_exactly_the_nth() {
     fa.fail_nth_allocation(3);
     let a = fa.alloc(FrameUse::Object).unwrap();
     let b = fa.alloc(FrameUse::Object).unwrap();
-    assert_eq!(fa.alloc(FrameUse::Object), Err(KernError::ResourceShortage));
+    assert_eq!(
+        fa.alloc(FrameUse::Object),
+        Err(FrameError::OutOfFrames { order: 0 })
+    );
     let c = fa.alloc(FrameUse::Object).unwrap();
     for pa in [a, b, c] {
         fa.free(pa);

@@ -160,8 +160,9 @@ impl<'a> MapGuard<'a> {
     }
 
     /// Reads `buf.len()` bytes at `addr` as the map's objects hold them,
-    /// faulting nothing in (untouched memory reads as zero). `Failure` if
-    /// the range has a hole: the caller checks it first.
+    /// faulting nothing in (untouched memory reads as zero).
+    /// `InvalidAddress` if the range has a hole or overflows (the caller
+    /// checks it first); nothing is read then.
     pub fn peek(&self, objs: &Objects<'_>, addr: u64, buf: &mut [u8]) -> Result<(), KernError> {
         for_each_page_piece(&self.m, addr, buf.len(), |h, page, off, at, n| {
             objs.read(h, page, off, &mut buf[at..at + n]);

@@ -210,15 +210,18 @@ pub(crate) fn frames_in(
 /// Splits `[addr, addr + len)` at page boundaries and calls `f(hold, page
 /// index in its window, byte offset in the page, offset into the caller's
 /// buffer, length)` for each piece; an untouched entry gives no hold.
-/// `Failure` if `f` refuses a piece or the range has a hole, which the
-/// callers' checks rule out.
+/// `InvalidAddress` if the range overflows or has a hole, and
+/// `ProtectionFailure` if `f` refuses a piece (a store to a page not yet
+/// made writable); the callers' checks and faults rule both out.
 pub(crate) fn for_each_page_piece(
     m: &MapInner,
     addr: u64,
     len: usize,
     mut f: impl FnMut(Option<&Hold>, u64, u64, usize, usize) -> bool,
 ) -> Result<(), KernError> {
-    let end = addr + len as u64;
+    let end = addr
+        .checked_add(len as u64)
+        .ok_or(KernError::InvalidAddress)?;
     let mut chunks = page_chunks(addr, len).peekable();
     // One walk over the entries in order, not a tree search per page.
     for (&start, e) in m.overlapping(addr, end) {
@@ -238,7 +241,7 @@ pub(crate) fn for_each_page_piece(
         }
     }
     match chunks.next() {
-        Some(_) => Err(KernError::Failure),
+        Some(_) => Err(KernError::InvalidAddress),
         None => Ok(()),
     }
 }

@@ -134,6 +134,16 @@ impl MapInner {
         removed
     }
 
+    /// The entry containing `va`, with its start; `InvalidAddress` for a
+    /// hole.
+    pub(crate) fn entry_at(&mut self, va: u64) -> Result<(u64, &mut Entry), KernError> {
+        let start = self.lookup(va).ok_or(KernError::InvalidAddress)?;
+        match self.entries.get_mut(&start) {
+            Some(e) => Ok((start, e)),
+            None => Err(KernError::InvalidAddress),
+        }
+    }
+
     /// Lowest start of `len` free bytes at or above `from` (first fit).
     pub(crate) fn find_space(&self, from: u64, len: u64) -> Option<u64> {
         let mut cand = from.max(USER_MIN);

@@ -12,7 +12,7 @@
 use machvm_base::{KernError, PAGE_SHIFT, PhysAddr, USER_MAX, VirtAddr, VmProt, trunc_page};
 use machvm_frame::FrameReservation;
 use machvm_object::{Holder, Objects, Resolution, VmCounters};
-use machvm_pmap::{Access, effective_prot};
+use machvm_pmap::{Access, EnterError, effective_prot};
 
 use crate::{MapInner, VmMap};
 
@@ -57,8 +57,7 @@ impl VmMap {
             return Err(KernError::InvalidAddress);
         }
         let page = trunc_page(va);
-        let mut start = m.lookup(page).ok_or(KernError::InvalidAddress)?;
-        let e = m.entries.get_mut(&start).ok_or(KernError::Failure)?;
+        let (start, e) = m.entry_at(page)?;
         // The MMU cannot refuse a load from a mapped write- or execute-only
         // page, so neither does the handler: otherwise whether a load works
         // would depend on whether a store mapped the page first.
@@ -77,11 +76,12 @@ impl VmMap {
         let hold = e.object.get_or_insert_with(|| objs.create(pages, map));
         let mut made = Made::Nothing;
         if write && !matches!(objs.holder(hold), Holder::Direct { .. }) {
-            (start, made) = self.writable_run(m, objs, start, page)?;
+            made = self.writable_run(m, objs, start, page);
         }
-        let e = m.entries.get_mut(&start).ok_or(KernError::Failure)?;
-        let hold = e.object.as_ref().ok_or(KernError::Failure)?;
+        // The entry again: making the run writable may have clipped it.
+        let (start, e) = m.entry_at(page)?;
         let (prot, wired, end) = (e.protection, e.wired_count > 0, e.end);
+        let hold = e.object.get_or_insert_with(|| objs.create(pages, map));
         let direct = matches!(objs.holder(hold), Holder::Direct { .. });
         let idx = (page - start) >> PAGE_SHIFT;
         let pm = ctx.pmap();
@@ -97,8 +97,8 @@ impl VmMap {
                     pm.flush(f);
                     Ok(())
                 }
-                Err(KernError::ResourceShortage) if enter == Enter::BestEffort => Ok(()),
-                Err(e) => Err(e),
+                Err(EnterError::NoTableFrame { .. }) if enter == Enter::BestEffort => Ok(()),
+                Err(e) => Err(e.into()),
             }
         });
         if r.is_err() {
@@ -113,25 +113,27 @@ impl VmMap {
         r.map(|r| r.pa)
     }
 
-    /// Before a store to a copy-on-write entry: clips it to the run of pages
-    /// the faulting one belongs to, and takes that run over if nobody else
-    /// sees it, else shadows it. Returns the run's start and what was made.
+    /// Before a store to the copy-on-write entry at `start`: clips it to
+    /// the run of pages the faulting one belongs to, and takes that run
+    /// over if nobody else sees it, else shadows it. Returns what was made.
     fn writable_run(
         &self,
         m: &mut MapInner,
         objs: &mut Objects<'_>,
         start: u64,
         page: u64,
-    ) -> Result<(u64, Made), KernError> {
-        let e = m.entries.get(&start).ok_or(KernError::Failure)?;
-        let hold = e.object.as_ref().ok_or(KernError::Failure)?;
+    ) -> Made {
+        let Some(hold) = m.entries.get(&start).and_then(|e| e.object.as_ref()) else {
+            return Made::Nothing;
+        };
         let (first, end, seen) = objs.shared_run(hold, (page - start) >> PAGE_SHIFT);
         let (s, t) = (start + (first << PAGE_SHIFT), start + (end << PAGE_SHIFT));
         m.clip_range(objs, s, t);
-        let e = m.entries.get_mut(&s).ok_or(KernError::Failure)?;
-        let hold = e.object.as_mut().ok_or(KernError::Failure)?;
+        let Some(hold) = m.entries.get_mut(&s).and_then(|e| e.object.as_mut()) else {
+            return Made::Nothing;
+        };
         objs.make_writable(hold, self.0.id);
-        Ok((s, if seen { Made::Shadow } else { Made::TookOver }))
+        if seen { Made::Shadow } else { Made::TookOver }
     }
 
     /// Takes back what a failed fault made at the entry at `start`: the

@@ -54,9 +54,7 @@ use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use machvm_base::{
-    KernError, PAGE_SHIFT, USER_MAX, USER_MIN, VaRange, VirtAddr, VmInherit, VmProt,
-};
+use machvm_base::{KernError, PAGE_SHIFT, USER_MIN, VaRange, VmInherit, VmProt};
 use machvm_object::{AuditEntries, Hold, Objects, VmAudit, VmContext};
 use machvm_pmap::PmapId;
 
@@ -272,8 +270,7 @@ impl Drop for MapShared {
     fn drop(&mut self) {
         let pm = self.ctx.pmap();
         let entries = core::mem::take(&mut self.inner.get_mut().entries);
-        let all = VaRange::new(VirtAddr::new(0), VirtAddr::new(USER_MAX)).unwrap_or_default();
-        pm.flush(pm.remove(self.pmap, all));
+        pm.flush(pm.remove(self.pmap, VaRange::USER_HALF));
         let mut objs = self.ctx.objects();
         release_entries(&mut objs, entries.into_iter());
         drop(objs);
@@ -300,8 +297,10 @@ pub fn hosted_context(bytes: u64) -> Arc<VmContext> {
     VmContext::new(frames, pmap)
 }
 
+/// The pages of `[start, end)`, entry bounds or their intersections with a
+/// page range (page-aligned by the map's invariants).
 pub(crate) fn page_range(start: u64, end: u64) -> VaRange {
-    VaRange::new(VirtAddr::new(start), VirtAddr::new(end)).unwrap_or_default()
+    VaRange::covering(start, end)
 }
 
 impl MapInner {

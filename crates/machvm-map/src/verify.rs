@@ -104,9 +104,8 @@ impl VmMap {
         m: &MapInner,
         objs: &Objects<'_>,
     ) -> Result<(), Violation<MapRule>> {
-        let all = VaRange::new(VirtAddr::new(0), VirtAddr::new(USER_MAX)).unwrap_or_default();
         let pm = self.0.ctx.pmap();
-        let maps = pm.mappings(self.0.pmap, all);
+        let maps = pm.mappings(self.0.pmap, VaRange::USER_HALF);
         if maps.len() as u64 != pm.resident_count(self.0.pmap) {
             let d = "pmap resident count disagrees with its translations";
             return Err(Violation::new(MapRule::TranslationsJustified, d));

@@ -113,7 +113,9 @@ impl Objects<'_> {
         let off = off.ok_or(KernError::InvalidAddress)?;
         let direct = matches!(rec.kind, Holder::Direct { .. });
         if write && !direct {
-            return Err(KernError::Failure);
+            // The caller makes the hold writable first (take over or
+            // shadow); through a copy-on-write hold a store is refused.
+            return Err(KernError::ProtectionFailure);
         }
         let below = self.find(hold.obj, off);
         let how = match (&below, write) {

@@ -46,9 +46,9 @@ use entry::{Pte, index, shift};
 use machvm_base::{
     KernError, LARGE_PAGE_SIZE, PAGE_SIZE, PhysAddr, USER_MAX, VaRange, VirtAddr, VmProt,
 };
-use machvm_frame::{FrameAllocator, FrameState, FrameUse, PhysMem};
+use machvm_frame::{FrameAllocator, FrameError, FrameState, FrameUse, PhysMem};
 use machvm_pmap::{
-    Access, CpuSet, FaultCode, Pmap, PmapId, PmapRule, TlbFlush, Translation, Violation,
+    Access, CpuSet, EnterError, FaultCode, Pmap, PmapId, PmapRule, TlbFlush, Translation, Violation,
 };
 use pv::{PvEntry, PvHead};
 use x86_64::structures::paging::PageTableFlags as F;
@@ -253,7 +253,7 @@ impl X86Pmap {
         self.frames.page(table).map_or(0, |p| p.use_count())
     }
 
-    fn alloc_table(&self) -> Result<PhysAddr, KernError> {
+    fn alloc_table(&self) -> Result<PhysAddr, FrameError> {
         let pa = self.frames.alloc(FrameUse::PageTable)?;
         self.mem().zero_page(pa);
         Ok(pa)

@@ -274,7 +274,10 @@ fn large_pages_map_split_and_free() {
             false
         )
         .err(),
-        Some(KernError::InvalidArgument)
+        Some(EnterError::BadAddress {
+            va: VirtAddr::new(va + PAGE_SIZE),
+            pa: big
+        })
     );
     let tables = fa.frames_in_use(FrameUse::PageTable);
     pm.flush(
@@ -354,7 +357,9 @@ fn enter_out_of_memory_changes_nothing() {
                 false
             )
             .err(),
-            Some(KernError::ResourceShortage)
+            Some(EnterError::NoTableFrame {
+                va: VirtAddr::new(0x7000_0000_0000)
+            })
         );
         fa.fail_nth_allocation(0);
         check(&fa, &pm);
@@ -373,12 +378,18 @@ fn bad_arguments_are_refused() {
     assert_eq!(
         pm.enter(p, VirtAddr::new(0x1001), frame, VmProt::READ, false)
             .err(),
-        Some(KernError::InvalidArgument)
+        Some(EnterError::BadAddress {
+            va: VirtAddr::new(0x1001),
+            pa: frame
+        })
     );
     assert_eq!(
         pm.enter(p, VirtAddr::new(USER_MAX), frame, VmProt::READ, false)
             .err(),
-        Some(KernError::InvalidArgument)
+        Some(EnterError::BadAddress {
+            va: VirtAddr::new(USER_MAX),
+            pa: frame
+        })
     );
     assert_eq!(
         pm.enter(
@@ -389,7 +400,7 @@ fn bad_arguments_are_refused() {
             false
         )
         .err(),
-        Some(KernError::InvalidArgument)
+        Some(EnterError::NoSuchPmap { pmap: PmapId(99) })
     );
     check(&fa, &pm);
     pm.destroy(p);

@@ -58,7 +58,7 @@ impl Pmap for X86Pmap {
         pa: PhysAddr,
         prot: VmProt,
         wired: bool,
-    ) -> Result<TlbFlush, KernError> {
+    ) -> Result<TlbFlush, EnterError> {
         self.enter_at(pmap, va, pa, prot, wired, false)
     }
 
@@ -69,7 +69,7 @@ impl Pmap for X86Pmap {
         pa: PhysAddr,
         prot: VmProt,
         wired: bool,
-    ) -> Result<TlbFlush, KernError> {
+    ) -> Result<TlbFlush, EnterError> {
         self.enter_at(pmap, va, pa, prot, wired, true)
     }
 

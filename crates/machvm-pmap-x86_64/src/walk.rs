@@ -98,17 +98,17 @@ impl X86Pmap {
         prot: VmProt,
         wired: bool,
         large: bool,
-    ) -> Result<TlbFlush, KernError> {
+    ) -> Result<TlbFlush, EnterError> {
         let align = if large { LARGE_PAGE_SIZE } else { PAGE_SIZE };
         if !va.is_aligned(align)
             || !pa.is_aligned(align)
             || va.as_u64() >= USER_MAX
             || va.as_u64() + align > USER_MAX
         {
-            return Err(KernError::InvalidArgument);
+            return Err(EnterError::BadAddress { va, pa });
         }
         if prot.is_empty() {
-            let range = VaRange::new(va, va + align).ok_or(KernError::InvalidArgument)?;
+            let range = VaRange::new(va, va + align).ok_or(EnterError::BadAddress { va, pa })?;
             return Ok(self.remove(pmap, range));
         }
         let mut f = TlbFlush::none();
@@ -116,7 +116,7 @@ impl X86Pmap {
         self.run_race_hook();
         let leaf_level = if large { 2 } else { 1 };
         let mut g = self.inner.lock();
-        let root = g.space(pmap).ok_or(KernError::InvalidArgument)?.root;
+        let root = g.space(pmap).ok_or(EnterError::NoSuchPmap { pmap })?.root;
         if large && self.small_below(root, va.as_u64()) {
             // Clear the small translations and the table sitting there, under
             // the same lock as the new leaf: a 4 KiB enter racing this one
@@ -133,10 +133,10 @@ impl X86Pmap {
         }
         let mut spare = match self.alloc_tables(self.tables_needed(root, va.as_u64(), leaf_level)) {
             Ok(spare) => spare,
-            Err(e) => {
+            Err(_) => {
                 drop(g);
                 self.flush(f);
-                return Err(e);
+                return Err(EnterError::NoTableFrame { va });
             }
         };
         let table = self.descend(&mut g, pmap, root, va.as_u64(), leaf_level, &mut spare);
@@ -153,7 +153,7 @@ impl X86Pmap {
     }
 
     /// `n` zeroed page-table frames, or none at all.
-    fn alloc_tables(&self, n: usize) -> Result<ArrayVec<PhysAddr, 3>, KernError> {
+    fn alloc_tables(&self, n: usize) -> Result<ArrayVec<PhysAddr, 3>, FrameError> {
         let mut spare = ArrayVec::<PhysAddr, 3>::new();
         for _ in 0..n {
             match self.alloc_table() {

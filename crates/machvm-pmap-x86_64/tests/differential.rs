@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use machvm_base::{KernError, LARGE_PAGE_SIZE, PAGE_SIZE, PhysAddr, VaRange, VirtAddr, VmProt};
+use machvm_base::{LARGE_PAGE_SIZE, PAGE_SIZE, PhysAddr, VaRange, VirtAddr, VmProt};
 use machvm_frame::{FrameAllocator, FrameUse, LARGE_PAGE_ORDER};
-use machvm_pmap::{Access, Pmap, PmapId, SoftPmap};
+use machvm_pmap::{Access, EnterError, Pmap, PmapId, SoftPmap};
 use machvm_pmap_x86_64::X86Pmap;
 
 /// xorshift64*: deterministic and dependency-free.
@@ -245,7 +245,7 @@ fn backends_agree_under_memory_pressure() {
                 soft.flush(soft.enter(s, va, frame, VmProt::READ, false).unwrap());
             }
             Err(e) => {
-                assert_eq!(e, KernError::ResourceShortage);
+                assert_eq!(e, EnterError::NoTableFrame { va });
                 failures += 1;
             }
         }

@@ -36,6 +36,49 @@ pub use machvm_base::{
 };
 pub use soft::SoftPmap;
 
+/// Why [`Pmap::enter`] or [`Pmap::enter_large`] refused, with what it
+/// refused; nothing changed. The map boundary turns it into Mach's code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnterError {
+    /// `va` or `pa` is not aligned to the size entered, or `va` lies
+    /// outside the address spaces' half.
+    BadAddress {
+        /// The virtual address.
+        va: VirtAddr,
+        /// The physical address.
+        pa: PhysAddr,
+    },
+    /// No address space of that id.
+    NoSuchPmap {
+        /// The id given.
+        pmap: PmapId,
+    },
+    /// No frame for a page table on the way to `va`.
+    NoTableFrame {
+        /// The virtual address entered.
+        va: VirtAddr,
+    },
+}
+
+impl From<EnterError> for KernError {
+    fn from(e: EnterError) -> KernError {
+        match e {
+            EnterError::NoTableFrame { .. } => KernError::ResourceShortage,
+            _ => KernError::InvalidArgument,
+        }
+    }
+}
+
+impl core::fmt::Display for EnterError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            EnterError::BadAddress { va, pa } => write!(f, "cannot map {va:?} to {pa:?}"),
+            EnterError::NoSuchPmap { pmap } => write!(f, "no pmap {}", pmap.0),
+            EnterError::NoTableFrame { va } => write!(f, "no page-table frame for {va:?}"),
+        }
+    }
+}
+
 /// The rules every pmap backend keeps, as a [`Violation`] from
 /// [`Pmap::verify`] names them (a backend documents how it keeps each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -275,7 +318,7 @@ pub trait Pmap: Send + Sync {
         pa: PhysAddr,
         prot: VmProt,
         wired: bool,
-    ) -> Result<TlbFlush, KernError>;
+    ) -> Result<TlbFlush, EnterError>;
 
     /// Maps a 2 MiB page: `va` and `pa` aligned to `LARGE_PAGE_SIZE`.
     /// Backends without large pages enter 512 small ones.
@@ -286,7 +329,7 @@ pub trait Pmap: Send + Sync {
         pa: PhysAddr,
         prot: VmProt,
         wired: bool,
-    ) -> Result<TlbFlush, KernError>;
+    ) -> Result<TlbFlush, EnterError>;
 
     /// Removes every translation in `range` (`pmap_remove`).
     fn remove(&self, pmap: PmapId, range: VaRange) -> TlbFlush;

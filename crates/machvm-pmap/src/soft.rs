@@ -11,8 +11,8 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::{
-    Access, CpuSet, FaultCode, KernError, LARGE_PAGE_SIZE, PAGE_SIZE, PhysAddr, Pmap, PmapId,
-    PmapRule, TlbFlush, Translation, VaRange, Violation, VirtAddr, VmProt, effective_prot,
+    Access, CpuSet, EnterError, FaultCode, KernError, LARGE_PAGE_SIZE, PAGE_SIZE, PhysAddr, Pmap,
+    PmapId, PmapRule, TlbFlush, Translation, VaRange, Violation, VirtAddr, VmProt, effective_prot,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -177,12 +177,12 @@ impl Pmap for SoftPmap {
         pa: PhysAddr,
         prot: VmProt,
         wired: bool,
-    ) -> Result<TlbFlush, KernError> {
+    ) -> Result<TlbFlush, EnterError> {
         if !va.is_page_aligned() || !pa.is_page_aligned() {
-            return Err(KernError::InvalidArgument);
+            return Err(EnterError::BadAddress { va, pa });
         }
         let mut g = self.inner.lock();
-        g.space(pmap).ok_or(KernError::InvalidArgument)?;
+        g.space(pmap).ok_or(EnterError::NoSuchPmap { pmap })?;
         let mut f = TlbFlush::none();
         if prot.is_empty() {
             g.remove_one(pmap, va.as_u64(), &mut f);
@@ -206,9 +206,9 @@ impl Pmap for SoftPmap {
         pa: PhysAddr,
         prot: VmProt,
         wired: bool,
-    ) -> Result<TlbFlush, KernError> {
+    ) -> Result<TlbFlush, EnterError> {
         if !va.is_aligned(LARGE_PAGE_SIZE) || !pa.is_aligned(LARGE_PAGE_SIZE) {
-            return Err(KernError::InvalidArgument);
+            return Err(EnterError::BadAddress { va, pa });
         }
         let mut f = TlbFlush::none();
         for i in 0..LARGE_PAGE_SIZE / PAGE_SIZE {

@@ -3,7 +3,7 @@ extern crate std;
 use alloc::vec::Vec;
 
 use super::*;
-use machvm_base::{KernError, PAGE_SIZE};
+use machvm_base::{KernError, PAGE_SIZE, VirtAddr};
 use machvm_frame::FrameAllocator;
 use machvm_pmap_x86_64::X86Pmap;
 
