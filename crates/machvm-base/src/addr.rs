@@ -443,3 +443,71 @@ pub fn page_chunks(addr: u64, len: usize) -> impl Iterator<Item = PageChunk> {
         Some(chunk)
     })
 }
+
+/// A page's place inside an object or a window, counted in pages (Mach's
+/// `vm_page` `offset`, here never a byte count): distinct from a byte
+/// offset, so that neither can be passed for the other.
+///
+/// ```
+/// use machvm_base::PageIndex;
+/// let i = PageIndex::in_window(0x40_0000, 0x40_3008);
+/// assert_eq!(i, PageIndex::new(3));
+/// assert_eq!(i.byte_offset(), 0x3000);
+/// assert_eq!(i + 2, PageIndex::new(5));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct PageIndex(u64);
+
+impl PageIndex {
+    /// The page at index `i`.
+    #[inline]
+    pub const fn new(i: u64) -> PageIndex {
+        PageIndex(i)
+    }
+
+    /// The index as a number.
+    #[inline]
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The index of the page holding `va` in a window mapped from `start`
+    /// (`start <= va`; page-aligned `start`).
+    #[inline]
+    pub const fn in_window(start: u64, va: u64) -> PageIndex {
+        PageIndex(va.saturating_sub(start) >> PAGE_SHIFT)
+    }
+
+    /// The byte offset of the page's first byte.
+    #[inline]
+    pub const fn byte_offset(self) -> u64 {
+        self.0 << PAGE_SHIFT
+    }
+
+    /// The number of pages from `earlier` up to `self` (0 when `earlier`
+    /// is not earlier).
+    #[inline]
+    pub const fn since(self, earlier: PageIndex) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+impl core::ops::Add<u64> for PageIndex {
+    type Output = PageIndex;
+    /// `pages` further on; panics on overflow.
+    #[inline]
+    #[track_caller]
+    fn add(self, pages: u64) -> PageIndex {
+        match self.0.checked_add(pages) {
+            Some(i) => PageIndex(i),
+            None => panic!("PageIndex overflow"),
+        }
+    }
+}
+
+impl fmt::Debug for PageIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "page {}", self.0)
+    }
+}

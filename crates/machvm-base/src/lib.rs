@@ -175,7 +175,9 @@ impl fmt::Display for VmInherit {
 mod addr;
 mod violation;
 
-pub use addr::{AddrNotValid, PHYS_ADDR_BITS, PageChunk, PhysAddr, VaRange, VirtAddr, page_chunks};
+pub use addr::{
+    AddrNotValid, PHYS_ADDR_BITS, PageChunk, PageIndex, PhysAddr, VaRange, VirtAddr, page_chunks,
+};
 pub use violation::Violation;
 
 #[cfg(test)]

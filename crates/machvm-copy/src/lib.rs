@@ -37,7 +37,8 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use machvm_base::{
-    KernError, PAGE_SHIFT, PAGE_SIZE, VaRange, VirtAddr, page_chunks, round_page, trunc_page,
+    KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, VaRange, VirtAddr, page_chunks, round_page,
+    trunc_page,
 };
 use machvm_map::{CowSpan, VmMap, reserve};
 use machvm_object::{Objects, VmContext};
@@ -184,7 +185,7 @@ impl VmMapCopy {
             let Some(c) = page_chunks(rel, out.len()).next() else {
                 return 0;
             };
-            let page = c.page.page_number();
+            let page = PageIndex::new(c.page.page_number());
             objs.read(e.hold.as_ref(), page, c.offset, &mut out[..c.len]);
             return c.len;
         }

@@ -40,7 +40,7 @@ use core::sync::atomic::Ordering::Relaxed;
 use sync::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Lock};
 
 pub use error::FrameError;
-pub use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PhysAddr};
+pub use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, PhysAddr};
 pub use mem::{HOSTED_PHYS_BASE, PhysMem};
 pub use reserve::FrameReservation;
 pub use verify::FrameRule;
@@ -146,14 +146,18 @@ impl VmPage {
     pub fn state(&self) -> FrameState {
         FrameState::from_u8(self.state.load(Relaxed))
     }
-    /// The owning object's id (0: none) and the page's offset in it.
-    pub fn owner(&self) -> (u32, u64) {
-        (self.object.load(Relaxed), self.offset.load(Relaxed))
+    /// The owning object's id (0: none) and the page's index in it.
+    pub fn owner(&self) -> (u32, PageIndex) {
+        (
+            self.object.load(Relaxed),
+            PageIndex::new(self.offset.load(Relaxed)),
+        )
     }
-    /// Records the owning object and offset (the object layer's business).
-    pub fn set_owner(&self, object: u32, offset: u64) {
+    /// Records the owning object and the page's index in it (the object
+    /// layer's business).
+    pub fn set_owner(&self, object: u32, index: PageIndex) {
         self.object.store(object, Relaxed);
-        self.offset.store(offset, Relaxed);
+        self.offset.store(index.get(), Relaxed);
     }
     /// Flag bits, see [`page_flags`].
     pub fn flags(&self) -> u8 {
@@ -436,7 +440,7 @@ impl FrameAllocator {
         head.flags.store(0, Relaxed);
         head.wire_count.store(0, Relaxed);
         head.use_count.store(0, Relaxed);
-        head.set_owner(0, 0);
+        head.set_owner(0, PageIndex::new(0));
         Ok(self.pa_of(idx))
     }
 

@@ -245,20 +245,24 @@ fn concurrent_alloc_and_free_never_hand_out_a_frame_twice() {
                     if held.len() < 8 && i % 3 != 2 {
                         if let Ok(pa) = fa.alloc(FrameUse::Object) {
                             let p = fa.page(pa).unwrap();
-                            assert_eq!(p.owner(), (0, 0), "frame handed out while in use");
-                            p.set_owner(t, i);
+                            assert_eq!(
+                                p.owner(),
+                                (0, PageIndex::new(0)),
+                                "frame handed out while in use"
+                            );
+                            p.set_owner(t, PageIndex::new(i));
                             held.push(pa);
                         }
                     } else if let Some(pa) = held.pop() {
                         let p = fa.page(pa).unwrap();
                         let (owner, _) = p.owner();
                         assert_eq!(owner, t, "another thread got our frame");
-                        p.set_owner(0, 0);
+                        p.set_owner(0, PageIndex::new(0));
                         fa.free(pa);
                     }
                 }
                 for pa in held {
-                    fa.page(pa).unwrap().set_owner(0, 0);
+                    fa.page(pa).unwrap().set_owner(0, PageIndex::new(0));
                     fa.free(pa);
                 }
             })

@@ -27,7 +27,7 @@
 
 use alloc::vec::Vec;
 
-use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, VaRange, VmProt};
+use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, VaRange, VmProt};
 use machvm_frame::FrameReservation;
 use machvm_object::{Hold, Holder, Objects};
 use machvm_pmap::{Access, TlbFlush};
@@ -134,7 +134,7 @@ impl<'a> MapGuard<'a> {
             .filter_map(|(&start, e)| {
                 let h = e.object.as_ref()?;
                 let (s, t) = (start.max(s0), e.end.min(t0));
-                Some(objs.cow_frames(h, (s - start) >> PAGE_SHIFT, (t - s) >> PAGE_SHIFT))
+                Some(objs.cow_frames(h, PageIndex::in_window(start, s), (t - s) >> PAGE_SHIFT))
             })
             .sum()
     }
@@ -165,8 +165,7 @@ impl<'a> MapGuard<'a> {
     /// checks it first); nothing is read then.
     pub fn peek(&self, objs: &Objects<'_>, addr: u64, buf: &mut [u8]) -> Result<(), KernError> {
         for_each_page_piece(&self.m, addr, buf.len(), |h, page, off, at, n| {
-            objs.read(h, page, off, &mut buf[at..at + n]);
-            true
+            objs.read(h, page, off, &mut buf[at..at + n])
         })
     }
 
@@ -295,7 +294,7 @@ impl<'a> MapGuard<'a> {
             while k + 1 < bounds.len() && bounds[k + 1] <= start {
                 k += 1;
             }
-            let rel = (start - bounds[k]) >> PAGE_SHIFT;
+            let rel = PageIndex::in_window(bounds[k], start);
             let pages = e.pages(start);
             let new = spans[k]
                 .hold

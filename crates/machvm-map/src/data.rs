@@ -9,7 +9,7 @@
 
 use alloc::vec::Vec;
 
-use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, VaRange, page_chunks};
+use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, VaRange, page_chunks};
 use machvm_frame::{FrameReservation, FrameUse};
 use machvm_object::{Hold, Objects};
 use machvm_pmap::Access;
@@ -32,8 +32,7 @@ impl VmMap {
         check_access(&m, r, Access::Read)?;
         let objs = self.fault_in(&mut m, r, Access::Read)?;
         let moved = for_each_page_piece(&m, addr, buf.len(), |h, page, off, at, n| {
-            objs.read(h, page, off, &mut buf[at..at + n]);
-            true
+            objs.read(h, page, off, &mut buf[at..at + n])
         });
         self.assert_consistent(&m, &objs);
         moved
@@ -195,7 +194,7 @@ pub(crate) fn frames_in(
         let (lo, hi) = (at.max(s), end.min(e.end));
         n += objs.frames_to_resolve(
             e.object.as_ref(),
-            (lo - s) >> PAGE_SHIFT,
+            PageIndex::in_window(s, lo),
             (hi - lo) >> PAGE_SHIFT,
             write,
         );
@@ -217,7 +216,7 @@ pub(crate) fn for_each_page_piece(
     m: &MapInner,
     addr: u64,
     len: usize,
-    mut f: impl FnMut(Option<&Hold>, u64, u64, usize, usize) -> bool,
+    mut f: impl FnMut(Option<&Hold>, PageIndex, u64, usize, usize) -> bool,
 ) -> Result<(), KernError> {
     let end = addr
         .checked_add(len as u64)
@@ -227,16 +226,12 @@ pub(crate) fn for_each_page_piece(
     for (&start, e) in m.overlapping(addr, end) {
         while let Some(c) = chunks.next_if(|c| c.page.as_u64() < e.end) {
             let page = c.page.as_u64();
-            if page + c.offset < start
-                || !f(
-                    e.object.as_ref(),
-                    (page - start) >> PAGE_SHIFT,
-                    c.offset,
-                    c.at,
-                    c.len,
-                )
-            {
-                return Err(KernError::Failure);
+            if page + c.offset < start {
+                return Err(KernError::InvalidAddress);
+            }
+            let index = PageIndex::in_window(start, page);
+            if !f(e.object.as_ref(), index, c.offset, c.at, c.len) {
+                return Err(KernError::ProtectionFailure);
             }
         }
     }

@@ -6,7 +6,7 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use machvm_base::{KernError, PAGE_SHIFT, USER_MAX, USER_MIN};
+use machvm_base::{KernError, PageIndex, USER_MAX, USER_MIN};
 use machvm_object::Objects;
 
 use crate::{Entry, MapInner};
@@ -174,7 +174,7 @@ impl MapInner {
         let tail_hold = e
             .object
             .as_ref()
-            .map(|h| objs.split(h, (va - start) >> PAGE_SHIFT));
+            .map(|h| objs.split(h, PageIndex::in_window(start, va)));
         let tail = Entry::like(e, e.end, tail_hold);
         e.end = va;
         self.index.invalidate();

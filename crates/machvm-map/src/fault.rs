@@ -9,7 +9,7 @@
 //! `WRITE` while the page is still shared copy-on-write, so that a later
 //! write faults again.
 
-use machvm_base::{KernError, PAGE_SHIFT, PhysAddr, USER_MAX, VirtAddr, VmProt, trunc_page};
+use machvm_base::{KernError, PageIndex, PhysAddr, USER_MAX, VirtAddr, VmProt, trunc_page};
 use machvm_frame::FrameReservation;
 use machvm_object::{Holder, Objects, Resolution, VmCounters};
 use machvm_pmap::{Access, EnterError, effective_prot};
@@ -67,8 +67,12 @@ impl VmMap {
         let write = access == Access::Write;
         // The frame first, before anything changes: the one step that can
         // run out then comes before every other.
-        let need =
-            objs.frames_to_resolve(e.object.as_ref(), (page - start) >> PAGE_SHIFT, 1, write);
+        let need = objs.frames_to_resolve(
+            e.object.as_ref(),
+            PageIndex::in_window(start, page),
+            1,
+            write,
+        );
         frames.ensure(need)?;
         let map = Holder::Direct { map: self.0.id };
         let pages = e.pages(start);
@@ -83,7 +87,7 @@ impl VmMap {
         let (prot, wired, end) = (e.protection, e.wired_count > 0, e.end);
         let hold = e.object.get_or_insert_with(|| objs.create(pages, map));
         let direct = matches!(objs.holder(hold), Holder::Direct { .. });
-        let idx = (page - start) >> PAGE_SHIFT;
+        let idx = PageIndex::in_window(start, page);
         let pm = ctx.pmap();
         let pmap = self.0.pmap;
         let r = objs.resolve(hold, idx, write, frames, |r| {
@@ -126,8 +130,8 @@ impl VmMap {
         let Some(hold) = m.entries.get(&start).and_then(|e| e.object.as_ref()) else {
             return Made::Nothing;
         };
-        let (first, end, seen) = objs.shared_run(hold, (page - start) >> PAGE_SHIFT);
-        let (s, t) = (start + (first << PAGE_SHIFT), start + (end << PAGE_SHIFT));
+        let (first, end, seen) = objs.shared_run(hold, PageIndex::in_window(start, page));
+        let (s, t) = (start + first.byte_offset(), start + end.byte_offset());
         m.clip_range(objs, s, t);
         let Some(hold) = m.entries.get_mut(&s).and_then(|e| e.object.as_mut()) else {
             return Made::Nothing;

@@ -14,7 +14,7 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use machvm_base::{KernError, PAGE_SHIFT, VmInherit};
+use machvm_base::{KernError, PageIndex, VmInherit};
 use machvm_frame::FrameReservation;
 use machvm_object::{Hold, Holder, Objects};
 use machvm_pmap::TlbFlush;
@@ -43,7 +43,7 @@ fn eager_frames(m: &MapInner, objs: &Objects<'_>) -> u64 {
     copied(m)
         .map(|h| {
             let (s, e) = objs.window(h);
-            objs.cow_frames(h, 0, e - s)
+            objs.cow_frames(h, PageIndex::new(0), e.since(s))
         })
         .sum()
 }
@@ -60,8 +60,8 @@ fn clip_share_runs(m: &mut MapInner, objs: &mut Objects<'_>) {
         }
         // One pass over the other holders gives every cut.
         for (a, b) in objs.shared_runs(h) {
-            cuts.push(start + (a << PAGE_SHIFT));
-            cuts.push(start + (b << PAGE_SHIFT));
+            cuts.push(start + a.byte_offset());
+            cuts.push(start + b.byte_offset());
         }
     }
     for va in cuts {

@@ -5,9 +5,7 @@
 use alloc::format;
 use alloc::string::String;
 
-use machvm_base::{
-    PAGE_SHIFT, PAGE_SIZE, USER_MAX, USER_MIN, VaRange, Violation, VirtAddr, VmProt,
-};
+use machvm_base::{PAGE_SIZE, PageIndex, USER_MAX, USER_MIN, VaRange, Violation, VirtAddr, VmProt};
 use machvm_object::{Holder, ObjectRule, Objects};
 use machvm_pmap::{Translation, effective_prot};
 
@@ -81,9 +79,9 @@ impl VmMap {
                 return Err(format!("entry {start:#x}: held as {:?}", objs.holder(h)));
             }
             let (s, t) = objs.window(h);
-            if t - s != e.pages(start) {
+            if t.since(s) != e.pages(start) {
                 return Err(format!(
-                    "entry {start:#x}: window [{s}, {t}) of the wrong length"
+                    "entry {start:#x}: window [{s:?}, {t:?}) of the wrong length"
                 ));
             }
         }
@@ -150,7 +148,7 @@ fn check_translation_justified(
     let Some(h) = &e.object else {
         return Err(format!("translation of {va:?} in an entry without object"));
     };
-    let Some(found) = objs.lookup(h, (va.as_u64() - start) >> PAGE_SHIFT) else {
+    let Some(found) = objs.lookup(h, PageIndex::in_window(start, va.as_u64())) else {
         return Err(format!(
             "translation of {va:?} to {:?}, but no page in the chain",
             t.pa

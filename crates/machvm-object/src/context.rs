@@ -215,6 +215,7 @@ impl<'a> Objects<'a> {
     }
 
     pub(crate) fn set_owner(&self, pa: PhysAddr, obj: u32, offset: u64) {
+        let offset = machvm_base::PageIndex::new(offset);
         if let Some(p) = self.ctx.frames.page(pa) {
             p.set_owner(obj, offset);
         }

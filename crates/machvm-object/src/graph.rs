@@ -6,7 +6,7 @@ use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use machvm_base::{KernError, PhysAddr};
+use machvm_base::{KernError, PageIndex, PhysAddr};
 use machvm_frame::FrameReservation;
 
 use crate::slots::Holders;
@@ -180,7 +180,14 @@ impl Objects<'_> {
     }
 
     /// The window of `hold`: `[start, end)` in pages of its object.
-    pub fn window(&self, hold: &Hold) -> (u64, u64) {
+    pub fn window(&self, hold: &Hold) -> (PageIndex, PageIndex) {
+        let (s, e) = self.window_raw(hold);
+        (PageIndex::new(s), PageIndex::new(e))
+    }
+
+    /// [`window`](Self::window) as plain numbers, for the graph's own
+    /// arithmetic.
+    pub(crate) fn window_raw(&self, hold: &Hold) -> (u64, u64) {
         let r = self.g.rec(hold.obj, hold.id);
         (r.start, r.end)
     }
@@ -188,7 +195,7 @@ impl Objects<'_> {
     /// True when another holder writes a window overlapping `hold`'s
     /// directly: it sees this window's writes (SPEC's `shared`).
     pub fn is_shared(&self, hold: &Hold) -> bool {
-        let (s, e) = self.window(hold);
+        let (s, e) = self.window_raw(hold);
         self.g.other_overlaps(hold.obj, hold.id, s, e, |k| {
             matches!(k, Holder::Direct { .. })
         })
@@ -197,7 +204,7 @@ impl Objects<'_> {
     /// True when no other holder's window overlaps `hold`'s: nobody else
     /// can see any page of it.
     pub fn is_alone(&self, hold: &Hold) -> bool {
-        let (s, e) = self.window(hold);
+        let (s, e) = self.window_raw(hold);
         !self.g.other_overlaps(hold.obj, hold.id, s, e, |_| true)
     }
 
@@ -228,13 +235,15 @@ impl Objects<'_> {
     /// the window. A copy-on-write entry resolves a write per run: it takes
     /// over the pages nobody else sees and shadows only the others, so that
     /// a page is copied only when somebody else can still see it.
-    pub fn shared_run(&self, hold: &Hold, page: u64) -> (u64, u64, bool) {
-        let (s, e) = self.window(hold);
-        let off = s + page;
+    pub fn shared_run(&self, hold: &Hold, page: PageIndex) -> (PageIndex, PageIndex, bool) {
+        let (s, e) = self.window_raw(hold);
+        let off = s + page.get();
         let (mut lo, mut hi) = (s, e);
+        let run = |a: u64, b: u64| (PageIndex::new(a - s), PageIndex::new(b - s));
         for (a, b) in self.seen_by_others(hold, s, e) {
             if a <= off && off < b {
-                return (a - s, b - s, true);
+                let (first, end) = run(a, b);
+                return (first, end, true);
             }
             if b <= off {
                 lo = b;
@@ -243,7 +252,8 @@ impl Objects<'_> {
                 break;
             }
         }
-        (lo - s, hi - s, false)
+        let (first, end) = run(lo, hi);
+        (first, end, false)
     }
 
     /// Number of holder records naming `map` (a map's `verify` compares it
@@ -256,10 +266,11 @@ impl Objects<'_> {
             .count()
     }
 
-    /// Splits `hold` after its first `pages` pages: `hold` keeps the head,
-    /// the returned hold (same holder) has the tail. `pages` must lie
-    /// strictly inside the window.
-    pub fn split(&mut self, hold: &Hold, pages: u64) -> Hold {
+    /// Splits `hold` before page `at` of its window: `hold` keeps the head,
+    /// the returned hold (same holder) has the tail. `at` must lie strictly
+    /// inside the window.
+    pub fn split(&mut self, hold: &Hold, at: PageIndex) -> Hold {
+        let pages = at.get();
         let r = *self.g.rec(hold.obj, hold.id);
         debug_assert!(
             pages > 0 && r.start + pages < r.end,
@@ -305,14 +316,20 @@ impl Objects<'_> {
     /// a `Share` fork.
     pub fn share(&mut self, hold: &Hold, holder: Holder) -> Hold {
         let (s, e) = self.window(hold);
-        self.share_part(hold, 0, e - s, holder)
+        self.share_part(hold, PageIndex::new(0), e.since(s), holder)
     }
 
     /// Another holder of pages `[first, first + count)` of `hold`'s window
     /// (clamped to it), e.g. a destination entry taking part of a copy.
-    pub fn share_part(&mut self, hold: &Hold, first: u64, count: u64, holder: Holder) -> Hold {
+    pub fn share_part(
+        &mut self,
+        hold: &Hold,
+        first: PageIndex,
+        count: u64,
+        holder: Holder,
+    ) -> Hold {
         let r = *self.g.rec(hold.obj, hold.id);
-        let start = r.start.saturating_add(first).min(r.end);
+        let start = r.start.saturating_add(first.get()).min(r.end);
         let end = start.saturating_add(count).min(r.end);
         debug_assert!(start < end, "an empty part of a window");
         let id = self.g.add_record(
@@ -403,11 +420,11 @@ impl Objects<'_> {
 
     /// The runs of pages of `hold`'s window that other holders see, as
     /// `[first, end)` pages of the window, in order.
-    pub fn shared_runs(&self, hold: &Hold) -> Vec<(u64, u64)> {
-        let (s, e) = self.window(hold);
+    pub fn shared_runs(&self, hold: &Hold) -> Vec<(PageIndex, PageIndex)> {
+        let (s, e) = self.window_raw(hold);
         self.seen_by_others(hold, s, e)
             .into_iter()
-            .map(|(a, b)| (a - s, b - s))
+            .map(|(a, b)| (PageIndex::new(a - s), PageIndex::new(b - s)))
             .collect()
     }
 
@@ -415,12 +432,12 @@ impl Objects<'_> {
     /// count)` of `hold`'s window will take once the hold is clipped to
     /// them: the resident pages of a window others write directly (it is
     /// copied eagerly), else none.
-    pub fn cow_frames(&self, hold: &Hold, first: u64, count: u64) -> u64 {
+    pub fn cow_frames(&self, hold: &Hold, first: PageIndex, count: u64) -> u64 {
         if !matches!(self.holder(hold), Holder::Direct { .. }) {
             return 0;
         }
-        let (s, e) = self.window(hold);
-        let lo = s.saturating_add(first).min(e);
+        let (s, e) = self.window_raw(hold);
+        let lo = s.saturating_add(first.get()).min(e);
         let hi = lo.saturating_add(count).min(e);
         let shared = self.g.other_overlaps(hold.obj, hold.id, lo, hi, |k| {
             matches!(k, Holder::Direct { .. })
@@ -492,7 +509,7 @@ impl Objects<'_> {
         holder: Holder,
         frames: &mut FrameReservation<'_>,
     ) -> Result<Hold, KernError> {
-        let (s, e) = self.window(hold);
+        let (s, e) = self.window_raw(hold);
         let src: Vec<(u64, PhysAddr)> = self
             .g
             .obj(hold.obj)

@@ -4,7 +4,7 @@
 
 use alloc::collections::BTreeSet;
 
-use machvm_base::{KernError, PAGE_SIZE, PhysAddr};
+use machvm_base::{KernError, PAGE_SIZE, PageIndex, PhysAddr};
 use machvm_frame::FrameReservation;
 
 use crate::graph::Backing;
@@ -71,13 +71,13 @@ impl Objects<'_> {
     }
 
     /// The object offset of page `page` of `hold`'s window, if inside it.
-    fn offset_of(&self, hold: &Hold, page: u64) -> Option<u64> {
-        let (s, e) = self.window(hold);
-        s.checked_add(page).filter(|&o| o < e)
+    fn offset_of(&self, hold: &Hold, page: PageIndex) -> Option<u64> {
+        let (s, e) = self.window_raw(hold);
+        s.checked_add(page.get()).filter(|&o| o < e)
     }
 
     /// The page at page `page` of `hold`'s window as the chain holds it.
-    pub fn lookup(&self, hold: &Hold, page: u64) -> Option<Found> {
+    pub fn lookup(&self, hold: &Hold, page: PageIndex) -> Option<Found> {
         let off = self.offset_of(hold, page)?;
         self.find(hold.obj, off).map(|b| Found {
             pa: b.pa,
@@ -101,7 +101,7 @@ impl Objects<'_> {
     pub fn resolve(
         &mut self,
         hold: &Hold,
-        page: u64,
+        page: PageIndex,
         write: bool,
         frames: &mut FrameReservation<'_>,
         map: impl FnOnce(Resolved) -> Result<(), KernError>,
@@ -109,7 +109,7 @@ impl Objects<'_> {
         let counters = &self.ctx.counters;
         VmCounters::bump(&counters.lookups);
         let rec = *self.g.rec(hold.obj, hold.id);
-        let off = rec.start.checked_add(page).filter(|&o| o < rec.end);
+        let off = rec.start.checked_add(page.get()).filter(|&o| o < rec.end);
         let off = off.ok_or(KernError::InvalidAddress)?;
         let direct = matches!(rec.kind, Holder::Direct { .. });
         if write && !direct {
@@ -180,12 +180,13 @@ impl Objects<'_> {
     pub fn frames_to_resolve(
         &self,
         hold: Option<&Hold>,
-        first: u64,
+        first: PageIndex,
         count: u64,
         write: bool,
     ) -> u64 {
         let Some(hold) = hold else { return count };
-        let (s, _) = self.window(hold);
+        let (s, _) = self.window_raw(hold);
+        let first = first.get();
         if count == 1 {
             let fast = u64::from(!self.resolved_in_place(hold, s + first, write));
             debug_assert_eq!(fast, self.frames_for_runs(hold, s + first, 1, write));
@@ -215,20 +216,26 @@ impl Objects<'_> {
 
     /// Reads `buf.len()` bytes at byte `offset` of page `page` of `hold`'s
     /// window as the chain shows it (zeros where nothing is resident, or
-    /// with no hold: untouched memory).
-    pub fn read(&self, hold: Option<&Hold>, page: u64, offset: u64, buf: &mut [u8]) {
-        debug_assert!(offset + buf.len() as u64 <= PAGE_SIZE);
+    /// with no hold: untouched memory). `false`, nothing read, when the
+    /// bytes do not lie within the page.
+    pub fn read(&self, hold: Option<&Hold>, page: PageIndex, offset: u64, buf: &mut [u8]) -> bool {
+        if offset.saturating_add(buf.len() as u64) > PAGE_SIZE {
+            return false;
+        }
         match hold.and_then(|h| self.lookup(h, page)) {
             Some(f) => self.ctx.frames().mem().read(f.pa + offset, buf),
             None => buf.fill(0),
         }
+        true
     }
 
     /// Writes `data` at byte `offset` of page `page` of `hold`'s window,
     /// which must be resident in the held object itself (resolved for
-    /// writing). `false`, nothing written, otherwise.
-    pub fn write(&self, hold: &Hold, page: u64, offset: u64, data: &[u8]) -> bool {
-        debug_assert!(offset + data.len() as u64 <= PAGE_SIZE);
+    /// writing) and hold the bytes. `false`, nothing written, otherwise.
+    pub fn write(&self, hold: &Hold, page: PageIndex, offset: u64, data: &[u8]) -> bool {
+        if offset.saturating_add(data.len() as u64) > PAGE_SIZE {
+            return false;
+        }
         let Some(off) = self.offset_of(hold, page) else {
             return false;
         };
@@ -244,7 +251,7 @@ impl Objects<'_> {
     /// Number of offsets of `hold`'s window with a page resident anywhere
     /// in its chain.
     pub fn resident(&self, hold: &Hold) -> u64 {
-        let (s, e) = self.window(hold);
+        let (s, e) = self.window_raw(hold);
         self.resident_in(hold.obj, s, e)
     }
 

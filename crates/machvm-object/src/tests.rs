@@ -4,7 +4,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering::Relaxed;
 
-use machvm_base::{KernError, PAGE_SIZE, PhysAddr, VmProt};
+use machvm_base::{KernError, PAGE_SIZE, PageIndex, PhysAddr, VmProt};
 use machvm_frame::{FrameAllocator, FrameUse};
 use machvm_pmap::{PmapId, VirtAddr};
 use machvm_pmap_x86_64::X86Pmap;
@@ -27,21 +27,26 @@ fn used(ctx: &VmContext) -> u64 {
 
 fn fill(o: &mut Objects<'_>, h: &Hold, page: u64, byte: u8) -> PhysAddr {
     let mut f = o.on_demand();
-    let pa = o.resolve(h, page, true, &mut f, |_| Ok(())).unwrap().pa;
+    let pa = o
+        .resolve(h, PageIndex::new(page), true, &mut f, |_| Ok(()))
+        .unwrap()
+        .pa;
     drop(f);
-    assert!(o.write(h, page, 0, &[byte; 8]));
+    assert!(o.write(h, PageIndex::new(page), 0, &[byte; 8]));
     pa
 }
 
 fn byte(o: &Objects<'_>, h: &Hold, page: u64) -> u8 {
     let mut b = [0u8; 1];
-    o.read(Some(h), page, 0, &mut b);
+    o.read(Some(h), PageIndex::new(page), 0, &mut b);
     b[0]
 }
 
 fn resolve(o: &mut Objects<'_>, h: &Hold, page: u64, write: bool) -> Resolved {
     let mut f = o.on_demand();
-    let r = o.resolve(h, page, write, &mut f, |_| Ok(())).unwrap();
+    let r = o
+        .resolve(h, PageIndex::new(page), write, &mut f, |_| Ok(()))
+        .unwrap();
     drop(f);
     r
 }
@@ -63,7 +68,7 @@ fn zero_fill_then_resident() {
     );
     let mut f = o.on_demand();
     assert_eq!(
-        o.resolve(&h, 8, false, &mut f, |_| Ok(())),
+        o.resolve(&h, PageIndex::new(8), false, &mut f, |_| Ok(())),
         Err(KernError::InvalidAddress)
     );
     drop(f);
@@ -107,7 +112,7 @@ fn copy_on_write_through_a_shadow() {
     );
     let w = resolve(&mut o, &h, 1, true);
     assert_eq!(w.how, Resolution::CopiedUp);
-    assert!(o.write(&h, 1, 0, &[0xBB; 8]));
+    assert!(o.write(&h, PageIndex::new(1), 0, &[0xBB; 8]));
     assert_eq!(byte(&o, &copy.hold, 1), 0xAA, "the copy keeps the original");
     assert_eq!(byte(&o, &h, 1), 0xBB);
     assert_eq!(o.chain_depth(&h), 2);
@@ -142,20 +147,25 @@ fn a_lone_copy_on_write_holder_takes_the_object_over() {
     o.release(h);
 }
 
+/// A window `[a, b)` in pages.
+fn w(a: u64, b: u64) -> (PageIndex, PageIndex) {
+    (PageIndex::new(a), PageIndex::new(b))
+}
+
 #[test]
 fn split_and_join_keep_the_window_exact() {
     let c = ctx(64);
     let mut o = c.objects();
     let h = o.create(10, DIRECT);
-    let tail = o.split(&h, 4);
-    assert_eq!((o.window(&h), o.window(&tail)), ((0, 4), (4, 10)));
-    let tail2 = o.split(&tail, 3);
-    assert_eq!(o.window(&tail2), (7, 10));
+    let tail = o.split(&h, PageIndex::new(4));
+    assert_eq!((o.window(&h), o.window(&tail)), (w(0, 4), w(4, 10)));
+    let tail2 = o.split(&tail, PageIndex::new(3));
+    assert_eq!(o.window(&tail2), w(7, 10));
     assert!(!o.can_join(&h, &tail2), "not contiguous");
     let tail2 = o.join(&h, tail2).unwrap_err();
     o.join(&h, tail).unwrap();
     o.join(&h, tail2).unwrap();
-    assert_eq!(o.window(&h), (0, 10));
+    assert_eq!(o.window(&h), w(0, 10));
     assert_eq!(o.holds_of_map(MAP), 1);
     o.verify().unwrap();
     o.release(h);
@@ -169,7 +179,7 @@ fn pages_outside_every_window_are_freed_when_a_window_goes() {
     for p in 0..8 {
         fill(&mut o, &h, p, p as u8);
     }
-    let tail = o.split(&h, 2);
+    let tail = o.split(&h, PageIndex::new(2));
     let copy = o.cow_share(&h, Holder::Copy, &mut o.on_demand()).unwrap();
     o.release(tail);
     assert_eq!(used(&c), 2, "pages 2..8 nobody holds are freed at once");
@@ -189,15 +199,15 @@ fn a_shared_window_is_copied_eagerly() {
     let sib = o.share(&h, Holder::Direct { map: MAP + 1 });
     assert!(o.is_shared(&h) && o.is_shared(&sib));
     fill(&mut o, &h, 2, 9);
-    assert_eq!(o.cow_frames(&h, 0, 4), 1);
-    assert_eq!(o.cow_frames(&h, 0, 2), 0);
+    assert_eq!(o.cow_frames(&h, PageIndex::new(0), 4), 1);
+    assert_eq!(o.cow_frames(&h, PageIndex::new(0), 2), 0);
     let mut r = c.frames().reserve(1, FrameUse::Object).unwrap();
     let copy = o.cow_share(&h, Holder::Copy, &mut r).unwrap();
     assert_eq!(r.remaining(), 0);
     drop(r);
     assert!(!copy.write_protect);
     assert_eq!(o.holder(&h), DIRECT, "sharers keep writing the object");
-    assert!(o.write(&sib, 2, 0, &[5; 8]));
+    assert!(o.write(&sib, PageIndex::new(2), 0, &[5; 8]));
     assert_eq!((byte(&o, &h, 2), byte(&o, &copy.hold, 2)), (5, 9));
     o.verify().unwrap();
     o.release(sib);
@@ -224,7 +234,7 @@ fn copy_up_into_a_shared_object_removes_stale_translations() {
     let va = VirtAddr::new(0x1000);
     pm.flush(pm.enter(p2, va, old, VmProt::READ, false).unwrap());
     let mut f = o.on_demand();
-    o.resolve(&h, 0, true, &mut f, |r| {
+    o.resolve(&h, PageIndex::new(0), true, &mut f, |r| {
         pm.flush(pm.enter(p1, va, r.pa, VmProt::DEFAULT, false)?);
         Ok(())
     })
@@ -255,17 +265,19 @@ fn out_of_frames_changes_nothing() {
     c.frames().fail_nth_allocation(1);
     let mut f = o.on_demand();
     assert_eq!(
-        o.resolve(&h, 0, true, &mut f, |_| Ok(())),
+        o.resolve(&h, PageIndex::new(0), true, &mut f, |_| Ok(())),
         Err(KernError::ResourceShortage)
     );
     drop(f);
-    assert_eq!(o.lookup(&h, 0), None);
+    assert_eq!(o.lookup(&h, PageIndex::new(0)), None);
     let mut f = o.on_demand();
-    let r = o.resolve(&h, 0, true, &mut f, |_| Err(KernError::ResourceShortage));
+    let r = o.resolve(&h, PageIndex::new(0), true, &mut f, |_| {
+        Err(KernError::ResourceShortage)
+    });
     drop(f);
     assert_eq!(r, Err(KernError::ResourceShortage));
     assert_eq!(
-        (o.lookup(&h, 0), used(&c)),
+        (o.lookup(&h, PageIndex::new(0)), used(&c)),
         (None, 0),
         "a failed mapping takes the page out"
     );
@@ -319,13 +331,15 @@ fn a_deep_chain_on_a_small_stack() {
             );
             o.make_writable(&mut h, MAP);
             // Alternate pages, so no shadow ever covers the one below it.
-            o.resolve(&h, i % 2, true, &mut o.on_demand(), |_| Ok(()))
-                .unwrap();
+            o.resolve(&h, PageIndex::new(i % 2), true, &mut o.on_demand(), |_| {
+                Ok(())
+            })
+            .unwrap();
             drop(o);
             o = c.objects();
         }
         assert_eq!(o.chain_depth(&h), N as usize + 1);
-        assert_eq!(o.lookup(&h, 0).unwrap().depth, 1);
+        assert_eq!(o.lookup(&h, PageIndex::new(0)).unwrap().depth, 1);
         let mut a = VmAudit::default();
         o.audit_into(&mut a);
         assert_eq!(a.max_chain_depth, N + 1);

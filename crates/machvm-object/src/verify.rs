@@ -107,7 +107,7 @@ impl Objects<'_> {
                     meta.state()
                 ));
             }
-            if meta.owner() != (id.0, off) {
+            if meta.owner() != (id.0, machvm_base::PageIndex::new(off)) {
                 return Err(format!(
                     "object {}: frame {pa:?} metadata names {:?}, not ({}, {off})",
                     id.0,

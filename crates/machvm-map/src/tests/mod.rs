@@ -87,7 +87,7 @@ fn clipping_keeps_object_offsets() {
         let offs: Vec<u64> = m
             .entries
             .values()
-            .map(|e| objs.window(e.object.as_ref().unwrap()).0)
+            .map(|e| objs.window(e.object.as_ref().unwrap()).0.get())
             .collect();
         assert_eq!(offs, [0, 1, 3]);
     }
