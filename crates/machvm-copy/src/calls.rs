@@ -165,7 +165,7 @@ fn copy_locked(
     )?);
     let d = maps.dst();
     for &h in &holes {
-        d.insert_zero_fill(h)?;
+        d.insert_zero_fill(&mut objs, h)?;
     }
     let result = overwrite(d, &mut objs, a.dst_addr, copy, &mut frames);
     copy.release_into(&mut objs);
@@ -220,14 +220,18 @@ pub fn vm_read(map: &VmMap, addr: u64, size: u64) -> Result<VmMapCopy, KernError
     };
     let mut m = map.lock();
     m.check_access(r, Access::Read)?;
+    // Declared before the graph guard: on a panic (a failed consistency
+    // check) the guard goes first and the copy's drop can take the lock.
+    let copy;
     let objs = map.context().objects();
     let (mut objs, mut frames) = reserve_settled(
         objs,
         |o| copyin_settle(&m, o, addr, size),
         |o| copyin_frames(&m, o, addr, size),
     )?;
-    let copy = copyin(&mut m, &mut objs, addr, size, &mut frames);
+    copy = copyin(&mut m, &mut objs, addr, size, &mut frames);
     m.assert_consistent(&objs);
+    drop((frames, objs, m));
     copy
 }
 

@@ -126,7 +126,7 @@ impl VmMapCopy {
     }
 
     fn middle_bytes(&self) -> u64 {
-        self.spans.iter().map(|e| e.pages).sum::<u64>() << PAGE_SHIFT
+        self.spans.iter().map(|e| e.pages()).sum::<u64>() << PAGE_SHIFT
     }
 
     fn empty(ctx: &Arc<VmContext>) -> VmMapCopy {
@@ -142,10 +142,8 @@ impl VmMapCopy {
 
     /// Gives back every reference, through the caller's locked graph.
     fn release_into(&mut self, objs: &mut Objects<'_>) {
-        for e in self.spans.drain(..) {
-            if let Some(h) = e.hold {
-                objs.release(h);
-            }
+        for h in self.spans.drain(..).filter_map(CowSpan::into_hold) {
+            objs.release(h);
         }
     }
 
@@ -176,7 +174,7 @@ impl VmMapCopy {
     /// that page; returns the bytes read.
     fn read_middle(&self, objs: &Objects<'_>, mut rel: u64, out: &mut [u8]) -> usize {
         for e in &self.spans {
-            let bytes = e.pages << PAGE_SHIFT;
+            let bytes = e.pages() << PAGE_SHIFT;
             if rel >= bytes {
                 rel -= bytes;
                 continue;
@@ -186,7 +184,7 @@ impl VmMapCopy {
                 return 0;
             };
             let page = PageIndex::new(c.page.page_number());
-            objs.read(e.hold.as_ref(), page, c.offset, &mut out[..c.len]);
+            objs.read(e.hold(), page, c.offset, &mut out[..c.len]);
             return c.len;
         }
         0
@@ -223,7 +221,7 @@ impl VmMapCopy {
                 return Err((e, self));
             }
         };
-        if let Err(e) = m.insert_zero_fill(r) {
+        if let Err(e) = m.insert_zero_fill(&mut objs, r) {
             // Unreachable: `find_space` found the range free.
             drop((frames, objs, m));
             return Err((e, self));
@@ -265,7 +263,7 @@ impl core::fmt::Debug for VmMapCopy {
 
 impl Drop for VmMapCopy {
     fn drop(&mut self) {
-        if self.spans.iter().any(|e| e.hold.is_some()) {
+        if self.spans.iter().any(|e| e.hold().is_some()) {
             let ctx = self.ctx.clone();
             self.release_into(&mut ctx.objects());
         }

@@ -6,13 +6,16 @@
 //! `ptr + (pa - base)`.
 //!
 //! Invariants:
-//! - Every access is bounds-checked against `[base, base + len)`; an access
-//!   outside is a caller bug and panics (never touches foreign memory).
+//! - Every access is bounds-checked against `[base, base + len)` — a byte
+//!   access against the whole 8-byte words around it; an access outside is
+//!   a caller bug and panics (never touches foreign memory).
 //! - Every word access is alignment-checked on the host pointer it makes,
 //!   in every build: a misaligned `AtomicU64` would be undefined behaviour,
 //!   so a misaligned word address (or a direct map whose virtual start is
 //!   not aligned like its physical base) panics instead.
-//! - Bytes are moved with relaxed atomic loads and stores, never plain ones:
+//! - Bytes are moved with relaxed 8-byte atomic operations only, never plain
+//!   ones and never atomics of another size (racing atomics of different
+//!   sizes on the same bytes is undefined behaviour in Rust):
 //!   two CPUs (or two host threads) may legitimately race on a shared page,
 //!   exactly as on real RAM, and the MMU updates accessed/dirty bits in page
 //!   tables concurrently. A race tears values; it is never undefined
@@ -22,7 +25,7 @@
 //! hold `unsafe` for raw memory.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use machvm_base::{KernError, PAGE_SIZE, PhysAddr};
 
@@ -221,52 +224,74 @@ impl PhysMem {
         unsafe { AtomicU64::from_ptr(p) }.fetch_or(bits, Relaxed)
     }
 
-    /// Copies `buf.len()` bytes starting at `pa` into `buf`.
+    /// Host pointer to the 8-byte words covering `[pa, pa + len)` (`len >
+    /// 0`), and their count; panics when they are not covered or the host
+    /// address is not 8-aligned.
+    #[inline]
+    fn words(&self, pa: PhysAddr, len: usize) -> (*mut u64, usize) {
+        let first = pa.as_u64() & !7;
+        let end = pa
+            .as_u64()
+            .checked_add(len as u64)
+            .and_then(|e| e.checked_add(7))
+            .map(|e| e & !7);
+        let Some(end) = end else {
+            panic!("physical access {:#x}+{:#x} overflows", pa.as_u64(), len);
+        };
+        let p = self.at(PhysAddr::new(first), end - first);
+        assert!(
+            (p as usize) % 8 == 0,
+            "misaligned physical word access at {first:#x}"
+        );
+        (p.cast(), ((end - first) / 8) as usize)
+    }
+
+    /// Copies `buf.len()` bytes starting at `pa` into `buf`. Only 8-byte
+    /// atomic loads touch the memory, whatever the alignment, so no access
+    /// here races one of another size (which Rust leaves undefined).
     pub fn read(&self, pa: PhysAddr, buf: &mut [u8]) {
-        let p = self.at(pa, buf.len() as u64);
-        let (head, words) = split(p as usize, buf.len());
-        let (h, rest) = buf.split_at_mut(head);
-        for (i, b) in h.iter_mut().enumerate() {
-            // SAFETY: in bounds (checked by `at`); all accesses are atomic.
-            *b = unsafe { AtomicU8::from_ptr(p.add(i)) }.load(Relaxed);
+        if buf.is_empty() {
+            return;
         }
-        let (mid, t) = rest.split_at_mut(words * 8);
-        // SAFETY: `p + head` is 8-aligned and `words` words fit in bounds.
-        let wp = unsafe { p.add(head) }.cast::<u64>();
-        for (k, chunk) in mid.chunks_exact_mut(8).enumerate() {
-            // SAFETY: as above.
-            let w = unsafe { AtomicU64::from_ptr(wp.add(k)) }.load(Relaxed);
-            chunk.copy_from_slice(&w.to_ne_bytes());
-        }
-        let tp = wp.wrapping_add(words).cast::<u8>();
-        for (i, b) in t.iter_mut().enumerate() {
-            // SAFETY: in bounds, after the words.
-            *b = unsafe { AtomicU8::from_ptr(tp.add(i)) }.load(Relaxed);
+        let (p, n) = self.words(pa, buf.len());
+        let mut from = (pa.as_u64() & 7) as usize;
+        let mut done = 0;
+        for k in 0..n {
+            // SAFETY: word `k < n` of the covered, 8-aligned span `words`
+            // checked; all accesses to this memory are atomic.
+            let w = unsafe { AtomicU64::from_ptr(p.add(k)) }.load(Relaxed);
+            let take = (8 - from).min(buf.len() - done);
+            buf[done..done + take].copy_from_slice(&w.to_ne_bytes()[from..from + take]);
+            done += take;
+            from = 0;
         }
     }
 
-    /// Copies `data` to physical memory starting at `pa`.
+    /// Copies `data` to physical memory starting at `pa`. Only 8-byte
+    /// atomic operations touch the memory: whole words are stored, the
+    /// partial words at the edges are merged in by compare-and-swap (a
+    /// concurrent writer of the other bytes keeps its bytes).
     pub fn write(&self, pa: PhysAddr, data: &[u8]) {
-        let p = self.at(pa, data.len() as u64);
-        let (head, words) = split(p as usize, data.len());
-        let (h, rest) = data.split_at(head);
-        for (i, b) in h.iter().enumerate() {
-            // SAFETY: in bounds (checked by `at`); all accesses are atomic.
-            unsafe { AtomicU8::from_ptr(p.add(i)) }.store(*b, Relaxed);
+        if data.is_empty() {
+            return;
         }
-        let (mid, t) = rest.split_at(words * 8);
-        // SAFETY: `p + head` is 8-aligned and `words` words fit in bounds.
-        let wp = unsafe { p.add(head) }.cast::<u64>();
-        for (k, chunk) in mid.chunks_exact(8).enumerate() {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(chunk);
-            // SAFETY: as above.
-            unsafe { AtomicU64::from_ptr(wp.add(k)) }.store(u64::from_ne_bytes(w), Relaxed);
-        }
-        let tp = wp.wrapping_add(words).cast::<u8>();
-        for (i, b) in t.iter().enumerate() {
-            // SAFETY: in bounds, after the words.
-            unsafe { AtomicU8::from_ptr(tp.add(i)) }.store(*b, Relaxed);
+        let (p, n) = self.words(pa, data.len());
+        let mut from = (pa.as_u64() & 7) as usize;
+        let mut done = 0;
+        for k in 0..n {
+            // SAFETY: as in `read`.
+            let w = unsafe { AtomicU64::from_ptr(p.add(k)) };
+            let put = (8 - from).min(data.len() - done);
+            let bytes = &data[done..done + put];
+            if put == 8 {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(bytes);
+                w.store(u64::from_ne_bytes(b), Relaxed);
+            } else {
+                merge_bytes(w, from, bytes);
+            }
+            done += put;
+            from = 0;
         }
     }
 
@@ -313,11 +338,17 @@ impl core::fmt::Debug for PhysMem {
     }
 }
 
-/// Splits `len` bytes at address `addr` into leading bytes up to 8-byte
-/// alignment and whole aligned words; the rest are trailing bytes.
+/// Writes `bytes` at byte `from` of the word `w`, keeping its other bytes
+/// even against a concurrent writer of them.
 #[inline]
-fn split(addr: usize, len: usize) -> (usize, usize) {
-    let head = addr.wrapping_neg() % 8;
-    let head = head.min(len);
-    (head, (len - head) / 8)
+fn merge_bytes(w: &AtomicU64, from: usize, bytes: &[u8]) {
+    let mut old = w.load(Relaxed);
+    loop {
+        let mut b = old.to_ne_bytes();
+        b[from..from + bytes.len()].copy_from_slice(bytes);
+        match w.compare_exchange_weak(old, u64::from_ne_bytes(b), Relaxed, Relaxed) {
+            Ok(_) => return,
+            Err(now) => old = now,
+        }
+    }
 }

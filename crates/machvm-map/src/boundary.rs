@@ -45,13 +45,34 @@ pub struct MapGuard<'a> {
 
 /// Copy-on-write references to `pages` pages of one object (or, with no
 /// hold, to that many pages of untouched zero-fill memory): what
-/// [`MapGuard::extract`] makes, one per source entry.
+/// [`MapGuard::extract`] makes, one per source entry, and only it (its
+/// fields are private, so [`MapGuard::replace`] can trust them).
 #[derive(Debug)]
 pub struct CowSpan {
     /// A `Copy` holder record on the window (none: untouched memory).
-    pub hold: Option<Hold>,
+    pub(crate) hold: Option<Hold>,
+    /// Length in pages; the hold's window is exactly this long.
+    pub(crate) pages: u64,
+    /// The VM context whose graph holds the record.
+    pub(crate) context: u64,
+}
+
+impl CowSpan {
     /// Length in pages.
-    pub pages: u64,
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// The reference, to read through (none: untouched memory).
+    pub fn hold(&self) -> Option<&Hold> {
+        self.hold.as_ref()
+    }
+
+    /// The reference itself, for the caller to release through the
+    /// graph of the map it was extracted from.
+    pub fn into_hold(self) -> Option<Hold> {
+        self.hold
+    }
 }
 
 impl VmMap {
@@ -195,6 +216,7 @@ impl<'a> MapGuard<'a> {
                 Ok(hold) => spans.push(CowSpan {
                     hold,
                     pages: e.pages(start),
+                    context: self.map.context().id(),
                 }),
                 Err(err) => {
                     result = Err(err);
@@ -244,17 +266,26 @@ impl<'a> MapGuard<'a> {
     /// allocated), this map's pages, copy-on-write, keeping each entry's
     /// protection, maximum and inheritance. The spans keep their own
     /// references (the caller releases them); the old pages nothing else
-    /// reaches are freed. `InvalidArgument` when `at` is unaligned, or the
-    /// range has a hole, and then nothing changed.
+    /// reaches are freed, and the entries touched are simplified.
+    /// `InvalidArgument` when `at` is unaligned, the range has a hole or
+    /// overflows, or a span comes from another VM system; then nothing
+    /// changed.
     pub fn replace(
         &mut self,
         objs: &mut Objects<'_>,
         at: u64,
         spans: &[CowSpan],
     ) -> Result<(), KernError> {
-        let pages: u64 = spans.iter().map(|c| c.pages).sum();
-        let end = at
-            .checked_add(pages << PAGE_SHIFT)
+        let context = self.map.context().id();
+        let pages = spans
+            .iter()
+            .try_fold(0u64, |n, c| {
+                (c.context == context).then(|| n.checked_add(c.pages))?
+            })
+            .ok_or(KernError::InvalidArgument)?;
+        let end = pages
+            .checked_mul(PAGE_SIZE)
+            .and_then(|bytes| at.checked_add(bytes))
             .ok_or(KernError::InvalidArgument)?;
         if at % PAGE_SIZE != 0 || self.m.check_covered(at, end).is_err() {
             return Err(KernError::InvalidArgument);
@@ -275,6 +306,7 @@ impl<'a> MapGuard<'a> {
             self.m.clip(objs, b);
         }
         self.replace_clipped(objs, (at, end), &bounds, spans);
+        self.m.simplify(objs, at, end);
         Ok(())
     }
 
@@ -308,10 +340,14 @@ impl<'a> MapGuard<'a> {
     }
 
     /// Allocates `r` as untouched zero-fill memory with the default
-    /// attributes (as `allocate` at a fixed address, not yet simplified
-    /// with its neighbours). `InvalidAddress` outside the task map,
-    /// `NoSpace` when something is allocated there.
-    pub fn insert_zero_fill(&mut self, r: VaRange) -> Result<(), KernError> {
+    /// attributes (as `allocate` at a fixed address, simplified with its
+    /// neighbours). `InvalidAddress` outside the task map, `NoSpace` when
+    /// something is allocated there.
+    pub fn insert_zero_fill(
+        &mut self,
+        objs: &mut Objects<'_>,
+        r: VaRange,
+    ) -> Result<(), KernError> {
         if !r.is_user() {
             return Err(KernError::InvalidAddress);
         }
@@ -321,6 +357,7 @@ impl<'a> MapGuard<'a> {
         }
         if s < t {
             self.m.insert(s, Entry::new_anon(t));
+            self.m.simplify(objs, s, t);
         }
         Ok(())
     }

@@ -76,7 +76,11 @@ pub struct VmContext {
     /// Debug builds check every map's invariants after each change while
     /// set (FreeBSD's `debug.vmmap_check`); release builds never do.
     consistency_checks: AtomicBool,
+    /// Unique among the contexts of this process (never reused).
+    id: u64,
 }
+
+static NEXT_CONTEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl VmContext {
     /// A context over `frames`, with `pmap` the machine's pmap module.
@@ -88,7 +92,16 @@ impl VmContext {
             audited: spin::Mutex::new(Vec::new()),
             counters: VmCounters::default(),
             consistency_checks: AtomicBool::new(false),
+            id: NEXT_CONTEXT_ID.fetch_add(1, Relaxed),
         })
+    }
+
+    /// This context's id: unique among the contexts of this process, never
+    /// reused (what a reference made in one graph is checked against
+    /// before it is used in another).
+    #[inline]
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Turns on or off the checks debug builds run after every change to a

@@ -7,8 +7,14 @@ fn range(s: u64, e: u64) -> VaRange {
     VaRange::new(machvm_base::VirtAddr::new(s), machvm_base::VirtAddr::new(e)).unwrap()
 }
 
-fn untouched(pages: u64) -> CowSpan {
-    CowSpan { hold: None, pages }
+/// A span of untouched memory, as `extract` makes of a hole-free
+/// untouched entry of a map of `c`.
+fn untouched(c: &VmContext, pages: u64) -> CowSpan {
+    CowSpan {
+        hold: None,
+        pages,
+        context: c.id(),
+    }
 }
 
 #[test]
@@ -19,8 +25,12 @@ fn a_pair_of_one_map_is_one_guard() {
     let mut pair = MapPair::lock(&map, &map);
     assert!(pair.is_same_map());
     pair.dst()
-        .insert_zero_fill(range(0x10000, 0x12000))
+        .insert_zero_fill(&mut c.objects(), range(0x10000, 0x12000))
         .unwrap();
+    pair.dst()
+        .insert_zero_fill(&mut c.objects(), range(0x12000, 0x13000))
+        .unwrap();
+    // Simplified with its neighbour: one entry.
     assert_eq!(pair.src().allocated(range(0, 0x20000)).count(), 1);
     drop(pair);
     // Two maps lock in id order whichever is the source.
@@ -41,30 +51,31 @@ fn refused_primitives_change_nothing() {
     let a = map.allocate(0x10000, 4 * P, false).unwrap();
     map.write_bytes(a, b"kept").unwrap();
     let mut g = map.lock();
+    let mut objs = c.objects();
     assert_eq!(
-        g.insert_zero_fill(range(a + P, a + 6 * P)),
+        g.insert_zero_fill(&mut objs, range(a + P, a + 6 * P)),
         Err(KernError::NoSpace)
     );
     assert_eq!(
-        g.insert_zero_fill(range(0, P)),
+        g.insert_zero_fill(&mut objs, range(0, P)),
         Err(KernError::InvalidAddress)
     );
-    drop(g);
+    drop((objs, g));
     let before = map.entry_count();
     let mut g = map.lock();
     let mut objs = c.objects();
     // A hole in the destination, an unaligned start, an end past the top:
     // refused whole.
     assert_eq!(
-        g.replace(&mut objs, a + 3 * P, &[untouched(1), untouched(1)]),
+        g.replace(&mut objs, a + 3 * P, &[untouched(&c, 1), untouched(&c, 1)]),
         Err(KernError::InvalidArgument)
     );
     assert_eq!(
-        g.replace(&mut objs, a + 1, &[untouched(1)]),
+        g.replace(&mut objs, a + 1, &[untouched(&c, 1)]),
         Err(KernError::InvalidArgument)
     );
     assert_eq!(
-        g.replace(&mut objs, !(P - 1), &[untouched(2)]),
+        g.replace(&mut objs, !(P - 1), &[untouched(&c, 2)]),
         Err(KernError::InvalidArgument)
     );
     drop((objs, g));
@@ -110,4 +121,29 @@ fn extract_then_replace_copies_and_keeps_the_destination_attributes() {
     assert_eq!(r.max_protection, VmProt::READ | VmProt::WRITE);
     verified(&src);
     verified(&dst);
+}
+
+#[test]
+fn replace_refuses_foreign_and_overflowing_spans_and_keeps_the_map_simplified() {
+    let (c, other) = (ctx(64), ctx(64));
+    let map = VmMap::new(&c).unwrap();
+    let a = map.allocate(0x10000, 3 * P, false).unwrap();
+    let mut g = map.lock();
+    let mut objs = c.objects();
+    let foreign = untouched(&other, 1);
+    assert_eq!(
+        g.replace(&mut objs, a, &[foreign]),
+        Err(KernError::InvalidArgument)
+    );
+    let huge = [untouched(&c, u64::MAX), untouched(&c, 1)];
+    assert_eq!(
+        g.replace(&mut objs, a, &huge),
+        Err(KernError::InvalidArgument)
+    );
+    // One untouched page over the middle of untouched memory: the entries
+    // clipped for it merge back.
+    g.replace(&mut objs, a + P, &[untouched(&c, 1)]).unwrap();
+    drop((objs, g));
+    assert_eq!(map.entry_count(), 1);
+    verified(&map);
 }
