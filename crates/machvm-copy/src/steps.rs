@@ -123,8 +123,8 @@ pub(crate) fn overwrite(
         d.replace(objs, dst + head, &copy.spans)?;
         copy.release_into(objs);
     }
-    let touched = VaRange::round_out(dst, copy.len).ok_or(KernError::InvalidAddress)?;
-    d.simplify(objs, touched);
+    // Every primitive above left the map simplified (a store's faults,
+    // `replace`): nothing to merge here.
     Ok(())
 }
 

@@ -254,16 +254,24 @@ impl PhysMem {
             return;
         }
         let (p, n) = self.words(pa, buf.len());
-        let mut from = (pa.as_u64() & 7) as usize;
-        let mut done = 0;
-        for k in 0..n {
-            // SAFETY: word `k < n` of the covered, 8-aligned span `words`
-            // checked; all accesses to this memory are atomic.
-            let w = unsafe { AtomicU64::from_ptr(p.add(k)) }.load(Relaxed);
-            let take = (8 - from).min(buf.len() - done);
-            buf[done..done + take].copy_from_slice(&w.to_ne_bytes()[from..from + take]);
-            done += take;
-            from = 0;
+        // SAFETY: word `k < n` of the covered, 8-aligned span `words`
+        // checked; all accesses to this memory are atomic.
+        let word = |k: usize| unsafe { AtomicU64::from_ptr(p.add(k)) }.load(Relaxed);
+        let head = (pa.as_u64() & 7) as usize;
+        let (mut done, mut k) = (0, 0);
+        if head != 0 {
+            let take = (8 - head).min(buf.len());
+            buf[..take].copy_from_slice(&word(0).to_ne_bytes()[head..head + take]);
+            (done, k) = (take, 1);
+        }
+        let whole = (buf.len() - done) / 8;
+        let (mid, tail) = buf[done..].split_at_mut(whole * 8);
+        for (i, chunk) in mid.chunks_exact_mut(8).enumerate() {
+            chunk.copy_from_slice(&word(k + i).to_ne_bytes());
+        }
+        if !tail.is_empty() && k + whole < n {
+            let rest = tail.len();
+            tail.copy_from_slice(&word(k + whole).to_ne_bytes()[..rest]);
         }
     }
 
@@ -276,22 +284,24 @@ impl PhysMem {
             return;
         }
         let (p, n) = self.words(pa, data.len());
-        let mut from = (pa.as_u64() & 7) as usize;
-        let mut done = 0;
-        for k in 0..n {
-            // SAFETY: as in `read`.
-            let w = unsafe { AtomicU64::from_ptr(p.add(k)) };
-            let put = (8 - from).min(data.len() - done);
-            let bytes = &data[done..done + put];
-            if put == 8 {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(bytes);
-                w.store(u64::from_ne_bytes(b), Relaxed);
-            } else {
-                merge_bytes(w, from, bytes);
-            }
-            done += put;
-            from = 0;
+        // SAFETY: as in `read`.
+        let word = |k: usize| unsafe { AtomicU64::from_ptr(p.add(k)) };
+        let head = (pa.as_u64() & 7) as usize;
+        let (mut done, mut k) = (0, 0);
+        if head != 0 {
+            let put = (8 - head).min(data.len());
+            merge_bytes(word(0), head, &data[..put]);
+            (done, k) = (put, 1);
+        }
+        let whole = (data.len() - done) / 8;
+        let (mid, tail) = data[done..].split_at(whole * 8);
+        for (i, chunk) in mid.chunks_exact(8).enumerate() {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(chunk);
+            word(k + i).store(u64::from_ne_bytes(w), Relaxed);
+        }
+        if !tail.is_empty() && k + whole < n {
+            merge_bytes(word(k + whole), 0, tail);
         }
     }
 
