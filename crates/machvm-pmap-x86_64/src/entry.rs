@@ -95,6 +95,14 @@ pub const fn index(va: u64, level: u32) -> usize {
     ((va >> shift(level)) & 511) as usize
 }
 
+/// The address of entry `i` of the table at `table` (a page-aligned
+/// table and `i < 512` keep it inside the table's page, so no check is
+/// needed on this hot path).
+#[inline]
+pub const fn slot(table: PhysAddr, i: usize) -> PhysAddr {
+    PhysAddr::new_truncate(table.as_u64() + (i as u64 & 511) * 8)
+}
+
 /// Where a walk ended: the entry and its place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Slot {
@@ -113,7 +121,7 @@ pub fn walk(mem: &PhysMem, root: PhysAddr, va: VirtAddr) -> Slot {
     let mut table = root;
     let mut level = 4;
     loop {
-        let addr = table + index(va.as_u64(), level) as u64 * 8;
+        let addr = slot(table, index(va.as_u64(), level));
         let pte = Pte::from_bits(mem.load_u64(addr));
         let leaf = level == 1 || (level < 4 && pte.is_large());
         if !pte.is_present() || leaf {
@@ -147,7 +155,7 @@ pub fn leaf_slot(
 ) -> Result<PhysAddr, KernError> {
     let mut table = root;
     for level in (2..=4).rev() {
-        let addr = table + index(va.as_u64(), level) as u64 * 8;
+        let addr = slot(table, index(va.as_u64(), level));
         let pte = Pte::from_bits(mem.load_u64(addr));
         table = if !pte.is_present() {
             let t = alloc()?;
@@ -159,5 +167,5 @@ pub fn leaf_slot(
             pte.addr()
         };
     }
-    Ok(table + index(va.as_u64(), 1) as u64 * 8)
+    Ok(slot(table, index(va.as_u64(), 1)))
 }

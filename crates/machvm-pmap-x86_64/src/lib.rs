@@ -229,12 +229,12 @@ impl X86Pmap {
 
     #[inline]
     fn load(&self, table: PhysAddr, i: usize) -> u64 {
-        self.mem().load_u64(table + (i as u64) * 8)
+        self.mem().load_u64(entry::slot(table, i))
     }
 
     #[inline]
     fn store(&self, table: PhysAddr, i: usize, v: u64) {
-        self.mem().store_u64(table + (i as u64) * 8, v)
+        self.mem().store_u64(entry::slot(table, i), v)
     }
 
     fn add_use(&self, table: PhysAddr, n: i32) -> u16 {

@@ -22,113 +22,113 @@ impl X86Pmap {
         let Some(root) = g.space(pmap).map(|s| s.root) else {
             return;
         };
-        let mut acct = Acct::default();
-        self.range_op_in(g, pmap, root, 4, 0, start, end, op, f, &mut acct);
+        let mut w = RangeWalk {
+            g,
+            pmap,
+            op,
+            f,
+            acct: Acct::default(),
+        };
+        self.range_op_in(
+            &mut w,
+            Table {
+                pa: root,
+                level: 4,
+                base: 0,
+            },
+            start,
+            end,
+        );
+        let acct = w.acct;
         if let Some(s) = g.space(pmap) {
             s.resident = (s.resident as i64 + acct.resident) as u64;
             s.wired = (s.wired as i64 + acct.wired) as u64;
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn range_op_in(
-        &self,
-        g: &mut Inner,
-        pmap: PmapId,
-        table: PhysAddr,
-        level: u32,
-        base: u64,
-        start: u64,
-        end: u64,
-        op: Op,
-        f: &mut TlbFlush,
-        acct: &mut Acct,
-    ) {
-        let span = 1u64 << shift(level);
-        let first = ((start - base) / span) as usize;
-        let last = ((end - 1 - base) / span) as usize;
+    /// [`range_op`](Self::range_op) over `[start, end)` within table `t`
+    /// (at most four levels deep).
+    fn range_op_in(&self, w: &mut RangeWalk<'_>, t: Table, start: u64, end: u64) {
+        let span = 1u64 << shift(t.level);
+        let first = ((start - t.base) / span) as usize;
+        let last = ((end - 1 - t.base) / span) as usize;
         for i in first..=last.min(ENTRIES - 1) {
-            let e = self.load(table, i);
+            let e = self.load(t.pa, i);
             if e & P == 0 {
                 continue;
             }
-            let eva = base + i as u64 * span;
-            let (s, t) = (start.max(eva), end.min(eva + span));
-            let whole = s == eva && t == eva + span;
-            if level == 1 || (level == 2 && e & PS != 0 && whole) {
-                self.leaf_op(g, pmap, table, i, eva, level == 2, op, f, acct);
+            let eva = t.base + i as u64 * span;
+            let (s, e_end) = (start.max(eva), end.min(eva + span));
+            let whole = s == eva && e_end == eva + span;
+            if t.level == 1 || (t.level == 2 && e & PS != 0 && whole) {
+                self.leaf_op(w, t.pa, i, eva, t.level == 2);
                 continue;
             }
             let child = if e & PS != 0 {
                 // Part of a large leaf: split it, or failing that, drop (or
                 // lower) the whole 2 MiB, which is always allowed of a cache.
                 match self.alloc_table() {
-                    Ok(t) => {
-                        self.demote_into(g, pmap, table, i, eva, t);
-                        t
+                    Ok(c) => {
+                        self.demote_into(w.g, w.pmap, t.pa, i, eva, c);
+                        c
                     }
                     Err(_) => {
-                        self.leaf_op(g, pmap, table, i, eva, true, op, f, acct);
+                        self.leaf_op(w, t.pa, i, eva, true);
                         continue;
                     }
                 }
             } else {
                 PhysAddr::new(e & ADDR)
             };
-            self.range_op_in(g, pmap, child, level - 1, eva, s, t, op, f, acct);
+            let below = Table {
+                pa: child,
+                level: t.level - 1,
+                base: eva,
+            };
+            self.range_op_in(w, below, s, e_end);
             if self.use_count(child) == 0 {
-                self.store(table, i, 0);
-                self.add_use(table, -1);
-                f.defer_free(child);
-                f.add_page(pmap, VirtAddr::new(s));
+                self.store(t.pa, i, 0);
+                self.add_use(t.pa, -1);
+                w.f.defer_free(child);
+                w.f.add_page(w.pmap, VirtAddr::new(s));
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn leaf_op(
-        &self,
-        g: &mut Inner,
-        pmap: PmapId,
-        table: PhysAddr,
-        i: usize,
-        va: u64,
-        large: bool,
-        op: Op,
-        f: &mut TlbFlush,
-        acct: &mut Acct,
-    ) {
+    /// Applies the walk's operation to leaf `i` of `table`, mapping `va`.
+    fn leaf_op(&self, w: &mut RangeWalk<'_>, table: PhysAddr, i: usize, va: u64, large: bool) {
         let e = self.load(table, i);
-        match op {
+        let pmap = w.pmap;
+        match w.op {
             Op::Remove => {
                 // Atomically, so that a dirty bit the MMU sets meanwhile is
                 // not lost: it moves to the frame's metadata.
-                let e = self.mem().swap_u64(table + i as u64 * 8, 0);
+                let e = self.mem().swap_u64(entry::slot(table, i), 0);
                 if e & D != 0 {
                     self.mark_dirty(PhysAddr::new(e & ADDR), large);
                 }
                 self.add_use(table, -1);
                 if e & MANAGED != 0 {
                     self.pv_remove(
-                        g,
+                        w.g,
                         PhysAddr::new(e & ADDR),
                         PvEntry::new(pmap, VirtAddr::new(va), large),
                     );
                 }
-                acct.resident -= if large { SMALL_PER_LARGE as i64 } else { 1 };
+                w.acct.resident -= if large { SMALL_PER_LARGE as i64 } else { 1 };
                 if e & WIRED != 0 {
-                    acct.wired -= 1;
+                    w.acct.wired -= 1;
                 }
-                f.add_page(pmap, VirtAddr::new(va));
+                w.f.add_page(pmap, VirtAddr::new(va));
             }
             Op::Lower { clear, set } => {
                 if (e & !clear) | set != e {
                     // Read-modify-write atomically: the MMU may be setting
                     // A/D in this entry at the same moment.
-                    let slot = table + i as u64 * 8;
+                    let slot = entry::slot(table, i);
                     self.mem().fetch_and_u64(slot, !clear);
                     self.mem().fetch_or_u64(slot, set);
-                    f.add_page(pmap, VirtAddr::new(va));
+                    w.f.add_page(pmap, VirtAddr::new(va));
                 }
             }
         }
@@ -205,7 +205,7 @@ impl X86Pmap {
                 if e & bit != 0 {
                     any = true;
                     if clear {
-                        self.mem().fetch_and_u64(table + i as u64 * 8, !bit);
+                        self.mem().fetch_and_u64(entry::slot(table, i), !bit);
                         f.add_page(pmap, va);
                     }
                 }
@@ -213,4 +213,23 @@ impl X86Pmap {
         }
         (any, f)
     }
+}
+
+/// What one range operation carries down the tables.
+struct RangeWalk<'a> {
+    g: &'a mut Inner,
+    pmap: PmapId,
+    op: Op,
+    f: &'a mut TlbFlush,
+    /// Changes to the space's resident and wired counts.
+    acct: Acct,
+}
+
+/// One page table of a walk: where it is, its level (4: PML4), and the
+/// first address it maps.
+#[derive(Clone, Copy)]
+struct Table {
+    pa: PhysAddr,
+    level: u32,
+    base: u64,
 }

@@ -134,7 +134,7 @@ impl Pmap for X86Pmap {
         let mut path = ArrayVec::<PhysAddr, 4>::new();
         for level in (1..=4).rev() {
             let i = index(va.as_u64(), level);
-            let slot = table + i as u64 * 8;
+            let slot = entry::slot(table, i);
             let e = self.mem().load_u64(slot);
             if e & P == 0 {
                 return Err(not_present);

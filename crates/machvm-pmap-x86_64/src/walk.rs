@@ -209,7 +209,9 @@ impl X86Pmap {
         if new & WIRED != 0 {
             acct.wired += 1;
         }
-        let prev = self.mem().swap_u64(table + i as u64 * 8, pa.as_u64() | new);
+        let prev = self
+            .mem()
+            .swap_u64(entry::slot(table, i), pa.as_u64() | new);
         if prev & P != 0 && prev & D != 0 && new & D == 0 {
             // The replaced translation had written its frame.
             self.mark_dirty(PhysAddr::new(prev & ADDR), large);
