@@ -44,7 +44,7 @@ fn tune(g: &mut BenchmarkGroup<'_, WallTime>, p: Profile, bytes: u64, reset_heav
         });
 }
 
-/// Benchmark 1: `vm_map_copy` of aligned ranges, untouched and resident,
+/// The copy group: `vm_map_copy` of aligned ranges, untouched and resident,
 /// against an eager copy (the same call with the destination 8 bytes off a
 /// page boundary, which forces bytes) and a host `memcpy`.
 fn copy(c: &mut Criterion) {
@@ -152,7 +152,7 @@ fn per_page_faults(
     t
 }
 
-/// Benchmarks 2 and 3: the fault handler alone (`VmMap::fault`), per page:
+/// The fault group: the fault handler alone (`VmMap::fault`), per page:
 /// the first write after `fork` (copy-on-write: shadow once per entry, then
 /// a page copy each) and the first touch of fresh memory (zero fill).
 fn faults(c: &mut Criterion) {
@@ -195,7 +195,7 @@ fn faults(c: &mut Criterion) {
 /// found last three times out of four.
 const LOOKUP_ENTRY_PAGES: u64 = 4;
 
-/// Benchmark 4: map entry lookup (hint first, then the sorted tree) with
+/// The lookup group: map entry lookup (hint first, then the sorted tree) with
 /// n entries, random and sequential, against a `BTreeMap<start, end>`
 /// doing the same range lookup. Time per lookup.
 fn lookup(c: &mut Criterion) {
@@ -272,7 +272,7 @@ fn per_lookup(iters: u64, addrs: &[u64], mut f: impl FnMut(&[u64]) -> u64) -> Du
     t
 }
 
-/// Benchmark 5: `fork` of a map with n entries and m resident pages (the
+/// The fork group: `fork` of a map with n entries and m resident pages (the
 /// first m pages of the n contiguous entries). Between iterations the child
 /// goes and the parent writes its pages again, as a forking shell would.
 fn fork(c: &mut Criterion) {
@@ -304,7 +304,7 @@ fn fork(c: &mut Criterion) {
     g.finish();
 }
 
-/// Benchmark 6: `vm_read` + `copyout` of 1 byte … 16 pages, the way
+/// The small-copy group: `vm_read` + `copyout` of 1 byte … 16 pages, the way
 /// machvm does it now (bytes up to `SMALL_COPY_BYTES`, copy-on-write above)
 /// against a byte copy at every size (`read_bytes` into a fresh buffer,
 /// `allocate`, `write_bytes`: what `vm_read` does below the threshold).

@@ -1,4 +1,4 @@
-//! Benchmark 7 (reported, not timed): machvm's memory per frame, per map
+//! The memory figures (reported, not timed): machvm's memory per frame, per map
 //! entry and per resident page, as `key=value` lines for `cargo xtask bench`.
 //!
 //! Heap bytes are counted by a wrapper around the system allocator while

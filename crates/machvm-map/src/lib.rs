@@ -45,6 +45,7 @@ mod display;
 mod entries;
 mod fault;
 mod fork;
+mod index;
 mod ops;
 #[cfg(test)]
 mod tests;
@@ -63,7 +64,7 @@ pub use data::{reserve, reserve_settled};
 pub use machvm_pmap::Access;
 pub use verify::MapRule;
 
-use entries::LookupIndex;
+use index::LookupIndex;
 
 /// Bytes one map entry takes in its map's tree, key included (the
 /// benchmarks report it).

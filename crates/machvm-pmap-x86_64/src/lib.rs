@@ -30,6 +30,7 @@
 extern crate alloc;
 
 pub mod entry;
+mod mmu;
 mod pv;
 mod range;
 mod trait_impl;
