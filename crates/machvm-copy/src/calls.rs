@@ -167,7 +167,7 @@ fn copy_locked(
     )?);
     let d = maps.dst();
     for &h in &holes {
-        d.insert_zero_fill(&mut objs, h)?;
+        d.insert_zero_fill(h)?;
     }
     let result = overwrite(d, &mut objs, a.dst_addr, copy, &mut frames);
     copy.release_into(&mut objs);

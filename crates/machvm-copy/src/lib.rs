@@ -221,7 +221,7 @@ impl VmMapCopy {
                 return Err((e, self));
             }
         };
-        if let Err(e) = m.insert_zero_fill(&mut objs, r) {
+        if let Err(e) = m.insert_zero_fill(r) {
             // Unreachable: `find_space` found the range free.
             drop((frames, objs, m));
             return Err((e, self));

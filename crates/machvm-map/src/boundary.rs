@@ -343,21 +343,16 @@ impl<'a> MapGuard<'a> {
     /// attributes (as `allocate` at a fixed address, simplified with its
     /// neighbours). `InvalidAddress` outside the task map, `NoSpace` when
     /// something is allocated there.
-    pub fn insert_zero_fill(
-        &mut self,
-        objs: &mut Objects<'_>,
-        r: VaRange,
-    ) -> Result<(), KernError> {
+    pub fn insert_zero_fill(&mut self, r: VaRange) -> Result<(), KernError> {
         if !r.is_user() {
             return Err(KernError::InvalidAddress);
         }
         let (s, t) = (r.start().as_u64(), r.end().as_u64());
-        if self.m.overlapping(s, t).next().is_some() {
+        if self.m.any_in(s, t) {
             return Err(KernError::NoSpace);
         }
         if s < t {
-            self.m.insert(s, Entry::new_anon(t));
-            self.m.simplify(objs, s, t);
+            self.m.insert_anon(s, t);
         }
         Ok(())
     }

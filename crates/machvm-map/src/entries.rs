@@ -24,6 +24,12 @@ impl MapInner {
         self.index.invalidate();
         let end = e.end;
         self.entries.insert(start, e);
+        self.allocated_from(start, end);
+    }
+
+    /// `[start, end)` has just become allocated: moves `first_free` past it
+    /// (and past what follows without a hole) when it started there.
+    fn allocated_from(&mut self, start: u64, end: u64) {
         if start == self.first_free {
             let mut ff = end;
             while let Some(next) = self.entries.get(&ff) {
@@ -31,6 +37,36 @@ impl MapInner {
             }
             self.first_free = ff;
         }
+    }
+
+    /// True when some entry overlaps `[start, end)`: one tree search.
+    pub(crate) fn any_in(&self, start: u64, end: u64) -> bool {
+        self.entries
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, e)| e.end > start)
+    }
+
+    /// Inserts untouched memory `[start, end)` (free: the caller checked)
+    /// merged with untouched neighbours of the same attributes — what
+    /// `simplify` would do, looking at the two neighbours only.
+    pub(crate) fn insert_anon(&mut self, start: u64, end: u64) {
+        let new = Entry::new_anon(end);
+        let joins = |e: &Entry| e.object.is_none() && e.same_attributes(&new);
+        let mut last = end;
+        if self.entries.get(&end).is_some_and(joins) {
+            last = self.entries.remove(&end).map_or(end, |n| n.end);
+        }
+        self.index.invalidate();
+        if let Some((_, prev)) = self.entries.range_mut(..start).next_back()
+            && prev.end == start
+            && joins(prev)
+        {
+            prev.end = last;
+            self.allocated_from(start, last);
+            return;
+        }
+        self.insert(start, Entry::new_anon(last));
     }
 
     /// Replaces every entry at once (the map must be empty of translations

@@ -25,10 +25,10 @@ fn a_pair_of_one_map_is_one_guard() {
     let mut pair = MapPair::lock(&map, &map);
     assert!(pair.is_same_map());
     pair.dst()
-        .insert_zero_fill(&mut c.objects(), range(0x10000, 0x12000))
+        .insert_zero_fill(range(0x10000, 0x12000))
         .unwrap();
     pair.dst()
-        .insert_zero_fill(&mut c.objects(), range(0x12000, 0x13000))
+        .insert_zero_fill(range(0x12000, 0x13000))
         .unwrap();
     // Simplified with its neighbour: one entry.
     assert_eq!(pair.src().allocated(range(0, 0x20000)).count(), 1);
@@ -51,16 +51,15 @@ fn refused_primitives_change_nothing() {
     let a = map.allocate(0x10000, 4 * P, false).unwrap();
     map.write_bytes(a, b"kept").unwrap();
     let mut g = map.lock();
-    let mut objs = c.objects();
     assert_eq!(
-        g.insert_zero_fill(&mut objs, range(a + P, a + 6 * P)),
+        g.insert_zero_fill(range(a + P, a + 6 * P)),
         Err(KernError::NoSpace)
     );
     assert_eq!(
-        g.insert_zero_fill(&mut objs, range(0, P)),
+        g.insert_zero_fill(range(0, P)),
         Err(KernError::InvalidAddress)
     );
-    drop((objs, g));
+    drop(g);
     let before = map.entry_count();
     let mut g = map.lock();
     let mut objs = c.objects();
@@ -145,5 +144,23 @@ fn replace_refuses_foreign_and_overflowing_spans_and_keeps_the_map_simplified() 
     g.replace(&mut objs, a + P, &[untouched(&c, 1)]).unwrap();
     drop((objs, g));
     assert_eq!(map.entry_count(), 1);
+    verified(&map);
+}
+
+#[test]
+fn zero_fill_between_untouched_neighbours_is_one_entry() {
+    let c = ctx(64);
+    let map = VmMap::new(&c).unwrap();
+    map.allocate(0x1000, P, false).unwrap();
+    map.allocate(0x3000, P, false).unwrap();
+    map.lock().insert_zero_fill(range(0x2000, 0x3000)).unwrap();
+    assert_eq!(map.entry_count(), 1);
+    verified(&map);
+    // First fit knows [0x1000, 0x4000) is taken.
+    assert_eq!(map.allocate(0, P, true), Ok(0x4000));
+    // A neighbour with other attributes stays apart.
+    map.protect(0x4000, P, false, VmProt::READ).unwrap();
+    map.lock().insert_zero_fill(range(0x5000, 0x6000)).unwrap();
+    assert_eq!(map.entry_count(), 3);
     verified(&map);
 }
