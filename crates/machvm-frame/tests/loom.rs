@@ -7,7 +7,7 @@
 use std::ptr::NonNull;
 
 use loom::sync::Arc;
-use machvm_frame::{FrameAllocator, FrameUse, KernError, PAGE_SIZE, PhysAddr, PhysMem};
+use machvm_frame::{FrameAllocator, FrameError, FrameUse, PAGE_SIZE, PhysAddr, PhysMem};
 
 /// Two frames of "RAM" at physical 0, so the allocator's span is exactly
 /// two frames (one order-1 block) and loom tracks few objects.
@@ -44,7 +44,7 @@ fn exact_fit_alloc_races_buddy_free() {
         );
         assert_eq!(
             fa.alloc(FrameUse::Object).err(),
-            Some(KernError::ResourceShortage)
+            Some(FrameError::OutOfFrames { order: 0 })
         );
     });
 }
