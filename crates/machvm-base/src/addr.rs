@@ -476,6 +476,7 @@ impl PageIndex {
     /// (`start <= va`; page-aligned `start`).
     #[inline]
     pub const fn in_window(start: u64, va: u64) -> PageIndex {
+        debug_assert!(start <= va);
         PageIndex(va.saturating_sub(start) >> PAGE_SHIFT)
     }
 

@@ -254,9 +254,13 @@ impl PhysMem {
             return;
         }
         let (p, n) = self.words(pa, buf.len());
-        // SAFETY: word `k < n` of the covered, 8-aligned span `words`
-        // checked; all accesses to this memory are atomic.
-        let word = |k: usize| unsafe { AtomicU64::from_ptr(p.add(k)) }.load(Relaxed);
+        let word = |k: usize| {
+            debug_assert!(k < n);
+            // SAFETY: word `k < n` (every call below) of the covered,
+            // 8-aligned span `words` checked; all accesses to this memory
+            // are atomic.
+            unsafe { AtomicU64::from_ptr(p.add(k)) }.load(Relaxed)
+        };
         let head = (pa.as_u64() & 7) as usize;
         let (mut done, mut k) = (0, 0);
         if head != 0 {
@@ -269,7 +273,9 @@ impl PhysMem {
         for (i, chunk) in mid.chunks_exact_mut(8).enumerate() {
             chunk.copy_from_slice(&word(k + i).to_ne_bytes());
         }
-        if !tail.is_empty() && k + whole < n {
+        if !tail.is_empty() {
+            // The tail's word is the last one: `n` counts it.
+            debug_assert_eq!(k + whole + 1, n);
             let rest = tail.len();
             tail.copy_from_slice(&word(k + whole).to_ne_bytes()[..rest]);
         }
@@ -284,8 +290,11 @@ impl PhysMem {
             return;
         }
         let (p, n) = self.words(pa, data.len());
-        // SAFETY: as in `read`.
-        let word = |k: usize| unsafe { AtomicU64::from_ptr(p.add(k)) };
+        let word = |k: usize| {
+            debug_assert!(k < n);
+            // SAFETY: as in `read`.
+            unsafe { AtomicU64::from_ptr(p.add(k)) }
+        };
         let head = (pa.as_u64() & 7) as usize;
         let (mut done, mut k) = (0, 0);
         if head != 0 {
@@ -300,7 +309,8 @@ impl PhysMem {
             w.copy_from_slice(chunk);
             word(k + i).store(u64::from_ne_bytes(w), Relaxed);
         }
-        if !tail.is_empty() && k + whole < n {
+        if !tail.is_empty() {
+            debug_assert_eq!(k + whole + 1, n);
             merge_bytes(word(k + whole), 0, tail);
         }
     }

@@ -17,6 +17,8 @@
 //! - An entry's hold is an entry holder of this map (`Direct` or
 //!   `NeedsCopy`) whose window is exactly as long as the entry, and the
 //!   graph holds no other record naming this map.
+//! - `first_free` is the lowest free address at or above `USER_MIN`, and
+//!   the lookup index (hint, flat copy) names entries as they are.
 //! - No two neighbouring entries could be one entry (the same object with
 //!   contiguous windows and the same holder, or both untouched; equal
 //!   protection, maximum, inheritance and wiring): every change simplifies
@@ -152,10 +154,10 @@ pub struct RegionInfo {
 pub(crate) struct MapInner {
     pub(crate) entries: BTreeMap<u64, Entry>,
     /// Lookup acceleration (`vm_map_lookup_entry`'s hint, and more).
-    index: LookupIndex,
+    pub(crate) index: LookupIndex,
     /// `[USER_MIN, first_free)` is allocated without a hole and
     /// `first_free` is not (Mach's `first_free`): where first-fit starts.
-    first_free: u64,
+    pub(crate) first_free: u64,
 }
 
 pub(crate) struct MapShared {

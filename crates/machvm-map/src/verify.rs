@@ -23,6 +23,10 @@ pub enum MapRule {
     HoldsExact,
     /// No two neighbouring entries could be one entry.
     Simplified,
+    /// The lookup state is exact: `first_free` is the lowest free address
+    /// at or above `USER_MIN`, and the index's hint and flat copy name
+    /// entries as they are.
+    LookupExact,
     /// Every translation lies inside an entry, maps the page the entry's
     /// chain holds there, and allows at most the entry's protection.
     TranslationsJustified,
@@ -51,6 +55,7 @@ impl VmMap {
         Violation::check(WellFormed, check_well_formed(m))?;
         Violation::check(HoldsExact, self.check_holds_exact(m, objs))?;
         Violation::check(Simplified, check_simplified(m, objs))?;
+        Violation::check(LookupExact, check_lookup_exact(m))?;
         self.check_translations(m, objs)?;
         objs.verify()
             .map_err(|v| Violation::new(Objects(v.rule), v.detail))
@@ -207,6 +212,38 @@ fn check_well_formed(m: &MapInner) -> Result<(), String> {
         if !e.max_protection.contains(e.protection) {
             return Err(format!("entry {start:#x}: protection above maximum"));
         }
+    }
+    Ok(())
+}
+
+/// `first_free` is the end of the run of entries from `USER_MIN` without a
+/// hole, and the lookup index names entries as they are.
+fn check_lookup_exact(m: &MapInner) -> Result<(), String> {
+    let mut free = USER_MIN;
+    for (&s, e) in m.entries.range(USER_MIN..) {
+        if s != free {
+            break;
+        }
+        free = e.end;
+    }
+    if m.first_free != free {
+        return Err(format!(
+            "first_free {:#x}, lowest free address {free:#x}",
+            m.first_free
+        ));
+    }
+    let (hs, he) = m.index.hint;
+    if he != 0 && m.entries.get(&hs).map(|e| e.end) != Some(he) {
+        return Err(format!("lookup hint [{hs:#x}, {he:#x}) is no entry"));
+    }
+    let exact = m
+        .index
+        .flat
+        .iter()
+        .copied()
+        .eq(m.entries.iter().map(|(&s, e)| (s, e.end)));
+    if m.index.valid && !exact {
+        return Err("the flat lookup index differs from the entries".into());
     }
     Ok(())
 }

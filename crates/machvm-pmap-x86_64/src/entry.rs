@@ -100,6 +100,7 @@ pub const fn index(va: u64, level: u32) -> usize {
 /// needed on this hot path).
 #[inline]
 pub const fn slot(table: PhysAddr, i: usize) -> PhysAddr {
+    debug_assert!(i < 512);
     PhysAddr::new_truncate(table.as_u64() + (i as u64 & 511) * 8)
 }
 

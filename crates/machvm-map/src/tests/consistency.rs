@@ -31,6 +31,14 @@ fn verify_names_the_broken_rule() {
     map.0.inner.lock().entries.get_mut(&a).unwrap().protection = VmProt::READ;
     assert_eq!(rule(), MapRule::TranslationsJustified);
     map.0.inner.lock().entries.get_mut(&a).unwrap().protection = VmProt::DEFAULT;
+    // First fit starting past a hole.
+    map.0.inner.lock().first_free = a + 2 * P;
+    assert_eq!(rule(), MapRule::LookupExact);
+    map.0.inner.lock().first_free = USER_MIN;
+    // A lookup hint naming no entry.
+    map.0.inner.lock().index.hint = (a, a + P);
+    assert_eq!(rule(), MapRule::LookupExact);
+    map.0.inner.lock().index.hint = (0, 0);
     // Two neighbours that could be one.
     let mut m = map.0.inner.lock();
     m.clip(&mut c.objects(), a + P);
