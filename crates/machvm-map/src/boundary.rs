@@ -283,6 +283,13 @@ impl<'a> MapGuard<'a> {
                 (c.context == context).then(|| n.checked_add(c.pages))?
             })
             .ok_or(KernError::InvalidArgument)?;
+        // `extract` makes each span exactly as long as its hold's window.
+        debug_assert!(spans.iter().all(|c| {
+            c.hold.as_ref().is_none_or(|h| {
+                let (s, e) = objs.window(h);
+                e.since(s) == c.pages
+            })
+        }));
         let end = pages
             .checked_mul(PAGE_SIZE)
             .and_then(|bytes| at.checked_add(bytes))

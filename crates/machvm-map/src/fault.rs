@@ -79,11 +79,13 @@ impl VmMap {
         let created = e.object.is_none();
         let hold = e.object.get_or_insert_with(|| objs.create(pages, map));
         let mut made = Made::Nothing;
-        if write && !matches!(objs.holder(hold), Holder::Direct { .. }) {
+        let (start, e) = if write && !matches!(objs.holder(hold), Holder::Direct { .. }) {
             made = self.writable_run(m, objs, start, page);
-        }
-        // The entry again: making the run writable may have clipped it.
-        let (start, e) = m.entry_at(page)?;
+            // The entry again: making the run writable may have clipped it.
+            m.entry_at(page)?
+        } else {
+            (start, e)
+        };
         let (prot, wired, end) = (e.protection, e.wired_count > 0, e.end);
         let hold = e.object.get_or_insert_with(|| objs.create(pages, map));
         let direct = matches!(objs.holder(hold), Holder::Direct { .. });
