@@ -1,4 +1,4 @@
-//! machvm's criterion suite: the copy, fault, lookup, fork and small-copy
+//! machvm's criterion suite: the copy, fault, parallel, lookup, fork and small-copy
 //! groups (the memory figures come from the `machvm-footprint` binary). Run it with `cargo xtask bench`, which
 //! reads the medians and writes `target/machvm-bench/summary.md`.
 //!
@@ -9,6 +9,7 @@
 //! already copy-on-write).
 
 use std::hint::black_box;
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, measurement::WallTime};
@@ -152,6 +153,31 @@ fn per_page_faults(
     t
 }
 
+/// Runs `iters` 1-byte `write_bytes` calls, one per page, in rounds like
+/// [`per_page_faults`]: the fault as a task's store reaches it through
+/// the façade (range checks, walker, locking, the byte itself).
+fn per_page_writes(
+    iters: u64,
+    round: u64,
+    mut setup: impl FnMut() -> (VmMap, u64),
+    mut teardown: impl FnMut(VmMap, u64),
+) -> Duration {
+    let mut t = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(round);
+        let (map, a) = setup();
+        let s = Instant::now();
+        for i in 0..n {
+            map.write_bytes(a + i * PAGE_SIZE, &[1]).unwrap();
+        }
+        t += s.elapsed();
+        teardown(map, a);
+        left -= n;
+    }
+    t
+}
+
 /// The fault group: the fault handler alone (`VmMap::fault`), per page:
 /// the first write after `fork` (copy-on-write: shadow once per entry, then
 /// a page copy each) and the first touch of fresh memory (zero fill).
@@ -188,6 +214,92 @@ fn faults(c: &mut Criterion) {
             )
         });
     });
+    g.bench_function(ids::FACADE_COW, |b| {
+        b.iter_custom(|iters| {
+            per_page_writes(
+                iters,
+                round,
+                || (parent.fork().unwrap(), a),
+                |child, _| drop(child),
+            )
+        });
+    });
+    g.bench_function(ids::FACADE_ZERO_FILL, |b| {
+        let map = vm.create_map().unwrap();
+        b.iter_custom(|iters| {
+            per_page_writes(
+                iters,
+                round,
+                || {
+                    let a = map.allocate(0, round * PAGE_SIZE, true).unwrap();
+                    (map.clone(), a)
+                },
+                |m, a| m.deallocate(a, round * PAGE_SIZE).unwrap(),
+            )
+        });
+    });
+    g.finish();
+}
+
+/// Zero-fills `pages` pages of `map` from `a`, one 1-byte write each.
+fn zero_fill(map: &VmMap, a: u64, pages: u64) {
+    for i in 0..pages {
+        map.write_bytes(a + i * PAGE_SIZE, &[1]).unwrap();
+    }
+}
+
+/// The parallel group: 2·n zero-fill faults through the façade, by one
+/// thread (both ranges, one after the other), by two threads on two maps,
+/// and by two threads on disjoint halves of one map. Time for all 2·n
+/// pages, threads started before the clock and released together.
+fn parallel(c: &mut Criterion) {
+    let p = profile();
+    let n = 4 * p.fault_pages();
+    let vm = VmSystem::hosted(ram_for(4 * n * PAGE_SIZE));
+    let mut g = c.benchmark_group(ids::PARALLEL);
+    tune(&mut g, p, 0, true);
+    let (m1, m2) = (vm.create_map().unwrap(), vm.create_map().unwrap());
+    let len = n * PAGE_SIZE;
+    // One round: the clock runs from the release of the barrier until
+    // both ranges are filled (the threads are spawned before it).
+    let round = |two_threads: bool, one_map: bool| -> Duration {
+        let a1 = m1.allocate(0, 2 * len, true).unwrap();
+        let a2 = m2.allocate(0, len, true).unwrap();
+        let (second, b) = if one_map { (&m1, a1 + len) } else { (&m2, a2) };
+        let start = Barrier::new(if two_threads { 3 } else { 1 });
+        let t = std::thread::scope(|s| {
+            if two_threads {
+                s.spawn(|| {
+                    start.wait();
+                    zero_fill(&m1, a1, n);
+                });
+                s.spawn(|| {
+                    start.wait();
+                    zero_fill(second, b, n);
+                });
+            }
+            start.wait();
+            let at = Instant::now();
+            if !two_threads {
+                zero_fill(&m1, a1, n);
+                zero_fill(second, b, n);
+            }
+            at
+        });
+        let t = t.elapsed();
+        m1.deallocate(a1, 2 * len).unwrap();
+        m2.deallocate(a2, len).unwrap();
+        t
+    };
+    for (id, two_threads, one_map) in [
+        (ids::ONE_THREAD, false, false),
+        (ids::TWO_MAPS, true, false),
+        (ids::ONE_MAP, true, true),
+    ] {
+        g.bench_function(id, |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| round(two_threads, one_map)).sum());
+        });
+    }
     g.finish();
 }
 
@@ -392,5 +504,5 @@ fn small_copy(c: &mut Criterion) {
     eprintln!("machvm-bench: SMALL_COPY_BYTES = {SMALL_COPY_BYTES}");
 }
 
-criterion::criterion_group!(benches, copy, faults, lookup, fork, small_copy);
+criterion::criterion_group!(benches, copy, faults, parallel, lookup, fork, small_copy);
 criterion::criterion_main!(benches);

@@ -20,6 +20,22 @@ pub const COW: &str = "cow";
 /// A zero-fill fault.
 pub const ZERO_FILL: &str = "zero_fill";
 
+/// The first 1-byte `write_bytes` to each page of fresh memory: the
+/// zero-fill fault through the façade.
+pub const FACADE_ZERO_FILL: &str = "facade_zero_fill";
+/// The first 1-byte `write_bytes` to each page after `fork`: the
+/// copy-on-write fault through the façade.
+pub const FACADE_COW: &str = "facade_cow";
+
+/// Zero-fill faults from one and two threads.
+pub const PARALLEL: &str = "parallel";
+/// One thread faults both ranges, one after the other.
+pub const ONE_THREAD: &str = "one_thread";
+/// Two threads, each on its own map.
+pub const TWO_MAPS: &str = "two_threads_two_maps";
+/// Two threads on disjoint ranges of one map.
+pub const ONE_MAP: &str = "two_threads_one_map";
+
 /// Entry lookups.
 pub const LOOKUP: &str = "lookup";
 /// The address patterns of the lookup group.

@@ -1,5 +1,6 @@
 //! The memory figures (reported, not timed): machvm's memory per frame, per map
-//! entry and per resident page, as `key=value` lines for `cargo xtask bench`.
+//! entry and per resident page, and the frames reading never-written memory
+//! takes, as `key=value` lines for `cargo xtask bench`.
 //!
 //! Heap bytes are counted by a wrapper around the system allocator while
 //! 100,000 entries (or resident pages) are made, so B-tree node overhead is
@@ -70,6 +71,8 @@ fn main() {
     println!("touched_entry_heap_bytes={per_object:.1}");
     drop(map);
 
+    untouched_read();
+
     // Resident pages of one big entry: the object's page index.
     let map = vm.create_map().expect("map");
     let a = map.allocate(0, N * PAGE_SIZE, true).expect("allocate");
@@ -77,4 +80,28 @@ fn main() {
     touch(&map, a, N * PAGE_SIZE).expect("touch");
     let per_page = (LIVE.load(Relaxed) - before) as f64 / N as f64;
     println!("resident_page_heap_bytes={per_page:.1}");
+}
+
+/// Frames taken by reading 256 MiB never written, one byte per page
+/// through `read_bytes`: object frames (the shared zero frame is mapped
+/// instead) and, apart, the page-table frames the translations need.
+fn untouched_read() {
+    let bytes: u64 = 256 << 20;
+    let vm = VmSystem::hosted(64 << 20);
+    let map = vm.create_map().expect("map");
+    let a = map.allocate(0, bytes, true).expect("allocate");
+    let before = vm.statistics();
+    let mut b = [0u8; 1];
+    for i in 0..bytes / PAGE_SIZE {
+        map.read_bytes(a + i * PAGE_SIZE, &mut b).expect("read");
+    }
+    let after = vm.statistics();
+    println!(
+        "untouched_read_object_frames={}",
+        after.active_count - before.active_count
+    );
+    println!(
+        "untouched_read_table_frames={}",
+        after.wire_count - before.wire_count
+    );
 }

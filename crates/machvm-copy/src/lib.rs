@@ -37,9 +37,10 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use machvm_base::{
-    KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, VaRange, VirtAddr, page_chunks, round_page,
-    trunc_page,
+    KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, PhysAddr, VaRange, VirtAddr, page_chunks,
+    round_page, trunc_page,
 };
+use machvm_frame::PhysMem;
 use machvm_map::{CowSpan, VmMap, reserve};
 use machvm_object::{Objects, VmContext};
 
@@ -147,44 +148,46 @@ impl VmMapCopy {
         }
     }
 
-    /// Reads `buf.len()` bytes of the snapshot starting at byte `pos`.
-    fn read_at(&self, objs: &Objects<'_>, mut pos: u64, buf: &mut [u8]) {
-        let mut done = 0usize;
-        let head = self.head.len() as u64;
-        let mid = self.middle_bytes();
-        while done < buf.len() {
-            let out = &mut buf[done..];
+    /// Copies `len` bytes of the snapshot starting at byte `pos` to
+    /// physical memory at `dst` (a destination frame): the head and tail
+    /// from their buffers, the whole pages frame to frame.
+    fn copy_to(&self, objs: &Objects<'_>, mut pos: u64, mut dst: PhysAddr, len: usize) {
+        let mem = self.ctx.frames().mem();
+        let (head, mid) = (self.head.len() as u64, self.middle_bytes());
+        let mut left = len;
+        while left > 0 {
             let n = if pos < head {
-                copy_from(&self.head[pos as usize..], out)
+                copy_bytes(mem, &self.head[pos as usize..], dst, left)
             } else if pos < head + mid {
-                self.read_middle(objs, pos - head, out)
+                self.copy_middle(objs, pos - head, dst, left)
             } else {
-                copy_from(&self.tail[(pos - head - mid) as usize..], out)
+                copy_bytes(mem, &self.tail[(pos - head - mid) as usize..], dst, left)
             };
             debug_assert!(n > 0, "read past the end of a copy");
             if n == 0 {
                 break;
             }
-            done += n;
+            left -= n;
             pos += n as u64;
+            dst = dst + n as u64;
         }
     }
 
-    /// Reads from the whole pages, at byte `rel` of them, up to the end of
-    /// that page; returns the bytes read.
-    fn read_middle(&self, objs: &Objects<'_>, mut rel: u64, out: &mut [u8]) -> usize {
+    /// Copies from the whole pages, at byte `rel` of them, up to `len`
+    /// bytes but not past the end of that page, to `dst`; returns the
+    /// bytes copied.
+    fn copy_middle(&self, objs: &Objects<'_>, mut rel: u64, dst: PhysAddr, len: usize) -> usize {
         for e in &self.spans {
             let bytes = e.pages() << PAGE_SHIFT;
             if rel >= bytes {
                 rel -= bytes;
                 continue;
             }
-            // The first page's piece: up to the end of the page.
-            let Some(c) = page_chunks(rel, out.len()).next() else {
+            let Some(c) = page_chunks(rel, len).next() else {
                 return 0;
             };
             let page = PageIndex::new(c.page.page_number());
-            objs.read(e.hold(), page, c.offset, &mut out[..c.len]);
+            objs.copy_to_frame(e.hold(), page, c.offset, dst, c.len);
             return c.len;
         }
         0
@@ -242,10 +245,11 @@ impl VmMapCopy {
     }
 }
 
-/// Copies as much of `src` as fits into `out`; returns the count.
-fn copy_from(src: &[u8], out: &mut [u8]) -> usize {
-    let n = src.len().min(out.len());
-    out[..n].copy_from_slice(&src[..n]);
+/// Writes as much of `src` as `len` allows to physical memory at `dst`;
+/// returns the count.
+fn copy_bytes(mem: &PhysMem, src: &[u8], dst: PhysAddr, len: usize) -> usize {
+    let n = src.len().min(len);
+    mem.write(dst, &src[..n]);
     n
 }
 

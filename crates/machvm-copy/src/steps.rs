@@ -115,8 +115,8 @@ pub(crate) fn overwrite(
     let cow = cow_fits(d, objs, dst, head, mid);
     for (at, pos, n) in byte_pieces(dst, copy, cow) {
         let c: &VmMapCopy = copy;
-        d.store(objs, at, n, frames, |objs, rel, out| {
-            c.read_at(objs, pos + rel, out);
+        d.store(objs, at, n, frames, |objs, rel, dst, n| {
+            c.copy_to(objs, pos + rel, dst, n);
         })?;
     }
     if cow {

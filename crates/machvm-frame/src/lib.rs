@@ -30,6 +30,7 @@ mod mem;
 mod reserve;
 mod sync;
 mod verify;
+mod zero;
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -237,6 +238,8 @@ pub struct FrameAllocator {
     reserve_hooked: AtomicBool,
     reserve_hook: spin::Mutex<Option<AllocHook>>,
     bad_frees: AtomicU64,
+    /// The shared zero frame (0: none yet), see `zero.rs`.
+    zero: AtomicU64,
 }
 
 impl FrameAllocator {
@@ -288,6 +291,7 @@ impl FrameAllocator {
             reserve_hooked: AtomicBool::new(false),
             reserve_hook: spin::Mutex::new(None),
             bad_frees: AtomicU64::new(0),
+            zero: AtomicU64::new(0),
         };
         let mut managed = 0;
         {

@@ -27,7 +27,7 @@
 
 use alloc::vec::Vec;
 
-use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, VaRange, VmProt};
+use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, PhysAddr, VaRange, VmProt};
 use machvm_frame::FrameReservation;
 use machvm_object::{Hold, Holder, Objects};
 use machvm_pmap::{Access, TlbFlush};
@@ -235,30 +235,31 @@ impl<'a> MapGuard<'a> {
         Ok(spans)
     }
 
-    /// Stores `len` bytes at `addr` (allocated, checked writable), each
-    /// piece of at most a page produced by `fill(objs, position in the
-    /// range, piece)`: the pages are faulted in for writing (copy-on-write
-    /// resolved, new pages from `frames`), then written. `fill` reads
-    /// through the graph it is given.
+    /// Stores `len` bytes at `addr` (allocated, checked writable): the
+    /// pages are faulted in for writing (copy-on-write resolved, new pages
+    /// from `frames`), then each piece of at most a page is produced by
+    /// `fill(objs, position in the range, destination, length)` straight
+    /// into the destination frame (no buffer between source and frame).
+    /// `fill` reads through the graph it is given.
     pub fn store(
         &mut self,
         objs: &mut Objects<'_>,
         addr: u64,
         len: u64,
         frames: &mut FrameReservation<'_>,
-        mut fill: impl FnMut(&Objects<'_>, u64, &mut [u8]),
+        mut fill: impl FnMut(&Objects<'_>, u64, PhysAddr, usize),
     ) -> Result<(), KernError> {
         let r = VaRange::round_out(addr, len).ok_or(KernError::InvalidAddress)?;
         let missing = self.map.untranslatable(r, Access::Write);
         self.map
             .fault_pages(&mut self.m, objs, &missing, Access::Write, frames)?;
         let objs: &Objects<'_> = objs;
-        // Here, not in the caller: a copy of whole pages alone stores
-        // nothing, and zeroing a page costs more than the rest of its call.
-        let mut chunk = [0u8; PAGE_SIZE as usize];
         for_each_page_piece(&self.m, addr, len as usize, |h, page, off, at, n| {
-            fill(objs, at as u64, &mut chunk[..n]);
-            h.is_some_and(|h| objs.write(h, page, off, &chunk[..n]))
+            let Some(pa) = h.and_then(|h| objs.written_frame(h, page)) else {
+                return false;
+            };
+            fill(objs, at as u64, pa + off, n);
+            true
         })
     }
 

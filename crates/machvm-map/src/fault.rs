@@ -94,8 +94,9 @@ impl VmMap {
         let pmap = self.0.pmap;
         let r = objs.resolve(hold, idx, write, frames, |r| {
             let mut prot = prot;
-            // Still shared copy-on-write: a store must fault to copy it.
-            if r.how == Resolution::Backing || !direct {
+            // Still shared copy-on-write, or the zero frame: a store must
+            // fault to copy it or to zero-fill a page of its own.
+            if matches!(r.how, Resolution::Backing | Resolution::ZeroPage) || !direct {
                 prot.remove(VmProt::WRITE);
             }
             match pm.enter(pmap, VirtAddr::new(page), r.pa, prot, wired) {

@@ -3,6 +3,8 @@
 //! - `Share`: both maps hold one window of one object directly and see each
 //!   other's writes. A copy-on-write entry is made writable first (taken
 //!   over, or shadowed), so that the sharers share the object they write.
+//!   The first sharing drops the parent's translations where nothing is
+//!   resident: they may map the zero frame, which sharers never map.
 //! - `Copy`: the child holds the window copy-on-write (`NeedsCopy`), the
 //!   parent's entry too, and the parent's translations lose `WRITE` — all of
 //!   it before the parent's map is unlocked, shootdown included. A window
@@ -20,7 +22,7 @@ use machvm_object::{Hold, Holder, Objects};
 use machvm_pmap::TlbFlush;
 
 use crate::data::reserve_settled;
-use crate::{Entry, MapInner, VmMap, release_entries};
+use crate::{Entry, MapInner, VmMap, page_range, release_entries};
 
 /// The handles fork's `Copy` entries hold.
 fn copied(m: &MapInner) -> impl Iterator<Item = &Hold> {
@@ -131,6 +133,16 @@ impl VmMap {
                     let map = Holder::Direct { map: self.0.id };
                     let h = e.object.get_or_insert_with(|| objs.create(pages, map));
                     objs.make_writable(h, self.0.id);
+                    if objs.zero_mappable(h) {
+                        // Its first sibling: the zero frame the parent may
+                        // map where nothing is resident would hide the
+                        // sibling's stores.
+                        let pm = self.0.ctx.pmap();
+                        for (a, b) in objs.unbacked_runs(h) {
+                            let (a, b) = (start + a.byte_offset(), start + b.byte_offset());
+                            flush.merge(pm.remove(self.0.pmap, page_range(a, b)));
+                        }
+                    }
                     Some(objs.share(h, Holder::Direct { map: child }))
                 }
                 VmInherit::Copy => {

@@ -153,11 +153,9 @@ fn check_translation_justified(
     let Some(h) = &e.object else {
         return Err(format!("translation of {va:?} in an entry without object"));
     };
-    let Some(found) = objs.lookup(h, PageIndex::in_window(start, va.as_u64())) else {
-        return Err(format!(
-            "translation of {va:?} to {:?}, but no page in the chain",
-            t.pa
-        ));
+    let page = PageIndex::in_window(start, va.as_u64());
+    let Some(found) = objs.lookup(h, page) else {
+        return check_zero_translation(objs, h, page, va, t).map(|_| 0);
     };
     if found.pa != t.pa {
         return Err(format!(
@@ -166,6 +164,33 @@ fn check_translation_justified(
         ));
     }
     Ok(found.depth)
+}
+
+/// A translation of `va` where the chain holds no page: only the zero
+/// frame, read-only, and only where no other entry writes the object
+/// directly (a store there must reach this entry at once).
+fn check_zero_translation(
+    objs: &Objects<'_>,
+    h: &machvm_object::Hold,
+    page: PageIndex,
+    va: VirtAddr,
+    t: Translation,
+) -> Result<(), String> {
+    if objs.context().zero_frame() != Some(t.pa) {
+        return Err(format!(
+            "translation of {va:?} to {:?}, but no page in the chain",
+            t.pa
+        ));
+    }
+    if t.prot.contains(VmProt::WRITE) {
+        return Err(format!("writable translation of {va:?} to the zero frame"));
+    }
+    if !objs.may_map_zero(h, page) {
+        return Err(format!(
+            "translation of {va:?} to the zero frame where a sibling writes"
+        ));
+    }
+    Ok(())
 }
 
 /// A writable translation of `va` maps a page in the entry's own object

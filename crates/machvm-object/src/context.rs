@@ -78,14 +78,21 @@ pub struct VmContext {
     consistency_checks: AtomicBool,
     /// Unique among the contexts of this process (never reused).
     id: u64,
+    /// The frame every read of never-written memory maps (`None` when none
+    /// was free at creation: such reads then zero-fill).
+    zero: Option<PhysAddr>,
 }
 
 static NEXT_CONTEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl VmContext {
     /// A context over `frames`, with `pmap` the machine's pmap module.
+    /// Takes the allocator's shared zero frame (made now if it is not yet:
+    /// so that `free_frames` never moves for it later).
     pub fn new(frames: Arc<FrameAllocator>, pmap: Arc<dyn Pmap>) -> Arc<VmContext> {
+        let zero = frames.init_zero_frame();
         Arc::new(VmContext {
+            zero,
             frames,
             pmap,
             graph: spin::Mutex::new(Graph::new()),
@@ -123,6 +130,12 @@ impl VmContext {
     #[inline]
     pub fn frames(&self) -> &Arc<FrameAllocator> {
         &self.frames
+    }
+
+    /// The shared zero frame reads of never-written memory map, if any.
+    #[inline]
+    pub fn zero_frame(&self) -> Option<PhysAddr> {
+        self.zero
     }
 
     /// The pmap module.

@@ -10,6 +10,9 @@ use machvm_frame::FrameReservation;
 use crate::graph::Backing;
 use crate::{Hold, Holder, ObjectId, Objects, VmCounters};
 
+/// A page of zeros: the bytes of a page nothing was written to.
+static ZEROS: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
+
 /// Where a page lookup found its page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Found {
@@ -30,6 +33,10 @@ pub enum Resolution {
     Backing,
     /// A new zero-filled page was put in the top object.
     ZeroFilled,
+    /// Nothing is resident and the access reads: the shared zero frame,
+    /// to be mapped read-only (a store faults again and zero-fills). No
+    /// page was added to any object.
+    ZeroPage,
     /// The page was copied up from the chain into the top object.
     CopiedUp,
 }
@@ -118,18 +125,24 @@ impl Objects<'_> {
             return Err(KernError::ProtectionFailure);
         }
         let below = self.find(hold.obj, off);
-        let how = match (&below, write) {
-            (Some(b), _) if b.depth == 0 && direct => Resolution::Resident,
-            (Some(_), false) => Resolution::Backing,
-            (Some(_), true) => Resolution::CopiedUp,
-            (None, _) => Resolution::ZeroFilled,
+        let zero = self.zero_page_for(hold, off).filter(|_| !write);
+        let how = match (&below, write, zero) {
+            (Some(b), _, _) if b.depth == 0 && direct => Resolution::Resident,
+            (Some(_), false, _) => Resolution::Backing,
+            (Some(_), true, _) => Resolution::CopiedUp,
+            (None, false, Some(_)) => Resolution::ZeroPage,
+            (None, _, _) => Resolution::ZeroFilled,
         };
-        if matches!(how, Resolution::Resident | Resolution::Backing) {
-            VmCounters::bump(&counters.hits);
-            let r = Resolved {
-                pa: below.map_or(PhysAddr::new(0), |b| b.pa),
+        if let Some(pa) = below.as_ref().map(|b| b.pa).or(zero)
+            && matches!(
                 how,
-            };
+                Resolution::Resident | Resolution::Backing | Resolution::ZeroPage
+            )
+        {
+            if how != Resolution::ZeroPage {
+                VmCounters::bump(&counters.hits);
+            }
+            let r = Resolved { pa, how };
             map(r)?;
             return Ok(r);
         }
@@ -153,6 +166,58 @@ impl Objects<'_> {
             None => VmCounters::bump(&counters.zero_fill_count),
         }
         Ok(r)
+    }
+
+    /// The zero frame, when a read of offset `off` (nothing resident in
+    /// the chain) may map it for `hold`: never where another entry writes
+    /// the object directly (a `Share` sibling), because a page that
+    /// sibling's store puts there must become visible to this one at
+    /// once, and nothing would remove this one's translation of the zero
+    /// frame. Every other holder's store goes to an object of its own.
+    fn zero_page_for(&self, hold: &Hold, off: u64) -> Option<PhysAddr> {
+        let zero = self.ctx.zero_frame()?;
+        self.zero_page_in(hold, off, off + 1).then_some(zero)
+    }
+
+    /// Whether a read of page `page` of `hold`'s window, nothing being
+    /// resident there, may map the zero frame (what the map's checks ask).
+    pub fn may_map_zero(&self, hold: &Hold, page: PageIndex) -> bool {
+        self.offset_of(hold, page)
+            .is_some_and(|off| self.zero_page_for(hold, off).is_some())
+    }
+
+    /// Whether reads through `hold` may have mapped the zero frame
+    /// somewhere in its window (no other entry writes it directly).
+    pub fn zero_mappable(&self, hold: &Hold) -> bool {
+        if self.ctx.zero_frame().is_none() {
+            return false;
+        }
+        let (s, e) = self.window_raw(hold);
+        let mut sharers: alloc::vec::Vec<(u64, u64)> = self
+            .g
+            .obj(hold.obj)
+            .holders
+            .overlapping(s, e)
+            .filter(|(id, r)| *id != hold.id && matches!(r.kind, Holder::Direct { .. }))
+            .map(|(_, r)| (r.start, r.end))
+            .collect();
+        sharers.sort_unstable();
+        // Some page of the window that no sibling writes.
+        let mut at = s;
+        for (a, b) in sharers {
+            if a > at {
+                break;
+            }
+            at = at.max(b);
+        }
+        at < e
+    }
+
+    /// Whether reads of `[lo, hi)` of `hold`'s object map the zero frame
+    /// wherever nothing is resident (see [`zero_page_for`](Self::zero_page_for)).
+    fn zero_page_in(&self, hold: &Hold, lo: u64, hi: u64) -> bool {
+        let direct = |k: Holder| matches!(k, Holder::Direct { .. });
+        self.ctx.zero_frame().is_some() && !self.g.other_overlaps(hold.obj, hold.id, lo, hi, direct)
     }
 
     /// A page was copied up over `old`: siblings writing the top object
@@ -184,7 +249,11 @@ impl Objects<'_> {
         count: u64,
         write: bool,
     ) -> u64 {
-        let Some(hold) = hold else { return count };
+        let Some(hold) = hold else {
+            // Untouched memory: a read maps the zero frame.
+            let zero = !write && self.ctx.zero_frame().is_some();
+            return if zero { 0 } else { count };
+        };
         let (s, _) = self.window_raw(hold);
         let first = first.get();
         if count == 1 {
@@ -200,6 +269,9 @@ impl Objects<'_> {
     fn frames_for_runs(&self, hold: &Hold, lo: u64, count: u64, write: bool) -> u64 {
         let hi = lo + count;
         if !write {
+            if self.zero_page_in(hold, lo, hi) {
+                return 0;
+            }
             return count - self.resident_in(hold.obj, lo, hi);
         }
         let resident = |a: u64, b: u64| self.g.obj(hold.obj).pages.range(a..b).count() as u64;
@@ -227,6 +299,36 @@ impl Objects<'_> {
             None => buf.fill(0),
         }
         true
+    }
+
+    /// Copies `len` bytes at byte `offset` of page `page` of `hold`'s
+    /// window, as [`read`](Self::read) sees them, to physical memory at
+    /// `dst`, frame to frame. `false`, nothing copied, when the bytes do
+    /// not lie within the page.
+    pub fn copy_to_frame(
+        &self,
+        hold: Option<&Hold>,
+        page: PageIndex,
+        offset: u64,
+        dst: PhysAddr,
+        len: usize,
+    ) -> bool {
+        if offset.saturating_add(len as u64) > PAGE_SIZE {
+            return false;
+        }
+        let mem = self.ctx.frames().mem();
+        match hold.and_then(|h| self.lookup(h, page)) {
+            Some(f) => mem.copy(dst, f.pa + offset, len),
+            None => mem.write(dst, &ZEROS[..len]),
+        }
+        true
+    }
+
+    /// The frame of page `page` of `hold`'s window when it is resident in
+    /// the held object itself (a page resolved for writing).
+    pub fn written_frame(&self, hold: &Hold, page: PageIndex) -> Option<PhysAddr> {
+        let off = self.offset_of(hold, page)?;
+        self.g.obj(hold.obj).pages.get(&off).copied()
     }
 
     /// Writes `data` at byte `offset` of page `page` of `hold`'s window,
@@ -264,7 +366,9 @@ impl Objects<'_> {
         let o = self.g.obj(hold.obj);
         let here = o.pages.contains_key(&off);
         if !write {
-            return here || self.resident_below(o.backing, off);
+            return here
+                || self.resident_below(o.backing, off)
+                || self.zero_page_for(hold, off).is_some();
         }
         if here && !matches!(self.holder(hold), Holder::Direct { .. }) {
             // Copy-on-write pending: taken over only if nobody else sees it.
@@ -290,9 +394,33 @@ impl Objects<'_> {
         false
     }
 
+    /// The runs of `hold`'s window (pages of the window, half-open) with
+    /// no page anywhere in the chain: where a read may have mapped the
+    /// zero frame. O(resident pages of the chain in the window).
+    pub fn unbacked_runs(&self, hold: &Hold) -> alloc::vec::Vec<(PageIndex, PageIndex)> {
+        let (s, e) = self.window_raw(hold);
+        let mut runs = alloc::vec::Vec::new();
+        let mut at = s;
+        for off in self.resident_set(hold.obj, s, e) {
+            if off > at {
+                runs.push((PageIndex::new(at - s), PageIndex::new(off - s)));
+            }
+            at = off + 1;
+        }
+        if at < e {
+            runs.push((PageIndex::new(at - s), PageIndex::new(e - s)));
+        }
+        runs
+    }
+
     /// Number of offsets in `[lo, hi)` of `obj` with a page anywhere in its
     /// chain.
     fn resident_in(&self, obj: ObjectId, lo: u64, hi: u64) -> u64 {
+        self.resident_set(obj, lo, hi).len() as u64
+    }
+
+    /// The offsets in `[lo, hi)` of `obj` with a page anywhere in its chain.
+    fn resident_set(&self, obj: ObjectId, lo: u64, hi: u64) -> BTreeSet<u64> {
         let mut seen = BTreeSet::new();
         let (mut cur, mut shift) = (Some(obj), 0u64);
         while let Some(id) = cur {
@@ -307,7 +435,7 @@ impl Objects<'_> {
                 b.obj
             });
         }
-        seen.len() as u64
+        seen
     }
 
     /// Objects in `hold`'s chain, its own included.

@@ -57,7 +57,16 @@ fn zero_fill_then_resident() {
     let mut o = c.objects();
     let h = o.create(8, DIRECT);
     assert_eq!(used(&c), 0, "an object costs no frame until touched");
+    // A read maps the zero frame and adds no page.
     let r = resolve(&mut o, &h, 3, false);
+    assert_eq!(r.how, Resolution::ZeroPage);
+    assert_eq!(Some(r.pa), c.zero_frame());
+    assert_eq!((used(&c), o.resident(&h)), (0, 0));
+    assert_eq!(
+        o.frames_to_resolve(Some(&h), PageIndex::new(0), 8, false),
+        0
+    );
+    let r = resolve(&mut o, &h, 3, true);
     assert_eq!(r.how, Resolution::ZeroFilled);
     assert_eq!(
         resolve(&mut o, &h, 3, true),
@@ -77,6 +86,26 @@ fn zero_fill_then_resident() {
     o.release(h);
     assert_eq!(used(&c), 0);
     assert_eq!(o.g.live(), 0);
+}
+
+#[test]
+fn sharers_zero_fill_on_read() {
+    let c = ctx(64);
+    let mut o = c.objects();
+    let h = o.create(4, DIRECT);
+    assert!(o.zero_mappable(&h));
+    let sibling = o.share(&h, Holder::Direct { map: MAP + 1 });
+    // A store through the sibling must reach this hold's readers at once.
+    assert!(!o.zero_mappable(&h));
+    assert_eq!(
+        o.frames_to_resolve(Some(&h), PageIndex::new(0), 4, false),
+        4
+    );
+    assert_eq!(resolve(&mut o, &h, 1, false).how, Resolution::ZeroFilled);
+    o.verify().unwrap();
+    o.release(sibling);
+    o.release(h);
+    assert_eq!(used(&c), 0);
 }
 
 #[test]

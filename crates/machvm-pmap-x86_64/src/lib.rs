@@ -284,10 +284,17 @@ impl X86Pmap {
         if wired {
             e |= WIRED;
         }
-        if self.frames.frame_index(pa).is_some() {
+        if self.managed(pa) {
             e |= MANAGED;
         }
         e
+    }
+
+    /// Whether `pa` gets a reverse map: a frame of the allocator other
+    /// than the shared zero frame (mapped read-only by any number of
+    /// tasks, it belongs to no object and is never reclaimed).
+    pub(crate) fn managed(&self, pa: PhysAddr) -> bool {
+        self.frames.frame_index(pa).is_some() && !self.frames.is_zero_frame(pa)
     }
 
     fn leaf_prot(e: u64) -> VmProt {

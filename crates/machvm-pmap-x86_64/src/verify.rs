@@ -157,7 +157,7 @@ impl X86Pmap {
         }
         let span = if large { LARGE_PAGE_SIZE } else { PAGE_SIZE };
         let pa = PhysAddr::new(e & ADDR & !(span - 1));
-        let idx = self.frames.frame_index(pa);
+        let idx = self.frames.frame_index(pa).filter(|_| self.managed(pa));
         if idx.is_some() != (e & MANAGED != 0) {
             let d = format!("leaf {eva:#x}: MANAGED bit disagrees with frame span");
             return Err(Violation::new(PmapRule::ReverseMaps, d));

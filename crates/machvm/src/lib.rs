@@ -72,7 +72,8 @@ pub struct VmStatistics {
     pub active_count: u64,
     /// Frames on the inactive queue: always 0, there is no pageout daemon.
     pub inactive_count: u64,
-    /// Frames wired: page-table pages and other kernel use.
+    /// Frames wired: page-table pages and other kernel use (not the
+    /// shared zero frame, which is the system's own).
     pub wire_count: u64,
     /// Pages zero-filled on demand.
     pub zero_fill_count: u64,
@@ -90,7 +91,8 @@ pub struct VmStatistics {
     pub lookups: u64,
     /// Lookups that found the page resident.
     pub hits: u64,
-    /// Frames managed in all.
+    /// Frames managed in all, less the shared zero frame the system took
+    /// when it was created (reads of never-written memory map it).
     pub total_pages: u64,
 }
 
@@ -136,11 +138,15 @@ impl VmSystem {
     pub fn statistics(&self) -> VmStatistics {
         let f = self.ctx.frames();
         let c = &self.ctx.counters;
+        // The shared zero frame is the system's own from creation on, like
+        // the kernel's image: neither a page of the pool nor a wired one.
+        let zero = u64::from(self.ctx.zero_frame().is_some());
         VmStatistics {
             free_count: f.free_frames(),
             active_count: f.frames_in_use(FrameUse::Object),
             inactive_count: 0,
-            wire_count: f.frames_in_use(FrameUse::PageTable) + f.frames_in_use(FrameUse::Kernel),
+            wire_count: f.frames_in_use(FrameUse::PageTable) + f.frames_in_use(FrameUse::Kernel)
+                - zero,
             zero_fill_count: c.zero_fill_count.load(Relaxed),
             reactivations: 0,
             pageins: 0,
@@ -149,7 +155,7 @@ impl VmSystem {
             cow_faults: c.cow_faults.load(Relaxed),
             lookups: c.lookups.load(Relaxed),
             hits: c.hits.load(Relaxed),
-            total_pages: f.total_frames(),
+            total_pages: f.total_frames() - zero,
         }
     }
 

@@ -26,6 +26,7 @@ mod fmt;
 mod input;
 mod report;
 mod rows;
+mod scaling;
 mod svg;
 
 use criterion::*;
@@ -33,6 +34,7 @@ use fmt::*;
 use input::*;
 use report::*;
 use rows::*;
+use scaling::*;
 use svg::*;
 
 pub(crate) const USAGE: &str = concat!(

@@ -54,6 +54,7 @@ pub(super) fn main_rows(i: &Input) -> Vec<Row> {
     let mut rows = Vec::new();
     copy_rows(i, threshold, &mut rows);
     fault_rows(i, &mut rows);
+    scaling_rows(i, &mut rows);
     lookup_rows(i, &mut rows);
     fork_rows(i, &mut rows);
     crossover_rows(i, threshold, &mut rows);
@@ -116,22 +117,18 @@ fn copy_rows(i: &Input, threshold: u64, rows: &mut Vec<Row>) {
                 0.25,
             ));
         }
-        for (what, id) in [
-            ("Virtual copy", ids::VIRTUAL_RESIDENT),
-            ("Eager copy", ids::EAGER),
-        ] {
-            if let (Some(t), Some(m)) = (
-                i.get(&ids::full(ids::COPY, id, hi)),
-                i.get(&ids::full(ids::COPY, ids::MEMCPY, hi)),
-            ) {
-                rows.push(Row::info(
-                    format!("1. {what}, resident, {} vs `memcpy`", fmt_bytes(hi)),
-                    format!("{} ({:.2} GB/s)", fmt_ns(t), hi as f64 / t),
-                    format!("{} ({:.2} GB/s, host)", fmt_ns(m), hi as f64 / m),
-                    Some(t / m),
-                ));
-            }
+        if let (Some(t), Some(m)) = (
+            i.get(&ids::full(ids::COPY, ids::VIRTUAL_RESIDENT, hi)),
+            i.get(&ids::full(ids::COPY, ids::MEMCPY, hi)),
+        ) {
+            rows.push(Row::info(
+                format!("1. Virtual copy, resident, {} vs `memcpy`", fmt_bytes(hi)),
+                fmt_ns(t),
+                format!("{} (host)", fmt_ns(m)),
+                Some(t / m),
+            ));
         }
+        rows.extend(eager_row(i, hi));
     }
     if let Some(bw) = i.linux("linux_memcpy_gbps") {
         rows.push(Row::info(

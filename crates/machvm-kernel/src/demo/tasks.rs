@@ -95,6 +95,11 @@ fn touch(c: usize, va: u64, store: Option<u64>) {
                     "machvm zero-filled a frame".to_string()
                 }
                 Outcome::Resolved => match translation(c, va) {
+                    Some((pa, prot)) if Some(pa) == zero_frame() => {
+                        format!(
+                            "machvm mapped the shared zero frame {pa:#x} {prot}, no frame taken"
+                        )
+                    }
                     Some((pa, prot)) => format!("machvm mapped resident frame {pa:#x} {prot}"),
                     None => "machvm resolved it".to_string(),
                 },
@@ -105,6 +110,11 @@ fn touch(c: usize, va: u64, store: Option<u64>) {
         }
     };
     println!("  cpu{c} {what}: {how}");
+}
+
+/// The system's shared zero frame, as a physical address.
+fn zero_frame() -> Option<u64> {
+    sys().context().zero_frame().map(|pa| pa.as_u64())
 }
 
 /// The translation CPU `c`'s current map has for `va`: `(frame, rights)`.
@@ -163,7 +173,8 @@ pub(super) fn setup() {
     });
 }
 
-/// Demand paging: zero-fill on first touch.
+/// Demand paging: a load of fresh memory maps the shared zero frame, the
+/// first store zero-fills a frame of its own.
 pub(super) fn demand() {
     let Some((a, _, _)) = maps() else { return };
     let s0 = sys().statistics();

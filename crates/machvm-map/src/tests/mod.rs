@@ -138,7 +138,7 @@ fn faults_zero_fill_protect_and_refuse() {
         map.fault(a, Access::Execute),
         Err(KernError::ProtectionFailure)
     );
-    map.fault(a + 5, Access::Read).unwrap();
+    map.fault(a + 5, Access::Write).unwrap();
     let t = c.pmap().extract(map.pmap(), VirtAddr::new(a)).unwrap();
     assert_eq!(t.prot, VmProt::DEFAULT);
     assert_eq!(c.counters.zero_fill_count.load(Relaxed), 1);
@@ -165,6 +165,30 @@ fn faults_zero_fill_protect_and_refuse() {
     assert_eq!(c.counters.cow_faults.load(Relaxed), 1);
     verified(&map);
     verified(&child);
+}
+
+#[test]
+fn a_read_maps_the_zero_frame_and_a_write_replaces_it() {
+    let c = ctx(64);
+    let zero = c.zero_frame().unwrap();
+    let map = VmMap::new(&c).unwrap();
+    let a = map.allocate(0, 2 * P, true).unwrap();
+    let free = c.frames().free_frames();
+    map.fault(a, Access::Read).unwrap();
+    let t = c.pmap().extract(map.pmap(), VirtAddr::new(a)).unwrap();
+    assert_eq!((t.pa, t.prot), (zero, VmProt::READ));
+    assert_eq!(c.counters.zero_fill_count.load(Relaxed), 0);
+    assert_eq!(map.region(a).unwrap().resident_pages, 0);
+    verified(&map);
+    map.fault(a, Access::Write).unwrap();
+    let t = c.pmap().extract(map.pmap(), VirtAddr::new(a)).unwrap();
+    assert_ne!(t.pa, zero);
+    assert_eq!(t.prot, VmProt::DEFAULT);
+    assert_eq!(c.counters.zero_fill_count.load(Relaxed), 1);
+    // One page-table frame per level and the page: nothing for the read.
+    assert_eq!(map.region(a).unwrap().resident_pages, 1);
+    assert!(c.frames().free_frames() < free);
+    verified(&map);
 }
 
 #[test]

@@ -71,12 +71,18 @@ pub(super) fn tlb_clear_modify_rearms_dirty_bit() -> Result<(), String> {
     let map = new_map()?;
     let a = map.allocate(0, PG, true).ctx("allocate")?;
     vm::switch_to(0, Some(&map));
-    ensure_eq!(rd(0, a)?, 0, "first load");
+    // A first store gives the page a frame of its own (a first load would
+    // map the shared zero frame, which has no reverse map to read back).
+    wr(0, a, 0)?;
     let pm = &vm::vm().pmap;
     let pa = pm
         .extract(map.pmap(), VirtAddr::new(a))
-        .ok_or("no translation after the load")?
+        .ok_or("no translation after the store")?
         .pa;
+    pm.flush(pm.clear_modify(pa));
+    pm.flush(pm.clear_reference(pa));
+    ensure!(!pm.is_referenced(pa), "accessed bit after clear_reference");
+    ensure_eq!(rd(0, a)?, 0, "a load");
     // The MMU sets the accessed and dirty bits; the pmap reads them back.
     ensure!(pm.is_referenced(pa), "accessed bit after a load");
     ensure!(!pm.is_modified(pa), "dirty bit after only a load");
