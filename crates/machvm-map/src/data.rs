@@ -9,12 +9,15 @@
 
 use alloc::vec::Vec;
 
-use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, VaRange, page_chunks};
-use machvm_frame::{FrameReservation, FrameUse};
+use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, PhysAddr, VaRange, page_chunks};
+use machvm_frame::{FrameReservation, FrameUse, PhysMem};
 use machvm_object::{Hold, Objects};
 use machvm_pmap::Access;
 
 use crate::fault::Enter;
+
+/// The offset bits of an address within its page.
+const PAGE_MASK: u64 = PAGE_SIZE - 1;
 use crate::ops::check_access;
 use crate::{MapInner, VmMap};
 
@@ -28,6 +31,12 @@ impl VmMap {
         let Some(r) = VaRange::of_data(addr, buf.len() as u64)? else {
             return Ok(());
         };
+        if r.pages() == 1 {
+            return self.in_one_page(r, Access::Read, |mem, pa| match pa {
+                Some(pa) => mem.read(pa + (addr & PAGE_MASK), buf),
+                None => buf.fill(0),
+            });
+        }
         let mut m = self.0.inner.lock();
         check_access(&m, r, Access::Read)?;
         let objs = self.fault_in(&mut m, r, Access::Read)?;
@@ -45,6 +54,13 @@ impl VmMap {
         let Some(r) = VaRange::of_data(addr, data.len() as u64)? else {
             return Ok(());
         };
+        if r.pages() == 1 {
+            return self.in_one_page(r, Access::Write, |mem, pa| {
+                if let Some(pa) = pa {
+                    mem.write(pa + (addr & PAGE_MASK), data);
+                }
+            });
+        }
         let mut m = self.0.inner.lock();
         check_access(&m, r, Access::Write)?;
         let objs = self.fault_in(&mut m, r, Access::Write)?;
@@ -55,6 +71,67 @@ impl VmMap {
         });
         self.assert_consistent(&m, &objs);
         moved
+    }
+
+    /// [`read_bytes`](Self::read_bytes) or [`write_bytes`](Self::write_bytes)
+    /// within the one page `r`, the path most calls take: one entry lookup
+    /// (the hint's), the fault only if the walker cannot translate the page,
+    /// and `mv(memory, frame)` with the frame the graph holds there (`None`
+    /// for a read: nothing resident, zeros).
+    fn in_one_page(
+        &self,
+        r: VaRange,
+        access: Access,
+        mv: impl FnOnce(&PhysMem, Option<PhysAddr>),
+    ) -> Result<(), KernError> {
+        let va = r.start();
+        let mut m = self.0.inner.lock();
+        let (_, e) = m.entry_at(va.as_u64())?;
+        if !e.protection.contains(access.needs()) {
+            return Err(KernError::ProtectionFailure);
+        }
+        let pm = self.0.ctx.pmap();
+        let mapped = pm.translate(self.0.pmap, va, access, true).is_ok();
+        let mut objs = self.0.ctx.objects();
+        let pa = if mapped {
+            self.frame_at(&mut m, &objs, va.as_u64(), access)?
+        } else {
+            let mut frames = objs.on_demand();
+            let r = self.fault_locked(
+                &mut m,
+                &mut objs,
+                va.as_u64(),
+                access,
+                &mut frames,
+                Enter::BestEffort,
+            );
+            drop(frames);
+            Some(r?)
+        };
+        mv(self.0.ctx.frames().mem(), pa);
+        self.assert_consistent(&m, &objs);
+        Ok(())
+    }
+
+    /// The frame the graph holds at page `va` for `access`: for a read the
+    /// page the chain shows (`None`: nothing resident), for a write the
+    /// page of the entry's own object (else `ProtectionFailure`: the
+    /// callers' faults rule it out).
+    fn frame_at(
+        &self,
+        m: &mut MapInner,
+        objs: &Objects<'_>,
+        va: u64,
+        access: Access,
+    ) -> Result<Option<PhysAddr>, KernError> {
+        let (start, e) = m.entry_at(va)?;
+        let idx = PageIndex::in_window(start, va);
+        let hold = e.object.as_ref();
+        if access == Access::Write {
+            let pa = hold.and_then(|h| objs.written_frame(h, idx));
+            return pa.map(Some).ok_or(KernError::ProtectionFailure);
+        }
+        Ok(hold.and_then(|h| objs.lookup(h, idx)).map(|f| f.pa))
     }
 
     /// The pages of `r` the pmap cannot translate for `access` now (the

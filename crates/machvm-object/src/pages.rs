@@ -125,7 +125,11 @@ impl Objects<'_> {
             return Err(KernError::ProtectionFailure);
         }
         let below = self.find(hold.obj, off);
-        let zero = self.zero_page_for(hold, off).filter(|_| !write);
+        let zero = if write {
+            None
+        } else {
+            self.zero_page_for(hold, off)
+        };
         let how = match (&below, write, zero) {
             (Some(b), _, _) if b.depth == 0 && direct => Resolution::Resident,
             (Some(_), false, _) => Resolution::Backing,

@@ -28,6 +28,7 @@ extern crate alloc;
 
 mod soft;
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use arrayvec::ArrayVec;
 
@@ -199,53 +200,41 @@ pub const TLB_FLUSH_BATCH: usize = 32;
 /// [`Pmap::flush`] (after batching several with [`merge`](Self::merge)) before
 /// relying on the change. Dropping one unflushed is a bug the compiler warns
 /// about.
+///
+/// An empty token is one null pointer: the common case (a translation
+/// entered where there was none) moves and drops nothing; the batch is
+/// allocated at its first entry.
 #[must_use = "stale TLB entries stay usable until the flush is performed with Pmap::flush"]
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct TlbFlush {
-    pages: ArrayVec<(PmapId, VirtAddr), TLB_FLUSH_BATCH>,
-    /// Pmaps to flush entirely (after `pages` overflowed).
-    whole: ArrayVec<PmapId, 8>,
-    /// Flush every pmap entirely (after `whole` overflowed).
-    everything: bool,
-    /// Page-table frames unlinked by the change, freed only after the
-    /// invalidation (a CPU's paging-structure cache may still walk them).
-    release: Vec<PhysAddr>,
+#[derive(Debug, Default, Eq)]
+pub struct TlbFlush(Option<Box<FlushParts>>);
+
+impl PartialEq for TlbFlush {
+    /// Equal when they flush the same (an allocated empty batch equals none).
+    fn eq(&self, other: &TlbFlush) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => true,
+            (Some(x), None) | (None, Some(x)) => **x == FlushParts::default(),
+        }
+    }
 }
 
 /// A [`TlbFlush`] taken apart by a backend's [`Pmap::flush`].
-#[derive(Debug)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct FlushParts {
     /// Single pages to invalidate.
     pub pages: ArrayVec<(PmapId, VirtAddr), TLB_FLUSH_BATCH>,
-    /// Pmaps to invalidate entirely.
+    /// Pmaps to invalidate entirely (after `pages` overflowed).
     pub whole: ArrayVec<PmapId, 8>,
-    /// Invalidate every pmap entirely.
+    /// Invalidate every pmap entirely (after `whole` overflowed).
     pub everything: bool,
-    /// Frames to free once the invalidation is done.
+    /// Page-table frames unlinked by the change, to free only after the
+    /// invalidation (a CPU's paging-structure cache may still walk them).
     pub release: Vec<PhysAddr>,
 }
 
-impl TlbFlush {
-    /// Nothing to flush.
-    pub fn none() -> TlbFlush {
-        TlbFlush::default()
-    }
-
-    /// True when there is nothing to flush.
-    pub fn is_empty(&self) -> bool {
-        self.pages.is_empty()
-            && self.whole.is_empty()
-            && !self.everything
-            && self.release.is_empty()
-    }
-
-    /// Defers freeing the page-table frame `pa` until after the flush.
-    pub fn defer_free(&mut self, pa: PhysAddr) {
-        self.release.push(pa);
-    }
-
-    /// Adds one page of `pmap`.
-    pub fn add_page(&mut self, pmap: PmapId, va: VirtAddr) {
+impl FlushParts {
+    fn add_page(&mut self, pmap: PmapId, va: VirtAddr) {
         if self.everything || self.whole.contains(&pmap) {
             return;
         }
@@ -254,8 +243,7 @@ impl TlbFlush {
         }
     }
 
-    /// Adds all of `pmap`.
-    pub fn add_whole(&mut self, pmap: PmapId) {
+    fn add_whole(&mut self, pmap: PmapId) {
         if self.everything || self.whole.contains(&pmap) {
             return;
         }
@@ -266,32 +254,65 @@ impl TlbFlush {
             self.whole.clear();
         }
     }
+}
+
+impl TlbFlush {
+    /// Nothing to flush.
+    pub fn none() -> TlbFlush {
+        TlbFlush(None)
+    }
+
+    /// True when there is nothing to flush.
+    pub fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|p| {
+            p.pages.is_empty() && p.whole.is_empty() && !p.everything && p.release.is_empty()
+        })
+    }
+
+    fn parts(&mut self) -> &mut FlushParts {
+        self.0.get_or_insert_with(Default::default)
+    }
+
+    /// Defers freeing the page-table frame `pa` until after the flush.
+    pub fn defer_free(&mut self, pa: PhysAddr) {
+        self.parts().release.push(pa);
+    }
+
+    /// Adds one page of `pmap`.
+    pub fn add_page(&mut self, pmap: PmapId, va: VirtAddr) {
+        self.parts().add_page(pmap, va);
+    }
+
+    /// Adds all of `pmap`.
+    pub fn add_whole(&mut self, pmap: PmapId) {
+        self.parts().add_whole(pmap);
+    }
 
     /// Batches `other` into `self`.
-    pub fn merge(&mut self, mut other: TlbFlush) {
-        self.release.append(&mut other.release);
+    pub fn merge(&mut self, other: TlbFlush) {
+        let Some(mut other) = other.0 else { return };
+        let Some(me) = self.0.as_mut() else {
+            self.0 = Some(other);
+            return;
+        };
+        me.release.append(&mut other.release);
         if other.everything {
-            self.everything = true;
-            self.pages.clear();
-            self.whole.clear();
+            me.everything = true;
+            me.pages.clear();
+            me.whole.clear();
             return;
         }
         for p in other.whole {
-            self.add_whole(p);
+            me.add_whole(p);
         }
         for (p, va) in other.pages {
-            self.add_page(p, va);
+            me.add_page(p, va);
         }
     }
 
     /// What to flush, for backends. Consumes the token.
     pub fn into_parts(self) -> FlushParts {
-        FlushParts {
-            pages: self.pages,
-            whole: self.whole,
-            everything: self.everything,
-            release: self.release,
-        }
+        self.0.map(|b| *b).unwrap_or_default()
     }
 }
 
