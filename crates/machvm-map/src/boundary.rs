@@ -40,7 +40,7 @@ use crate::{Entry, MapInner, VmMap, page_range};
 #[must_use = "the map is unlocked when the guard is dropped"]
 pub struct MapGuard<'a> {
     map: &'a VmMap,
-    m: spin::MutexGuard<'a, MapInner>,
+    m: spin::RwLockWriteGuard<'a, MapInner>,
 }
 
 /// Copy-on-write references to `pages` pages of one object (or, with no
@@ -82,7 +82,7 @@ impl VmMap {
     pub fn lock(&self) -> MapGuard<'_> {
         MapGuard {
             map: self,
-            m: self.0.inner.lock(),
+            m: self.0.inner.write(),
         }
     }
 

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 
 use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, PhysAddr, VaRange, page_chunks};
 use machvm_frame::{FrameReservation, FrameUse, PhysMem};
-use machvm_object::{Hold, Objects};
+use machvm_object::{Hold, Objects, SharedObjects};
 use machvm_pmap::Access;
 
 use crate::fault::Enter;
@@ -37,7 +37,7 @@ impl VmMap {
                 None => buf.fill(0),
             });
         }
-        let mut m = self.0.inner.lock();
+        let mut m = self.0.inner.write();
         check_access(&m, r, Access::Read)?;
         let objs = self.fault_in(&mut m, r, Access::Read)?;
         let moved = for_each_page_piece(&m, addr, buf.len(), |h, page, off, at, n| {
@@ -61,7 +61,7 @@ impl VmMap {
                 }
             });
         }
-        let mut m = self.0.inner.lock();
+        let mut m = self.0.inner.write();
         check_access(&m, r, Access::Write)?;
         let objs = self.fault_in(&mut m, r, Access::Write)?;
         // Every page is now its entry's own, written directly, and stays so
@@ -74,10 +74,11 @@ impl VmMap {
     }
 
     /// [`read_bytes`](Self::read_bytes) or [`write_bytes`](Self::write_bytes)
-    /// within the one page `r`, the path most calls take: one entry lookup
-    /// (the hint's), the fault only if the walker cannot translate the page,
-    /// and `mv(memory, frame)` with the frame the graph holds there (`None`
-    /// for a read: nothing resident, zeros).
+    /// within the one page `r`, the path most calls take: one entry lookup,
+    /// the fault only if the walker cannot translate the page, and
+    /// `mv(memory, frame)` with the frame the graph holds there (`None` for
+    /// a read: nothing resident, zeros) — under shared locks when the fault
+    /// (if any) changes no structure, else exclusively.
     fn in_one_page(
         &self,
         r: VaRange,
@@ -85,12 +86,33 @@ impl VmMap {
         mv: impl FnOnce(&PhysMem, Option<PhysAddr>),
     ) -> Result<(), KernError> {
         let va = r.start();
-        let mut m = self.0.inner.lock();
+        let pm = self.0.ctx.pmap();
+        let mem = self.0.ctx.frames().mem();
+        {
+            let m = self.0.inner.read();
+            let (_, e) = m.entry_at_shared(va.as_u64())?;
+            if !e.protection.contains(access.needs()) {
+                return Err(KernError::ProtectionFailure);
+            }
+            let objs = self.0.ctx.shared_objects();
+            let pa = if pm.translate(self.0.pmap, va, access, true).is_ok() {
+                Some(frame_at_shared(&m, &objs, va.as_u64(), access))
+            } else {
+                self.fault_shared_in(&m, &objs, va.as_u64(), access, Enter::BestEffort)
+                    .map(|r| r.map(Some))
+            };
+            if let Some(pa) = pa {
+                mv(mem, pa?);
+                drop((objs, m));
+                self.check_after_shared();
+                return Ok(());
+            }
+        }
+        let mut m = self.0.inner.write();
         let (_, e) = m.entry_at(va.as_u64())?;
         if !e.protection.contains(access.needs()) {
             return Err(KernError::ProtectionFailure);
         }
-        let pm = self.0.ctx.pmap();
         let mapped = pm.translate(self.0.pmap, va, access, true).is_ok();
         let mut objs = self.0.ctx.objects();
         let pa = if mapped {
@@ -108,7 +130,7 @@ impl VmMap {
             drop(frames);
             Some(r?)
         };
-        mv(self.0.ctx.frames().mem(), pa);
+        mv(mem, pa);
         self.assert_consistent(&m, &objs);
         Ok(())
     }
@@ -316,4 +338,22 @@ pub(crate) fn for_each_page_piece(
         Some(_) => Err(KernError::InvalidAddress),
         None => Ok(()),
     }
+}
+
+/// [`VmMap::frame_at`] under shared locks (the page settled: a fill in
+/// flight is waited for).
+fn frame_at_shared(
+    m: &MapInner,
+    objs: &SharedObjects<'_>,
+    va: u64,
+    access: Access,
+) -> Result<Option<PhysAddr>, KernError> {
+    let (start, e) = m.entry_at_shared(va)?;
+    let idx = PageIndex::in_window(start, va);
+    let hold = e.object.as_ref();
+    if access == Access::Write {
+        let pa = hold.and_then(|h| objs.written_frame(h, idx));
+        return pa.map(Some).ok_or(KernError::ProtectionFailure);
+    }
+    Ok(hold.and_then(|h| objs.lookup(h, idx)).map(|f| f.pa))
 }

@@ -10,7 +10,7 @@ impl fmt::Display for VmMap {
     /// One line per entry, `vmmap` style: range, protection/maximum,
     /// inheritance, copy-on-write state, object chain depth, resident pages.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0.inner.lock();
+        let m = self.0.inner.read();
         let objs = self.0.ctx.objects();
         writeln!(
             f,

@@ -107,6 +107,19 @@ impl MapInner {
         }
     }
 
+    /// [`entry_at`](Self::entry_at) under a shared lock (the hint is read,
+    /// not moved).
+    pub(crate) fn entry_at_shared(&self, va: u64) -> Result<(u64, &Entry), KernError> {
+        let start = self
+            .index
+            .peek(&self.entries, va)
+            .ok_or(KernError::InvalidAddress)?;
+        match self.entries.get(&start) {
+            Some(e) => Ok((start, e)),
+            None => Err(KernError::InvalidAddress),
+        }
+    }
+
     /// Lowest start of `len` free bytes at or above `from` (first fit).
     pub(crate) fn find_space(&self, from: u64, len: u64) -> Option<u64> {
         let mut cand = from.max(USER_MIN);

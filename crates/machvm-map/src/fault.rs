@@ -11,7 +11,7 @@
 
 use machvm_base::{KernError, PageIndex, PhysAddr, USER_MAX, VirtAddr, VmProt, trunc_page};
 use machvm_frame::FrameReservation;
-use machvm_object::{Holder, Objects, Resolution, VmCounters};
+use machvm_object::{Holder, Objects, Resolution, Resolved, SharedObjects, VmCounters};
 use machvm_pmap::{Access, EnterError, effective_prot};
 
 use crate::{MapInner, VmMap};
@@ -33,7 +33,11 @@ impl VmMap {
     /// not allow the access, `ResourceShortage` when out of frames (then
     /// nothing changed).
     pub fn fault(&self, va: u64, access: Access) -> Result<(), KernError> {
-        let mut m = self.0.inner.lock();
+        if let Some(r) = self.fault_shared(va, access, Enter::Required) {
+            self.check_after_shared();
+            return r.map(|_| ());
+        }
+        let mut m = self.0.inner.write();
         let mut objs = self.0.ctx.objects();
         let mut frames = objs.on_demand();
         let r = self.fault_locked(&mut m, &mut objs, va, access, &mut frames, Enter::Required);
@@ -90,24 +94,14 @@ impl VmMap {
         let hold = e.object.get_or_insert_with(|| objs.create(pages, map));
         let direct = matches!(objs.holder(hold), Holder::Direct { .. });
         let idx = PageIndex::in_window(start, page);
-        let pm = ctx.pmap();
-        let pmap = self.0.pmap;
-        let r = objs.resolve(hold, idx, write, frames, |r| {
-            let mut prot = prot;
-            // Still shared copy-on-write, or the zero frame: a store must
-            // fault to copy it or to zero-fill a page of its own.
-            if matches!(r.how, Resolution::Backing | Resolution::ZeroPage) || !direct {
-                prot.remove(VmProt::WRITE);
-            }
-            match pm.enter(pmap, VirtAddr::new(page), r.pa, prot, wired) {
-                Ok(f) => {
-                    pm.flush(f);
-                    Ok(())
-                }
-                Err(EnterError::NoTableFrame { .. }) if enter == Enter::BestEffort => Ok(()),
-                Err(e) => Err(e.into()),
-            }
-        });
+        let how = Mapping {
+            page,
+            prot,
+            wired,
+            direct,
+            enter,
+        };
+        let r = objs.resolve(hold, idx, write, frames, |r| self.enter_resolved(r, how));
         if r.is_err() {
             // With the frame ensured, only the pmap step fails here: undo
             // what this fault made, so that it changes nothing.
@@ -118,6 +112,87 @@ impl VmMap {
             m.simplify(objs, start, end);
         }
         r.map(|r| r.pa)
+    }
+
+    /// The fault fast path (shared map and graph locks): a fault that
+    /// changes no structure — the page resident in the entry's object, a
+    /// read of a page below or of the zero frame, a store that zero-fills
+    /// a page only this entry sees. Faults in different maps, and in
+    /// different pages of one map, run in parallel. `None`: anything else
+    /// (errors included), nothing changed; take the exclusive path.
+    pub(crate) fn fault_shared(
+        &self,
+        va: u64,
+        access: Access,
+        enter: Enter,
+    ) -> Option<Result<PhysAddr, KernError>> {
+        let m = self.0.inner.read();
+        let objs = self.0.ctx.shared_objects();
+        self.fault_shared_in(&m, &objs, va, access, enter)
+    }
+
+    /// [`fault_shared`](Self::fault_shared) with the map and the graph
+    /// already locked shared (the caller moves bytes under the same locks).
+    pub(crate) fn fault_shared_in(
+        &self,
+        m: &MapInner,
+        objs: &SharedObjects<'_>,
+        va: u64,
+        access: Access,
+        enter: Enter,
+    ) -> Option<Result<PhysAddr, KernError>> {
+        if va >= USER_MAX {
+            return None;
+        }
+        let page = trunc_page(va);
+        let (start, e) = m.entry_at_shared(page).ok()?;
+        if !effective_prot(e.protection).contains(access.needs()) {
+            return None;
+        }
+        let hold = e.object.as_ref()?;
+        let how = Mapping {
+            page,
+            prot: e.protection,
+            wired: e.wired_count > 0,
+            direct: matches!(objs.holder(hold), Holder::Direct { .. }),
+            enter,
+        };
+        let idx = PageIndex::in_window(start, page);
+        let write = access == Access::Write;
+        let r = objs.resolve(hold, idx, write, |r| self.enter_resolved(r, how));
+        let r = r.transpose()?;
+        VmCounters::bump(&self.0.ctx.counters.faults);
+        Some(r.map(|r| r.pa))
+    }
+
+    /// Debug builds with consistency checks on: the checks after a call
+    /// that took only shared locks (they need the graph exclusively).
+    pub(crate) fn check_after_shared(&self) {
+        if self.0.ctx.consistency_checks() {
+            let m = self.0.inner.read();
+            let objs = self.0.ctx.objects();
+            self.assert_consistent(&m, &objs);
+        }
+    }
+
+    /// The pmap step of a fault: enters `r` at `how.page` with the entry's
+    /// protection, less `WRITE` while the page is still shared
+    /// copy-on-write or is the zero frame (a store must fault to copy it or
+    /// to zero-fill a page of its own).
+    fn enter_resolved(&self, r: Resolved, how: Mapping) -> Result<(), KernError> {
+        let pm = self.0.ctx.pmap();
+        let mut prot = how.prot;
+        if matches!(r.how, Resolution::Backing | Resolution::ZeroPage) || !how.direct {
+            prot.remove(VmProt::WRITE);
+        }
+        match pm.enter(self.0.pmap, VirtAddr::new(how.page), r.pa, prot, how.wired) {
+            Ok(f) => {
+                pm.flush(f);
+                Ok(())
+            }
+            Err(EnterError::NoTableFrame { .. }) if how.enter == Enter::BestEffort => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Before a store to the copy-on-write entry at `start`: clips it to
@@ -172,6 +247,16 @@ impl VmMap {
             }
         }
     }
+}
+
+/// Where and how a fault's page is entered.
+#[derive(Clone, Copy)]
+struct Mapping {
+    page: u64,
+    prot: VmProt,
+    wired: bool,
+    direct: bool,
+    enter: Enter,
 }
 
 /// What a fault did to make a copy-on-write entry writable.

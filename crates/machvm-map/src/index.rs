@@ -58,6 +58,23 @@ impl LookupIndex {
         }
     }
 
+    /// [`lookup`](Self::lookup) under a shared lock: the hint and the flat
+    /// copy are read, not updated.
+    #[inline]
+    pub(crate) fn peek(&self, entries: &BTreeMap<u64, Entry>, va: u64) -> Option<u64> {
+        let (s, e) = self.hint;
+        if s <= va && va < e {
+            return Some(s);
+        }
+        if self.valid {
+            let i = self.flat.partition_point(|&(s, _)| s <= va);
+            let &(s, e) = self.flat.get(i.checked_sub(1)?)?;
+            return (va < e).then_some(s);
+        }
+        let (&s, en) = entries.range(..=va).next_back()?;
+        (va < en.end).then_some(s)
+    }
+
     /// The hint's successor (a sequential sweep), else a binary search.
     #[inline]
     fn lookup_flat(&mut self, va: u64) -> Option<u64> {

@@ -164,7 +164,7 @@ pub(crate) struct MapShared {
     id: u64,
     ctx: Arc<VmContext>,
     pmap: PmapId,
-    pub(crate) inner: spin::Mutex<MapInner>,
+    pub(crate) inner: spin::RwLock<MapInner>,
 }
 
 static NEXT_MAP_ID: AtomicU64 = AtomicU64::new(1);
@@ -193,7 +193,7 @@ impl VmMap {
             id: NEXT_MAP_ID.fetch_add(1, Relaxed),
             ctx: ctx.clone(),
             pmap,
-            inner: spin::Mutex::new(MapInner::new()),
+            inner: spin::RwLock::new(MapInner::new()),
         });
         let weak: alloc::sync::Weak<dyn AuditEntries> = Arc::downgrade(&map) as _;
         ctx.register_audit(weak);
@@ -222,16 +222,16 @@ impl VmMap {
 
     /// Number of entries.
     pub fn entry_count(&self) -> usize {
-        self.0.inner.lock().entries.len()
+        self.0.inner.read().entries.len()
     }
 
-    /// Test hook: true while some call holds this map's lock (a test's
-    /// injected MMU uses it to check that a shootdown is sent before the
-    /// map can change again).
+    /// Test hook: true while some call holds this map's lock exclusively
+    /// (a test's injected MMU uses it to check that a shootdown is sent
+    /// before the map can change again).
     #[doc(hidden)]
     #[cfg(feature = "test-hooks")]
     pub fn is_locked(&self) -> bool {
-        self.0.inner.is_locked()
+        self.0.inner.writer_count() > 0
     }
 
     /// Benchmark hook (`cargo xtask bench`, the lookup group): looks every address
@@ -241,7 +241,7 @@ impl VmMap {
     #[doc(hidden)]
     #[cfg(feature = "test-hooks")]
     pub fn lookup_many(&self, addrs: &[u64]) -> u64 {
-        let mut m = self.0.inner.lock();
+        let mut m = self.0.inner.write();
         addrs
             .iter()
             .filter_map(|&va| m.lookup(va))
@@ -250,7 +250,7 @@ impl VmMap {
 
     /// The longest object chain of any entry (for tests of collapse).
     pub fn max_chain_depth(&self) -> usize {
-        let m = self.0.inner.lock();
+        let m = self.0.inner.read();
         let objs = self.0.ctx.objects();
         m.entries
             .values()
@@ -262,7 +262,7 @@ impl VmMap {
 
 impl AuditEntries for MapShared {
     fn audit_entries(&self, audit: &mut VmAudit) {
-        let m = self.inner.lock();
+        let m = self.inner.write();
         let objs = self.ctx.objects();
         audit.entries += m.entries.len() as u64;
         audit.mergeable_neighbours += m.mergeable_pairs(&objs);

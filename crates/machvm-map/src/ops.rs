@@ -34,7 +34,7 @@ impl VmMap {
             return Err(KernError::InvalidArgument);
         }
         let r = VaRange::round_out(addr, size).ok_or(KernError::InvalidArgument)?;
-        let mut m = self.0.inner.lock();
+        let mut m = self.0.inner.write();
         let start = if anywhere {
             m.find_space(r.start().as_u64(), r.len())
                 .ok_or(KernError::NoSpace)?
@@ -64,7 +64,7 @@ impl VmMap {
         let Some(r) = mgmt_range(addr, size)? else {
             return Ok(());
         };
-        let mut m = self.0.inner.lock();
+        let mut m = self.0.inner.write();
         let mut objs = self.0.ctx.objects();
         self.remove_locked(&mut m, &mut objs, r);
         self.assert_consistent(&m, &objs);
@@ -104,7 +104,7 @@ impl VmMap {
             return Err(KernError::InvalidAddress);
         }
         let (s, e) = (r.start().as_u64(), r.end().as_u64());
-        let mut m = self.0.inner.lock();
+        let mut m = self.0.inner.write();
         m.check_covered(s, e)?;
         if m.overlapping(s, e)
             .any(|(_, en)| !en.max_protection.contains(prot))
@@ -139,7 +139,7 @@ impl VmMap {
             return Ok(());
         };
         let (s, e) = (r.start().as_u64(), r.end().as_u64());
-        let mut m = self.0.inner.lock();
+        let mut m = self.0.inner.write();
         m.check_covered(s, e)?;
         let mut objs = self.0.ctx.objects();
         m.clip_range(&mut objs, s, e);
@@ -154,7 +154,7 @@ impl VmMap {
     /// `vm_region`: the region containing `addr`, or else the first one above
     /// it; `NoSpace` when there is none.
     pub fn region(&self, addr: u64) -> Result<RegionInfo, KernError> {
-        let m = self.0.inner.lock();
+        let m = self.0.inner.read();
         let objs = self.0.ctx.objects();
         let (&start, _) = m
             .entries

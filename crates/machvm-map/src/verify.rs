@@ -40,7 +40,7 @@ impl VmMap {
     /// Checks every invariant in the crate documentation, the object
     /// graph's included, one check per rule; names the first one broken.
     pub fn verify(&self) -> Result<(), Violation<MapRule>> {
-        let m = self.0.inner.lock();
+        let m = self.0.inner.read();
         let objs = self.0.ctx.objects();
         self.verify_locked(&m, &objs)
     }

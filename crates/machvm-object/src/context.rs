@@ -69,7 +69,7 @@ pub trait AuditEntries: Send + Sync {
 pub struct VmContext {
     frames: Arc<FrameAllocator>,
     pmap: Arc<dyn Pmap>,
-    graph: spin::Mutex<Graph>,
+    graph: spin::RwLock<Graph>,
     audited: spin::Mutex<Vec<Weak<dyn AuditEntries>>>,
     /// Event counters.
     pub counters: VmCounters,
@@ -95,7 +95,7 @@ impl VmContext {
             zero,
             frames,
             pmap,
-            graph: spin::Mutex::new(Graph::new()),
+            graph: spin::RwLock::new(Graph::new()),
             audited: spin::Mutex::new(Vec::new()),
             counters: VmCounters::default(),
             consistency_checks: AtomicBool::new(false),
@@ -144,19 +144,32 @@ impl VmContext {
         &*self.pmap
     }
 
-    /// Locks the object graph. Take it after any map lock, never the other
-    /// way round.
+    /// Locks the object graph exclusively: every change of structure, and
+    /// every page taken out, happens under it. Take it after any map lock,
+    /// never the other way round.
     #[inline]
     pub fn objects(&self) -> Objects<'_> {
         Objects {
             ctx: self,
-            g: self.graph.lock(),
+            g: self.graph.write(),
+        }
+    }
+
+    /// Locks the object graph shared: the structure (objects, holders,
+    /// chains) stays as it is while held, and only pages go in, each by
+    /// the busy/wait protocol (the fault fast path). Same order as
+    /// [`objects`](Self::objects).
+    #[inline]
+    pub fn shared_objects(&self) -> SharedObjects<'_> {
+        SharedObjects {
+            ctx: self,
+            g: self.graph.read(),
         }
     }
 
     /// Number of objects alive.
     pub fn live_objects(&self) -> u64 {
-        self.graph.lock().live()
+        self.graph.read().live()
     }
 
     /// Registers a holder of entries for [`audit`](Self::audit).
@@ -198,7 +211,15 @@ impl core::fmt::Debug for VmContext {
 /// holds is a method of this guard. Dropping it unlocks the graph.
 pub struct Objects<'a> {
     pub(crate) ctx: &'a VmContext,
-    pub(crate) g: spin::MutexGuard<'a, Graph>,
+    pub(crate) g: spin::RwLockWriteGuard<'a, Graph>,
+}
+
+/// The object graph of a context, locked shared (see
+/// [`VmContext::shared_objects`]): lookups, and faults that only put a
+/// page in (`resolve`). Dropping it unlocks the graph.
+pub struct SharedObjects<'a> {
+    pub(crate) ctx: &'a VmContext,
+    pub(crate) g: spin::RwLockReadGuard<'a, Graph>,
 }
 
 impl<'a> Objects<'a> {

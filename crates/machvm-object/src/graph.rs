@@ -9,6 +9,7 @@ use alloc::vec::Vec;
 use machvm_base::{KernError, PageIndex, PhysAddr};
 use machvm_frame::FrameReservation;
 
+use crate::pagemap::PageMap;
 use crate::slots::Holders;
 use crate::{CowRef, Hold, Holder, HolderId, ObjectId, Objects};
 
@@ -40,7 +41,7 @@ pub(crate) struct Backing {
 /// another object.
 pub(crate) struct Object {
     pub(crate) size: u64,
-    pub(crate) pages: BTreeMap<u64, PhysAddr>,
+    pub(crate) pages: PageMap,
     pub(crate) backing: Option<Backing>,
     pub(crate) holders: Holders,
 }
@@ -159,7 +160,7 @@ impl Objects<'_> {
     pub fn create(&mut self, pages: u64, holder: Holder) -> Hold {
         let obj = self.g.insert(Object {
             size: pages,
-            pages: BTreeMap::new(),
+            pages: PageMap::default(),
             backing: None,
             holders: Holders::new(),
         });
@@ -365,7 +366,7 @@ impl Objects<'_> {
         let r = *self.g.rec(hold.obj, hold.id);
         let shadow = self.g.insert(Object {
             size: r.end - r.start,
-            pages: BTreeMap::new(),
+            pages: PageMap::default(),
             backing: None,
             holders: Holders::new(),
         });
@@ -445,7 +446,7 @@ impl Objects<'_> {
         if !shared {
             return 0;
         }
-        self.g.obj(hold.obj).pages.range(lo..hi).count() as u64
+        self.g.obj(hold.obj).pages.count(lo, hi)
     }
 
     /// A copy-on-write view of `hold`'s window for a new holder (a copy's
@@ -510,13 +511,7 @@ impl Objects<'_> {
         frames: &mut FrameReservation<'_>,
     ) -> Result<Hold, KernError> {
         let (s, e) = self.window_raw(hold);
-        let src: Vec<(u64, PhysAddr)> = self
-            .g
-            .obj(hold.obj)
-            .pages
-            .range(s..e)
-            .map(|(&o, &pa)| (o, pa))
-            .collect();
+        let src: Vec<(u64, PhysAddr)> = self.g.obj(hold.obj).pages.range(s, e);
         let copy = self.create(e - s, holder);
         let id = copy.obj.0;
         let mut pages = BTreeMap::new();
@@ -535,7 +530,7 @@ impl Objects<'_> {
                 }
             }
         }
-        self.g.obj_mut(copy.obj).pages = pages;
+        self.g.obj_mut(copy.obj).pages = PageMap::from_pages(pages);
         if let Some(b) = self.g.obj(hold.obj).backing {
             let rec = HolderRec {
                 kind: Holder::Shadow(copy.obj),

@@ -48,12 +48,15 @@ extern crate alloc;
 
 mod context;
 mod graph;
+mod pagemap;
 mod pages;
 mod reclaim;
+mod shared;
 mod slots;
+mod sync;
 mod verify;
 
-pub use context::{AuditEntries, Objects, VmAudit, VmContext, VmCounters};
+pub use context::{AuditEntries, Objects, SharedObjects, VmAudit, VmContext, VmCounters};
 pub use pages::{Found, Resolution, Resolved};
 pub use verify::ObjectRule;
 

@@ -64,7 +64,7 @@ impl Objects<'_> {
         let (mut cur, mut off, mut depth) = (obj, off, 0);
         loop {
             let o = self.g.obj(cur);
-            if let Some(&pa) = o.pages.get(&off) {
+            if let Some(pa) = o.pages.get(off) {
                 return Some(Below {
                     obj: cur,
                     offset: off,
@@ -157,7 +157,7 @@ impl Objects<'_> {
         self.g.obj_mut(hold.obj).pages.insert(off, pa);
         let r = Resolved { pa, how };
         if let Err(e) = map(r) {
-            self.g.obj_mut(hold.obj).pages.remove(&off);
+            self.g.obj_mut(hold.obj).pages.remove(off);
             self.free_unmapped(pa);
             return Err(e);
         }
@@ -235,7 +235,7 @@ impl Objects<'_> {
             self.unmap_everywhere(old.pa);
         }
         if !self.visible(old.obj, old.offset) {
-            self.g.obj_mut(old.obj).pages.remove(&old.offset);
+            self.g.obj_mut(old.obj).pages.remove(old.offset);
             VmCounters::bump(&self.ctx.counters.reclaimed);
             self.free_page(old.pa);
         }
@@ -278,7 +278,7 @@ impl Objects<'_> {
             }
             return count - self.resident_in(hold.obj, lo, hi);
         }
-        let resident = |a: u64, b: u64| self.g.obj(hold.obj).pages.range(a..b).count() as u64;
+        let resident = |a: u64, b: u64| self.g.obj(hold.obj).pages.count(a, b);
         if matches!(self.holder(hold), Holder::Direct { .. }) {
             return count - resident(lo, hi);
         }
@@ -332,7 +332,7 @@ impl Objects<'_> {
     /// the held object itself (a page resolved for writing).
     pub fn written_frame(&self, hold: &Hold, page: PageIndex) -> Option<PhysAddr> {
         let off = self.offset_of(hold, page)?;
-        self.g.obj(hold.obj).pages.get(&off).copied()
+        self.g.obj(hold.obj).pages.get(off)
     }
 
     /// Writes `data` at byte `offset` of page `page` of `hold`'s window,
@@ -345,8 +345,8 @@ impl Objects<'_> {
         let Some(off) = self.offset_of(hold, page) else {
             return false;
         };
-        match self.g.obj(hold.obj).pages.get(&off) {
-            Some(&pa) => {
+        match self.g.obj(hold.obj).pages.get(off) {
+            Some(pa) => {
                 self.ctx.frames().mem().write(pa + offset, data);
                 true
             }
@@ -368,7 +368,7 @@ impl Objects<'_> {
     /// [`frames_to_resolve`]: Self::frames_to_resolve
     fn resolved_in_place(&self, hold: &Hold, off: u64, write: bool) -> bool {
         let o = self.g.obj(hold.obj);
-        let here = o.pages.contains_key(&off);
+        let here = o.pages.contains(off);
         if !write {
             return here
                 || self.resident_below(o.backing, off)
@@ -390,7 +390,7 @@ impl Objects<'_> {
         while let Some(b) = backing {
             off += b.offset;
             let o = self.g.obj(b.obj);
-            if o.pages.contains_key(&off) {
+            if o.pages.contains(off) {
                 return true;
             }
             backing = o.backing;
@@ -431,7 +431,8 @@ impl Objects<'_> {
             let o = self.g.obj(id);
             seen.extend(
                 o.pages
-                    .range(lo + shift..hi + shift)
+                    .range(lo + shift, hi + shift)
+                    .into_iter()
                     .map(|(k, _)| k - shift),
             );
             cur = o.backing.map(|b| {

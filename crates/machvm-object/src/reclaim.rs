@@ -32,7 +32,7 @@ impl Objects<'_> {
                 match r.kind {
                     Holder::Shadow(s) => {
                         let so = off - r.start;
-                        if !self.g.obj(s).pages.contains_key(&so) {
+                        if !self.g.obj(s).pages.contains(so) {
                             stack.push((s, so));
                         }
                     }
@@ -94,13 +94,13 @@ impl Objects<'_> {
             {
                 return;
             }
-            let candidates: Vec<u64> = o.pages.range(s..e).map(|(&k, _)| k).collect();
+            let candidates: Vec<u64> = o.pages.range(s, e).into_iter().map(|(k, _)| k).collect();
             let dead: Vec<u64> = candidates
                 .into_iter()
                 .filter(|&k| !self.visible(cur, k))
                 .collect();
             let o = self.g.obj_mut(cur);
-            let pas: Vec<_> = dead.iter().filter_map(|k| o.pages.remove(k)).collect();
+            let pas: Vec<_> = dead.iter().filter_map(|&k| o.pages.remove(k)).collect();
             let (size, backing) = (o.size, o.backing);
             for pa in pas {
                 VmCounters::bump(&self.ctx.counters.reclaimed);
@@ -115,8 +115,8 @@ impl Objects<'_> {
     /// Destroys an object nobody holds: its pages are freed and its
     /// backing object loses its record.
     fn destroy(&mut self, id: ObjectId, work: &mut Vec<Lost>) {
-        let Some(o) = self.g.remove(id) else { return };
-        for (_, pa) in o.pages {
+        let Some(mut o) = self.g.remove(id) else { return };
+        for (_, pa) in o.pages.take_all() {
             self.free_page(pa);
         }
         if let Some(b) = o.backing {
@@ -149,13 +149,13 @@ impl Objects<'_> {
         let Holder::Shadow(top) = rec.kind else {
             return;
         };
-        let Some(b) = self.g.remove(id) else { return };
+        let Some(mut b) = self.g.remove(id) else { return };
         VmCounters::bump(&self.ctx.counters.collapses);
         let top_size = self.g.obj(top).size;
-        for (off, pa) in b.pages {
+        for (off, pa) in b.pages.take_all() {
             let inside = off >= rec.start && off - rec.start < top_size;
             let t = self.g.obj_mut(top);
-            if inside && !t.pages.contains_key(&(off - rec.start)) {
+            if inside && !t.pages.contains(off - rec.start) {
                 t.pages.insert(off - rec.start, pa);
                 self.set_owner(pa, top.0, off - rec.start);
             } else {
@@ -208,8 +208,9 @@ impl Objects<'_> {
                 .g
                 .obj(b.obj)
                 .pages
-                .range(b.offset..b.offset + o.size)
-                .all(|(k, _)| o.pages.contains_key(&(k - b.offset)));
+                .range(b.offset, b.offset + o.size)
+                .into_iter()
+                .all(|(k, _)| o.pages.contains(k - b.offset));
             if !covered {
                 return moved;
             }

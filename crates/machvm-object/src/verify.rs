@@ -90,7 +90,10 @@ impl Objects<'_> {
     /// frame, and its metadata names this object and offset.
     fn check_pages(&self, id: ObjectId, o: &Object) -> Result<(), String> {
         let frames = self.ctx.frames();
-        for (&off, &pa) in &o.pages {
+        if o.pages.any_busy() {
+            return Err(format!("object {}: a busy page outside a fill", id.0));
+        }
+        for (off, pa) in o.pages.all() {
             if off >= o.size {
                 return Err(format!(
                     "object {}: page {off} beyond size {}",
@@ -177,7 +180,7 @@ impl Objects<'_> {
     /// Every resident page is reachable (unreachable pages are freed at
     /// once).
     fn check_reachable(&self, id: ObjectId, o: &Object) -> Result<(), String> {
-        match o.pages.keys().find(|&&k| !self.visible(id, k)) {
+        match o.pages.all().into_iter().map(|(k, _)| k).find(|&k| !self.visible(id, k)) {
             Some(k) => Err(format!("object {}: page {k} is unreachable", id.0)),
             None => Ok(()),
         }
@@ -187,7 +190,8 @@ impl Objects<'_> {
     pub(crate) fn audit_into(&self, a: &mut VmAudit) {
         for (id, o) in self.g.objects() {
             a.resident_pages += o.pages.len() as u64;
-            a.reachable_pages += o.pages.keys().filter(|&&k| self.visible(id, k)).count() as u64;
+            let pages = o.pages.all();
+            a.reachable_pages += pages.iter().filter(|&&(k, _)| self.visible(id, k)).count() as u64;
         }
         a.unreachable_pages = a.resident_pages - a.reachable_pages;
         a.max_chain_depth = self.longest_chain();

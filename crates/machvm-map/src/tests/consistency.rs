@@ -14,7 +14,7 @@ fn verify_names_the_broken_rule() {
     // Protection above the maximum.
     map.0
         .inner
-        .lock()
+        .write()
         .entries
         .get_mut(&a)
         .unwrap()
@@ -22,29 +22,29 @@ fn verify_names_the_broken_rule() {
     assert_eq!(rule(), MapRule::WellFormed);
     map.0
         .inner
-        .lock()
+        .write()
         .entries
         .get_mut(&a)
         .unwrap()
         .max_protection = VmProt::ALL;
     // A translation allowing more than its entry.
-    map.0.inner.lock().entries.get_mut(&a).unwrap().protection = VmProt::READ;
+    map.0.inner.write().entries.get_mut(&a).unwrap().protection = VmProt::READ;
     assert_eq!(rule(), MapRule::TranslationsJustified);
-    map.0.inner.lock().entries.get_mut(&a).unwrap().protection = VmProt::DEFAULT;
+    map.0.inner.write().entries.get_mut(&a).unwrap().protection = VmProt::DEFAULT;
     // First fit starting past a hole.
-    map.0.inner.lock().first_free = a + 2 * P;
+    map.0.inner.write().first_free = a + 2 * P;
     assert_eq!(rule(), MapRule::LookupExact);
-    map.0.inner.lock().first_free = USER_MIN;
+    map.0.inner.write().first_free = USER_MIN;
     // A lookup hint naming no entry.
-    map.0.inner.lock().index.hint = (a, a + P);
+    map.0.inner.write().index.hint = (a, a + P);
     assert_eq!(rule(), MapRule::LookupExact);
-    map.0.inner.lock().index.hint = (0, 0);
+    map.0.inner.write().index.hint = (0, 0);
     // Two neighbours that could be one.
-    let mut m = map.0.inner.lock();
+    let mut m = map.0.inner.write();
     m.clip(&mut c.objects(), a + P);
     drop(m);
     assert_eq!(rule(), MapRule::Simplified);
-    let mut m = map.0.inner.lock();
+    let mut m = map.0.inner.write();
     m.simplify(&mut c.objects(), a, a + 2 * P);
     drop(m);
     verified(&map);
@@ -61,7 +61,7 @@ fn a_change_that_leaves_a_broken_map_panics_once_checks_are_on() {
     let a = map.allocate(0x10000, P, false).unwrap();
     map.0
         .inner
-        .lock()
+        .write()
         .entries
         .get_mut(&a)
         .unwrap()

@@ -36,7 +36,7 @@ fn lookup_uses_and_updates_the_hint() {
     for i in 0..10 {
         map.allocate(0x10000 + i * 2 * P, P, false).unwrap();
     }
-    let mut m = map.0.inner.lock();
+    let mut m = map.0.inner.write();
     // First through the tree, then (after enough lookups) the flat index.
     for round in 0..3 {
         assert_eq!(
@@ -65,7 +65,7 @@ fn lookup_uses_and_updates_the_hint() {
     assert!(m.index.valid);
     drop(m);
     map.deallocate(0x10000 + 2 * P, P).unwrap();
-    let mut m = map.0.inner.lock();
+    let mut m = map.0.inner.write();
     assert!(!m.index.valid);
     assert_eq!(m.lookup(0x10000 + 2 * P), None, "stale bounds are not used");
     assert_eq!(m.lookup(0x10000 + 4 * P), Some(0x10000 + 4 * P));
@@ -82,7 +82,7 @@ fn clipping_keeps_object_offsets() {
     map.protect(a + P, 2 * P, false, VmProt::READ).unwrap();
     assert_eq!(map.entry_count(), 3);
     {
-        let m = map.0.inner.lock();
+        let m = map.0.inner.read();
         let objs = c.objects();
         let offs: Vec<u64> = m
             .entries
@@ -108,9 +108,9 @@ fn first_fit_follows_holes() {
     let map = VmMap::new(&c).unwrap();
     let a = map.allocate(0, 8 * P, true).unwrap();
     assert_eq!(a, USER_MIN);
-    assert_eq!(map.0.inner.lock().first_free, USER_MIN + 8 * P);
+    assert_eq!(map.0.inner.write().first_free, USER_MIN + 8 * P);
     map.deallocate(a + 2 * P, 2 * P).unwrap();
-    assert_eq!(map.0.inner.lock().first_free, a + 2 * P);
+    assert_eq!(map.0.inner.write().first_free, a + 2 * P);
     assert_eq!(
         map.allocate(0, 3 * P, true).unwrap(),
         a + 8 * P,
@@ -121,7 +121,7 @@ fn first_fit_follows_holes() {
         a + 2 * P,
         "exactly fits"
     );
-    assert_eq!(map.0.inner.lock().first_free, a + 11 * P);
+    assert_eq!(map.0.inner.write().first_free, a + 11 * P);
     verified(&map);
 }
 

@@ -1,0 +1,177 @@
+//! The fault fast path: resolving a page under the graph's shared lock.
+//!
+//! With the structure fixed (no object, holder, window or chain changes
+//! while the shared lock is held), a fault that only reads what is there
+//! or puts a fresh zero-filled page into an object it alone sees at that
+//! offset needs nothing else: faults on different objects run in parallel,
+//! and two on one page meet at the page map's busy slot (`pagemap.rs`).
+//! Everything else — creating an object, making a hold writable, copying a
+//! page up, a fill where a `Share` sibling sees the page — answers `None`,
+//! and the caller takes the exclusive path.
+
+use machvm_base::{KernError, PageIndex, PhysAddr};
+use machvm_frame::FrameUse;
+
+use crate::{Found, Hold, Holder, ObjectId, Resolution, Resolved, SharedObjects, VmCounters};
+
+/// What the lookup step found for a fault.
+enum Step {
+    /// The page to map.
+    Found(Resolved),
+    /// A busy slot this fault claimed with a fresh frame, to fill.
+    Claimed(PhysAddr),
+}
+
+impl SharedObjects<'_> {
+    /// [`Objects::resolve`](crate::Objects::resolve) for the faults that
+    /// change no structure: the page resident in the top object, a read
+    /// of a page down the chain or of the zero frame, or a store that
+    /// zero-fills a page only this hold sees. `map` (the pmap step) runs
+    /// with the page settled — a filled page is published only after it.
+    /// `Ok(None)`: not one of those; nothing changed, take the exclusive
+    /// path. Out of frames: `ResourceShortage`, nothing changed.
+    pub fn resolve(
+        &self,
+        hold: &Hold,
+        page: PageIndex,
+        write: bool,
+        map: impl FnOnce(Resolved) -> Result<(), KernError>,
+    ) -> Result<Option<Resolved>, KernError> {
+        let rec = *self.g.rec(hold.obj, hold.id);
+        let off = rec.start.checked_add(page.get()).filter(|&o| o < rec.end);
+        let off = off.ok_or(KernError::InvalidAddress)?;
+        let direct = matches!(rec.kind, Holder::Direct { .. });
+        if write && !direct {
+            return Ok(None);
+        }
+        let counters = &self.ctx.counters;
+        let Some(step) = self.step(hold, off, write, direct)? else {
+            return Ok(None);
+        };
+        VmCounters::bump(&counters.lookups);
+        match step {
+            Step::Found(r) => {
+                if r.how != Resolution::ZeroPage {
+                    VmCounters::bump(&counters.hits);
+                }
+                map(r)?;
+                Ok(Some(r))
+            }
+            Step::Claimed(pa) => self.fill(hold.obj, off, pa, map).map(Some),
+        }
+    }
+
+    /// Finds what the fault maps, or claims the page to fill (a race lost
+    /// to another filler is looked up again). `None`: exclusive path.
+    fn step(
+        &self,
+        hold: &Hold,
+        off: u64,
+        write: bool,
+        direct: bool,
+    ) -> Result<Option<Step>, KernError> {
+        loop {
+            let how = match (self.find_settled(hold.obj, off), write) {
+                (Some(f), _) if f.depth == 0 && direct => (f.pa, Resolution::Resident),
+                (Some(f), false) => (f.pa, Resolution::Backing),
+                (Some(_), true) => return Ok(None),
+                (None, false) => match self.zero_frame_for(hold, off) {
+                    Some(zero) => (zero, Resolution::ZeroPage),
+                    None => return Ok(None),
+                },
+                (None, true) => {
+                    if self.g.other_overlaps(hold.obj, hold.id, off, off + 1, |_| true) {
+                        return Ok(None);
+                    }
+                    let pa = self.ctx.frames().alloc(FrameUse::Object)?;
+                    match self.g.obj(hold.obj).pages.claim(off, pa) {
+                        Ok(()) => return Ok(Some(Step::Claimed(pa))),
+                        Err(_) => {
+                            // Another fault of this hold filled it first.
+                            self.ctx.frames().free(pa);
+                            continue;
+                        }
+                    }
+                }
+            };
+            return Ok(Some(Step::Found(Resolved { pa: how.0, how: how.1 })));
+        }
+    }
+
+    /// Fills the page claimed at `off` of `obj` with zeros, maps it and
+    /// publishes it; if `map` fails, withdraws it (nobody used a busy page)
+    /// and frees the frame.
+    fn fill(
+        &self,
+        obj: ObjectId,
+        off: u64,
+        pa: PhysAddr,
+        map: impl FnOnce(Resolved) -> Result<(), KernError>,
+    ) -> Result<Resolved, KernError> {
+        let frames = self.ctx.frames();
+        frames.mem().zero_page(pa);
+        let owner = |o: u32, at: u64| {
+            if let Some(p) = frames.page(pa) {
+                p.set_owner(o, PageIndex::new(at));
+            }
+        };
+        owner(obj.0, off);
+        let pages = &self.g.obj(obj).pages;
+        let r = Resolved {
+            pa,
+            how: Resolution::ZeroFilled,
+        };
+        if let Err(e) = map(r) {
+            let taken = pages.withdraw(off);
+            debug_assert_eq!(taken, pa);
+            owner(0, 0);
+            frames.free(pa);
+            return Err(e);
+        }
+        pages.publish(off);
+        VmCounters::bump(&self.ctx.counters.zero_fill_count);
+        Ok(r)
+    }
+
+    /// The first page at `off` of `obj` or below, waiting out fills.
+    fn find_settled(&self, obj: ObjectId, off: u64) -> Option<Found> {
+        let (mut cur, mut off, mut depth) = (obj, off, 0);
+        loop {
+            let o = self.g.obj(cur);
+            if let Some(pa) = o.pages.settled(off) {
+                return Some(Found { pa, depth });
+            }
+            let b = o.backing?;
+            (cur, off, depth) = (b.obj, off + b.offset, depth + 1);
+        }
+    }
+
+    /// The zero frame when a read at `off` may map it for `hold` (no
+    /// `Share` sibling sees the offset; see `Objects::resolve`).
+    fn zero_frame_for(&self, hold: &Hold, off: u64) -> Option<PhysAddr> {
+        let zero = self.ctx.zero_frame()?;
+        let direct = |k: Holder| matches!(k, Holder::Direct { .. });
+        let shared = self
+            .g
+            .other_overlaps(hold.obj, hold.id, off, off + 1, direct);
+        (!shared).then_some(zero)
+    }
+
+    /// Who `hold` is.
+    pub fn holder(&self, hold: &Hold) -> Holder {
+        self.g.rec(hold.obj, hold.id).kind
+    }
+
+    /// The page at page `page` of `hold`'s window as the chain holds it.
+    pub fn lookup(&self, hold: &Hold, page: PageIndex) -> Option<Found> {
+        let rec = self.g.rec(hold.obj, hold.id);
+        let off = rec.start.checked_add(page.get()).filter(|&o| o < rec.end)?;
+        self.find_settled(hold.obj, off)
+    }
+
+    /// The frame of page `page` of `hold`'s window when it is resident in
+    /// the held object itself (a page resolved for writing).
+    pub fn written_frame(&self, hold: &Hold, page: PageIndex) -> Option<PhysAddr> {
+        self.lookup(hold, page).filter(|f| f.depth == 0).map(|f| f.pa)
+    }
+}
