@@ -133,8 +133,8 @@ fn test(rest: &[String]) -> bool {
         eprintln!("xtask test: cargo doc found problems");
         return false;
     }
-    // Loom model checks of the frame allocator (own target dir: the cfg
-    // changes every crate's build).
+    // Loom model checks of the frame allocator and its per-CPU caches (own
+    // target dir: the cfg changes every crate's build).
     let loom = [
         "test",
         "-p",
@@ -147,6 +147,21 @@ fn test(rest: &[String]) -> bool {
     ];
     if !cargo_env(&loom, &[("RUSTFLAGS", "--cfg loom")]) {
         eprintln!("xtask test: the loom model checks failed");
+        return false;
+    }
+    // ... and of the page map's busy/wait protocol (the object crate's
+    // unit tests under `--cfg loom` are its loom models alone).
+    let loom_pages = [
+        "test",
+        "-p",
+        "machvm-object",
+        "--lib",
+        "--release",
+        "--target-dir",
+        "target/loom",
+    ];
+    if !cargo_env(&loom_pages, &[("RUSTFLAGS", "--cfg loom")]) {
+        eprintln!("xtask test: the page map's loom model checks failed");
         return false;
     }
     // The alignment checks that keep `PhysMem` sound, with debug

@@ -23,6 +23,7 @@
 
 extern crate alloc;
 
+mod cache;
 mod error;
 mod inject;
 #[allow(unsafe_code)]
@@ -38,6 +39,7 @@ use core::ops::Range;
 use core::sync::atomic::AtomicBool;
 use core::sync::atomic::Ordering::Relaxed;
 
+use cache::{CACHES, Cache};
 use sync::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Lock};
 
 pub use error::FrameError;
@@ -74,6 +76,8 @@ pub enum FrameState {
     PageTable = 4,
     /// Used by the kernel for something else.
     Kernel = 5,
+    /// Free, in a per-CPU cache (`cache.rs`) rather than on a free list.
+    Cached = 6,
 }
 
 impl FrameState {
@@ -84,6 +88,7 @@ impl FrameState {
             3 => FrameState::Object,
             4 => FrameState::PageTable,
             5 => FrameState::Kernel,
+            6 => FrameState::Cached,
             _ => FrameState::Reserved,
         }
     }
@@ -240,6 +245,10 @@ pub struct FrameAllocator {
     bad_frees: AtomicU64,
     /// The shared zero frame (0: none yet), see `zero.rs`.
     zero: AtomicU64,
+    /// The per-CPU caches, see `cache.rs`.
+    caches: Box<[Cache]>,
+    /// How to find the current CPU (`set_cpu_id`).
+    cpu_id: spin::Once<fn() -> usize>,
 }
 
 impl FrameAllocator {
@@ -292,6 +301,8 @@ impl FrameAllocator {
             reserve_hook: spin::Mutex::new(None),
             bad_frees: AtomicU64::new(0),
             zero: AtomicU64::new(0),
+            caches: (0..CACHES).map(|_| Cache::new()).collect(),
+            cpu_id: spin::Once::new(),
         };
         let mut managed = 0;
         {
@@ -377,10 +388,10 @@ impl FrameAllocator {
         self.pages.len()
     }
 
-    /// Frames currently free.
+    /// Frames currently free (on the buddy lists or in per-CPU caches).
     #[inline]
     pub fn free_frames(&self) -> u64 {
-        self.free.load(Relaxed)
+        self.free.load(Relaxed) + self.cached_frames()
     }
 
     /// Frames managed (free or in use).
@@ -391,7 +402,9 @@ impl FrameAllocator {
 
     /// Frames in use for `what`.
     pub fn frames_in_use(&self, what: FrameUse) -> u64 {
-        self.in_use[what.index()].load(Relaxed)
+        self.in_use[what.index()]
+            .load(Relaxed)
+            .wrapping_add(self.cached_in_use(what))
     }
 
     /// Allocates one frame (contents unspecified). O(1).
@@ -401,7 +414,8 @@ impl FrameAllocator {
     }
 
     /// Allocates `2^order` contiguous frames aligned to their size (contents
-    /// unspecified); `LARGE_PAGE_ORDER` gives a 2 MiB page.
+    /// unspecified); `LARGE_PAGE_ORDER` gives a 2 MiB page. Single frames
+    /// come from the calling CPU's cache when it can serve them.
     pub fn alloc_order(&self, order: u32, what: FrameUse) -> Result<PhysAddr, FrameError> {
         if order > MAX_ORDER {
             return Err(FrameError::OrderTooLarge { order });
@@ -414,20 +428,33 @@ impl FrameAllocator {
             }
             return Err(FrameError::OutOfFrames { order });
         }
+        let idx = match order {
+            0 => self.alloc_cached(what).map(|pa| self.index_of(pa.as_u64())),
+            _ => None,
+        };
+        let idx = match idx {
+            Some(idx) => idx,
+            None => match self.alloc_buddy(order, what) {
+                Some(idx) => idx,
+                // Frames in caches never make an allocation fail.
+                None if self.drain_all() > 0 => self
+                    .alloc_buddy(order, what)
+                    .ok_or(FrameError::OutOfFrames { order })?,
+                None => return Err(FrameError::OutOfFrames { order }),
+            },
+        };
+        let head = &self.pages[idx];
+        head.flags.store(0, Relaxed);
+        head.wire_count.store(0, Relaxed);
+        head.use_count.store(0, Relaxed);
+        head.set_owner(0, PageIndex::new(0));
+        Ok(self.pa_of(idx))
+    }
+
+    /// A block of `2^order` from the buddy lists, marked in use for `what`.
+    fn alloc_buddy(&self, order: u32, what: FrameUse) -> Option<usize> {
         let mut b = self.buddy.lock();
-        let mut k = order;
-        while k <= MAX_ORDER && b.heads[k as usize] == NIL {
-            k += 1;
-        }
-        if k > MAX_ORDER {
-            return Err(FrameError::OutOfFrames { order });
-        }
-        let idx = b.heads[k as usize] as usize;
-        self.unlink(&mut b, idx, k);
-        while k > order {
-            k -= 1;
-            self.push_free(&mut b, idx + (1 << k), k);
-        }
+        let idx = self.take_block(&mut b, order)?;
         // Under the lock: until the head stops looking like a free head of
         // its old order, a concurrent free of its buddy would merge it.
         let head = &self.pages[idx];
@@ -440,12 +467,26 @@ impl FrameAllocator {
         // may run at any moment on another thread.
         self.free.fetch_sub(1 << order, Relaxed);
         self.in_use[what.index()].fetch_add(1 << order, Relaxed);
-        drop(b);
-        head.flags.store(0, Relaxed);
-        head.wire_count.store(0, Relaxed);
-        head.use_count.store(0, Relaxed);
-        head.set_owner(0, PageIndex::new(0));
-        Ok(self.pa_of(idx))
+        Some(idx)
+    }
+
+    /// Unlinks a free block of order `order` (splitting a larger one) and
+    /// returns its first frame; its head still looks free.
+    fn take_block(&self, b: &mut Buddy, order: u32) -> Option<usize> {
+        let mut k = order;
+        while k <= MAX_ORDER && b.heads[k as usize] == NIL {
+            k += 1;
+        }
+        if k > MAX_ORDER {
+            return None;
+        }
+        let idx = b.heads[k as usize] as usize;
+        self.unlink(b, idx, k);
+        while k > order {
+            k -= 1;
+            self.push_free(b, idx + (1 << k), k);
+        }
+        Some(idx)
     }
 
     /// Returns a block obtained from [`alloc`](Self::alloc) or
@@ -476,8 +517,20 @@ impl FrameAllocator {
             _ => FrameUse::Kernel,
         };
         let order = u32::from(head.order.load(Relaxed));
+        if order == 0 && self.free_cached(idx, what) {
+            return;
+        }
         let n = 1u64 << order;
         let mut b = self.buddy.lock();
+        self.free_block(&mut b, idx, order);
+        self.free.fetch_add(n, Relaxed);
+        self.in_use[what.index()].fetch_sub(n, Relaxed);
+        drop(b);
+    }
+
+    /// Puts the block of `2^order` at `idx` on the buddy lists, merged
+    /// with its free buddies.
+    fn free_block(&self, b: &mut Buddy, idx: usize, order: u32) {
         for p in &self.pages[idx..idx + (1 << order)] {
             p.state.store(FrameState::Free as u8, Relaxed);
             p.order.store(NOT_HEAD, Relaxed);
@@ -489,7 +542,7 @@ impl FrameAllocator {
                 Some(bp)
                     if bp.state() == FrameState::Free && u32::from(bp.order.load(Relaxed)) == k =>
                 {
-                    self.unlink(&mut b, buddy, k);
+                    self.unlink(b, buddy, k);
                     bp.order.store(NOT_HEAD, Relaxed);
                     self.pages[idx].order.store(NOT_HEAD, Relaxed);
                     idx = idx.min(buddy);
@@ -498,10 +551,7 @@ impl FrameAllocator {
                 _ => break,
             }
         }
-        self.push_free(&mut b, idx, k);
-        self.free.fetch_add(n, Relaxed);
-        self.in_use[what.index()].fetch_sub(n, Relaxed);
-        drop(b);
+        self.push_free(b, idx, k);
     }
 
     fn push_free(&self, b: &mut Buddy, idx: usize, k: u32) {

@@ -30,6 +30,15 @@ impl<T> Lock<T> {
         }
     }
 
+    /// The lock if it is free now.
+    #[inline]
+    pub(crate) fn try_lock(&self) -> Option<Guard<'_, T>> {
+        #[cfg(not(loom))]
+        return self.inner.try_lock();
+        #[cfg(loom)]
+        return self.inner.try_lock().ok();
+    }
+
     #[inline]
     pub(crate) fn lock(&self) -> Guard<'_, T> {
         #[cfg(not(loom))]

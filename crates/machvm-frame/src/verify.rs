@@ -7,6 +7,10 @@ use alloc::string::String;
 use core::sync::atomic::Ordering::Relaxed;
 use machvm_base::Violation;
 
+use alloc::vec::Vec;
+
+use crate::cache::Stack;
+use crate::sync::Guard;
 use crate::{Buddy, FrameAllocator, FrameState, FrameUse, MAX_ORDER, NIL, NOT_HEAD};
 
 /// The allocator's invariants, one per bullet at the top of the crate:
@@ -26,6 +30,9 @@ pub enum FrameRule {
     Counters,
     /// No invalid free (double free, foreign frame, a tail) was seen.
     NoInvalidFree,
+    /// A frame is in a per-CPU cache iff its state is `Cached`, in one
+    /// cache, once; each cache's count is its frames.
+    Caches,
 }
 
 impl FrameAllocator {
@@ -35,7 +42,10 @@ impl FrameAllocator {
     /// lock it holds).
     pub fn verify(&self) -> Result<(), Violation<FrameRule>> {
         use FrameRule::*;
+        // Caches before the buddy lock: the order refills take.
+        let stacks: Vec<_> = self.caches.iter().map(|c| c.stack.lock()).collect();
         let b = self.buddy.lock();
+        Violation::check(Caches, self.check_caches(&stacks))?;
         Violation::check(NoInvalidFree, self.check_no_invalid_free())?;
         let mut listed = [0u64; MAX_ORDER as usize + 1];
         for k in 0..=MAX_ORDER {
@@ -46,6 +56,42 @@ impl FrameAllocator {
         }
         let used = Violation::check(OneState, self.check_one_state())?;
         Violation::check(Counters, self.check_counters(&b, &listed, used))
+    }
+
+    /// Every cached frame is in state `Cached` and in one cache once, every
+    /// `Cached` frame is in a cache, and each cache's count is its length.
+    fn check_caches(&self, stacks: &[Guard<'_, Stack>]) -> Result<(), String> {
+        let mut seen = alloc::collections::BTreeSet::new();
+        for (c, s) in self.caches.iter().zip(stacks) {
+            if c.held.load(Relaxed) != s.len as u64 {
+                return Err(format!(
+                    "a cache holds {} frames, count says {}",
+                    s.len,
+                    c.held.load(Relaxed)
+                ));
+            }
+            for &idx in &s.frames[..s.len] {
+                let p = self
+                    .pages
+                    .get(idx as usize)
+                    .ok_or("cached frame out of range")?;
+                if p.state() != FrameState::Cached || !seen.insert(idx) {
+                    return Err(format!("frame {idx} cached twice or not in state Cached"));
+                }
+            }
+        }
+        let cached = self
+            .pages
+            .iter()
+            .filter(|p| p.state() == FrameState::Cached)
+            .count();
+        if cached != seen.len() {
+            return Err(format!(
+                "{cached} frames in state Cached, {} in caches",
+                seen.len()
+            ));
+        }
+        Ok(())
     }
 
     /// No invalid free (double free, foreign frame, a tail) was seen.
@@ -144,7 +190,7 @@ impl FrameAllocator {
     fn check_one_state(&self) -> Result<[u64; 3], String> {
         let used = self.check_blocks()?;
         let free: u64 = (0..self.pages.len())
-            .filter(|&i| self.pages[i].state() == FrameState::Free)
+            .filter(|&i| matches!(self.pages[i].state(), FrameState::Free | FrameState::Cached))
             .count() as u64;
         if free + used.iter().sum::<u64>() != self.managed {
             return Err(format!(
@@ -180,7 +226,7 @@ impl FrameAllocator {
         let p = &self.pages[i];
         let (state, order) = (p.state(), p.order.load(Relaxed));
         let len = match state {
-            FrameState::Reserved => 1,
+            FrameState::Reserved | FrameState::Cached => 1,
             FrameState::Tail => return Err(format!("tail frame {i} without a head")),
             _ if order == NOT_HEAD => {
                 return Err(format!("frame {i} ({state:?}) is not a block head"));

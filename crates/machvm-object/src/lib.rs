@@ -141,5 +141,5 @@ pub struct CowRef {
     pub write_protect: bool,
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests;

@@ -156,7 +156,11 @@ impl PageMap {
 
     /// Withdraws the page claimed at `off`; returns its frame.
     pub(crate) fn withdraw(&self, off: u64) -> PhysAddr {
-        let s = self.0.lock().remove(&off).expect("withdrawn page not claimed");
+        let s = self
+            .0
+            .lock()
+            .remove(&off)
+            .expect("withdrawn page not claimed");
         debug_assert!(s & BUSY != 0, "withdrawn page not busy");
         PhysAddr::new(s & !BUSY)
     }
@@ -179,11 +183,21 @@ mod loom_tests {
     /// A fault on `off` as the shared path runs it: settled lookup, claim
     /// with its own frame, fill, then publish (or withdraw when `fail`).
     /// Returns the frame it ended up using, and whether it filled one.
-    fn fault(m: &PageMap, off: u64, mine: PhysAddr, fill: &AtomicU64, fail: bool) -> Option<PhysAddr> {
+    fn fault(
+        m: &PageMap,
+        off: u64,
+        mine: PhysAddr,
+        fill: &AtomicU64,
+        fail: bool,
+    ) -> Option<PhysAddr> {
         loop {
             if let Some(pa) = m.settled(off) {
                 // A published page was filled completely.
-                assert_eq!(fill.load(SeqCst), pa.as_u64(), "page used before it was filled");
+                assert_eq!(
+                    fill.load(SeqCst),
+                    pa.as_u64(),
+                    "page used before it was filled"
+                );
                 return Some(pa);
             }
             match m.claim(off, mine) {

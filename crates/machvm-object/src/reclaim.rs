@@ -115,7 +115,9 @@ impl Objects<'_> {
     /// Destroys an object nobody holds: its pages are freed and its
     /// backing object loses its record.
     fn destroy(&mut self, id: ObjectId, work: &mut Vec<Lost>) {
-        let Some(mut o) = self.g.remove(id) else { return };
+        let Some(mut o) = self.g.remove(id) else {
+            return;
+        };
         for (_, pa) in o.pages.take_all() {
             self.free_page(pa);
         }
@@ -149,7 +151,9 @@ impl Objects<'_> {
         let Holder::Shadow(top) = rec.kind else {
             return;
         };
-        let Some(mut b) = self.g.remove(id) else { return };
+        let Some(mut b) = self.g.remove(id) else {
+            return;
+        };
         VmCounters::bump(&self.ctx.counters.collapses);
         let top_size = self.g.obj(top).size;
         for (off, pa) in b.pages.take_all() {

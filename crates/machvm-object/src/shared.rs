@@ -80,7 +80,10 @@ impl SharedObjects<'_> {
                     None => return Ok(None),
                 },
                 (None, true) => {
-                    if self.g.other_overlaps(hold.obj, hold.id, off, off + 1, |_| true) {
+                    if self
+                        .g
+                        .other_overlaps(hold.obj, hold.id, off, off + 1, |_| true)
+                    {
                         return Ok(None);
                     }
                     let pa = self.ctx.frames().alloc(FrameUse::Object)?;
@@ -94,7 +97,10 @@ impl SharedObjects<'_> {
                     }
                 }
             };
-            return Ok(Some(Step::Found(Resolved { pa: how.0, how: how.1 })));
+            return Ok(Some(Step::Found(Resolved {
+                pa: how.0,
+                how: how.1,
+            })));
         }
     }
 
@@ -172,6 +178,8 @@ impl SharedObjects<'_> {
     /// The frame of page `page` of `hold`'s window when it is resident in
     /// the held object itself (a page resolved for writing).
     pub fn written_frame(&self, hold: &Hold, page: PageIndex) -> Option<PhysAddr> {
-        self.lookup(hold, page).filter(|f| f.depth == 0).map(|f| f.pa)
+        self.lookup(hold, page)
+            .filter(|f| f.depth == 0)
+            .map(|f| f.pa)
     }
 }

@@ -180,7 +180,13 @@ impl Objects<'_> {
     /// Every resident page is reachable (unreachable pages are freed at
     /// once).
     fn check_reachable(&self, id: ObjectId, o: &Object) -> Result<(), String> {
-        match o.pages.all().into_iter().map(|(k, _)| k).find(|&k| !self.visible(id, k)) {
+        match o
+            .pages
+            .all()
+            .into_iter()
+            .map(|(k, _)| k)
+            .find(|&k| !self.visible(id, k))
+        {
             Some(k) => Err(format!("object {}: page {k} is unreachable", id.0)),
             None => Ok(()),
         }
