@@ -133,8 +133,34 @@ fn test(rest: &[String]) -> bool {
         eprintln!("xtask test: cargo doc found problems");
         return false;
     }
-    // Loom model checks of the frame allocator and its per-CPU caches (own
-    // target dir: the cfg changes every crate's build).
+    if !loom_checks() {
+        return false;
+    }
+    // The alignment checks that keep `PhysMem` sound, with debug
+    // assertions off.
+    let release = [
+        "test",
+        "-p",
+        "machvm-frame",
+        "--release",
+        "--test",
+        "alignment",
+    ];
+    if !cargo(&release) {
+        eprintln!("xtask test: PhysMem's alignment checks failed in a release build");
+        return false;
+    }
+    if !qemu::clippy_kernel() {
+        eprintln!("xtask test: clippy for the kernel target failed");
+        return false;
+    }
+    qemu::qemu_test(rest)
+}
+
+/// The loom model checks: the frame allocator and its per-CPU caches, and
+/// the page map's busy/wait protocol (own target dir: the cfg changes
+/// every crate's build).
+fn loom_checks() -> bool {
     let loom = [
         "test",
         "-p",
@@ -164,23 +190,5 @@ fn test(rest: &[String]) -> bool {
         eprintln!("xtask test: the page map's loom model checks failed");
         return false;
     }
-    // The alignment checks that keep `PhysMem` sound, with debug
-    // assertions off.
-    let release = [
-        "test",
-        "-p",
-        "machvm-frame",
-        "--release",
-        "--test",
-        "alignment",
-    ];
-    if !cargo(&release) {
-        eprintln!("xtask test: PhysMem's alignment checks failed in a release build");
-        return false;
-    }
-    if !qemu::clippy_kernel() {
-        eprintln!("xtask test: clippy for the kernel target failed");
-        return false;
-    }
-    qemu::qemu_test(rest)
+    true
 }

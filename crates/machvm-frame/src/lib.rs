@@ -28,6 +28,7 @@ mod error;
 mod inject;
 #[allow(unsafe_code)]
 mod mem;
+mod page;
 mod reserve;
 mod sync;
 mod verify;
@@ -40,11 +41,12 @@ use core::sync::atomic::AtomicBool;
 use core::sync::atomic::Ordering::Relaxed;
 
 use cache::{CACHES, Cache};
-use sync::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Lock};
+use sync::{AtomicU64, Lock};
 
 pub use error::FrameError;
 pub use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, PhysAddr};
 pub use mem::{HOSTED_PHYS_BASE, PhysMem};
+pub use page::{FrameState, FrameUse, VmPage, page_flags};
 pub use reserve::FrameReservation;
 pub use verify::FrameRule;
 
@@ -59,153 +61,6 @@ pub const LARGE_PAGE_ORDER: u32 = 9;
 
 const NIL: u32 = u32::MAX;
 const NOT_HEAD: u8 = 0xFF;
-
-/// What a frame is doing: its queue, in Mach terms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum FrameState {
-    /// Not managed: a hole between ranges or memory the firmware keeps.
-    Reserved = 0,
-    /// On a free list.
-    Free = 1,
-    /// A non-head frame of an allocated multi-frame block.
-    Tail = 2,
-    /// Holds data of a VM object (Mach's active queue).
-    Object = 3,
-    /// A page-table page of a pmap.
-    PageTable = 4,
-    /// Used by the kernel for something else.
-    Kernel = 5,
-    /// Free, in a per-CPU cache (`cache.rs`) rather than on a free list.
-    Cached = 6,
-}
-
-impl FrameState {
-    fn from_u8(v: u8) -> FrameState {
-        match v {
-            1 => FrameState::Free,
-            2 => FrameState::Tail,
-            3 => FrameState::Object,
-            4 => FrameState::PageTable,
-            5 => FrameState::Kernel,
-            6 => FrameState::Cached,
-            _ => FrameState::Reserved,
-        }
-    }
-}
-
-/// What an allocated frame is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FrameUse {
-    /// Data of a VM object.
-    Object,
-    /// A page-table page.
-    PageTable,
-    /// Other kernel use.
-    Kernel,
-}
-
-impl FrameUse {
-    fn state(self) -> FrameState {
-        match self {
-            FrameUse::Object => FrameState::Object,
-            FrameUse::PageTable => FrameState::PageTable,
-            FrameUse::Kernel => FrameState::Kernel,
-        }
-    }
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// Flag bits of [`VmPage::flags`].
-pub mod page_flags {
-    /// Written since last cleaned (software copy of the pmap's modify bit).
-    pub const DIRTY: u8 = 1;
-    /// Accessed since last cleared.
-    pub const REFERENCED: u8 = 2;
-    /// The object layer is filling or copying the page.
-    pub const BUSY: u8 = 4;
-}
-
-/// Per-frame metadata, Mach's `vm_page`, in 32 bytes.
-///
-/// Fields are atomics so that owners (the object layer for its pages, a pmap
-/// for its page-table pages) can update their parts without the allocator's
-/// lock; the free-list links are only touched under that lock.
-#[repr(C)]
-#[derive(Default)]
-pub struct VmPage {
-    offset: AtomicU64,
-    next: AtomicU32,
-    prev: AtomicU32,
-    object: AtomicU32,
-    wire_count: AtomicU16,
-    use_count: AtomicU16,
-    state: AtomicU8,
-    order: AtomicU8,
-    flags: AtomicU8,
-}
-
-impl VmPage {
-    /// The frame's current state.
-    pub fn state(&self) -> FrameState {
-        FrameState::from_u8(self.state.load(Relaxed))
-    }
-    /// The owning object's id (0: none) and the page's index in it.
-    pub fn owner(&self) -> (u32, PageIndex) {
-        (
-            self.object.load(Relaxed),
-            PageIndex::new(self.offset.load(Relaxed)),
-        )
-    }
-    /// Records the owning object and the page's index in it (the object
-    /// layer's business).
-    pub fn set_owner(&self, object: u32, index: PageIndex) {
-        self.object.store(object, Relaxed);
-        self.offset.store(index.get(), Relaxed);
-    }
-    /// Flag bits, see [`page_flags`].
-    pub fn flags(&self) -> u8 {
-        self.flags.load(Relaxed)
-    }
-    /// Sets flag bits.
-    pub fn set_flags(&self, bits: u8) {
-        self.flags.fetch_or(bits, Relaxed);
-    }
-    /// Clears flag bits.
-    pub fn clear_flags(&self, bits: u8) {
-        self.flags.fetch_and(!bits, Relaxed);
-    }
-    /// Number of wirings.
-    pub fn wire_count(&self) -> u16 {
-        self.wire_count.load(Relaxed)
-    }
-    /// Adds one wiring.
-    pub fn wire(&self) {
-        self.wire_count.fetch_add(1, Relaxed);
-    }
-    /// Drops one wiring.
-    pub fn unwire(&self) {
-        let old = self.wire_count.fetch_sub(1, Relaxed);
-        debug_assert!(old > 0, "unwire of an unwired frame");
-    }
-    /// A counter for the owner's use: a page-table page counts its valid
-    /// entries here (as FreeBSD's pmap uses the ptp's `ref_count`).
-    pub fn use_count(&self) -> u16 {
-        self.use_count.load(Relaxed)
-    }
-    /// Adds `n` to the use counter, returning the new value.
-    pub fn add_use(&self, n: u16) -> u16 {
-        self.use_count.fetch_add(n, Relaxed) + n
-    }
-    /// Subtracts `n` from the use counter, returning the new value.
-    pub fn sub_use(&self, n: u16) -> u16 {
-        let old = self.use_count.fetch_sub(n, Relaxed);
-        debug_assert!(old >= n, "use count underflow");
-        old - n
-    }
-}
 
 struct Buddy {
     heads: [u32; MAX_ORDER as usize + 1],
@@ -305,37 +160,42 @@ impl FrameAllocator {
             cpu_id: spin::Once::new(),
         };
         let mut managed = 0;
-        {
-            let mut b = fa.buddy.lock();
-            for r in ranges {
-                let s = machvm_base::round_page(r.start.as_u64()).unwrap_or(u64::MAX);
-                let e = machvm_base::trunc_page(r.end.as_u64());
-                if s >= e {
-                    continue;
-                }
-                let (si, ei) = (fa.index_of(s), fa.index_of(e));
-                if (si..ei).any(|i| fa.pages[i].state() != FrameState::Reserved) {
-                    return Err(KernError::InvalidArgument);
-                }
-                for i in si..ei {
-                    fa.pages[i].state.store(FrameState::Free as u8, Relaxed);
-                    fa.pages[i].order.store(NOT_HEAD, Relaxed);
-                }
-                let mut i = si;
-                while i < ei {
-                    let mut k = MAX_ORDER;
-                    while k > 0 && (i % (1 << k) != 0 || i + (1 << k) > ei) {
-                        k -= 1;
-                    }
-                    fa.push_free(&mut b, i, k);
-                    i += 1 << k;
-                }
-                managed += (ei - si) as u64;
-            }
+        for r in ranges {
+            managed += fa.manage(r)?;
         }
         fa.managed = managed;
         fa.free.store(managed, Relaxed);
         Ok(fa)
+    }
+
+    /// Puts the frames of `r` (rounded in to whole pages) on the free
+    /// lists in the largest aligned blocks; returns how many. A frame
+    /// already managed (overlapping ranges) is `InvalidArgument`.
+    fn manage(&self, r: &Range<PhysAddr>) -> Result<u64, KernError> {
+        let s = machvm_base::round_page(r.start.as_u64()).unwrap_or(u64::MAX);
+        let e = machvm_base::trunc_page(r.end.as_u64());
+        if s >= e {
+            return Ok(0);
+        }
+        let (si, ei) = (self.index_of(s), self.index_of(e));
+        if (si..ei).any(|i| self.pages[i].state() != FrameState::Reserved) {
+            return Err(KernError::InvalidArgument);
+        }
+        for p in &self.pages[si..ei] {
+            p.state.store(FrameState::Free as u8, Relaxed);
+            p.order.store(NOT_HEAD, Relaxed);
+        }
+        let mut b = self.buddy.lock();
+        let mut i = si;
+        while i < ei {
+            let mut k = MAX_ORDER;
+            while k > 0 && (i % (1 << k) != 0 || i + (1 << k) > ei) {
+                k -= 1;
+            }
+            self.push_free(&mut b, i, k);
+            i += 1 << k;
+        }
+        Ok((ei - si) as u64)
     }
 
     /// A host arena of `bytes` with every frame managed.

@@ -33,10 +33,12 @@ pub mod entry;
 mod mmu;
 mod pv;
 mod range;
+mod spaces;
 mod trait_impl;
 mod verify;
 mod walk;
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -52,6 +54,7 @@ use machvm_pmap::{
     Access, CpuSet, EnterError, FaultCode, Pmap, PmapId, PmapRule, TlbFlush, Translation, Violation,
 };
 use pv::{PvEntry, PvHead};
+use spaces::{Space, Spaces};
 use x86_64::structures::paging::PageTableFlags as F;
 
 /// Entry bits as the hot loops use them, from the definitions in
@@ -99,28 +102,6 @@ impl Default for X86Config {
             kernel_half: [0; USER_ENTRIES],
             mmu: None,
         }
-    }
-}
-
-struct Space {
-    root: PhysAddr,
-    active: CpuSet,
-    resident: u64,
-    wired: u64,
-}
-
-struct Inner {
-    spaces: Vec<Option<Space>>,
-    free_ids: Vec<u32>,
-    /// Per frame index of the allocator span.
-    pv: Vec<PvHead>,
-    /// Pmap currently active on each CPU.
-    current: [Option<u32>; 64],
-}
-
-impl Inner {
-    fn space(&mut self, p: PmapId) -> Option<&mut Space> {
-        self.spaces.get_mut(p.0 as usize).and_then(Option::as_mut)
     }
 }
 
@@ -179,7 +160,12 @@ struct Acct {
 /// ```
 pub struct X86Pmap {
     frames: Arc<FrameAllocator>,
-    inner: spin::Mutex<Inner>,
+    /// The address spaces, each under its own lock (`spaces.rs`).
+    spaces: Spaces,
+    /// Per frame index of the allocator span: its pv list, under its lock.
+    pv: Box<[spin::Mutex<PvHead>]>,
+    /// Pmap currently active on each CPU.
+    current: spin::Mutex<[Option<u32>; 64]>,
     cfg: X86Config,
     flushes: AtomicU64,
     #[cfg(test)]
@@ -192,15 +178,12 @@ impl X86Pmap {
         let mut pv = Vec::new();
         pv.try_reserve_exact(frames.span_frames())
             .map_err(|_| KernError::ResourceShortage)?;
-        pv.resize_with(frames.span_frames(), PvHead::default);
+        pv.resize_with(frames.span_frames(), Default::default);
         Ok(X86Pmap {
             frames,
-            inner: spin::Mutex::new(Inner {
-                spaces: Vec::new(),
-                free_ids: Vec::new(),
-                pv,
-                current: [None; 64],
-            }),
+            spaces: Spaces::new(),
+            pv: pv.into_boxed_slice(),
+            current: spin::Mutex::new([None; 64]),
             cfg,
             flushes: AtomicU64::new(0),
             #[cfg(test)]
@@ -215,7 +198,7 @@ impl X86Pmap {
 
     /// Physical address of `pmap`'s PML4 (what CR3 holds when it is active).
     pub fn root(&self, pmap: PmapId) -> Option<PhysAddr> {
-        self.inner.lock().space(pmap).map(|s| s.root)
+        self.spaces.lock(pmap).map(|s| s.root)
     }
 
     /// Number of non-empty flushes performed.
@@ -260,15 +243,15 @@ impl X86Pmap {
         Ok(pa)
     }
 
-    fn pv_add(&self, g: &mut Inner, pa: PhysAddr, e: PvEntry) {
+    fn pv_add(&self, pa: PhysAddr, e: PvEntry) {
         if let Some(i) = self.frames.frame_index(pa) {
-            g.pv[i].insert(e);
+            self.pv[i].lock().insert(e);
         }
     }
 
-    fn pv_remove(&self, g: &mut Inner, pa: PhysAddr, e: PvEntry) {
+    fn pv_remove(&self, pa: PhysAddr, e: PvEntry) {
         if let Some(i) = self.frames.frame_index(pa) {
-            let found = g.pv[i].remove(e);
+            let found = self.pv[i].lock().remove(e);
             debug_assert!(found, "pv entry missing for {pa:?}");
         }
     }
@@ -336,9 +319,8 @@ impl X86Pmap {
 
 impl core::fmt::Debug for X86Pmap {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let g = self.inner.lock();
         f.debug_struct("X86Pmap")
-            .field("pmaps", &g.spaces.iter().flatten().count())
+            .field("pmaps", &self.spaces.live_ids().len())
             .finish()
     }
 }

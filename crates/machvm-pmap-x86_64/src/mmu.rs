@@ -14,8 +14,9 @@ impl X86Pmap {
         user: bool,
     ) -> Result<PhysAddr, FaultCode> {
         let not_present = FaultCode::new(access, user, false);
-        let mut g = self.inner.lock();
-        let root = g.space(pmap).ok_or(not_present)?.root;
+        // The space stays locked for the walk: no table goes meanwhile.
+        let s = self.spaces.lock(pmap).ok_or(not_present)?;
+        let root = s.root;
         // Non-canonical addresses #GP on hardware; report them as not present.
         let canonical = va.as_u64() < (1 << 47) || va.as_u64() >= 0xFFFF_8000_0000_0000;
         if !canonical {

@@ -8,7 +8,7 @@ impl X86Pmap {
     /// Applies `op` to every leaf of `pmap` in `[start, end)`.
     pub(crate) fn range_op(
         &self,
-        g: &mut Inner,
+        s: &mut Space,
         pmap: PmapId,
         start: u64,
         end: u64,
@@ -19,11 +19,9 @@ impl X86Pmap {
         if start >= end {
             return;
         }
-        let Some(root) = g.space(pmap).map(|s| s.root) else {
-            return;
-        };
+        let root = s.root;
         let mut w = RangeWalk {
-            g,
+            s,
             pmap,
             op,
             f,
@@ -40,10 +38,8 @@ impl X86Pmap {
             end,
         );
         let acct = w.acct;
-        if let Some(s) = g.space(pmap) {
-            s.resident = (s.resident as i64 + acct.resident) as u64;
-            s.wired = (s.wired as i64 + acct.wired) as u64;
-        }
+        s.resident = (s.resident as i64 + acct.resident) as u64;
+        s.wired = (s.wired as i64 + acct.wired) as u64;
     }
 
     /// [`range_op`](Self::range_op) over `[start, end)` within table `t`
@@ -69,7 +65,7 @@ impl X86Pmap {
                 // lower) the whole 2 MiB, which is always allowed of a cache.
                 match self.alloc_table() {
                     Ok(c) => {
-                        self.demote_into(w.g, w.pmap, t.pa, i, eva, c);
+                        self.demote_into(w.s, w.pmap, t.pa, i, eva, c);
                         c
                     }
                     Err(_) => {
@@ -110,7 +106,6 @@ impl X86Pmap {
                 self.add_use(table, -1);
                 if e & MANAGED != 0 {
                     self.pv_remove(
-                        w.g,
                         PhysAddr::new(e & ADDR),
                         PvEntry::new(pmap, VirtAddr::new(va), large),
                     );
@@ -170,12 +165,15 @@ impl X86Pmap {
         None
     }
 
-    /// Every (pmap, 4 KiB va) mapping the frame `pa`.
-    pub(crate) fn mappings_of(&self, g: &Inner, pa: PhysAddr) -> Vec<(PmapId, VirtAddr)> {
+    /// Every (pmap, 4 KiB va) mapping the frame `pa`, as its pv lists say
+    /// now (each list locked in turn; a caller that acts on one checks it
+    /// under the space's lock, see [`leaf_of`](Self::leaf_of)).
+    pub(crate) fn mappings_of(&self, pa: PhysAddr) -> Vec<(PmapId, VirtAddr)> {
         let mut out = Vec::new();
         if let Some(i) = self.frames.frame_index(pa) {
             out.extend(
-                g.pv[i]
+                self.pv[i]
+                    .lock()
                     .iter()
                     .filter(|e| !e.large())
                     .map(|e| (e.pmap(), e.va())),
@@ -184,7 +182,8 @@ impl X86Pmap {
         let head = PhysAddr::new(pa.as_u64() & !(LARGE_PAGE_SIZE - 1));
         if let Some(i) = self.frames.frame_index(head) {
             out.extend(
-                g.pv[i]
+                self.pv[i]
+                    .lock()
                     .iter()
                     .filter(|e| e.large())
                     .map(|e| (e.pmap(), e.va() + (pa.page_base() - head))),
@@ -193,15 +192,29 @@ impl X86Pmap {
         out
     }
 
+    /// The leaf of the locked space `s` that maps `va` to the frame `pa`
+    /// (a small leaf, or the large one covering it), if it still does.
+    pub(crate) fn leaf_of(
+        &self,
+        s: &Space,
+        va: VirtAddr,
+        pa: PhysAddr,
+    ) -> Option<(PhysAddr, usize, u64, bool)> {
+        let leaf = self.find_leaf(s.root, va.as_u64())?;
+        let (_, _, e, large) = leaf;
+        let span = if large { LARGE_PAGE_SIZE } else { PAGE_SIZE };
+        let maps = (e & ADDR & !(span - 1)) + (va.as_u64() & (span - 1) & !(PAGE_SIZE - 1));
+        (maps == pa.page_base().as_u64()).then_some(leaf)
+    }
+
     pub(crate) fn modify_bits(&self, pa: PhysAddr, bit: u64, clear: bool) -> (bool, TlbFlush) {
-        let mut g = self.inner.lock();
         let mut any = false;
         let mut f = TlbFlush::none();
-        for (pmap, va) in self.mappings_of(&g, pa) {
-            let Some(root) = g.space(pmap).map(|s| s.root) else {
+        for (pmap, va) in self.mappings_of(pa) {
+            let Some(s) = self.spaces.lock(pmap) else {
                 continue;
             };
-            if let Some((table, i, e, _)) = self.find_leaf(root, va.as_u64()) {
+            if let Some((table, i, e, _)) = self.leaf_of(&s, va, pa) {
                 if e & bit != 0 {
                     any = true;
                     if clear {
@@ -217,7 +230,7 @@ impl X86Pmap {
 
 /// What one range operation carries down the tables.
 struct RangeWalk<'a> {
-    g: &'a mut Inner,
+    s: &'a mut Space,
     pmap: PmapId,
     op: Op,
     f: &'a mut TlbFlush,

@@ -502,7 +502,7 @@ fn verify_names_each_broken_rule() {
             .unwrap(),
     );
     check(&fa, &pm);
-    let root = pm.inner.lock().space(p).unwrap().root;
+    let root = pm.spaces.lock(p).unwrap().root;
     let rule = || pm.verify().unwrap_err().rule;
     // The kernel half differs from the configured one.
     pm.store(root, USER_ENTRIES, 0x1234_5000 | P);
@@ -517,15 +517,15 @@ fn verify_names_each_broken_rule() {
     assert_eq!(rule(), PmapRule::Tables);
     pm.add_use(root, -1);
     // The counters disagree with the leaves.
-    pm.inner.lock().space(p).unwrap().wired += 1;
+    pm.spaces.lock(p).unwrap().wired += 1;
     assert_eq!(rule(), PmapRule::Counters);
-    pm.inner.lock().space(p).unwrap().wired -= 1;
+    pm.spaces.lock(p).unwrap().wired -= 1;
     // A managed leaf missing from its frame's pv list.
     let idx = fa.frame_index(f).unwrap();
     let e = PvEntry::new(p, VirtAddr::new(0x1000), false);
-    assert!(pm.inner.lock().pv[idx].remove(e));
+    assert!(pm.pv[idx].lock().remove(e));
     assert_eq!(rule(), PmapRule::ReverseMaps);
-    pm.inner.lock().pv[idx].insert(e);
+    pm.pv[idx].lock().insert(e);
     check(&fa, &pm);
 }
 
@@ -544,7 +544,7 @@ fn entry_walks_agree_with_the_pmap() {
     );
     let big = VirtAddr::new(0x4000_0000);
     pm.flush(pm.enter_large(p, big, large, VmProt::ALL, false).unwrap());
-    let root = pm.inner.lock().space(p).unwrap().root;
+    let root = pm.spaces.lock(p).unwrap().root;
     let mem = fa.mem();
     assert_eq!(
         entry::translate(mem, root, VirtAddr::new(0x1234)),

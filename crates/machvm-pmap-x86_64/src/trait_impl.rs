@@ -11,22 +11,11 @@ impl Pmap for X86Pmap {
         }
         let space = Space {
             root,
-            active: 0,
-            resident: 0,
-            wired: 0,
+            ..Space::default()
         };
-        let mut g = self.inner.lock();
-        if let Some(id) = g.free_ids.pop() {
-            g.spaces[id as usize] = Some(space);
-            return Ok(PmapId(id));
-        }
-        match u32::try_from(g.spaces.len()) {
-            Ok(id) if id < pv::MAX_PMAPS => {
-                g.spaces.push(Some(space));
-                Ok(PmapId(id))
-            }
-            _ => {
-                drop(g);
+        match self.spaces.insert(space) {
+            Some(id) => Ok(id),
+            None => {
                 self.frames.free(root);
                 Err(KernError::ResourceShortage)
             }
@@ -34,15 +23,14 @@ impl Pmap for X86Pmap {
     }
 
     fn destroy(&self, pmap: PmapId) {
-        let mut g = self.inner.lock();
-        let Some(s) = g.space(pmap) else { return };
+        let Some(mut s) = self.spaces.lock(pmap) else {
+            return;
+        };
         debug_assert_eq!(s.active, 0, "destroying an active pmap");
         let root = s.root;
         let mut f = TlbFlush::none();
-        self.range_op(&mut g, pmap, 0, USER_MAX, Op::Remove, &mut f);
-        g.spaces[pmap.0 as usize] = None;
-        g.free_ids.push(pmap.0);
-        drop(g);
+        self.range_op(&mut s, pmap, 0, USER_MAX, Op::Remove, &mut f);
+        self.spaces.remove(pmap, s);
         // No CPU runs in a destroyed pmap, and loading another CR3 flushed
         // what it cached; its tables can go at once.
         for t in f.into_parts().release {
@@ -75,9 +63,11 @@ impl Pmap for X86Pmap {
 
     fn remove(&self, pmap: PmapId, range: VaRange) -> TlbFlush {
         let mut f = TlbFlush::none();
-        let mut g = self.inner.lock();
+        let Some(mut s) = self.spaces.lock(pmap) else {
+            return f;
+        };
         self.range_op(
-            &mut g,
+            &mut s,
             pmap,
             range.start().as_u64(),
             range.end().as_u64(),
@@ -89,9 +79,11 @@ impl Pmap for X86Pmap {
 
     fn protect(&self, pmap: PmapId, range: VaRange, prot: VmProt) -> TlbFlush {
         let mut f = TlbFlush::none();
-        let mut g = self.inner.lock();
+        let Some(mut s) = self.spaces.lock(pmap) else {
+            return f;
+        };
         self.range_op(
-            &mut g,
+            &mut s,
             pmap,
             range.start().as_u64(),
             range.end().as_u64(),
@@ -102,9 +94,8 @@ impl Pmap for X86Pmap {
     }
 
     fn extract(&self, pmap: PmapId, va: VirtAddr) -> Option<Translation> {
-        let mut g = self.inner.lock();
-        let root = g.space(pmap)?.root;
-        let (_, _, e, large) = self.find_leaf(root, va.as_u64())?;
+        let s = self.spaces.lock(pmap)?;
+        let (_, _, e, large) = self.find_leaf(s.root, va.as_u64())?;
         let size = if large { LARGE_PAGE_SIZE } else { PAGE_SIZE };
         Some(Translation {
             pa: PhysAddr::new((e & ADDR & !(size - 1)) + (va.page_base().as_u64() & (size - 1))),
@@ -126,17 +117,17 @@ impl Pmap for X86Pmap {
 
     fn page_protect(&self, pa: PhysAddr, prot: VmProt) -> TlbFlush {
         let mut f = TlbFlush::none();
-        let mut g = self.inner.lock();
         let op = Op::for_prot(prot);
-        for (pmap, va) in self.mappings_of(&g, pa) {
-            self.range_op(
-                &mut g,
-                pmap,
-                va.as_u64(),
-                va.as_u64() + PAGE_SIZE,
-                op,
-                &mut f,
-            );
+        // The pv lists as they are now, each mapping checked again under
+        // its space's lock (it may have gone or changed meanwhile).
+        for (pmap, va) in self.mappings_of(pa) {
+            let Some(mut s) = self.spaces.lock(pmap) else {
+                continue;
+            };
+            if self.leaf_of(&s, va, pa).is_some() {
+                let va = va.as_u64();
+                self.range_op(&mut s, pmap, va, va + PAGE_SIZE, op, &mut f);
+            }
         }
         f
     }
@@ -169,19 +160,16 @@ impl Pmap for X86Pmap {
     }
 
     fn change_wiring(&self, pmap: PmapId, va: VirtAddr, wired: bool) {
-        let mut g = self.inner.lock();
-        let Some(root) = g.space(pmap).map(|s| s.root) else {
+        let Some(mut s) = self.spaces.lock(pmap) else {
             return;
         };
-        if let Some((table, i, e, _)) = self.find_leaf(root, va.as_u64()) {
+        if let Some((table, i, e, _)) = self.find_leaf(s.root, va.as_u64()) {
             if (e & WIRED != 0) != wired {
                 self.store(table, i, e ^ WIRED);
-                if let Some(s) = g.space(pmap) {
-                    if wired {
-                        s.wired += 1;
-                    } else {
-                        s.wired -= 1;
-                    }
+                if wired {
+                    s.wired += 1;
+                } else {
+                    s.wired -= 1;
                 }
             }
         }
@@ -189,17 +177,20 @@ impl Pmap for X86Pmap {
 
     fn activate(&self, pmap: PmapId, cpu: usize) {
         let cpu = cpu % 64;
-        let mut g = self.inner.lock();
-        if let Some(prev) = g.current[cpu].take() {
-            if let Some(s) = g.space(PmapId(prev)) {
+        let mut current = self.current.lock();
+        if let Some(prev) = current[cpu].take() {
+            if let Some(mut s) = self.spaces.lock(PmapId(prev)) {
                 s.active &= !(1 << cpu);
             }
         }
-        let Some(s) = g.space(pmap) else { return };
+        let Some(mut s) = self.spaces.lock(pmap) else {
+            return;
+        };
         s.active |= 1 << cpu;
         let root = s.root;
-        g.current[cpu] = Some(pmap.0);
-        drop(g);
+        drop(s);
+        current[cpu] = Some(pmap.0);
+        drop(current);
         if let Some(mmu) = self.cfg.mmu {
             if mmu.current_cpu() == cpu {
                 mmu.load_root(root);
@@ -209,11 +200,11 @@ impl Pmap for X86Pmap {
 
     fn deactivate(&self, pmap: PmapId, cpu: usize) {
         let cpu = cpu % 64;
-        let mut g = self.inner.lock();
-        if g.current[cpu] == Some(pmap.0) {
-            g.current[cpu] = None;
+        let mut current = self.current.lock();
+        if current[cpu] == Some(pmap.0) {
+            current[cpu] = None;
         }
-        if let Some(s) = g.space(pmap) {
+        if let Some(mut s) = self.spaces.lock(pmap) {
             s.active &= !(1 << cpu);
         }
     }
@@ -225,11 +216,15 @@ impl Pmap for X86Pmap {
         self.flushes.fetch_add(1, Relaxed);
         let parts = flush.into_parts();
         if let Some(mmu) = self.cfg.mmu {
-            let mut g = self.inner.lock();
-            let mut active = |p: PmapId| g.space(p).map_or(0, |s| s.active);
+            // Each space's CPUs read under its lock, none held across the
+            // shootdown.
+            let active = |p: PmapId| self.spaces.lock(p).map_or(0, |s| s.active);
             if parts.everything {
-                let all = g.spaces.iter().flatten().fold(0, |m, s| m | s.active);
-                drop(g);
+                let all = self
+                    .spaces
+                    .live_ids()
+                    .into_iter()
+                    .fold(0, |m, p| m | active(p));
                 if all != 0 {
                     mmu.invalidate(all, None);
                 }
@@ -258,7 +253,6 @@ impl Pmap for X86Pmap {
                         .collect();
                     jobs.push((active(*p), Some(vas)));
                 }
-                drop(g);
                 for (cpus, pages) in jobs {
                     if cpus != 0 {
                         mmu.invalidate(cpus, pages.as_deref());
@@ -272,21 +266,19 @@ impl Pmap for X86Pmap {
     }
 
     fn resident_count(&self, pmap: PmapId) -> u64 {
-        self.inner.lock().space(pmap).map_or(0, |s| s.resident)
+        self.spaces.lock(pmap).map_or(0, |s| s.resident)
     }
 
     fn mappings(&self, pmap: PmapId, range: VaRange) -> Vec<(VirtAddr, Translation)> {
-        let mut g = self.inner.lock();
         let mut out = Vec::new();
-        if let Some(root) = g.space(pmap).map(|s| s.root) {
-            self.collect_leaves(root, 4, 0, &range, &mut out);
+        if let Some(s) = self.spaces.lock(pmap) {
+            self.collect_leaves(s.root, 4, 0, &range, &mut out);
         }
         out
     }
 
     fn mapping_count(&self, pa: PhysAddr) -> usize {
-        let g = self.inner.lock();
-        self.mappings_of(&g, pa).len()
+        self.mappings_of(pa).len()
     }
 
     fn verify(&self) -> Result<(), Violation<PmapRule>> {

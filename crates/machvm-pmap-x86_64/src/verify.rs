@@ -44,19 +44,19 @@ impl X86Pmap {
     }
 
     /// Checks every invariant stated at the top of the crate, naming the
-    /// first rule broken.
+    /// first rule broken. Any moment will do: every space is locked
+    /// throughout, which freezes the tables and the pv lists.
     pub(crate) fn verify_all(&self) -> Result<(), Violation<PmapRule>> {
-        let g = self.inner.lock();
         let mut walk = Walk {
-            g: &g,
             pmap: PmapId(0),
             seen: alloc::collections::BTreeSet::new(),
             pv_seen: 0,
         };
-        for (id, s) in g.spaces.iter().enumerate() {
-            let Some(s) = s else { continue };
-            walk.pmap = PmapId(id as u32);
-            self.check_kernel_half(id, s.root)?;
+        let all = self.spaces.lock_all();
+        for (p, s) in &all.spaces {
+            let (p, id) = (*p, p.0);
+            walk.pmap = p;
+            self.check_kernel_half(id as usize, s.root)?;
             let (resident, wired) = self.verify_table(&mut walk, s.root, 4, 0)?;
             if (resident, wired) != (s.resident, s.wired) {
                 return Err(Violation::new(
@@ -68,7 +68,7 @@ impl X86Pmap {
                 ));
             }
         }
-        let pv_total: u64 = g.pv.iter().map(|h| h.len() as u64).sum();
+        let pv_total: u64 = self.pv.iter().map(|h| h.lock().len() as u64).sum();
         if pv_total != walk.pv_seen {
             let d = format!("{pv_total} pv entries but {} managed leaves", walk.pv_seen);
             return Err(Violation::new(PmapRule::ReverseMaps, d));
@@ -91,7 +91,7 @@ impl X86Pmap {
     /// resident 4 KiB pages and wired leaves.
     fn verify_table(
         &self,
-        w: &mut Walk<'_>,
+        w: &mut Walk,
         table: PhysAddr,
         level: u32,
         base: u64,
@@ -146,7 +146,7 @@ impl X86Pmap {
     /// managed, and then on that frame's pv list.
     fn check_leaf(
         &self,
-        w: &mut Walk<'_>,
+        w: &mut Walk,
         e: u64,
         eva: u64,
         large: bool,
@@ -163,7 +163,10 @@ impl X86Pmap {
             return Err(Violation::new(PmapRule::ReverseMaps, d));
         }
         if let Some(idx) = idx {
-            if !w.g.pv[idx].contains(PvEntry::new(w.pmap, VirtAddr::new(eva), large)) {
+            if !self.pv[idx]
+                .lock()
+                .contains(PvEntry::new(w.pmap, VirtAddr::new(eva), large))
+            {
                 let d = format!("leaf {eva:#x} -> {pa:?} missing from pv list");
                 return Err(Violation::new(PmapRule::ReverseMaps, d));
             }
@@ -176,7 +179,7 @@ impl X86Pmap {
     /// large, linking a non-empty table no other entry links. Returns it.
     fn check_link(
         &self,
-        w: &Walk<'_>,
+        w: &Walk,
         e: u64,
         eva: u64,
         level: u32,
@@ -199,8 +202,7 @@ impl X86Pmap {
 }
 
 /// What one verification walk carries across tables.
-struct Walk<'g> {
-    g: &'g Inner,
+struct Walk {
     pmap: PmapId,
     /// Tables reached so far (each must be reached once).
     seen: alloc::collections::BTreeSet<u64>,

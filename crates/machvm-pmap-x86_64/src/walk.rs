@@ -26,7 +26,7 @@ impl X86Pmap {
     /// preallocated `spare` tables where levels are missing.
     pub(crate) fn descend(
         &self,
-        g: &mut Inner,
+        s: &mut Space,
         pmap: PmapId,
         root: PhysAddr,
         va: u64,
@@ -44,7 +44,7 @@ impl X86Pmap {
                 t
             } else if e & PS != 0 {
                 let t = spare.pop().expect("tables_needed undercounted");
-                self.demote_into(g, pmap, table, i, va & !(LARGE_PAGE_SIZE - 1), t);
+                self.demote_into(s, pmap, table, i, va & !(LARGE_PAGE_SIZE - 1), t);
                 t
             } else {
                 PhysAddr::new(e & ADDR)
@@ -57,7 +57,7 @@ impl X86Pmap {
     /// holding the same 512 small translations.
     pub(crate) fn demote_into(
         &self,
-        g: &mut Inner,
+        s: &mut Space,
         pmap: PmapId,
         l2: PhysAddr,
         i: usize,
@@ -73,15 +73,12 @@ impl X86Pmap {
         self.add_use(t, ENTRIES as i32);
         if e & WIRED != 0 {
             // One wired leaf becomes 512: the counter counts leaves.
-            if let Some(s) = g.space(pmap) {
-                s.wired += SMALL_PER_LARGE - 1;
-            }
+            s.wired += SMALL_PER_LARGE - 1;
         }
         if e & MANAGED != 0 {
-            self.pv_remove(g, pa, PvEntry::new(pmap, VirtAddr::new(base), true));
+            self.pv_remove(pa, PvEntry::new(pmap, VirtAddr::new(base), true));
             for k in 0..SMALL_PER_LARGE {
                 self.pv_add(
-                    g,
                     pa + k * PAGE_SIZE,
                     PvEntry::new(pmap, VirtAddr::new(base + k * PAGE_SIZE), false),
                 );
@@ -115,15 +112,18 @@ impl X86Pmap {
         #[cfg(test)]
         self.run_race_hook();
         let leaf_level = if large { 2 } else { 1 };
-        let mut g = self.inner.lock();
-        let root = g.space(pmap).ok_or(EnterError::NoSuchPmap { pmap })?.root;
+        let mut s = self
+            .spaces
+            .lock(pmap)
+            .ok_or(EnterError::NoSuchPmap { pmap })?;
+        let root = s.root;
         if large && self.small_below(root, va.as_u64()) {
             // Clear the small translations and the table sitting there, under
             // the same lock as the new leaf: a 4 KiB enter racing this one
             // either comes first and is cleared, or comes after and splits
             // the new leaf.
             self.range_op(
-                &mut g,
+                &mut s,
                 pmap,
                 va.as_u64(),
                 va.as_u64() + align,
@@ -134,12 +134,12 @@ impl X86Pmap {
         let mut spare = match self.alloc_tables(self.tables_needed(root, va.as_u64(), leaf_level)) {
             Ok(spare) => spare,
             Err(_) => {
-                drop(g);
+                drop(s);
                 self.flush(f);
                 return Err(EnterError::NoTableFrame { va });
             }
         };
-        let table = self.descend(&mut g, pmap, root, va.as_u64(), leaf_level, &mut spare);
+        let table = self.descend(&mut s, pmap, root, va.as_u64(), leaf_level, &mut spare);
         debug_assert!(spare.is_empty());
         let leaf = Leaf {
             pmap,
@@ -148,7 +148,7 @@ impl X86Pmap {
             flags: self.leaf_flags(pa, prot, wired) | if large { PS } else { 0 },
             large,
         };
-        self.install_leaf(&mut g, table, &leaf, &mut f);
+        self.install_leaf(&mut s, table, &leaf, &mut f);
         Ok(f)
     }
 
@@ -174,7 +174,7 @@ impl X86Pmap {
     /// lists, the table's use count and the space's counts follow, a
     /// replaced translation's dirty bit goes to its frame, and a flush is
     /// added unless the same frame keeps the same or more rights.
-    fn install_leaf(&self, g: &mut Inner, table: PhysAddr, leaf: &Leaf, f: &mut TlbFlush) {
+    fn install_leaf(&self, s: &mut Space, table: PhysAddr, leaf: &Leaf, f: &mut TlbFlush) {
         let Leaf {
             pmap,
             va,
@@ -190,7 +190,7 @@ impl X86Pmap {
             // Replacing: drop the old translation's bookkeeping.
             let old_pa = PhysAddr::new(old & ADDR);
             if old & MANAGED != 0 {
-                self.pv_remove(g, old_pa, PvEntry::new(pmap, va, large));
+                self.pv_remove(old_pa, PvEntry::new(pmap, va, large));
             }
             if old & WIRED != 0 {
                 acct.wired -= 1;
@@ -217,9 +217,8 @@ impl X86Pmap {
             self.mark_dirty(PhysAddr::new(prev & ADDR), large);
         }
         if new & MANAGED != 0 {
-            self.pv_add(g, pa, PvEntry::new(pmap, va, large));
+            self.pv_add(pa, PvEntry::new(pmap, va, large));
         }
-        let s = g.space(pmap).expect("pmap vanished under its lock");
         s.resident = (s.resident as i64 + acct.resident) as u64;
         s.wired = (s.wired as i64 + acct.wired) as u64;
     }
