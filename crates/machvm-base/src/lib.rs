@@ -173,6 +173,7 @@ impl fmt::Display for VmInherit {
 }
 
 mod addr;
+pub mod sync;
 mod violation;
 
 pub use addr::{

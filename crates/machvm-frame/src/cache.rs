@@ -18,7 +18,7 @@
 //!   drained into them before the allocation fails: frames in caches never
 //!   make an allocation fail.
 
-use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use machvm_base::PhysAddr;
 
@@ -26,11 +26,21 @@ use crate::sync::{AtomicU64, Lock};
 use crate::{Buddy, FrameAllocator, FrameState, FrameUse, NOT_HEAD};
 
 /// Number of caches (CPUs beyond it share).
+#[cfg(not(loom))]
 pub(crate) const CACHES: usize = 16;
 /// Frames one cache holds at most.
+#[cfg(not(loom))]
 pub(crate) const CACHE_MAX: usize = 64;
 /// Frames moved between a cache and the buddy lists at once.
+#[cfg(not(loom))]
 pub(crate) const BATCH: usize = 32;
+// Under loom: the smallest caches that still refill, drain and share.
+#[cfg(loom)]
+pub(crate) const CACHES: usize = 2;
+#[cfg(loom)]
+pub(crate) const CACHE_MAX: usize = 2;
+#[cfg(loom)]
+pub(crate) const BATCH: usize = 1;
 
 /// The free frames of one cache, by frame index.
 pub(crate) struct Stack {
@@ -99,7 +109,7 @@ impl FrameAllocator {
         let idx = s.frames[s.len] as usize;
         let head = &self.pages[idx];
         head.state.store(what.state() as u8, Relaxed);
-        c.held.fetch_sub(1, Relaxed);
+        c.held.fetch_sub(1, Release);
         c.in_use[what.index()].fetch_add(1, Relaxed);
         drop(s);
         Some(self.pa_of(idx))
@@ -123,7 +133,7 @@ impl FrameAllocator {
         let at = s.len;
         s.frames[at] = idx as u32;
         s.len += 1;
-        c.held.fetch_add(1, Relaxed);
+        c.held.fetch_add(1, Release);
         c.in_use[what.index()].fetch_sub(1, Relaxed);
         true
     }
@@ -141,8 +151,10 @@ impl FrameAllocator {
             let at = s.len;
             s.frames[at] = idx as u32;
             s.len += 1;
+            // Counted in the cache before it leaves the lists: a
+            // concurrent `free_frames` never sees the frame in neither.
+            c.held.fetch_add(1, Release);
             self.free.fetch_sub(1, Relaxed);
-            c.held.fetch_add(1, Relaxed);
         }
     }
 
@@ -155,7 +167,7 @@ impl FrameAllocator {
             self.pages[idx].order.store(NOT_HEAD, Relaxed);
             self.free_block(b, idx, 0);
             self.free.fetch_add(1, Relaxed);
-            c.held.fetch_sub(1, Relaxed);
+            c.held.fetch_sub(1, Release);
         }
     }
 
@@ -177,7 +189,7 @@ impl FrameAllocator {
 
     /// Frames free in caches.
     pub(crate) fn cached_frames(&self) -> u64 {
-        self.caches.iter().map(|c| c.held.load(Relaxed)).sum()
+        self.caches.iter().map(|c| c.held.load(Acquire)).sum()
     }
 
     /// The caches' share of the frames in use for `what` (wrapping sum).

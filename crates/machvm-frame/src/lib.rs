@@ -294,14 +294,7 @@ impl FrameAllocator {
         };
         let idx = match idx {
             Some(idx) => idx,
-            None => match self.alloc_buddy(order, what) {
-                Some(idx) => idx,
-                // Frames in caches never make an allocation fail.
-                None if self.drain_all() > 0 => self
-                    .alloc_buddy(order, what)
-                    .ok_or(FrameError::OutOfFrames { order })?,
-                None => return Err(FrameError::OutOfFrames { order }),
-            },
+            None => self.alloc_draining(order, what)?,
         };
         let head = &self.pages[idx];
         head.flags.store(0, Relaxed);
@@ -309,6 +302,21 @@ impl FrameAllocator {
         head.use_count.store(0, Relaxed);
         head.set_owner(0, PageIndex::new(0));
         Ok(self.pa_of(idx))
+    }
+
+    /// A block from the buddy lists; when they cannot serve it, every cache
+    /// is drained into them and the lists asked again, as long as draining
+    /// moved something (another CPU's refill may take what was drained):
+    /// frames in caches never make an allocation fail.
+    fn alloc_draining(&self, order: u32, what: FrameUse) -> Result<usize, FrameError> {
+        loop {
+            if let Some(idx) = self.alloc_buddy(order, what) {
+                return Ok(idx);
+            }
+            if self.drain_all() == 0 {
+                return Err(FrameError::OutOfFrames { order });
+            }
+        }
     }
 
     /// A block of `2^order` from the buddy lists, marked in use for `what`.

@@ -10,13 +10,13 @@ pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64};
 /// A mutual-exclusion lock: `spin`'s in a kernel, loom's under test.
 pub(crate) struct Lock<T> {
     #[cfg(not(loom))]
-    inner: spin::Mutex<T>,
+    inner: machvm_base::sync::Mutex<T>,
     #[cfg(loom)]
     inner: loom::sync::Mutex<T>,
 }
 
 #[cfg(not(loom))]
-pub(crate) type Guard<'a, T> = spin::MutexGuard<'a, T>;
+pub(crate) type Guard<'a, T> = machvm_base::sync::MutexGuard<'a, T>;
 #[cfg(loom)]
 pub(crate) type Guard<'a, T> = loom::sync::MutexGuard<'a, T>;
 
@@ -24,7 +24,7 @@ impl<T> Lock<T> {
     pub(crate) fn new(value: T) -> Lock<T> {
         Lock {
             #[cfg(not(loom))]
-            inner: spin::Mutex::new(value),
+            inner: machvm_base::sync::Mutex::new(value),
             #[cfg(loom)]
             inner: loom::sync::Mutex::new(value),
         }

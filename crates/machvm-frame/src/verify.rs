@@ -63,11 +63,11 @@ impl FrameAllocator {
     fn check_caches(&self, stacks: &[Guard<'_, Stack>]) -> Result<(), String> {
         let mut seen = alloc::collections::BTreeSet::new();
         for (c, s) in self.caches.iter().zip(stacks) {
-            if c.held.load(Relaxed) != s.len as u64 {
+            if c.held.load(core::sync::atomic::Ordering::Acquire) != s.len as u64 {
                 return Err(format!(
                     "a cache holds {} frames, count says {}",
                     s.len,
-                    c.held.load(Relaxed)
+                    c.held.load(core::sync::atomic::Ordering::Acquire)
                 ));
             }
             for &idx in &s.frames[..s.len] {

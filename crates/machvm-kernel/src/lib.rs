@@ -63,6 +63,8 @@ pub mod pvh;
 #[cfg(target_os = "none")]
 pub mod serial;
 #[cfg(target_os = "none")]
+mod shootdown;
+#[cfg(target_os = "none")]
 pub mod smp;
 #[cfg(target_os = "none")]
 pub mod suite;
@@ -97,6 +99,11 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
         .iter()
         .any(|r| r.kind == pvh::E820_RAM && r.start <= 0x8000 && r.end >= 0xA000);
     let aps = smp::start_aps(info.rsdp, low_ok);
+    // A CPU spinning on a machvm lock (interrupts on or off) answers the
+    // shootdowns its holder may be waiting for.
+    machvm::set_spin_hook(smp::serve_flush);
+    // Each CPU its own frame cache.
+    mem::frames().set_cpu_id(smp::current_cpu);
     let l = mem::layout();
     println!(
         "machvm-kernel: PVH boot, {} MiB RAM, {} CPU(s), {} free frames, cmdline {:?}",

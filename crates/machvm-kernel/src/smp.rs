@@ -12,6 +12,10 @@
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
+use arrayvec::ArrayVec;
+
+use crate::shootdown::FlushReq;
+pub use crate::shootdown::{flush_local, flushes_served, serve_flush, shootdown};
 use machvm_frame::FrameUse;
 
 use crate::cpu::{self, MSR_APIC_BASE, MSR_GS_BASE};
@@ -38,7 +42,7 @@ unsafe impl Send for JobPtr {}
 pub struct PerCpu {
     self_ptr: AtomicU64,
     index: AtomicU64,
-    apic_id: AtomicU32,
+    pub(crate) apic_id: AtomicU32,
     online: AtomicBool,
     pending: AtomicBool,
     done: AtomicBool,
@@ -46,6 +50,14 @@ pub struct PerCpu {
     call_lock: spin::Mutex<()>,
     calls_served: AtomicU64,
     ipis: AtomicU64,
+    /// The shootdown mailbox, apart from general calls: served by the IPI
+    /// handler and by every spin on a machvm lock (the spin hook), so that
+    /// a CPU spinning with interrupts off still answers.
+    pub(crate) flush_lock: spin::Mutex<()>,
+    pub(crate) flush_req: spin::Mutex<Option<FlushReq>>,
+    pub(crate) flush_pending: AtomicBool,
+    pub(crate) flush_done: AtomicBool,
+    pub(crate) flushes_served: AtomicU64,
 }
 
 impl PerCpu {
@@ -61,11 +73,16 @@ impl PerCpu {
             call_lock: spin::Mutex::new(()),
             calls_served: AtomicU64::new(0),
             ipis: AtomicU64::new(0),
+            flush_lock: spin::Mutex::new(()),
+            flush_req: spin::Mutex::new(None),
+            flush_pending: AtomicBool::new(false),
+            flush_done: AtomicBool::new(false),
+            flushes_served: AtomicU64::new(0),
         }
     }
 }
 
-static CPUS: [PerCpu; MAX_CPUS] = [const { PerCpu::new() }; MAX_CPUS];
+pub(crate) static CPUS: [PerCpu; MAX_CPUS] = [const { PerCpu::new() }; MAX_CPUS];
 static NCPUS: AtomicUsize = AtomicUsize::new(1);
 
 /// Points this CPU's GS base at its block. Must follow `load_cpu_tables`
@@ -163,7 +180,7 @@ pub(crate) fn lapic_eoi() {
     lapic_write(LAPIC_EOI, 0);
 }
 
-fn lapic_icr(apic_id: u32, lo: u32) {
+pub(crate) fn lapic_icr(apic_id: u32, lo: u32) {
     while lapic_read(LAPIC_ICR_LO) & (1 << 12) != 0 {
         core::hint::spin_loop();
     }
@@ -380,6 +397,7 @@ extern "C" fn ap_entry(idx: u64) -> ! {
     lapic_init_local();
     CPUS[idx].online.store(true, Ordering::Release);
     loop {
+        serve_flush();
         poll_mailbox();
         // SAFETY: `sti; hlt` wakes on the next interrupt without a lost
         // wake-up window; handlers run with interrupts off.
@@ -431,11 +449,55 @@ pub fn run_on<R: Send>(cpu: usize, f: impl FnOnce() -> R + Send) -> R {
         );
         while !target.done.load(Ordering::Acquire) {
             poll_mailbox();
+            serve_flush();
             core::hint::spin_loop();
         }
         drop(guard);
     }
     out.expect("remote call did not run")
+}
+
+/// Runs `f(cpu)` on every online CPU at once, this one included, and
+/// returns when all have finished. On the others `f` runs in the IPI
+/// handler, with interrupts off: whatever it waits for there, it answers
+/// shootdowns only through machvm's spin hook ([`serve_flush`]).
+pub fn run_everywhere(f: &(dyn Fn(usize) + Sync)) {
+    let me = current_cpu();
+    let others: ArrayVec<usize, MAX_CPUS> = (0..cpu_count()).filter(|&c| c != me).collect();
+    let mut calls: ArrayVec<_, MAX_CPUS> = others.iter().map(|&c| move || f(c)).collect();
+    let mut guards = ArrayVec::<_, MAX_CPUS>::new();
+    for (&c, call) in others.iter().zip(calls.iter_mut()) {
+        let target = &CPUS[c];
+        let job: *mut (dyn FnMut() + Send + '_) = call;
+        // SAFETY: only the lifetime is erased; every target is waited for
+        // below, before `calls` goes.
+        let job: *mut (dyn FnMut() + Send + 'static) = unsafe { core::mem::transmute(job) };
+        let guard = loop {
+            if let Some(g) = target.call_lock.try_lock() {
+                break g;
+            }
+            poll_mailbox();
+            serve_flush();
+            core::hint::spin_loop();
+        };
+        *target.job.lock() = Some(JobPtr(job));
+        target.done.store(false, Ordering::Relaxed);
+        target.pending.store(true, Ordering::Release);
+        lapic_icr(
+            target.apic_id.load(Ordering::Relaxed),
+            u32::from(IPI_VECTOR) | 0x4000,
+        );
+        guards.push(guard);
+    }
+    f(me);
+    for &c in &others {
+        while !CPUS[c].done.load(Ordering::Acquire) {
+            poll_mailbox();
+            serve_flush();
+            core::hint::spin_loop();
+        }
+    }
+    drop(guards);
 }
 
 /// Runs this CPU's pending cross-CPU call, if any.
@@ -455,35 +517,8 @@ pub(crate) fn poll_mailbox() {
 /// The call IPI's handler.
 pub(crate) fn handle_ipi() {
     CPUS[current_cpu()].ipis.fetch_add(1, Ordering::Relaxed);
+    serve_flush();
     poll_mailbox();
-}
-
-/// Invalidates `pages` (or, with `None`, every non-global entry) in this
-/// CPU's TLB. The `skip-invlpg` feature deliberately skips the `invlpg`.
-pub fn flush_local(pages: Option<&[u64]>) {
-    match pages {
-        None => cpu::flush_tlb(),
-        Some(pages) => {
-            for &va in pages {
-                if cfg!(feature = "skip-invlpg") {
-                    continue; // the deliberately broken kernel
-                }
-                cpu::invlpg(va);
-            }
-        }
-    }
-}
-
-/// TLB shootdown: invalidates `pages` (or everything, with `None`) on every
-/// online CPU in `cpus_mask` (bit n = CPU n), the current one included, and
-/// returns once all of them did. Remote CPUs are reached by IPI, one after
-/// the other.
-pub fn shootdown(cpus_mask: u64, pages: Option<&[u64]>) {
-    for c in 0..cpu_count() {
-        if cpus_mask & (1 << c) != 0 {
-            run_on(c, || flush_local(pages));
-        }
-    }
 }
 
 /// Mask of all online CPUs.

@@ -40,7 +40,7 @@ use crate::{Entry, MapInner, VmMap, page_range};
 #[must_use = "the map is unlocked when the guard is dropped"]
 pub struct MapGuard<'a> {
     map: &'a VmMap,
-    m: spin::RwLockWriteGuard<'a, MapInner>,
+    m: machvm_base::sync::RwLockWriteGuard<'a, MapInner>,
 }
 
 /// Copy-on-write references to `pages` pages of one object (or, with no

@@ -164,7 +164,7 @@ pub(crate) struct MapShared {
     id: u64,
     ctx: Arc<VmContext>,
     pmap: PmapId,
-    pub(crate) inner: spin::RwLock<MapInner>,
+    pub(crate) inner: machvm_base::sync::RwLock<MapInner>,
 }
 
 static NEXT_MAP_ID: AtomicU64 = AtomicU64::new(1);
@@ -193,7 +193,7 @@ impl VmMap {
             id: NEXT_MAP_ID.fetch_add(1, Relaxed),
             ctx: ctx.clone(),
             pmap,
-            inner: spin::RwLock::new(MapInner::new()),
+            inner: machvm_base::sync::RwLock::new(MapInner::new()),
         });
         let weak: alloc::sync::Weak<dyn AuditEntries> = Arc::downgrade(&map) as _;
         ctx.register_audit(weak);

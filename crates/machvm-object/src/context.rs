@@ -5,6 +5,7 @@ use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
+use machvm_base::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use machvm_base::{KernError, PhysAddr, VmProt};
 use machvm_frame::{FrameAllocator, FrameReservation, FrameUse};
 use machvm_pmap::Pmap;
@@ -69,8 +70,8 @@ pub trait AuditEntries: Send + Sync {
 pub struct VmContext {
     frames: Arc<FrameAllocator>,
     pmap: Arc<dyn Pmap>,
-    graph: spin::RwLock<Graph>,
-    audited: spin::Mutex<Vec<Weak<dyn AuditEntries>>>,
+    graph: RwLock<Graph>,
+    audited: Mutex<Vec<Weak<dyn AuditEntries>>>,
     /// Event counters.
     pub counters: VmCounters,
     /// Debug builds check every map's invariants after each change while
@@ -95,8 +96,8 @@ impl VmContext {
             zero,
             frames,
             pmap,
-            graph: spin::RwLock::new(Graph::new()),
-            audited: spin::Mutex::new(Vec::new()),
+            graph: RwLock::new(Graph::new()),
+            audited: Mutex::new(Vec::new()),
             counters: VmCounters::default(),
             consistency_checks: AtomicBool::new(false),
             id: NEXT_CONTEXT_ID.fetch_add(1, Relaxed),
@@ -211,7 +212,7 @@ impl core::fmt::Debug for VmContext {
 /// holds is a method of this guard. Dropping it unlocks the graph.
 pub struct Objects<'a> {
     pub(crate) ctx: &'a VmContext,
-    pub(crate) g: spin::RwLockWriteGuard<'a, Graph>,
+    pub(crate) g: RwLockWriteGuard<'a, Graph>,
 }
 
 /// The object graph of a context, locked shared (see
@@ -219,7 +220,7 @@ pub struct Objects<'a> {
 /// page in (`resolve`). Dropping it unlocks the graph.
 pub struct SharedObjects<'a> {
     pub(crate) ctx: &'a VmContext,
-    pub(crate) g: spin::RwLockReadGuard<'a, Graph>,
+    pub(crate) g: RwLockReadGuard<'a, Graph>,
 }
 
 impl<'a> Objects<'a> {

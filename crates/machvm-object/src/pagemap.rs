@@ -146,6 +146,20 @@ impl PageMap {
         }
     }
 
+    /// Runs `f` with nothing at `off` and no fill of it able to start until
+    /// `f` returns (a read mapping the zero frame there: a store's claim
+    /// waits, then replaces that translation). `None`, `f` not run, when
+    /// something is at `off`.
+    pub(crate) fn while_absent<R>(&self, off: u64, f: impl FnOnce() -> R) -> Option<R> {
+        let m = self.0.lock();
+        if m.contains_key(&off) {
+            return None;
+        }
+        let r = f();
+        drop(m);
+        Some(r)
+    }
+
     /// Publishes the page claimed at `off`: it is resident now.
     pub(crate) fn publish(&self, off: u64) {
         let mut m = self.0.lock();

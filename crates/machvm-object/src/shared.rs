@@ -18,6 +18,9 @@ use crate::{Found, Hold, Holder, ObjectId, Resolution, Resolved, SharedObjects, 
 enum Step {
     /// The page to map.
     Found(Resolved),
+    /// Nothing: the zero frame to map, as long as nothing appears at the
+    /// offset of the top object meanwhile.
+    Zero(PhysAddr),
     /// A busy slot this fault claimed with a fresh frame, to fill.
     Claimed(PhysAddr),
 }
@@ -45,19 +48,47 @@ impl SharedObjects<'_> {
             return Ok(None);
         }
         let counters = &self.ctx.counters;
-        let Some(step) = self.step(hold, off, write, direct)? else {
-            return Ok(None);
-        };
-        VmCounters::bump(&counters.lookups);
-        match step {
-            Step::Found(r) => {
-                if r.how != Resolution::ZeroPage {
-                    VmCounters::bump(&counters.hits);
+        let mut map = Some(map);
+        loop {
+            let Some(step) = self.step(hold, off, write, direct)? else {
+                return Ok(None);
+            };
+            let r = match step {
+                Step::Found(r) => r,
+                Step::Claimed(pa) => {
+                    VmCounters::bump(&counters.lookups);
+                    let Some(map) = map.take() else {
+                        return Ok(None);
+                    };
+                    return self.fill(hold.obj, off, pa, map).map(Some);
                 }
-                map(r)?;
-                Ok(Some(r))
-            }
-            Step::Claimed(pa) => self.fill(hold.obj, off, pa, map).map(Some),
+                Step::Zero(zero) => {
+                    let r = Resolved {
+                        pa: zero,
+                        how: Resolution::ZeroPage,
+                    };
+                    // Entered with the page map locked: a store of this hold
+                    // cannot claim the page in between and then have its
+                    // translation replaced by the zero frame.
+                    let pages = &self.g.obj(hold.obj).pages;
+                    match pages.while_absent(off, || map.take().map(|m| m(r))) {
+                        Some(Some(done)) => {
+                            VmCounters::bump(&counters.lookups);
+                            return done.map(|()| Some(r));
+                        }
+                        Some(None) => return Ok(None),
+                        // A page appeared meanwhile: look again.
+                        None => continue,
+                    }
+                }
+            };
+            VmCounters::bump(&counters.lookups);
+            VmCounters::bump(&counters.hits);
+            let Some(map) = map.take() else {
+                return Ok(None);
+            };
+            map(r)?;
+            return Ok(Some(r));
         }
     }
 
@@ -76,7 +107,7 @@ impl SharedObjects<'_> {
                 (Some(f), false) => (f.pa, Resolution::Backing),
                 (Some(_), true) => return Ok(None),
                 (None, false) => match self.zero_frame_for(hold, off) {
-                    Some(zero) => (zero, Resolution::ZeroPage),
+                    Some(zero) => return Ok(Some(Step::Zero(zero))),
                     None => return Ok(None),
                 },
                 (None, true) => {

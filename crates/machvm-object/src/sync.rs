@@ -5,13 +5,13 @@
 #[derive(Default)]
 pub(crate) struct Mutex<T> {
     #[cfg(not(loom))]
-    inner: spin::Mutex<T>,
+    inner: machvm_base::sync::Mutex<T>,
     #[cfg(loom)]
     inner: loom::sync::Mutex<T>,
 }
 
 #[cfg(not(loom))]
-pub(crate) type Guard<'a, T> = spin::MutexGuard<'a, T>;
+pub(crate) type Guard<'a, T> = machvm_base::sync::MutexGuard<'a, T>;
 #[cfg(loom)]
 pub(crate) type Guard<'a, T> = loom::sync::MutexGuard<'a, T>;
 
@@ -19,7 +19,7 @@ impl<T> Mutex<T> {
     pub(crate) fn new(value: T) -> Mutex<T> {
         Mutex {
             #[cfg(not(loom))]
-            inner: spin::Mutex::new(value),
+            inner: machvm_base::sync::Mutex::new(value),
             #[cfg(loom)]
             inner: loom::sync::Mutex::new(value),
         }
@@ -47,7 +47,7 @@ impl<T> Mutex<T> {
 #[inline]
 pub(crate) fn wait() {
     #[cfg(not(loom))]
-    core::hint::spin_loop();
+    machvm_base::sync::relax();
     #[cfg(loom)]
     loom::thread::yield_now();
 }

@@ -163,9 +163,9 @@ pub struct X86Pmap {
     /// The address spaces, each under its own lock (`spaces.rs`).
     spaces: Spaces,
     /// Per frame index of the allocator span: its pv list, under its lock.
-    pv: Box<[spin::Mutex<PvHead>]>,
+    pv: Box<[machvm_base::sync::Mutex<PvHead>]>,
     /// Pmap currently active on each CPU.
-    current: spin::Mutex<[Option<u32>; 64]>,
+    current: machvm_base::sync::Mutex<[Option<u32>; 64]>,
     cfg: X86Config,
     flushes: AtomicU64,
     #[cfg(test)]
@@ -183,7 +183,7 @@ impl X86Pmap {
             frames,
             spaces: Spaces::new(),
             pv: pv.into_boxed_slice(),
-            current: spin::Mutex::new([None; 64]),
+            current: machvm_base::sync::Mutex::new([None; 64]),
             cfg,
             flushes: AtomicU64::new(0),
             #[cfg(test)]

@@ -16,6 +16,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use machvm_base::PhysAddr;
+use machvm_base::sync::{Mutex, MutexGuard};
 use machvm_pmap::{CpuSet, PmapId};
 
 /// Slots per chunk of the space table.
@@ -38,14 +39,14 @@ pub(crate) struct Space {
 }
 
 /// A live space, locked.
-pub(crate) type SpaceGuard<'a> = spin::MutexGuard<'a, Space>;
+pub(crate) type SpaceGuard<'a> = MutexGuard<'a, Space>;
 
 /// One chunk of the space table: `CHUNK` slots, each under its lock.
-type Chunk = Box<[spin::Mutex<Space>]>;
+type Chunk = Box<[Mutex<Space>]>;
 
 /// Every live space, locked ([`Spaces::lock_all`]).
 pub(crate) struct AllSpaces<'a> {
-    _ids: spin::MutexGuard<'a, Ids>,
+    _ids: MutexGuard<'a, Ids>,
     pub(crate) spaces: Vec<(PmapId, SpaceGuard<'a>)>,
 }
 
@@ -58,21 +59,21 @@ struct Ids {
 /// Every address space, by id.
 pub(crate) struct Spaces {
     chunks: Box<[spin::Once<Chunk>]>,
-    ids: spin::Mutex<Ids>,
+    ids: Mutex<Ids>,
 }
 
 impl Spaces {
     pub(crate) fn new() -> Spaces {
         Spaces {
             chunks: (0..MAX_SPACES / CHUNK).map(|_| spin::Once::new()).collect(),
-            ids: spin::Mutex::new(Ids {
+            ids: Mutex::new(Ids {
                 free: Vec::new(),
                 next: 0,
             }),
         }
     }
 
-    fn slot(&self, id: u32) -> Option<&spin::Mutex<Space>> {
+    fn slot(&self, id: u32) -> Option<&Mutex<Space>> {
         let id = id as usize;
         self.chunks.get(id / CHUNK)?.get()?.get(id % CHUNK)
     }
@@ -97,11 +98,8 @@ impl Spaces {
                 None => return None,
             }
         };
-        let chunk = self.chunks[id as usize / CHUNK].call_once(|| {
-            (0..CHUNK)
-                .map(|_| spin::Mutex::new(Space::default()))
-                .collect()
-        });
+        let chunk = self.chunks[id as usize / CHUNK]
+            .call_once(|| (0..CHUNK).map(|_| Mutex::new(Space::default())).collect());
         *chunk[id as usize % CHUNK].lock() = Space {
             live: true,
             ..space

@@ -34,12 +34,14 @@ mod copy;
 mod faults;
 mod fixtures;
 mod fork;
+mod stress;
 mod tlb;
 
 use copy::*;
 use faults::*;
 use fixtures::*;
 use fork::*;
+use stress::*;
 use tlb::*;
 
 /// The machvm suite.
@@ -72,6 +74,7 @@ pub const TESTS: &[Test] = &[
     test!(tlb_copy_write_protects_remote_source),
     test!(tlb_copy_overwrite_reaches_remote_destination),
     test!(tlb_share_copy_up_reaches_remote_sharer),
+    test!(smp_stress_shared_map),
     test!(frames_return_when_maps_go),
 ];
 

@@ -107,14 +107,14 @@ pub(super) fn tlb_protect_shootdown_remote() -> Result<(), String> {
     let a = map.allocate(0, PG, true).ctx("allocate")?;
     vm::switch_to(other, Some(&map));
     cache_writable(other, a, 1)?;
-    // Calls served (counted before the sender is released), not IPIs
-    // taken: the target may serve the call from its mailbox loop first.
-    let served = smp::calls_served(other);
+    // Shootdowns served (counted before the sender is released), not IPIs
+    // taken: the target may serve one from its mailbox loop first.
+    let served = smp::flushes_served(other);
     // cpu 0 does not run the map; only cpu `other` has the translation.
     map.protect(a, PG, false, VmProt::READ)
         .ctx("protect READ")?;
     ensure!(
-        smp::calls_served(other) > served,
+        smp::flushes_served(other) > served,
         "protect sent no shootdown to cpu {other}"
     );
     refused(

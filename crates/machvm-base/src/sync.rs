@@ -1,0 +1,50 @@
+//! The spin locks every machvm layer uses, and what a CPU does while it
+//! spins on one.
+//!
+//! machvm sends TLB shootdowns while holding a lock (a map's, the graph's),
+//! and waits for every CPU to answer. A CPU that spins on that lock with
+//! interrupts off would never answer: the two would wait on each other. A
+//! kernel therefore registers, once, a hook that every spin runs
+//! ([`set_spin_hook`]) — the QEMU kernel's serves pending shootdowns — so
+//! that the rule is code, not documentation.
+
+use spin::relax::RelaxStrategy;
+
+static HOOK: spin::Once<fn()> = spin::Once::new();
+
+/// Registers what a CPU does on each turn of a spin on a machvm lock (or
+/// on a page being filled): the first call wins. A kernel whose CPUs may
+/// spin with interrupts off passes its "serve pending shootdowns" here.
+pub fn set_spin_hook(hook: fn()) {
+    HOOK.call_once(|| hook);
+}
+
+/// The relax strategy of machvm's locks: the spin hook, then a pause.
+pub struct Relax;
+
+impl RelaxStrategy for Relax {
+    #[inline]
+    fn relax() {
+        if let Some(hook) = HOOK.get() {
+            hook();
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// One turn of a hand-written wait (a busy page): as a lock's spin.
+#[inline]
+pub fn relax() {
+    Relax::relax();
+}
+
+/// A mutual-exclusion spin lock that runs the spin hook while it waits.
+pub type Mutex<T> = spin::mutex::Mutex<T, Relax>;
+/// The guard of a [`Mutex`].
+pub type MutexGuard<'a, T> = spin::mutex::MutexGuard<'a, T>;
+/// A readers-writer spin lock that runs the spin hook while it waits.
+pub type RwLock<T> = spin::rwlock::RwLock<T, Relax>;
+/// A shared guard of a [`RwLock`].
+pub type RwLockReadGuard<'a, T> = spin::rwlock::RwLockReadGuard<'a, T>;
+/// The exclusive guard of a [`RwLock`].
+pub type RwLockWriteGuard<'a, T> = spin::rwlock::RwLockWriteGuard<'a, T, Relax>;
