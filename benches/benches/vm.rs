@@ -251,7 +251,8 @@ fn zero_fill(map: &VmMap, a: u64, pages: u64) {
 /// The parallel group: 2·n zero-fill faults through the façade, by one
 /// thread (both ranges, one after the other), by two threads on two maps,
 /// and by two threads on disjoint halves of one map. Time for all 2·n
-/// pages, threads started before the clock and released together.
+/// pages: from the first thread's start to the last thread's end, the
+/// threads spawned first and released together by a barrier.
 fn parallel(c: &mut Criterion) {
     let p = profile();
     let n = 4 * p.fault_pages();
@@ -262,34 +263,42 @@ fn parallel(c: &mut Criterion) {
     let len = n * PAGE_SIZE;
     // One round: the clock runs from the release of the barrier until
     // both ranges are filled (the threads are spawned before it).
+    // One round: from the first thread's start to the last one's end, each
+    // timing itself (on 2 cores the thread that releases a barrier may run
+    // last, so no single thread's clock brackets the others' work).
     let round = |two_threads: bool, one_map: bool| -> Duration {
         let a1 = m1.allocate(0, 2 * len, true).unwrap();
         let a2 = m2.allocate(0, len, true).unwrap();
         let (second, b) = if one_map { (&m1, a1 + len) } else { (&m2, a2) };
-        let start = Barrier::new(if two_threads { 3 } else { 1 });
-        let t = std::thread::scope(|s| {
-            if two_threads {
-                s.spawn(|| {
+        let timed = |work: &dyn Fn()| {
+            let s = Instant::now();
+            work();
+            (s, Instant::now())
+        };
+        let spans: Vec<(Instant, Instant)> = if two_threads {
+            let start = Barrier::new(2);
+            std::thread::scope(|s| {
+                let first = s.spawn(|| {
                     start.wait();
-                    zero_fill(&m1, a1, n);
+                    timed(&|| zero_fill(&m1, a1, n))
                 });
-                s.spawn(|| {
+                let other = s.spawn(|| {
                     start.wait();
-                    zero_fill(second, b, n);
+                    timed(&|| zero_fill(second, b, n))
                 });
-            }
-            start.wait();
-            let at = Instant::now();
-            if !two_threads {
+                vec![first.join().unwrap(), other.join().unwrap()]
+            })
+        } else {
+            vec![timed(&|| {
                 zero_fill(&m1, a1, n);
                 zero_fill(second, b, n);
-            }
-            at
-        });
-        let t = t.elapsed();
+            })]
+        };
+        let begin = spans.iter().map(|s| s.0).min().unwrap();
+        let end = spans.iter().map(|s| s.1).max().unwrap();
         m1.deallocate(a1, 2 * len).unwrap();
         m2.deallocate(a2, len).unwrap();
-        t
+        end - begin
     };
     for (id, two_threads, one_map) in [
         (ids::ONE_THREAD, false, false),
