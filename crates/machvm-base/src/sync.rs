@@ -38,6 +38,16 @@ pub fn relax() {
     Relax::relax();
 }
 
+/// Takes `lock` exclusively, writers first: the upgradeable guard it takes
+/// on the way shuts out new readers while the ones inside drain, so a
+/// steady stream of readers cannot starve a writer (spin's `write` alone
+/// waits for a moment with no reader at all). A thread must not ask for a
+/// shared guard of a lock it already holds shared.
+#[inline]
+pub fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.upgradeable_read().upgrade()
+}
+
 /// A mutual-exclusion spin lock that runs the spin hook while it waits.
 pub type Mutex<T> = spin::mutex::Mutex<T, Relax>;
 /// The guard of a [`Mutex`].

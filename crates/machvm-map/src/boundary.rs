@@ -82,7 +82,7 @@ impl VmMap {
     pub fn lock(&self) -> MapGuard<'_> {
         MapGuard {
             map: self,
-            m: self.0.inner.write(),
+            m: machvm_base::sync::write(&self.0.inner),
         }
     }
 

@@ -37,7 +37,7 @@ impl VmMap {
                 None => buf.fill(0),
             });
         }
-        let mut m = self.0.inner.write();
+        let mut m = machvm_base::sync::write(&self.0.inner);
         check_access(&m, r, Access::Read)?;
         let objs = self.fault_in(&mut m, r, Access::Read)?;
         let moved = for_each_page_piece(&m, addr, buf.len(), |h, page, off, at, n| {
@@ -61,7 +61,7 @@ impl VmMap {
                 }
             });
         }
-        let mut m = self.0.inner.write();
+        let mut m = machvm_base::sync::write(&self.0.inner);
         check_access(&m, r, Access::Write)?;
         let objs = self.fault_in(&mut m, r, Access::Write)?;
         // Every page is now its entry's own, written directly, and stays so
@@ -108,7 +108,7 @@ impl VmMap {
                 return Ok(());
             }
         }
-        let mut m = self.0.inner.write();
+        let mut m = machvm_base::sync::write(&self.0.inner);
         let (_, e) = m.entry_at(va.as_u64())?;
         if !e.protection.contains(access.needs()) {
             return Err(KernError::ProtectionFailure);

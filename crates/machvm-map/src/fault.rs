@@ -37,7 +37,7 @@ impl VmMap {
             self.check_after_shared();
             return r.map(|_| ());
         }
-        let mut m = self.0.inner.write();
+        let mut m = machvm_base::sync::write(&self.0.inner);
         let mut objs = self.0.ctx.objects();
         let mut frames = objs.on_demand();
         let r = self.fault_locked(&mut m, &mut objs, va, access, &mut frames, Enter::Required);

@@ -77,7 +77,7 @@ impl VmMap {
     pub fn fork(&self) -> Result<VmMap, KernError> {
         let ctx = self.context().clone();
         let child = VmMap::new(&ctx)?;
-        let mut m = self.0.inner.write();
+        let mut m = machvm_base::sync::write(&self.0.inner);
         let objs = ctx.objects();
         let (mut objs, mut frames) =
             reserve_settled(objs, |o| eager_settle(&m, o), |o| eager_frames(&m, o))?;
@@ -101,7 +101,7 @@ impl VmMap {
         self.assert_consistent(&m, &objs);
         drop(objs);
         drop(m);
-        let mut cm = child.0.inner.write();
+        let mut cm = machvm_base::sync::write(&child.0.inner);
         cm.replace_entries(out);
         if held || ctx.consistency_checks() {
             let mut objs = ctx.objects();

@@ -241,7 +241,7 @@ impl VmMap {
     #[doc(hidden)]
     #[cfg(feature = "test-hooks")]
     pub fn lookup_many(&self, addrs: &[u64]) -> u64 {
-        let mut m = self.0.inner.write();
+        let mut m = machvm_base::sync::write(&self.0.inner);
         addrs
             .iter()
             .filter_map(|&va| m.lookup(va))

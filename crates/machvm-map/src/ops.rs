@@ -34,7 +34,7 @@ impl VmMap {
             return Err(KernError::InvalidArgument);
         }
         let r = VaRange::round_out(addr, size).ok_or(KernError::InvalidArgument)?;
-        let mut m = self.0.inner.write();
+        let mut m = machvm_base::sync::write(&self.0.inner);
         let start = if anywhere {
             m.find_space(r.start().as_u64(), r.len())
                 .ok_or(KernError::NoSpace)?
@@ -64,7 +64,7 @@ impl VmMap {
         let Some(r) = mgmt_range(addr, size)? else {
             return Ok(());
         };
-        let mut m = self.0.inner.write();
+        let mut m = machvm_base::sync::write(&self.0.inner);
         let mut objs = self.0.ctx.objects();
         self.remove_locked(&mut m, &mut objs, r);
         self.assert_consistent(&m, &objs);
@@ -104,7 +104,7 @@ impl VmMap {
             return Err(KernError::InvalidAddress);
         }
         let (s, e) = (r.start().as_u64(), r.end().as_u64());
-        let mut m = self.0.inner.write();
+        let mut m = machvm_base::sync::write(&self.0.inner);
         m.check_covered(s, e)?;
         if m.overlapping(s, e)
             .any(|(_, en)| !en.max_protection.contains(prot))
@@ -139,7 +139,7 @@ impl VmMap {
             return Ok(());
         };
         let (s, e) = (r.start().as_u64(), r.end().as_u64());
-        let mut m = self.0.inner.write();
+        let mut m = machvm_base::sync::write(&self.0.inner);
         m.check_covered(s, e)?;
         let mut objs = self.0.ctx.objects();
         m.clip_range(&mut objs, s, e);

@@ -152,7 +152,7 @@ impl VmContext {
     pub fn objects(&self) -> Objects<'_> {
         Objects {
             ctx: self,
-            g: self.graph.write(),
+            g: machvm_base::sync::write(&self.graph),
         }
     }
 
