@@ -460,7 +460,9 @@ pub fn run_on<R: Send>(cpu: usize, f: impl FnOnce() -> R + Send) -> R {
 /// Runs `f(cpu)` on every online CPU at once, this one included, and
 /// returns when all have finished. On the others `f` runs in the IPI
 /// handler, with interrupts off: whatever it waits for there, it answers
-/// shootdowns only through machvm's spin hook ([`serve_flush`]).
+/// shootdowns only through machvm's spin hook ([`serve_flush`]). `f` must
+/// not [`run_on`] another CPU: this call holds every CPU's call slot until
+/// all are done.
 pub fn run_everywhere(f: &(dyn Fn(usize) + Sync)) {
     let me = current_cpu();
     let others: ArrayVec<usize, MAX_CPUS> = (0..cpu_count()).filter(|&c| c != me).collect();

@@ -170,6 +170,10 @@ pub struct X86Pmap {
     flushes: AtomicU64,
     #[cfg(test)]
     race_hook: spin::Mutex<Option<alloc::boxed::Box<dyn FnOnce() + Send>>>,
+    #[cfg(test)]
+    pub(crate) pv_hook: spin::Mutex<Option<alloc::boxed::Box<dyn FnOnce() + Send>>>,
+    #[cfg(test)]
+    pub(crate) verify_hook: spin::Mutex<Option<alloc::boxed::Box<dyn FnOnce() + Send>>>,
 }
 
 impl X86Pmap {
@@ -188,6 +192,10 @@ impl X86Pmap {
             flushes: AtomicU64::new(0),
             #[cfg(test)]
             race_hook: spin::Mutex::new(None),
+            #[cfg(test)]
+            pv_hook: spin::Mutex::new(None),
+            #[cfg(test)]
+            verify_hook: spin::Mutex::new(None),
         })
     }
 

@@ -167,18 +167,12 @@ impl X86Pmap {
 
     /// Every (pmap, 4 KiB va) mapping the frame `pa`, as its pv lists say
     /// now (each list locked in turn; a caller that acts on one checks it
-    /// under the space's lock, see [`leaf_of`](Self::leaf_of)).
+    /// under the space's lock, see [`leaf_of`](Self::leaf_of)). The 2 MiB
+    /// head's list is read before `pa`'s own: a demotion adds the small
+    /// entries before it drops the large one, so a mapping being demoted
+    /// meanwhile is seen in one list or both, never in neither.
     pub(crate) fn mappings_of(&self, pa: PhysAddr) -> Vec<(PmapId, VirtAddr)> {
         let mut out = Vec::new();
-        if let Some(i) = self.frames.frame_index(pa) {
-            out.extend(
-                self.pv[i]
-                    .lock()
-                    .iter()
-                    .filter(|e| !e.large())
-                    .map(|e| (e.pmap(), e.va())),
-            );
-        }
         let head = PhysAddr::new(pa.as_u64() & !(LARGE_PAGE_SIZE - 1));
         if let Some(i) = self.frames.frame_index(head) {
             out.extend(
@@ -189,6 +183,21 @@ impl X86Pmap {
                     .map(|e| (e.pmap(), e.va() + (pa.page_base() - head))),
             );
         }
+        #[cfg(test)]
+        if let Some(h) = self.pv_hook.lock().take() {
+            h();
+        }
+        if let Some(i) = self.frames.frame_index(pa) {
+            out.extend(
+                self.pv[i]
+                    .lock()
+                    .iter()
+                    .filter(|e| !e.large())
+                    .map(|e| (e.pmap(), e.va())),
+            );
+        }
+        out.sort_unstable_by_key(|&(p, va)| (p.0, va.as_u64()));
+        out.dedup();
         out
     }
 

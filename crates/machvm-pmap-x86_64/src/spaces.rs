@@ -60,6 +60,8 @@ struct Ids {
 pub(crate) struct Spaces {
     chunks: Box<[spin::Once<Chunk>]>,
     ids: Mutex<Ids>,
+    #[cfg(test)]
+    pub(crate) insert_hook: spin::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Spaces {
@@ -70,6 +72,8 @@ impl Spaces {
                 free: Vec::new(),
                 next: 0,
             }),
+            #[cfg(test)]
+            insert_hook: spin::Mutex::new(None),
         }
     }
 
@@ -86,24 +90,29 @@ impl Spaces {
     }
 
     /// Makes `space` live under a new id; `None` when every id is taken.
+    /// The slot goes live under the id lock: [`lock_all`](Self::lock_all)
+    /// sees it, or no pmap operation can use it yet.
     pub(crate) fn insert(&self, space: Space) -> Option<PmapId> {
-        let id = {
-            let mut ids = self.ids.lock();
-            match ids.free.pop() {
-                Some(id) => id,
-                None if (ids.next as usize) < MAX_SPACES => {
-                    ids.next += 1;
-                    ids.next - 1
-                }
-                None => return None,
+        let mut ids = self.ids.lock();
+        let id = match ids.free.pop() {
+            Some(id) => id,
+            None if (ids.next as usize) < MAX_SPACES => {
+                ids.next += 1;
+                ids.next - 1
             }
+            None => return None,
         };
+        #[cfg(test)]
+        if let Some(h) = self.insert_hook.lock().take() {
+            h();
+        }
         let chunk = self.chunks[id as usize / CHUNK]
             .call_once(|| (0..CHUNK).map(|_| Mutex::new(Space::default())).collect());
         *chunk[id as usize % CHUNK].lock() = Space {
             live: true,
             ..space
         };
+        drop(ids);
         Some(PmapId(id))
     }
 

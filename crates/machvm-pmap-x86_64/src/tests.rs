@@ -570,3 +570,111 @@ fn entry_walks_agree_with_the_pmap() {
     assert_eq!(Pte::from_bits(mem.load_u64(slot)).addr(), small);
     check(&fa, &pm);
 }
+
+// ---- review2: races found in review ----
+
+/// page_protect(pa, NONE) must remove every mapping of pa. A 2 MiB leaf
+/// mapping pa is demoted (by a protect of a *different* 4 KiB page of the
+/// same leaf, in the same pmap) between mappings_of's read of pa's small
+/// list and its read of the head's large list: neither read sees it.
+#[test]
+fn page_protect_sees_a_large_leaf_demoted_meanwhile() {
+    let (fa, pm) = setup(2048);
+    let pm = Arc::new(pm);
+    let p = pm.create().unwrap();
+    let big = fa.alloc_order(LARGE_PAGE_ORDER, FrameUse::Object).unwrap();
+    let va = 0x4000_0000u64;
+    pm.flush(
+        pm.enter_large(p, VirtAddr::new(va), big, VmProt::DEFAULT, false)
+            .unwrap(),
+    );
+    let other_cpu = pm.clone();
+    *pm.pv_hook.lock() = Some(alloc::boxed::Box::new(move || {
+        // Another thread: vm_protect of one other page in the same 2 MiB.
+        let f = other_cpu.protect(p, range(va + 0x5000, va + 0x6000), VmProt::READ);
+        other_cpu.flush(f);
+    }));
+    let target = big + 0x3000;
+    pm.flush(pm.page_protect(target, VmProt::NONE));
+    check(&fa, &pm);
+    assert_eq!(
+        pm.extract(p, VirtAddr::new(va + 0x3000)),
+        None,
+        "page_protect(NONE) returned with the frame still mapped"
+    );
+}
+
+/// Same race through clear_modify: the D bit survives in the (now small)
+/// leaf, so the pager believes a dirty page is clean.
+#[test]
+fn clear_modify_sees_a_large_leaf_demoted_meanwhile() {
+    let (fa, pm) = setup(2048);
+    let pm = Arc::new(pm);
+    let p = pm.create().unwrap();
+    let big = fa.alloc_order(LARGE_PAGE_ORDER, FrameUse::Object).unwrap();
+    let va = 0x4000_0000u64;
+    pm.flush(
+        pm.enter_large(p, VirtAddr::new(va), big, VmProt::DEFAULT, false)
+            .unwrap(),
+    );
+    // The MMU writes the page: D set in the large leaf.
+    pm.translate(p, VirtAddr::new(va + 0x3000), Write, true)
+        .unwrap();
+    let target = big + 0x3000;
+    let other_cpu = pm.clone();
+    *pm.pv_hook.lock() = Some(alloc::boxed::Box::new(move || {
+        let f = other_cpu.protect(p, range(va + 0x5000, va + 0x6000), VmProt::READ);
+        other_cpu.flush(f);
+    }));
+    pm.flush(pm.clear_modify(target));
+    assert!(
+        !pm.is_modified(target),
+        "clear_modify returned but the translation still says dirty"
+    );
+}
+
+/// verify claims any moment will do and that lock_all blocks creation; a
+/// create whose id is allocated but whose slot is not yet live is skipped
+/// by lock_all, then completes and enters a page while verify runs.
+#[test]
+fn verify_holds_while_a_space_is_created() {
+    use std::sync::Barrier;
+    let (fa, pm) = setup(256);
+    let pm = Arc::new(pm);
+    let frame = fa.alloc(FrameUse::Object).unwrap();
+    // The creator stops once it has its id; `verify` starts then, and once
+    // it holds "every" space waits for the creator's first translation.
+    // Before the fix the new space was not among them, and its pv entry
+    // made the count disagree; now the creation finishes before `verify`
+    // can hold anything.
+    let id_taken = Arc::new(Barrier::new(2));
+    let entered = Arc::new(Barrier::new(2));
+    {
+        let a = id_taken.clone();
+        *pm.spaces.insert_hook.lock() = Some(alloc::boxed::Box::new(move || {
+            a.wait();
+        }));
+    }
+    {
+        let c = entered.clone();
+        *pm.verify_hook.lock() = Some(alloc::boxed::Box::new(move || {
+            c.wait();
+        }));
+    }
+    let creator = {
+        let pm = pm.clone();
+        let entered = entered.clone();
+        std::thread::spawn(move || {
+            let p = pm.create().unwrap();
+            pm.flush(
+                pm.enter(p, VirtAddr::new(0x1000), frame, VmProt::READ, false)
+                    .unwrap(),
+            );
+            entered.wait();
+        })
+    };
+    id_taken.wait();
+    let r = pm.verify();
+    creator.join().unwrap();
+    assert_eq!(r, Ok(()), "verify of a consistent pmap failed");
+}

@@ -53,6 +53,10 @@ impl X86Pmap {
             pv_seen: 0,
         };
         let all = self.spaces.lock_all();
+        #[cfg(test)]
+        if let Some(h) = self.verify_hook.lock().take() {
+            h();
+        }
         for (p, s) in &all.spaces {
             let (p, id) = (*p, p.0);
             walk.pmap = p;

@@ -76,13 +76,15 @@ impl X86Pmap {
             s.wired += SMALL_PER_LARGE - 1;
         }
         if e & MANAGED != 0 {
-            self.pv_remove(pa, PvEntry::new(pmap, VirtAddr::new(base), true));
+            // The small entries first: a reader of the pv lists by frame
+            // (`mappings_of`) then never finds the mapping in neither.
             for k in 0..SMALL_PER_LARGE {
                 self.pv_add(
                     pa + k * PAGE_SIZE,
                     PvEntry::new(pmap, VirtAddr::new(base + k * PAGE_SIZE), false),
                 );
             }
+            self.pv_remove(pa, PvEntry::new(pmap, VirtAddr::new(base), true));
         }
         self.store(l2, i, t.as_u64() | TABLE);
     }

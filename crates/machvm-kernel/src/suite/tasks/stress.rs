@@ -22,8 +22,10 @@ fn slot(base: u64, p: u64, r: u64) -> u64 {
 }
 
 pub(super) fn smp_stress_shared_map() -> Result<(), String> {
+    other_cpu()?;
     let _s = Session::new();
     let n = smp::cpu_count();
+    let served: u64 = (0..n).map(smp::flushes_served).sum();
     let shared = new_map()?;
     let a = shared
         .allocate(0, n as u64 * PER * PG, true)
@@ -38,6 +40,10 @@ pub(super) fn smp_stress_shared_map() -> Result<(), String> {
     });
     let errors = errors.into_inner();
     ensure!(errors.is_empty(), "{}", errors.join("; "));
+    // Forks, protects and copies of a map every CPU runs: remote
+    // shootdowns were sent and answered, not skipped.
+    let now: u64 = (0..n).map(smp::flushes_served).sum();
+    ensure!(now > served, "no CPU served a shootdown during the stress");
     // Every CPU's last stores, seen through machvm from here.
     for c in 0..n {
         let base = a + c as u64 * PER * PG;
