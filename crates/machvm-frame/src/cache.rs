@@ -141,6 +141,7 @@ impl FrameAllocator {
     /// Moves up to [`BATCH`] single frames from the buddy lists into `c`.
     fn refill(&self, c: &Cache, s: &mut Stack) {
         let mut b = self.buddy.lock();
+        let first = s.len;
         while s.len < BATCH {
             let Some(idx) = self.take_block(&mut b, 0) else {
                 break;
@@ -156,6 +157,10 @@ impl FrameAllocator {
             c.held.fetch_add(1, Release);
             self.free.fetch_sub(1, Relaxed);
         }
+        // Popped from the end: hand the run out in ascending order, as the
+        // buddy lists would (memory touched upwards streams faster).
+        let len = s.len;
+        s.frames[first..len].reverse();
     }
 
     /// Moves `n` frames (or all there are) from `c` to the buddy lists.
