@@ -11,6 +11,29 @@
 use spin::relax::RelaxStrategy;
 
 static HOOK: spin::Once<fn()> = spin::Once::new();
+static CPU_ID: spin::Once<fn() -> usize> = spin::Once::new();
+
+/// Registers how to find the current CPU's number (a kernel's per-CPU
+/// data), for what machvm keeps per CPU (event counters); the first call
+/// wins. Without it a thread's stack address stands in.
+pub fn set_cpu_id(cpu_id: fn() -> usize) {
+    CPU_ID.call_once(|| cpu_id);
+}
+
+/// The current CPU's number as [`set_cpu_id`] tells it, else a hash of
+/// the stack address (threads' stacks lie megabytes apart), for choosing
+/// a per-CPU slot: any value is correct, a stable one is fast.
+#[inline]
+pub fn cpu_slot() -> usize {
+    match CPU_ID.get() {
+        Some(f) => f(),
+        None => {
+            let here = 0u8;
+            let sp = core::ptr::addr_of!(here) as usize as u64;
+            (((sp >> 16).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 58) as usize
+        }
+    }
+}
 
 /// Registers what a CPU does on each turn of a spin on a machvm lock (or
 /// on a page being filled): the first call wins. A kernel whose CPUs may

@@ -5,8 +5,9 @@
 //! Each of [`CACHES`] caches holds up to [`CACHE_MAX`] free frames, refilled
 //! from the buddy lists and drained back to them [`BATCH`] frames at a time
 //! under one acquisition of the buddy lock. A thread uses the cache of its
-//! CPU — [`FrameAllocator::set_cpu_id`] tells which, else its stack address
-//! picks one — and falls back to the buddy lists when that cache is busy.
+//! CPU — `machvm_base::sync::set_cpu_id` tells which, else its stack
+//! address picks one — and falls back to the buddy lists when that cache
+//! is busy.
 //! Its counters live beside its lock, so an allocation from a cache writes
 //! no cache line another CPU's allocations write.
 //!
@@ -73,25 +74,10 @@ impl Cache {
 }
 
 impl FrameAllocator {
-    /// Tells the allocator how to find the current CPU's number (a
-    /// kernel's per-CPU data); the first call wins. Without it a thread's
-    /// stack address picks its cache.
-    pub fn set_cpu_id(&self, cpu_id: fn() -> usize) {
-        self.cpu_id.call_once(|| cpu_id);
-    }
-
-    /// The cache of the calling CPU (or thread).
+    /// The cache of the calling CPU (`machvm_base::sync::cpu_slot`: the
+    /// CPU a kernel names with `set_cpu_id`, else the thread's stack).
     fn my_cache(&self) -> &Cache {
-        let n = match self.cpu_id.get() {
-            Some(f) => f(),
-            None => {
-                let here = 0u8;
-                let sp = core::ptr::addr_of!(here) as usize as u64;
-                // Threads' stacks lie megabytes apart: hash the high bits.
-                (((sp >> 16).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 59) as usize
-            }
-        };
-        &self.caches[n % CACHES]
+        &self.caches[machvm_base::sync::cpu_slot() % CACHES]
     }
 
     /// One frame from the calling CPU's cache, refilled from the buddy

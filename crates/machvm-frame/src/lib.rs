@@ -102,8 +102,6 @@ pub struct FrameAllocator {
     zero: AtomicU64,
     /// The per-CPU caches, see `cache.rs`.
     caches: Box<[Cache]>,
-    /// How to find the current CPU (`set_cpu_id`).
-    cpu_id: spin::Once<fn() -> usize>,
 }
 
 impl FrameAllocator {
@@ -157,7 +155,6 @@ impl FrameAllocator {
             bad_frees: AtomicU64::new(0),
             zero: AtomicU64::new(0),
             caches: (0..CACHES).map(|_| Cache::new()).collect(),
-            cpu_id: spin::Once::new(),
         };
         let mut managed = 0;
         for r in ranges {

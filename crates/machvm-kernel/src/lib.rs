@@ -102,8 +102,8 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
     // A CPU spinning on a machvm lock (interrupts on or off) answers the
     // shootdowns its holder may be waiting for.
     machvm::set_spin_hook(smp::serve_flush);
-    // Each CPU its own frame cache.
-    mem::frames().set_cpu_id(smp::current_cpu);
+    // Each CPU its own frame cache and counter lines.
+    machvm::set_cpu_id(smp::current_cpu);
     let l = mem::layout();
     println!(
         "machvm-kernel: PVH boot, {} MiB RAM, {} CPU(s), {} free frames, cmdline {:?}",

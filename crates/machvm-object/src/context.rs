@@ -12,32 +12,61 @@ use machvm_pmap::Pmap;
 
 use crate::graph::Graph;
 
+/// Shards of a [`Counter`]: CPUs beyond share.
+const COUNTER_SHARDS: usize = 16;
+
+/// One shard, alone on its cache lines.
+#[derive(Default, Debug)]
+#[repr(align(128))]
+struct Shard(AtomicU64);
+
+/// An event counter spread over one cache line per CPU (or thread,
+/// `machvm_base::sync::cpu_slot`): a bump writes a line no other CPU's
+/// bumps write, so faults on different CPUs do not pass it back and forth.
+/// Reading sums the shards.
+#[derive(Default, Debug)]
+pub struct Counter([Shard; COUNTER_SHARDS]);
+
+impl Counter {
+    /// Adds one.
+    #[inline]
+    pub fn bump(&self) {
+        let shard = machvm_base::sync::cpu_slot() % COUNTER_SHARDS;
+        self.0[shard].0.fetch_add(1, Relaxed);
+    }
+
+    /// The count (a sum over the shards: exact at a quiet moment).
+    pub fn load(&self, order: core::sync::atomic::Ordering) -> u64 {
+        self.0.iter().map(|s| s.0.load(order)).sum()
+    }
+}
+
 /// Event counters, Mach's `vm_statistics` that are not frame counts.
 #[derive(Default, Debug)]
 pub struct VmCounters {
     /// Page faults handled (including ones that failed).
-    pub faults: AtomicU64,
+    pub faults: Counter,
     /// Pages zero-filled on demand.
-    pub zero_fill_count: AtomicU64,
+    pub zero_fill_count: Counter,
     /// Pages copied because of copy-on-write.
-    pub cow_faults: AtomicU64,
+    pub cow_faults: Counter,
     /// Page lookups in object chains.
-    pub lookups: AtomicU64,
+    pub lookups: Counter,
     /// Lookups that found the page resident.
-    pub hits: AtomicU64,
+    pub hits: Counter,
     /// Backing objects merged into their only shadow.
-    pub collapses: AtomicU64,
+    pub collapses: Counter,
     /// Backing objects skipped by a shadow that covered them.
-    pub bypasses: AtomicU64,
+    pub bypasses: Counter,
     /// Pages freed because nothing could reach them any more.
-    pub reclaimed: AtomicU64,
+    pub reclaimed: Counter,
 }
 
 impl VmCounters {
     /// Adds one to `counter`.
     #[inline]
-    pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Relaxed);
+    pub fn bump(counter: &Counter) {
+        counter.bump();
     }
 }
 

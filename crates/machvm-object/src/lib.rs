@@ -56,7 +56,7 @@ mod slots;
 mod sync;
 mod verify;
 
-pub use context::{AuditEntries, Objects, SharedObjects, VmAudit, VmContext, VmCounters};
+pub use context::{AuditEntries, Counter, Objects, SharedObjects, VmAudit, VmContext, VmCounters};
 pub use pages::{Found, Resolution, Resolved};
 pub use verify::ObjectRule;
 

@@ -37,7 +37,7 @@ extern crate alloc;
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering::Relaxed;
 
-pub use machvm_base::sync::set_spin_hook;
+pub use machvm_base::sync::{set_cpu_id, set_spin_hook};
 pub use machvm_base::{KernError, PAGE_SIZE, Violation, VmInherit, VmProt};
 pub use machvm_copy::{SMALL_COPY_BYTES, VmMapCopy, vm_copy, vm_map_copy, vm_read, vm_write};
 pub use machvm_frame::FrameRule;
