@@ -129,12 +129,14 @@ fn copy(c: &mut Criterion) {
 }
 
 /// Runs `iters` page faults in rounds of at most `round` pages: `setup`
-/// (untimed) returns the map and first address of a round, every page of
-/// which is then write-faulted (timed), and `teardown` (untimed) follows.
-fn per_page_faults(
+/// (untimed) returns the map and first address of a round, `touch(map,
+/// page)` (timed) faults each page of it in, and `teardown` (untimed)
+/// follows.
+fn per_page(
     iters: u64,
     round: u64,
     mut setup: impl FnMut() -> (VmMap, u64),
+    touch: impl Fn(&VmMap, u64),
     mut teardown: impl FnMut(VmMap, u64),
 ) -> Duration {
     let mut t = Duration::ZERO;
@@ -144,7 +146,7 @@ fn per_page_faults(
         let (map, a) = setup();
         let s = Instant::now();
         for i in 0..n {
-            map.fault(a + i * PAGE_SIZE, Access::Write).unwrap();
+            touch(&map, a + i * PAGE_SIZE);
         }
         t += s.elapsed();
         teardown(map, a);
@@ -153,29 +155,15 @@ fn per_page_faults(
     t
 }
 
-/// Runs `iters` 1-byte `write_bytes` calls, one per page, in rounds like
-/// [`per_page_faults`]: the fault as a task's store reaches it through
-/// the façade (range checks, walker, locking, the byte itself).
-fn per_page_writes(
-    iters: u64,
-    round: u64,
-    mut setup: impl FnMut() -> (VmMap, u64),
-    mut teardown: impl FnMut(VmMap, u64),
-) -> Duration {
-    let mut t = Duration::ZERO;
-    let mut left = iters;
-    while left > 0 {
-        let n = left.min(round);
-        let (map, a) = setup();
-        let s = Instant::now();
-        for i in 0..n {
-            map.write_bytes(a + i * PAGE_SIZE, &[1]).unwrap();
-        }
-        t += s.elapsed();
-        teardown(map, a);
-        left -= n;
-    }
-    t
+/// The handler alone: a write fault.
+fn handler_write(map: &VmMap, va: u64) {
+    map.fault(va, Access::Write).unwrap();
+}
+
+/// Through the façade (range checks, walker, locking, the byte itself): a
+/// task's 1-byte store.
+fn facade_write(map: &VmMap, va: u64) {
+    map.write_bytes(va, &[1]).unwrap();
 }
 
 /// The fault group: the fault handler alone (`VmMap::fault`), per page:
@@ -192,10 +180,11 @@ fn faults(c: &mut Criterion) {
     touch(&parent, a, round * PAGE_SIZE).unwrap();
     g.bench_function(ids::COW, |b| {
         b.iter_custom(|iters| {
-            per_page_faults(
+            per_page(
                 iters,
                 round,
                 || (parent.fork().unwrap(), a),
+                handler_write,
                 |child, _| drop(child),
             )
         });
@@ -203,23 +192,25 @@ fn faults(c: &mut Criterion) {
     g.bench_function(ids::ZERO_FILL, |b| {
         let map = vm.create_map().unwrap();
         b.iter_custom(|iters| {
-            per_page_faults(
+            per_page(
                 iters,
                 round,
                 || {
                     let a = map.allocate(0, round * PAGE_SIZE, true).unwrap();
                     (map.clone(), a)
                 },
+                handler_write,
                 |m, a| m.deallocate(a, round * PAGE_SIZE).unwrap(),
             )
         });
     });
     g.bench_function(ids::FACADE_COW, |b| {
         b.iter_custom(|iters| {
-            per_page_writes(
+            per_page(
                 iters,
                 round,
                 || (parent.fork().unwrap(), a),
+                facade_write,
                 |child, _| drop(child),
             )
         });
@@ -227,13 +218,14 @@ fn faults(c: &mut Criterion) {
     g.bench_function(ids::FACADE_ZERO_FILL, |b| {
         let map = vm.create_map().unwrap();
         b.iter_custom(|iters| {
-            per_page_writes(
+            per_page(
                 iters,
                 round,
                 || {
                     let a = map.allocate(0, round * PAGE_SIZE, true).unwrap();
                     (map.clone(), a)
                 },
+                facade_write,
                 |m, a| m.deallocate(a, round * PAGE_SIZE).unwrap(),
             )
         });
@@ -244,7 +236,7 @@ fn faults(c: &mut Criterion) {
 /// Zero-fills `pages` pages of `map` from `a`, one 1-byte write each.
 fn zero_fill(map: &VmMap, a: u64, pages: u64) {
     for i in 0..pages {
-        map.write_bytes(a + i * PAGE_SIZE, &[1]).unwrap();
+        facade_write(map, a + i * PAGE_SIZE);
     }
 }
 

@@ -433,28 +433,46 @@ pub fn run_on<R: Send>(cpu: usize, f: impl FnOnce() -> R + Send) -> R {
         // SAFETY: only the lifetime is erased; we wait for `done` below, so
         // `call` outlives every use of the pointer.
         let job: *mut (dyn FnMut() + Send + 'static) = unsafe { core::mem::transmute(job) };
-        let guard = loop {
-            if let Some(g) = target.call_lock.try_lock() {
-                break g;
-            }
-            poll_mailbox();
-            core::hint::spin_loop();
-        };
-        *target.job.lock() = Some(JobPtr(job));
-        target.done.store(false, Ordering::Relaxed);
-        target.pending.store(true, Ordering::Release);
-        lapic_icr(
-            target.apic_id.load(Ordering::Relaxed),
-            u32::from(IPI_VECTOR) | 0x4000,
-        );
-        while !target.done.load(Ordering::Acquire) {
-            poll_mailbox();
-            serve_flush();
-            core::hint::spin_loop();
-        }
+        let guard = post(target, job);
+        wait_done(target);
         drop(guard);
     }
     out.expect("remote call did not run")
+}
+
+/// Takes `target`'s call slot (answering calls and shootdowns sent here
+/// meanwhile), posts `job` and sends the IPI. The slot stays taken until
+/// the returned guard goes: after [`wait_done`].
+fn post<'t>(
+    target: &'t PerCpu,
+    job: *mut (dyn FnMut() + Send + 'static),
+) -> spin::MutexGuard<'t, ()> {
+    let guard = loop {
+        if let Some(g) = target.call_lock.try_lock() {
+            break g;
+        }
+        poll_mailbox();
+        serve_flush();
+        core::hint::spin_loop();
+    };
+    *target.job.lock() = Some(JobPtr(job));
+    target.done.store(false, Ordering::Relaxed);
+    target.pending.store(true, Ordering::Release);
+    lapic_icr(
+        target.apic_id.load(Ordering::Relaxed),
+        u32::from(IPI_VECTOR) | 0x4000,
+    );
+    guard
+}
+
+/// Waits until `target` has run the job posted to it, answering calls and
+/// shootdowns sent here meanwhile.
+fn wait_done(target: &PerCpu) {
+    while !target.done.load(Ordering::Acquire) {
+        poll_mailbox();
+        serve_flush();
+        core::hint::spin_loop();
+    }
 }
 
 /// Runs `f(cpu)` on every online CPU at once, this one included, and
@@ -474,30 +492,11 @@ pub fn run_everywhere(f: &(dyn Fn(usize) + Sync)) {
         // SAFETY: only the lifetime is erased; every target is waited for
         // below, before `calls` goes.
         let job: *mut (dyn FnMut() + Send + 'static) = unsafe { core::mem::transmute(job) };
-        let guard = loop {
-            if let Some(g) = target.call_lock.try_lock() {
-                break g;
-            }
-            poll_mailbox();
-            serve_flush();
-            core::hint::spin_loop();
-        };
-        *target.job.lock() = Some(JobPtr(job));
-        target.done.store(false, Ordering::Relaxed);
-        target.pending.store(true, Ordering::Release);
-        lapic_icr(
-            target.apic_id.load(Ordering::Relaxed),
-            u32::from(IPI_VECTOR) | 0x4000,
-        );
-        guards.push(guard);
+        guards.push(post(target, job));
     }
     f(me);
     for &c in &others {
-        while !CPUS[c].done.load(Ordering::Acquire) {
-            poll_mailbox();
-            serve_flush();
-            core::hint::spin_loop();
-        }
+        wait_done(&CPUS[c]);
     }
     drop(guards);
 }

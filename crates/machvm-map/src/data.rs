@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 
 use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, PhysAddr, VaRange, page_chunks};
 use machvm_frame::{FrameReservation, FrameUse, PhysMem};
-use machvm_object::{Hold, Objects, SharedObjects};
+use machvm_object::{Hold, Objects, PageLookup};
 use machvm_pmap::Access;
 
 use crate::fault::Enter;
@@ -96,7 +96,7 @@ impl VmMap {
             }
             let objs = self.0.ctx.shared_objects();
             let pa = if pm.translate(self.0.pmap, va, access, true).is_ok() {
-                Some(frame_at_shared(&m, &objs, va.as_u64(), access))
+                Some(frame_at(&m, &objs, va.as_u64(), access))
             } else {
                 self.fault_shared_in(&m, &objs, va.as_u64(), access, Enter::BestEffort)
                     .map(|r| r.map(Some))
@@ -116,7 +116,7 @@ impl VmMap {
         let mapped = pm.translate(self.0.pmap, va, access, true).is_ok();
         let mut objs = self.0.ctx.objects();
         let pa = if mapped {
-            self.frame_at(&mut m, &objs, va.as_u64(), access)?
+            frame_at(&m, &objs, va.as_u64(), access)?
         } else {
             let mut frames = objs.on_demand();
             let r = self.fault_locked(
@@ -133,27 +133,6 @@ impl VmMap {
         mv(mem, pa);
         self.assert_consistent(&m, &objs);
         Ok(())
-    }
-
-    /// The frame the graph holds at page `va` for `access`: for a read the
-    /// page the chain shows (`None`: nothing resident), for a write the
-    /// page of the entry's own object (else `ProtectionFailure`: the
-    /// callers' faults rule it out).
-    fn frame_at(
-        &self,
-        m: &mut MapInner,
-        objs: &Objects<'_>,
-        va: u64,
-        access: Access,
-    ) -> Result<Option<PhysAddr>, KernError> {
-        let (start, e) = m.entry_at(va)?;
-        let idx = PageIndex::in_window(start, va);
-        let hold = e.object.as_ref();
-        if access == Access::Write {
-            let pa = hold.and_then(|h| objs.written_frame(h, idx));
-            return pa.map(Some).ok_or(KernError::ProtectionFailure);
-        }
-        Ok(hold.and_then(|h| objs.lookup(h, idx)).map(|f| f.pa))
     }
 
     /// The pages of `r` the pmap cannot translate for `access` now (the
@@ -340,11 +319,13 @@ pub(crate) fn for_each_page_piece(
     }
 }
 
-/// [`VmMap::frame_at`] under shared locks (the page settled: a fill in
-/// flight is waited for).
-fn frame_at_shared(
+/// The frame the graph holds at page `va` for `access`: for a read the
+/// page the chain shows (`None`: nothing resident), for a write the page of
+/// the entry's own object (else `ProtectionFailure`: the callers' faults
+/// rule it out). Through either view of the graph.
+fn frame_at(
     m: &MapInner,
-    objs: &SharedObjects<'_>,
+    objs: &impl PageLookup,
     va: u64,
     access: Access,
 ) -> Result<Option<PhysAddr>, KernError> {

@@ -57,7 +57,7 @@ mod sync;
 mod verify;
 
 pub use context::{AuditEntries, Counter, Objects, SharedObjects, VmAudit, VmContext, VmCounters};
-pub use pages::{Found, Resolution, Resolved};
+pub use pages::{Found, PageLookup, Resolution, Resolved};
 pub use verify::ObjectRule;
 
 /// Names a VM object of one context: an index into the context's object

@@ -10,6 +10,28 @@ use machvm_frame::FrameReservation;
 use crate::graph::Backing;
 use crate::{Hold, Holder, ObjectId, Objects, VmCounters};
 
+/// Page lookups any view of the graph answers, locked exclusively
+/// ([`Objects`]) or shared ([`crate::SharedObjects`], where a page being
+/// filled is waited for).
+pub trait PageLookup {
+    /// The page at page `page` of `hold`'s window as the chain holds it.
+    fn lookup(&self, hold: &Hold, page: PageIndex) -> Option<Found>;
+
+    /// The frame of page `page` of `hold`'s window when it is resident in
+    /// the held object itself (a page resolved for writing).
+    fn written_frame(&self, hold: &Hold, page: PageIndex) -> Option<PhysAddr> {
+        self.lookup(hold, page)
+            .filter(|f| f.depth == 0)
+            .map(|f| f.pa)
+    }
+}
+
+impl PageLookup for Objects<'_> {
+    fn lookup(&self, hold: &Hold, page: PageIndex) -> Option<Found> {
+        Objects::lookup(self, hold, page)
+    }
+}
+
 /// A page of zeros: the bytes of a page nothing was written to.
 static ZEROS: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
 

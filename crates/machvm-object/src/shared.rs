@@ -12,7 +12,9 @@
 use machvm_base::{KernError, PageIndex, PhysAddr};
 use machvm_frame::FrameUse;
 
-use crate::{Found, Hold, Holder, ObjectId, Resolution, Resolved, SharedObjects, VmCounters};
+use crate::{
+    Found, Hold, Holder, ObjectId, PageLookup, Resolution, Resolved, SharedObjects, VmCounters,
+};
 
 /// What the lookup step found for a fault.
 enum Step {
@@ -198,19 +200,13 @@ impl SharedObjects<'_> {
     pub fn holder(&self, hold: &Hold) -> Holder {
         self.g.rec(hold.obj, hold.id).kind
     }
+}
 
-    /// The page at page `page` of `hold`'s window as the chain holds it.
-    pub fn lookup(&self, hold: &Hold, page: PageIndex) -> Option<Found> {
+impl PageLookup for SharedObjects<'_> {
+    /// Waits out a fill in flight at the page.
+    fn lookup(&self, hold: &Hold, page: PageIndex) -> Option<Found> {
         let rec = self.g.rec(hold.obj, hold.id);
         let off = rec.start.checked_add(page.get()).filter(|&o| o < rec.end)?;
         self.find_settled(hold.obj, off)
-    }
-
-    /// The frame of page `page` of `hold`'s window when it is resident in
-    /// the held object itself (a page resolved for writing).
-    pub fn written_frame(&self, hold: &Hold, page: PageIndex) -> Option<PhysAddr> {
-        self.lookup(hold, page)
-            .filter(|f| f.depth == 0)
-            .map(|f| f.pa)
     }
 }
