@@ -117,6 +117,13 @@ impl FrameAllocator {
             let mut b = self.buddy.lock();
             self.drain(c, &mut s, &mut b, BATCH);
         }
+        self.push(c, &mut s, idx);
+        c.in_use[what.index()].fetch_sub(1, Relaxed);
+        true
+    }
+
+    /// Puts the free frame `idx` on `c`'s stack (not full), counted there.
+    fn push(&self, c: &Cache, s: &mut Stack, idx: usize) {
         let p = &self.pages[idx];
         p.state.store(FrameState::Cached as u8, Relaxed);
         p.order.store(0, Relaxed);
@@ -124,8 +131,6 @@ impl FrameAllocator {
         s.frames[at] = idx as u32;
         s.len += 1;
         c.held.fetch_add(1, Release);
-        c.in_use[what.index()].fetch_sub(1, Relaxed);
-        true
     }
 
     /// Moves up to [`BATCH`] single frames from the buddy lists into `c`.
@@ -136,15 +141,9 @@ impl FrameAllocator {
             let Some(idx) = self.take_block(&mut b, 0) else {
                 break;
             };
-            let p = &self.pages[idx];
-            p.state.store(FrameState::Cached as u8, Relaxed);
-            p.order.store(0, Relaxed);
-            let at = s.len;
-            s.frames[at] = idx as u32;
-            s.len += 1;
             // Counted in the cache before it leaves the lists: a
             // concurrent `free_frames` never sees the frame in neither.
-            c.held.fetch_add(1, Release);
+            self.push(c, s, idx);
             self.free.fetch_sub(1, Relaxed);
         }
         // Popped from the end: hand the run out in ascending order, as the

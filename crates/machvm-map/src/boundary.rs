@@ -29,7 +29,7 @@ use alloc::vec::Vec;
 
 use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, PhysAddr, VaRange, VmProt};
 use machvm_frame::FrameReservation;
-use machvm_object::{Hold, Holder, Objects};
+use machvm_object::{Hold, Holder, Objects, PageLookup};
 use machvm_pmap::{Access, TlbFlush};
 
 use crate::data::{for_each_page_piece, frames_in};

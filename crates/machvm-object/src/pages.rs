@@ -7,8 +7,8 @@ use alloc::collections::BTreeSet;
 use machvm_base::{KernError, PAGE_SIZE, PageIndex, PhysAddr};
 use machvm_frame::FrameReservation;
 
-use crate::graph::Backing;
-use crate::{Hold, Holder, ObjectId, Objects, VmCounters};
+use crate::graph::{Backing, Graph};
+use crate::{Hold, Holder, ObjectId, Objects, VmContext, VmCounters};
 
 /// Page lookups any view of the graph answers, locked exclusively
 /// ([`Objects`]) or shared ([`crate::SharedObjects`], where a page being
@@ -30,6 +30,23 @@ impl PageLookup for Objects<'_> {
     fn lookup(&self, hold: &Hold, page: PageIndex) -> Option<Found> {
         Objects::lookup(self, hold, page)
     }
+}
+
+/// The zero frame when reads of `[lo, hi)` of `hold`'s object, where
+/// nothing is resident, may map it: never where another entry writes the
+/// object directly (a `Share` sibling's store must reach this reader at
+/// once, and nothing would remove its zero-frame translation). Both views
+/// of the graph ask this one rule.
+pub(crate) fn zero_frame_in(
+    ctx: &VmContext,
+    g: &Graph,
+    hold: &Hold,
+    lo: u64,
+    hi: u64,
+) -> Option<PhysAddr> {
+    let zero = ctx.zero_frame()?;
+    let direct = |k: Holder| matches!(k, Holder::Direct { .. });
+    (!g.other_overlaps(hold.obj, hold.id, lo, hi, direct)).then_some(zero)
 }
 
 /// A page of zeros: the bytes of a page nothing was written to.
@@ -201,8 +218,7 @@ impl Objects<'_> {
     /// once, and nothing would remove this one's translation of the zero
     /// frame. Every other holder's store goes to an object of its own.
     fn zero_page_for(&self, hold: &Hold, off: u64) -> Option<PhysAddr> {
-        let zero = self.ctx.zero_frame()?;
-        self.zero_page_in(hold, off, off + 1).then_some(zero)
+        zero_frame_in(self.ctx, &self.g, hold, off, off + 1)
     }
 
     /// Whether a read of page `page` of `hold`'s window, nothing being
@@ -242,8 +258,7 @@ impl Objects<'_> {
     /// Whether reads of `[lo, hi)` of `hold`'s object map the zero frame
     /// wherever nothing is resident (see [`zero_page_for`](Self::zero_page_for)).
     fn zero_page_in(&self, hold: &Hold, lo: u64, hi: u64) -> bool {
-        let direct = |k: Holder| matches!(k, Holder::Direct { .. });
-        self.ctx.zero_frame().is_some() && !self.g.other_overlaps(hold.obj, hold.id, lo, hi, direct)
+        zero_frame_in(self.ctx, &self.g, hold, lo, hi).is_some()
     }
 
     /// A page was copied up over `old`: siblings writing the top object
@@ -348,13 +363,6 @@ impl Objects<'_> {
             None => mem.write(dst, &ZEROS[..len]),
         }
         true
-    }
-
-    /// The frame of page `page` of `hold`'s window when it is resident in
-    /// the held object itself (a page resolved for writing).
-    pub fn written_frame(&self, hold: &Hold, page: PageIndex) -> Option<PhysAddr> {
-        let off = self.offset_of(hold, page)?;
-        self.g.obj(hold.obj).pages.get(off)
     }
 
     /// Writes `data` at byte `offset` of page `page` of `hold`'s window,

@@ -188,12 +188,7 @@ impl SharedObjects<'_> {
     /// The zero frame when a read at `off` may map it for `hold` (no
     /// `Share` sibling sees the offset; see `Objects::resolve`).
     fn zero_frame_for(&self, hold: &Hold, off: u64) -> Option<PhysAddr> {
-        let zero = self.ctx.zero_frame()?;
-        let direct = |k: Holder| matches!(k, Holder::Direct { .. });
-        let shared = self
-            .g
-            .other_overlaps(hold.obj, hold.id, off, off + 1, direct);
-        (!shared).then_some(zero)
+        crate::pages::zero_frame_in(self.ctx, &self.g, hold, off, off + 1)
     }
 
     /// Who `hold` is.
