@@ -157,8 +157,8 @@ fn test(rest: &[String]) -> bool {
     if !qemu::qemu_test(rest) {
         return false;
     }
-    // Four CPUs at once in shared maps (the stress test answers
-    // shootdowns only through machvm's spin hook).
+    // Four CPUs at once in shared maps (a CPU waiting on a machvm lock
+    // answers shootdowns only through the kernel's lock family).
     let mut four: Vec<String> = rest.to_vec();
     four.extend(["--smp".to_string(), "4".to_string()]);
     qemu::qemu_test(&four)

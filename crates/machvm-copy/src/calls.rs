@@ -3,6 +3,7 @@
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use machvm_base::sync::Locks;
 
 use machvm_base::{KernError, VaRange, VmProt};
 use machvm_map::{Access, MapGuard, MapPair, VmMap, reserve, reserve_settled};
@@ -13,7 +14,7 @@ use crate::{Layout, VmMapCopy};
 
 /// With `dst_alloc`: the allocated parts of `r` must be writable
 /// (`ProtectionFailure`); returns the holes to allocate.
-fn dst_holes(d: &MapGuard<'_>, r: VaRange) -> Result<Vec<VaRange>, KernError> {
+fn dst_holes<L: Locks>(d: &MapGuard<'_, L>, r: VaRange) -> Result<Vec<VaRange>, KernError> {
     let mut holes = Vec::new();
     let mut at = r.start();
     for (part, prot) in d.allocated(r) {
@@ -91,9 +92,9 @@ struct CopyArgs {
 /// dst.read_bytes(0x10_0000, &mut buf).unwrap();
 /// assert_eq!(&buf, b"copy me");
 /// ```
-pub fn vm_map_copy(
-    dst_map: &VmMap,
-    src_map: &VmMap,
+pub fn vm_map_copy<L: Locks>(
+    dst_map: &VmMap<L>,
+    src_map: &VmMap<L>,
     dst_addr: u64,
     len: u64,
     src_addr: u64,
@@ -133,15 +134,15 @@ pub fn vm_map_copy(
 
 /// The body of [`vm_map_copy`] with the maps locked; `sr` and `dr` are the
 /// source and destination pages.
-fn copy_locked(
-    maps: &mut MapPair<'_>,
+fn copy_locked<L: Locks>(
+    maps: &mut MapPair<'_, L>,
     (sr, dr): (VaRange, VaRange),
     a: &CopyArgs,
 ) -> Result<(), KernError> {
     let ctx = maps.src().map().context().clone();
     // Declared before the graph guard, so that on a panic the guard goes
     // first and the copy's drop can take the graph lock.
-    let mut slot: Option<VmMapCopy> = None;
+    let mut slot: Option<VmMapCopy<L>> = None;
     let objs = ctx.objects();
     // Source, then destination, then frames: nothing changes until all pass.
     let (s, d) = maps.both();
@@ -189,7 +190,12 @@ fn copy_locked(
 /// the pages the copy-in is about to make copy-on-write need a frame each.
 /// By ranges, not pages: O(entries and resident pages), whatever the
 /// length.
-fn copy_dest_frames(d: &MapGuard<'_>, objs: &Objects<'_>, a: &CopyArgs, same: bool) -> u64 {
+fn copy_dest_frames<L: Locks>(
+    d: &MapGuard<'_, L>,
+    objs: &Objects<'_, L>,
+    a: &CopyArgs,
+    same: bool,
+) -> u64 {
     let l = Layout::of(a.src_addr, a.len);
     let head = l.head_end - a.src_addr;
     let mid = l.mid_end - l.head_end;
@@ -216,7 +222,7 @@ fn copy_dest_frames(d: &MapGuard<'_>, objs: &Objects<'_>, a: &CopyArgs, same: bo
 /// `vm_read`: a copy-on-write snapshot of `[addr, addr + size)` (no page is
 /// copied for aligned ranges). The range must be allocated
 /// (`InvalidAddress`) and readable (`ProtectionFailure`).
-pub fn vm_read(map: &VmMap, addr: u64, size: u64) -> Result<VmMapCopy, KernError> {
+pub fn vm_read<L: Locks>(map: &VmMap<L>, addr: u64, size: u64) -> Result<VmMapCopy<L>, KernError> {
     let Some(r) = VaRange::of_data(addr, size)? else {
         return Ok(VmMapCopy::empty(map.context()));
     };
@@ -239,7 +245,11 @@ pub fn vm_read(map: &VmMap, addr: u64, size: u64) -> Result<VmMapCopy, KernError
 
 /// `vm_write`: overwrites the allocated, writable range at `addr` with
 /// `data`, consuming it (SPEC §4 rule 5).
-pub fn vm_write(map: &VmMap, addr: u64, mut data: VmMapCopy) -> Result<(), KernError> {
+pub fn vm_write<L: Locks>(
+    map: &VmMap<L>,
+    addr: u64,
+    mut data: VmMapCopy<L>,
+) -> Result<(), KernError> {
     let Some(r) = VaRange::of_data(addr, data.len)? else {
         return Ok(());
     };
@@ -266,6 +276,6 @@ pub fn vm_write(map: &VmMap, addr: u64, mut data: VmMapCopy) -> Result<(), KernE
 }
 
 /// `vm_copy`: `vm_map_copy(map, map, dst, size, src, false, false)`.
-pub fn vm_copy(map: &VmMap, src: u64, size: u64, dst: u64) -> Result<(), KernError> {
+pub fn vm_copy<L: Locks>(map: &VmMap<L>, src: u64, size: u64, dst: u64) -> Result<(), KernError> {
     vm_map_copy(map, map, dst, size, src, false, false)
 }

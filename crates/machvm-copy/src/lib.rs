@@ -36,6 +36,7 @@ mod steps;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
+use machvm_base::sync::{Locks, SpinLocks};
 use machvm_base::{
     KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, PhysAddr, VaRange, VirtAddr, page_chunks,
     round_page, trunc_page,
@@ -61,8 +62,8 @@ pub const SMALL_COPY_BYTES: u64 = PAGE_SIZE;
 /// A snapshot of a range of memory (Mach 3's `vm_map_copy_t`): made by
 /// [`vm_read`], consumed by [`vm_write`] or [`VmMapCopy::copyout`]. Dropping
 /// it releases what it holds.
-pub struct VmMapCopy {
-    ctx: Arc<VmContext>,
+pub struct VmMapCopy<L: Locks = SpinLocks> {
+    ctx: Arc<VmContext<L>>,
     /// Page offset of the first byte (where copy-out places it).
     offset: u64,
     len: u64,
@@ -110,7 +111,7 @@ impl Layout {
     }
 }
 
-impl VmMapCopy {
+impl<L: Locks> VmMapCopy<L> {
     /// Number of bytes in the copy.
     pub fn len(&self) -> u64 {
         self.len
@@ -130,7 +131,7 @@ impl VmMapCopy {
         self.spans.iter().map(|e| e.pages()).sum::<u64>() << PAGE_SHIFT
     }
 
-    fn empty(ctx: &Arc<VmContext>) -> VmMapCopy {
+    fn empty(ctx: &Arc<VmContext<L>>) -> VmMapCopy<L> {
         VmMapCopy {
             ctx: ctx.clone(),
             offset: 0,
@@ -142,7 +143,7 @@ impl VmMapCopy {
     }
 
     /// Gives back every reference, through the caller's locked graph.
-    fn release_into(&mut self, objs: &mut Objects<'_>) {
+    fn release_into(&mut self, objs: &mut Objects<'_, L>) {
         for h in self.spans.drain(..).filter_map(CowSpan::into_hold) {
             objs.release(h);
         }
@@ -151,7 +152,7 @@ impl VmMapCopy {
     /// Copies `len` bytes of the snapshot starting at byte `pos` to
     /// physical memory at `dst` (a destination frame): the head and tail
     /// from their buffers, the whole pages frame to frame.
-    fn copy_to(&self, objs: &Objects<'_>, mut pos: u64, mut dst: PhysAddr, len: usize) {
+    fn copy_to(&self, objs: &Objects<'_, L>, mut pos: u64, mut dst: PhysAddr, len: usize) {
         let mem = self.ctx.frames().mem();
         let (head, mid) = (self.head.len() as u64, self.middle_bytes());
         let mut left = len;
@@ -176,7 +177,7 @@ impl VmMapCopy {
     /// Copies from the whole pages, at byte `rel` of them, up to `len`
     /// bytes but not past the end of that page, to `dst`; returns the
     /// bytes copied.
-    fn copy_middle(&self, objs: &Objects<'_>, mut rel: u64, dst: PhysAddr, len: usize) -> usize {
+    fn copy_middle(&self, objs: &Objects<'_, L>, mut rel: u64, dst: PhysAddr, len: usize) -> usize {
         for e in &self.spans {
             let bytes = e.pages() << PAGE_SHIFT;
             if rel >= bytes {
@@ -196,7 +197,7 @@ impl VmMapCopy {
     /// `vm_map_copyout`: allocates room anywhere in `map`, places the copy
     /// there (at the same page offset it was taken from) and returns the
     /// address of its first byte. On failure the copy is handed back.
-    pub fn copyout(mut self, map: &VmMap) -> Result<u64, (KernError, VmMapCopy)> {
+    pub fn copyout(mut self, map: &VmMap<L>) -> Result<u64, (KernError, VmMapCopy<L>)> {
         if self.len == 0 {
             return Ok(0);
         }
@@ -253,7 +254,7 @@ fn copy_bytes(mem: &PhysMem, src: &[u8], dst: PhysAddr, len: usize) -> usize {
     n
 }
 
-impl core::fmt::Debug for VmMapCopy {
+impl<L: Locks> core::fmt::Debug for VmMapCopy<L> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("VmMapCopy")
             .field("len", &self.len)
@@ -265,7 +266,7 @@ impl core::fmt::Debug for VmMapCopy {
     }
 }
 
-impl Drop for VmMapCopy {
+impl<L: Locks> Drop for VmMapCopy<L> {
     fn drop(&mut self) {
         if self.spans.iter().any(|e| e.hold().is_some()) {
             let ctx = self.ctx.clone();

@@ -4,6 +4,7 @@
 
 use alloc::vec::Vec;
 use arrayvec::ArrayVec;
+use machvm_base::sync::Locks;
 
 use machvm_base::{KernError, PAGE_SIZE, VaRange};
 use machvm_frame::FrameReservation;
@@ -15,7 +16,11 @@ use crate::{Layout, VmMapCopy};
 /// The byte ranges of placing `copy` at `dst`, as (destination address,
 /// position in the copy, length): its head and tail when the whole pages go
 /// copy-on-write (`cow`), else all of it.
-pub(crate) fn byte_pieces(dst: u64, copy: &VmMapCopy, cow: bool) -> ArrayVec<(u64, u64, u64), 2> {
+pub(crate) fn byte_pieces<L: Locks>(
+    dst: u64,
+    copy: &VmMapCopy<L>,
+    cow: bool,
+) -> ArrayVec<(u64, u64, u64), 2> {
     let (head, mid) = (copy.head.len() as u64, copy.middle_bytes());
     pieces(dst, copy.len, head, mid, cow)
 }
@@ -44,9 +49,9 @@ pub(crate) fn pieces(
 /// copy-on-write: they land on page boundaries, and no destination page
 /// there is shared with another map (sharers must see the copy, so those
 /// pages are stored as bytes).
-pub(crate) fn cow_fits(
-    d: &MapGuard<'_>,
-    objs: &Objects<'_>,
+pub(crate) fn cow_fits<L: Locks>(
+    d: &MapGuard<'_, L>,
+    objs: &Objects<'_, L>,
     dst: u64,
     head: u64,
     mid: u64,
@@ -60,13 +65,13 @@ pub(crate) fn cow_fits(
 /// Copy-in of `[addr, addr + len)` (checked readable), eager copies' frames
 /// from `frames`. The source's lowered translations are flushed before
 /// this returns, with the map still locked.
-pub(crate) fn copyin(
-    src: &mut MapGuard<'_>,
-    objs: &mut Objects<'_>,
+pub(crate) fn copyin<L: Locks>(
+    src: &mut MapGuard<'_, L>,
+    objs: &mut Objects<'_, L>,
     addr: u64,
     len: u64,
-    frames: &mut FrameReservation<'_>,
-) -> Result<VmMapCopy, KernError> {
+    frames: &mut FrameReservation<'_, L>,
+) -> Result<VmMapCopy<L>, KernError> {
     let l = Layout::of(addr, len);
     let head = snapshot(src, objs, addr, l.head_end - addr)?;
     let tail = snapshot(src, objs, l.mid_end, l.end - l.mid_end)?;
@@ -86,9 +91,9 @@ pub(crate) fn copyin(
 }
 
 /// The bytes of `[addr, addr + len)` as the source's objects hold them.
-fn snapshot(
-    src: &MapGuard<'_>,
-    objs: &Objects<'_>,
+fn snapshot<L: Locks>(
+    src: &MapGuard<'_, L>,
+    objs: &Objects<'_, L>,
     addr: u64,
     len: u64,
 ) -> Result<Vec<u8>, KernError> {
@@ -104,17 +109,17 @@ fn snapshot(
 /// with `copy`, new pages from `frames`. The bytes go first (the only step
 /// that could fail, and with the frames reserved it does not), then the
 /// whole pages, which takes them out of `copy`.
-pub(crate) fn overwrite(
-    d: &mut MapGuard<'_>,
-    objs: &mut Objects<'_>,
+pub(crate) fn overwrite<L: Locks>(
+    d: &mut MapGuard<'_, L>,
+    objs: &mut Objects<'_, L>,
     dst: u64,
-    copy: &mut VmMapCopy,
-    frames: &mut FrameReservation<'_>,
+    copy: &mut VmMapCopy<L>,
+    frames: &mut FrameReservation<'_, L>,
 ) -> Result<(), KernError> {
     let (head, mid) = (copy.head.len() as u64, copy.middle_bytes());
     let cow = cow_fits(d, objs, dst, head, mid);
     for (at, pos, n) in byte_pieces(dst, copy, cow) {
-        let c: &VmMapCopy = copy;
+        let c: &VmMapCopy<L> = copy;
         d.store(objs, at, n, frames, |objs, rel, dst, n| {
             c.copy_to(objs, pos + rel, dst, n);
         })?;
@@ -130,9 +135,9 @@ pub(crate) fn overwrite(
 
 /// Shortens the chains copy-in of `[addr, addr + len)` shares (see
 /// [`MapGuard::settle_extract`]). Returns whether anything moved.
-pub(crate) fn copyin_settle(
-    src: &MapGuard<'_>,
-    objs: &mut Objects<'_>,
+pub(crate) fn copyin_settle<L: Locks>(
+    src: &MapGuard<'_, L>,
+    objs: &mut Objects<'_, L>,
     addr: u64,
     len: u64,
 ) -> bool {
@@ -143,7 +148,12 @@ pub(crate) fn copyin_settle(
 
 /// Frames copy-in of `[addr, addr + len)` takes: the eager copies of
 /// shared windows among its whole pages.
-pub(crate) fn copyin_frames(src: &MapGuard<'_>, objs: &Objects<'_>, addr: u64, len: u64) -> u64 {
+pub(crate) fn copyin_frames<L: Locks>(
+    src: &MapGuard<'_, L>,
+    objs: &Objects<'_, L>,
+    addr: u64,
+    len: u64,
+) -> u64 {
     Layout::of(addr, len)
         .middle()
         .map_or(0, |middle| src.extract_frames(objs, middle))

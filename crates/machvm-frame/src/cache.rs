@@ -25,6 +25,7 @@ use machvm_base::PhysAddr;
 
 use crate::sync::{AtomicU64, Lock};
 use crate::{Buddy, FrameAllocator, FrameState, FrameUse, NOT_HEAD};
+use machvm_base::sync::Locks;
 
 /// Number of caches (CPUs beyond it share).
 #[cfg(not(loom))]
@@ -51,8 +52,8 @@ pub(crate) struct Stack {
 
 /// One CPU's cache, alone on its cache lines.
 #[repr(align(128))]
-pub(crate) struct Cache {
-    pub(crate) stack: Lock<Stack>,
+pub(crate) struct Cache<L: Locks> {
+    pub(crate) stack: Lock<L, Stack>,
     /// Frames held (read without the lock by `free_frames`).
     pub(crate) held: AtomicU64,
     /// Frames allocated minus frames freed through this cache, per use
@@ -60,8 +61,8 @@ pub(crate) struct Cache {
     pub(crate) in_use: [AtomicU64; 3],
 }
 
-impl Cache {
-    pub(crate) fn new() -> Cache {
+impl<L: Locks> Cache<L> {
+    pub(crate) fn new() -> Cache<L> {
         Cache {
             stack: Lock::new(Stack {
                 frames: [0; CACHE_MAX],
@@ -73,10 +74,10 @@ impl Cache {
     }
 }
 
-impl FrameAllocator {
+impl<L: Locks> FrameAllocator<L> {
     /// The cache of the calling CPU (`machvm_base::sync::cpu_slot`: the
     /// CPU a kernel names with `set_cpu_id`, else the thread's stack).
-    fn my_cache(&self) -> &Cache {
+    fn my_cache(&self) -> &Cache<L> {
         // loom needs every execution to be the same: no stack addresses.
         #[cfg(loom)]
         return &self.caches[0];
@@ -123,7 +124,7 @@ impl FrameAllocator {
     }
 
     /// Puts the free frame `idx` on `c`'s stack (not full), counted there.
-    fn push(&self, c: &Cache, s: &mut Stack, idx: usize) {
+    fn push(&self, c: &Cache<L>, s: &mut Stack, idx: usize) {
         let p = &self.pages[idx];
         p.state.store(FrameState::Cached as u8, Relaxed);
         p.order.store(0, Relaxed);
@@ -134,7 +135,7 @@ impl FrameAllocator {
     }
 
     /// Moves up to [`BATCH`] single frames from the buddy lists into `c`.
-    fn refill(&self, c: &Cache, s: &mut Stack) {
+    fn refill(&self, c: &Cache<L>, s: &mut Stack) {
         let mut b = self.buddy.lock();
         let first = s.len;
         while s.len < BATCH {
@@ -153,7 +154,7 @@ impl FrameAllocator {
     }
 
     /// Moves `n` frames (or all there are) from `c` to the buddy lists.
-    fn drain(&self, c: &Cache, s: &mut Stack, b: &mut Buddy, n: usize) {
+    fn drain(&self, c: &Cache<L>, s: &mut Stack, b: &mut Buddy, n: usize) {
         let n = n.min(s.len);
         for _ in 0..n {
             s.len -= 1;

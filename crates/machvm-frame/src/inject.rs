@@ -8,8 +8,9 @@ use alloc::boxed::Box;
 use core::sync::atomic::Ordering::Relaxed;
 
 use crate::FrameAllocator;
+use machvm_base::sync::Locks;
 
-impl FrameAllocator {
+impl<L: Locks> FrameAllocator<L> {
     /// Fault injection for tests: the `n`-th allocation from now (1 = the
     /// next) fails with `ResourceShortage`; 0 turns injection off.
     #[cfg(any(test, feature = "test-hooks"))]

@@ -41,6 +41,7 @@ use core::sync::atomic::AtomicBool;
 use core::sync::atomic::Ordering::Relaxed;
 
 use cache::{CACHES, Cache};
+use machvm_base::sync::{Locks, SpinLocks};
 use sync::{AtomicU64, Lock};
 
 pub use error::FrameError;
@@ -80,12 +81,12 @@ struct Buddy {
 /// assert_eq!(frames.free_frames(), before);
 /// frames.verify().unwrap();
 /// ```
-pub struct FrameAllocator {
+pub struct FrameAllocator<L: Locks = SpinLocks> {
     mem: PhysMem,
     /// Physical address of frame index 0, aligned to a `MAX_ORDER` block.
     span_base: u64,
     pages: Box<[VmPage]>,
-    buddy: Lock<Buddy>,
+    buddy: Lock<L, Buddy>,
     free: AtomicU64,
     managed: u64,
     in_use: [AtomicU64; 3],
@@ -101,14 +102,15 @@ pub struct FrameAllocator {
     /// The shared zero frame (0: none yet), see `zero.rs`.
     zero: AtomicU64,
     /// The per-CPU caches, see `cache.rs`.
-    caches: Box<[Cache]>,
+    caches: Box<[Cache<L>]>,
 }
 
-impl FrameAllocator {
-    /// Manages the frames of `ranges` (each rounded in to whole pages), all
-    /// of which must lie inside `mem`. Overlapping ranges are
-    /// `InvalidArgument`.
-    pub fn new(mem: PhysMem, ranges: &[Range<PhysAddr>]) -> Result<FrameAllocator, KernError> {
+impl<L: Locks> FrameAllocator<L> {
+    /// [`new`](FrameAllocator::new) with the locks of family `L`.
+    pub fn with_locks(
+        mem: PhysMem,
+        ranges: &[Range<PhysAddr>],
+    ) -> Result<FrameAllocator<L>, KernError> {
         let block = PAGE_SIZE << MAX_ORDER;
         let mut lo = u64::MAX;
         let mut hi = 0;
@@ -195,11 +197,11 @@ impl FrameAllocator {
         Ok((ei - si) as u64)
     }
 
-    /// A host arena of `bytes` with every frame managed.
-    pub fn hosted(bytes: u64) -> Result<FrameAllocator, KernError> {
+    /// [`hosted`](FrameAllocator::hosted) with the locks of family `L`.
+    pub fn hosted_with_locks(bytes: u64) -> Result<FrameAllocator<L>, KernError> {
         let mem = PhysMem::hosted(bytes)?;
         let r = mem.base()..PhysAddr::new(mem.base().as_u64() + mem.len());
-        FrameAllocator::new(mem, &[r])
+        FrameAllocator::with_locks(mem, &[r])
     }
 
     /// The memory whose frames this allocator hands out.
@@ -448,7 +450,23 @@ impl FrameAllocator {
     }
 }
 
-impl core::fmt::Debug for FrameAllocator {
+impl FrameAllocator {
+    /// Manages the frames of `ranges` (each rounded in to whole pages), all
+    /// of which must lie inside `mem`, under spin's locks
+    /// ([`with_locks`](FrameAllocator::with_locks) chooses others).
+    /// Overlapping ranges are `InvalidArgument`.
+    pub fn new(mem: PhysMem, ranges: &[Range<PhysAddr>]) -> Result<FrameAllocator, KernError> {
+        FrameAllocator::with_locks(mem, ranges)
+    }
+
+    /// A host arena of `bytes` with every frame managed, under spin's
+    /// locks.
+    pub fn hosted(bytes: u64) -> Result<FrameAllocator, KernError> {
+        FrameAllocator::hosted_with_locks(bytes)
+    }
+}
+
+impl<L: Locks> core::fmt::Debug for FrameAllocator<L> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("FrameAllocator")
             .field("mem", &self.mem)

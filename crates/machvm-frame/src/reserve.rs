@@ -11,6 +11,7 @@
 use alloc::vec::Vec;
 
 use crate::{FrameAllocator, FrameError, FrameUse, PhysAddr};
+use machvm_base::sync::{Locks, SpinLocks};
 
 /// Frames set aside for one operation (see the module documentation).
 ///
@@ -29,8 +30,8 @@ use crate::{FrameAllocator, FrameError, FrameUse, PhysAddr};
 /// assert_eq!(frames.free_frames(), before);
 /// ```
 #[must_use = "a reservation returns its frames when dropped"]
-pub struct FrameReservation<'a> {
-    frames: &'a FrameAllocator,
+pub struct FrameReservation<'a, L: Locks = SpinLocks> {
+    frames: &'a FrameAllocator<L>,
     what: FrameUse,
     held: Vec<PhysAddr>,
     /// One frame taken by [`ensure`](Self::ensure) for a single-step
@@ -41,11 +42,11 @@ pub struct FrameReservation<'a> {
     counted: bool,
 }
 
-impl<'a> FrameReservation<'a> {
+impl<'a, L: Locks> FrameReservation<'a, L> {
     /// An empty reservation: [`take`](Self::take) allocates on demand and may
     /// fail. For single-step operations, which change nothing when their one
     /// allocation fails.
-    pub fn on_demand(frames: &'a FrameAllocator, what: FrameUse) -> FrameReservation<'a> {
+    pub fn on_demand(frames: &'a FrameAllocator<L>, what: FrameUse) -> FrameReservation<'a, L> {
         FrameReservation {
             frames,
             what,
@@ -99,7 +100,7 @@ impl<'a> FrameReservation<'a> {
     }
 }
 
-impl Drop for FrameReservation<'_> {
+impl<L: Locks> Drop for FrameReservation<'_, L> {
     fn drop(&mut self) {
         for pa in self.held.drain(..).chain(self.spare.take()) {
             self.frames.free(pa);
@@ -107,11 +108,11 @@ impl Drop for FrameReservation<'_> {
     }
 }
 
-impl FrameAllocator {
+impl<L: Locks> FrameAllocator<L> {
     /// Reserves `n` frames for `what`, all or none: on `ResourceShortage`
     /// the allocator is as before. Taking more than `n` from it is a
     /// counting bug, asserted in debug builds.
-    pub fn reserve(&self, n: u64, what: FrameUse) -> Result<FrameReservation<'_>, FrameError> {
+    pub fn reserve(&self, n: u64, what: FrameUse) -> Result<FrameReservation<'_, L>, FrameError> {
         if n > 0 {
             self.run_reserve_hook();
         }

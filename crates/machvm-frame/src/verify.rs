@@ -12,6 +12,7 @@ use alloc::vec::Vec;
 use crate::cache::Stack;
 use crate::sync::Guard;
 use crate::{Buddy, FrameAllocator, FrameState, FrameUse, MAX_ORDER, NIL, NOT_HEAD};
+use machvm_base::sync::Locks;
 
 /// The allocator's invariants, one per bullet at the top of the crate:
 /// what a [`Violation`] from [`FrameAllocator::verify`] names.
@@ -35,7 +36,7 @@ pub enum FrameRule {
     Caches,
 }
 
-impl FrameAllocator {
+impl<L: Locks> FrameAllocator<L> {
     /// Checks every invariant listed at the top of the crate, one check
     /// per rule, and names the first one broken. O(frames); for tests and
     /// debugging, at any moment (the counters it compares change under the
@@ -60,7 +61,7 @@ impl FrameAllocator {
 
     /// Every cached frame is in state `Cached` and in one cache once, every
     /// `Cached` frame is in a cache, and each cache's count is its length.
-    fn check_caches(&self, stacks: &[Guard<'_, Stack>]) -> Result<(), String> {
+    fn check_caches(&self, stacks: &[Guard<'_, L, Stack>]) -> Result<(), String> {
         let mut seen = alloc::collections::BTreeSet::new();
         for (c, s) in self.caches.iter().zip(stacks) {
             if c.held.load(core::sync::atomic::Ordering::Acquire) != s.len as u64 {

@@ -13,8 +13,9 @@ use core::sync::atomic::Ordering::{AcqRel, Acquire};
 use machvm_base::PhysAddr;
 
 use crate::{FrameAllocator, FrameUse};
+use machvm_base::sync::Locks;
 
-impl FrameAllocator {
+impl<L: Locks> FrameAllocator<L> {
     /// Allocates and zeroes the zero frame unless it exists, and returns
     /// it; `None` when no frame is free (callers then zero-fill instead).
     /// A VM system calls this once when it is created, so that its

@@ -21,6 +21,9 @@
 //!   `cpu::load_cr3`, `paging::kernel_pml4_pa`;
 //! - CPUs: `smp::current_cpu`, `smp::run_on`, `smp::shootdown`;
 //! - memory: `mem::frames` (a `FrameAllocator` over the direct map);
+//! - machvm's locks: `locks::KernelLocks`, whose waits answer shootdowns,
+//!   and the aliases (`locks::VmMap`, `locks::VmSystem`, …) of machvm's
+//!   types over them;
 //! - machvm itself: `vm` (the `Mmu` for machvm's x86_64 pmap, the
 //!   machine's `VmSystem`, `vm::switch_to` to run a task map on a CPU, and
 //!   the page-fault hook that calls `VmMap::fault`).
@@ -54,6 +57,8 @@ pub mod cpu;
 pub mod demo;
 #[cfg(target_os = "none")]
 pub mod heap;
+#[cfg(target_os = "none")]
+pub mod locks;
 #[cfg(target_os = "none")]
 pub mod mem;
 #[cfg(target_os = "none")]
@@ -99,9 +104,6 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
         .iter()
         .any(|r| r.kind == pvh::E820_RAM && r.start <= 0x8000 && r.end >= 0xA000);
     let aps = smp::start_aps(info.rsdp, low_ok);
-    // A CPU spinning on a machvm lock (interrupts on or off) answers the
-    // shootdowns its holder may be waiting for.
-    machvm::set_spin_hook(smp::serve_flush);
     // Each CPU its own frame cache and counter lines.
     machvm::set_cpu_id(smp::current_cpu);
     let l = mem::layout();

@@ -12,7 +12,9 @@ use core::ops::Range;
 use core::ptr::NonNull;
 
 use machvm_base::PhysAddr;
-use machvm_frame::{FrameAllocator, PhysMem};
+use machvm_frame::PhysMem;
+
+use crate::locks::FrameAllocator;
 
 use crate::paging::phys_to_virt;
 use crate::pvh::{BootInfo, E820_RAM};
@@ -138,7 +140,8 @@ pub(crate) fn init(info: &BootInfo) {
     // extension above), and the managed ranges exclude everything the kernel
     // uses otherwise (image, heap, low memory).
     let mem = unsafe { PhysMem::direct_map(virt, PhysAddr::new(0), ram_end) };
-    let fa = FrameAllocator::new(mem, &ranges).expect("frame allocator rejected the memory map");
+    let fa =
+        FrameAllocator::with_locks(mem, &ranges).expect("frame allocator rejected the memory map");
     FRAMES.call_once(|| Arc::new(fa));
     LAYOUT.call_once(|| Layout {
         kernel,

@@ -1,6 +1,6 @@
 //! TLB shootdown between CPUs: a mailbox per CPU apart from general
 //! cross-CPU calls, served by the IPI handler, by every wait in `smp`, and
-//! by machvm's spin hook — so that a CPU spinning on a machvm lock with
+//! by every wait on a machvm lock (`locks.rs`) — so that a CPU spinning on one with
 //! interrupts off still answers the shootdown its holder waits for.
 
 use core::sync::atomic::Ordering;
@@ -42,7 +42,7 @@ impl FlushReq {
 pub fn flushes_served(cpu: usize) -> u64 {
     CPUS[cpu].flushes_served.load(Ordering::Relaxed)
 }
-/// Serves this CPU's pending shootdown, if any: machvm's spin hook, the
+/// Serves this CPU's pending shootdown, if any: the kernel's machvm locks, the
 /// IPI handler and every wait here call it.
 pub fn serve_flush() {
     let me = &CPUS[current_cpu()];

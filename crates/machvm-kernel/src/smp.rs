@@ -51,7 +51,7 @@ pub struct PerCpu {
     calls_served: AtomicU64,
     ipis: AtomicU64,
     /// The shootdown mailbox, apart from general calls: served by the IPI
-    /// handler and by every spin on a machvm lock (the spin hook), so that
+    /// handler and by every wait on a machvm lock (`locks.rs`), so that
     /// a CPU spinning with interrupts off still answers.
     pub(crate) flush_lock: spin::Mutex<()>,
     pub(crate) flush_req: spin::Mutex<Option<FlushReq>>,
@@ -478,7 +478,7 @@ fn wait_done(target: &PerCpu) {
 /// Runs `f(cpu)` on every online CPU at once, this one included, and
 /// returns when all have finished. On the others `f` runs in the IPI
 /// handler, with interrupts off: whatever it waits for there, it answers
-/// shootdowns only through machvm's spin hook ([`serve_flush`]). `f` must
+/// shootdowns only through the kernel's machvm locks ([`serve_flush`]). `f` must
 /// not [`run_on`] another CPU: this call holds every CPU's call slot until
 /// all are done.
 pub fn run_everywhere(f: &(dyn Fn(usize) + Sync)) {

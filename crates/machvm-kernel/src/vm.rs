@@ -15,10 +15,12 @@
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use machvm::{Access, KernError, VmMap, VmSystem};
+use machvm::{Access, KernError};
 use machvm_base::{PhysAddr, USER_MAX, VirtAddr};
 use machvm_pmap::{CpuSet, Pmap, TLB_FLUSH_BATCH};
-use machvm_pmap_x86_64::{Mmu, X86Config, X86Pmap};
+use machvm_pmap_x86_64::{Mmu, X86Config};
+
+use crate::locks::{VmMap, VmSystem, X86Pmap};
 
 use crate::smp::{self, MAX_CPUS};
 use crate::trap::{self, pf};

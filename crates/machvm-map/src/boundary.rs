@@ -27,6 +27,7 @@
 
 use alloc::vec::Vec;
 
+use machvm_base::sync::{Locks, SpinLocks};
 use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, PhysAddr, VaRange, VmProt};
 use machvm_frame::FrameReservation;
 use machvm_object::{Hold, Holder, Objects, PageLookup};
@@ -38,9 +39,9 @@ use crate::{Entry, MapInner, VmMap, page_range};
 
 /// One locked map. Dropping it unlocks the map.
 #[must_use = "the map is unlocked when the guard is dropped"]
-pub struct MapGuard<'a> {
-    map: &'a VmMap,
-    m: machvm_base::sync::RwLockWriteGuard<'a, MapInner>,
+pub struct MapGuard<'a, L: Locks = SpinLocks> {
+    map: &'a VmMap<L>,
+    m: machvm_base::sync::RwLockWriteGuard<'a, L, MapInner>,
 }
 
 /// Copy-on-write references to `pages` pages of one object (or, with no
@@ -75,14 +76,14 @@ impl CowSpan {
     }
 }
 
-impl VmMap {
+impl<L: Locks> VmMap<L> {
     /// Locks this map for a call built from the primitives of
     /// [`MapGuard`]. The thread must not hold this map's lock already (a
     /// map never waits on its own lock), nor the object graph's.
-    pub fn lock(&self) -> MapGuard<'_> {
+    pub fn lock(&self) -> MapGuard<'_, L> {
         MapGuard {
             map: self,
-            m: machvm_base::sync::write(&self.0.inner),
+            m: machvm_base::sync::write::<L, _>(&self.0.inner),
         }
     }
 
@@ -93,10 +94,10 @@ impl VmMap {
     /// it unlocks this map.
     pub(crate) fn cow_reference(
         &self,
-        objs: &mut Objects<'_>,
+        objs: &mut Objects<'_, L>,
         (start, e): (u64, &Entry),
         holder: Holder,
-        frames: &mut FrameReservation<'_>,
+        frames: &mut FrameReservation<'_, L>,
         flush: &mut TlbFlush,
     ) -> Result<Option<Hold>, KernError> {
         let Some(h) = &e.object else {
@@ -112,9 +113,9 @@ impl VmMap {
     }
 }
 
-impl<'a> MapGuard<'a> {
+impl<'a, L: Locks> MapGuard<'a, L> {
     /// The locked map.
-    pub fn map(&self) -> &'a VmMap {
+    pub fn map(&self) -> &'a VmMap<L> {
         self.map
     }
 
@@ -140,7 +141,7 @@ impl<'a> MapGuard<'a> {
 
     /// True when some page of `r` is reachable from another map without
     /// copy-on-write (its sharers must see what is written there).
-    pub fn shared_with_others(&self, objs: &Objects<'_>, r: VaRange) -> bool {
+    pub fn shared_with_others(&self, objs: &Objects<'_, L>, r: VaRange) -> bool {
         self.m
             .overlapping(r.start().as_u64(), r.end().as_u64())
             .any(|(_, e)| e.object.as_ref().is_some_and(|h| objs.is_shared(h)))
@@ -148,7 +149,7 @@ impl<'a> MapGuard<'a> {
 
     /// An upper bound on the frames [`extract`](Self::extract) of `r`
     /// takes: eager copies of windows others write directly.
-    pub fn extract_frames(&self, objs: &Objects<'_>, r: VaRange) -> u64 {
+    pub fn extract_frames(&self, objs: &Objects<'_, L>, r: VaRange) -> u64 {
         let (s0, t0) = (r.start().as_u64(), r.end().as_u64());
         self.m
             .overlapping(s0, t0)
@@ -164,7 +165,7 @@ impl<'a> MapGuard<'a> {
     /// shares. Bypass and collapse move pages between objects, so a call
     /// takes its final count after them and the extraction moves nothing
     /// (see [`reserve_settled`](crate::reserve_settled)). Returns whether anything moved.
-    pub fn settle_extract(&self, objs: &mut Objects<'_>, r: VaRange) -> bool {
+    pub fn settle_extract(&self, objs: &mut Objects<'_, L>, r: VaRange) -> bool {
         let mut moved = false;
         for (_, e) in self.m.overlapping(r.start().as_u64(), r.end().as_u64()) {
             if let Some(h) = &e.object {
@@ -176,7 +177,7 @@ impl<'a> MapGuard<'a> {
 
     /// An upper bound on the frames faulting in every page of `r` for a
     /// store (`write`) or a load would take. O(entries and resident pages).
-    pub fn fault_frames(&self, objs: &Objects<'_>, r: VaRange, write: bool) -> u64 {
+    pub fn fault_frames(&self, objs: &Objects<'_, L>, r: VaRange, write: bool) -> u64 {
         frames_in(&self.m, objs, r.start().as_u64(), r.end().as_u64(), write)
     }
 
@@ -184,7 +185,7 @@ impl<'a> MapGuard<'a> {
     /// faulting nothing in (untouched memory reads as zero).
     /// `InvalidAddress` if the range has a hole or overflows (the caller
     /// checks it first); nothing is read then.
-    pub fn peek(&self, objs: &Objects<'_>, addr: u64, buf: &mut [u8]) -> Result<(), KernError> {
+    pub fn peek(&self, objs: &Objects<'_, L>, addr: u64, buf: &mut [u8]) -> Result<(), KernError> {
         for_each_page_piece(&self.m, addr, buf.len(), |h, page, off, at, n| {
             objs.read(h, page, off, &mut buf[at..at + n])
         })
@@ -199,9 +200,9 @@ impl<'a> MapGuard<'a> {
     /// references made are given back.
     pub fn extract(
         &mut self,
-        objs: &mut Objects<'_>,
+        objs: &mut Objects<'_, L>,
         r: VaRange,
-        frames: &mut FrameReservation<'_>,
+        frames: &mut FrameReservation<'_, L>,
     ) -> Result<Vec<CowSpan>, KernError> {
         let (s, t) = (r.start().as_u64(), r.end().as_u64());
         self.m.clip_range(objs, s, t);
@@ -243,17 +244,17 @@ impl<'a> MapGuard<'a> {
     /// `fill` reads through the graph it is given.
     pub fn store(
         &mut self,
-        objs: &mut Objects<'_>,
+        objs: &mut Objects<'_, L>,
         addr: u64,
         len: u64,
-        frames: &mut FrameReservation<'_>,
-        mut fill: impl FnMut(&Objects<'_>, u64, PhysAddr, usize),
+        frames: &mut FrameReservation<'_, L>,
+        mut fill: impl FnMut(&Objects<'_, L>, u64, PhysAddr, usize),
     ) -> Result<(), KernError> {
         let r = VaRange::round_out(addr, len).ok_or(KernError::InvalidAddress)?;
         let missing = self.map.untranslatable(r, Access::Write);
         self.map
             .fault_pages(&mut self.m, objs, &missing, Access::Write, frames)?;
-        let objs: &Objects<'_> = objs;
+        let objs: &Objects<'_, L> = objs;
         for_each_page_piece(&self.m, addr, len as usize, |h, page, off, at, n| {
             let Some(pa) = h.and_then(|h| objs.written_frame(h, page)) else {
                 return false;
@@ -273,7 +274,7 @@ impl<'a> MapGuard<'a> {
     /// changed.
     pub fn replace(
         &mut self,
-        objs: &mut Objects<'_>,
+        objs: &mut Objects<'_, L>,
         at: u64,
         spans: &[CowSpan],
     ) -> Result<(), KernError> {
@@ -322,7 +323,7 @@ impl<'a> MapGuard<'a> {
     /// span's bounds.
     fn replace_clipped(
         &mut self,
-        objs: &mut Objects<'_>,
+        objs: &mut Objects<'_, L>,
         (at, end): (u64, u64),
         bounds: &[u64],
         spans: &[CowSpan],
@@ -368,7 +369,7 @@ impl<'a> MapGuard<'a> {
     /// Deallocates `r`: no translation of it survives in any pmap, and
     /// the removed entries' holds go back through `objs` (pages nothing
     /// else reaches are freed at once). Holes are ignored.
-    pub fn remove(&mut self, objs: &mut Objects<'_>, r: VaRange) {
+    pub fn remove(&mut self, objs: &mut Objects<'_, L>, r: VaRange) {
         self.map.remove_locked(&mut self.m, objs, r);
     }
 
@@ -377,13 +378,13 @@ impl<'a> MapGuard<'a> {
     /// a call built on this boundary ends with it, and panics naming the
     /// rule broken.
     #[track_caller]
-    pub fn assert_consistent(&self, objs: &Objects<'_>) {
+    pub fn assert_consistent(&self, objs: &Objects<'_, L>) {
         self.map.assert_consistent(&self.m, objs);
     }
 
     /// Merges the neighbours among the entries touching `r` that could be
     /// one entry; every change ends with it.
-    pub fn simplify(&mut self, objs: &mut Objects<'_>, r: VaRange) {
+    pub fn simplify(&mut self, objs: &mut Objects<'_, L>, r: VaRange) {
         self.m.simplify(objs, r.start().as_u64(), r.end().as_u64());
     }
 }
@@ -392,17 +393,17 @@ impl<'a> MapGuard<'a> {
 /// ids, or once when they are the same map (then [`src`](Self::src) and
 /// [`dst`](Self::dst) are one guard, and a change through one is seen
 /// through the other).
-pub struct MapPair<'a> {
-    first: MapGuard<'a>,
+pub struct MapPair<'a, L: Locks = SpinLocks> {
+    first: MapGuard<'a, L>,
     /// `None` when both are one map.
-    second: Option<MapGuard<'a>>,
+    second: Option<MapGuard<'a, L>>,
     /// The source is `first`.
     src_first: bool,
 }
 
-impl<'a> MapPair<'a> {
+impl<'a, L: Locks> MapPair<'a, L> {
     /// Locks `src` and `dst` (the thread holds neither, nor the graph).
-    pub fn lock(src: &'a VmMap, dst: &'a VmMap) -> MapPair<'a> {
+    pub fn lock(src: &'a VmMap<L>, dst: &'a VmMap<L>) -> MapPair<'a, L> {
         if src.same_map(dst) {
             return MapPair {
                 first: src.lock(),
@@ -427,7 +428,7 @@ impl<'a> MapPair<'a> {
     }
 
     /// The source map.
-    pub fn src(&mut self) -> &mut MapGuard<'a> {
+    pub fn src(&mut self) -> &mut MapGuard<'a, L> {
         match &mut self.second {
             Some(s) if !self.src_first => s,
             _ => &mut self.first,
@@ -435,7 +436,7 @@ impl<'a> MapPair<'a> {
     }
 
     /// The destination map.
-    pub fn dst(&mut self) -> &mut MapGuard<'a> {
+    pub fn dst(&mut self) -> &mut MapGuard<'a, L> {
         match &mut self.second {
             Some(s) if self.src_first => s,
             _ => &mut self.first,
@@ -443,7 +444,7 @@ impl<'a> MapPair<'a> {
     }
 
     /// Source and destination, to read both at once.
-    pub fn both(&self) -> (&MapGuard<'a>, &MapGuard<'a>) {
+    pub fn both(&self) -> (&MapGuard<'a, L>, &MapGuard<'a, L>) {
         match &self.second {
             None => (&self.first, &self.first),
             Some(s) if self.src_first => (&self.first, s),

@@ -8,6 +8,7 @@
 //! rollback exists.
 
 use alloc::vec::Vec;
+use machvm_base::sync::Locks;
 
 use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, PhysAddr, VaRange, page_chunks};
 use machvm_frame::{FrameReservation, FrameUse, PhysMem};
@@ -21,7 +22,7 @@ const PAGE_MASK: u64 = PAGE_SIZE - 1;
 use crate::ops::check_access;
 use crate::{MapInner, VmMap};
 
-impl VmMap {
+impl<L: Locks> VmMap<L> {
     /// Reads `buf.len()` bytes at `addr` as the task's own loads would: the
     /// whole range is checked first (holes: `InvalidAddress`; no `READ`:
     /// `ProtectionFailure`), the pages the pmap's walker cannot translate
@@ -37,7 +38,7 @@ impl VmMap {
                 None => buf.fill(0),
             });
         }
-        let mut m = machvm_base::sync::write(&self.0.inner);
+        let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         check_access(&m, r, Access::Read)?;
         let objs = self.fault_in(&mut m, r, Access::Read)?;
         let moved = for_each_page_piece(&m, addr, buf.len(), |h, page, off, at, n| {
@@ -61,7 +62,7 @@ impl VmMap {
                 }
             });
         }
-        let mut m = machvm_base::sync::write(&self.0.inner);
+        let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         check_access(&m, r, Access::Write)?;
         let objs = self.fault_in(&mut m, r, Access::Write)?;
         // Every page is now its entry's own, written directly, and stays so
@@ -108,7 +109,7 @@ impl VmMap {
                 return Ok(());
             }
         }
-        let mut m = machvm_base::sync::write(&self.0.inner);
+        let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         let (_, e) = m.entry_at(va.as_u64())?;
         if !e.protection.contains(access.needs()) {
             return Err(KernError::ProtectionFailure);
@@ -154,7 +155,7 @@ impl VmMap {
         m: &mut MapInner,
         r: VaRange,
         access: Access,
-    ) -> Result<Objects<'c>, KernError> {
+    ) -> Result<Objects<'c, L>, KernError> {
         let missing = self.untranslatable(r, access);
         let objs = self.0.ctx.objects();
         // One page needs at most one frame, taken in one step that changes
@@ -174,10 +175,10 @@ impl VmMap {
     pub(crate) fn fault_pages(
         &self,
         m: &mut MapInner,
-        objs: &mut Objects<'_>,
+        objs: &mut Objects<'_, L>,
         vas: &[u64],
         access: Access,
-        frames: &mut FrameReservation<'_>,
+        frames: &mut FrameReservation<'_, L>,
     ) -> Result<(), KernError> {
         for &va in vas {
             self.fault_locked(m, objs, va, access, frames, Enter::BestEffort)?;
@@ -190,10 +191,10 @@ impl VmMap {
 /// frames with the graph unlocked (the caller's maps stay locked). For
 /// calls whose count no chain shortening can change; see
 /// [`reserve_settled`].
-pub fn reserve<'c>(
-    objs: Objects<'c>,
-    count: impl FnMut(&Objects<'c>) -> u64,
-) -> Result<(Objects<'c>, FrameReservation<'c>), KernError> {
+pub fn reserve<'c, L: Locks>(
+    objs: Objects<'c, L>,
+    count: impl FnMut(&Objects<'c, L>) -> u64,
+) -> Result<(Objects<'c, L>, FrameReservation<'c, L>), KernError> {
     reserve_settled(objs, |_| false, count)
 }
 
@@ -208,11 +209,11 @@ pub fn reserve<'c>(
 /// anything moved; a count is retaken only when something moved or the
 /// graph was unlocked. Returns the graph locked again with the count
 /// covered.
-pub fn reserve_settled<'c>(
-    mut objs: Objects<'c>,
-    mut settle: impl FnMut(&mut Objects<'c>) -> bool,
-    mut count: impl FnMut(&Objects<'c>) -> u64,
-) -> Result<(Objects<'c>, FrameReservation<'c>), KernError> {
+pub fn reserve_settled<'c, L: Locks>(
+    mut objs: Objects<'c, L>,
+    mut settle: impl FnMut(&mut Objects<'c, L>) -> bool,
+    mut count: impl FnMut(&Objects<'c, L>) -> u64,
+) -> Result<(Objects<'c, L>, FrameReservation<'c, L>), KernError> {
     let ctx = objs.context();
     let mut frames = ctx.frames().reserve(0, FrameUse::Object)?;
     let mut n = count(&objs);
@@ -238,7 +239,12 @@ pub fn reserve_settled<'c>(
 
 /// An upper bound on the frames faulting in `vas` (page addresses, in
 /// increasing order) would take: one question per run of them.
-pub(crate) fn frames_for(m: &MapInner, objs: &Objects<'_>, vas: &[u64], write: bool) -> u64 {
+pub(crate) fn frames_for<L: Locks>(
+    m: &MapInner,
+    objs: &Objects<'_, L>,
+    vas: &[u64],
+    write: bool,
+) -> u64 {
     let mut n = 0;
     let mut i = 0;
     while i < vas.len() {
@@ -256,9 +262,9 @@ pub(crate) fn frames_for(m: &MapInner, objs: &Objects<'_>, vas: &[u64], write: b
 /// (page-aligned) would take: a question per entry, a frame per page of a
 /// hole (about to be allocated, then zero-filled). O(entries and resident
 /// pages), not O(pages).
-pub(crate) fn frames_in(
+pub(crate) fn frames_in<L: Locks>(
     m: &MapInner,
-    objs: &Objects<'_>,
+    objs: &Objects<'_, L>,
     start: u64,
     end: u64,
     write: bool,

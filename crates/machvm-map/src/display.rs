@@ -1,12 +1,13 @@
 //! The `vmmap`-style display of a map, and its `Debug` form.
 
 use core::fmt;
+use machvm_base::sync::Locks;
 
 use machvm_object::{Holder, Objects};
 
 use crate::{Entry, VmMap};
 
-impl fmt::Display for VmMap {
+impl<L: Locks> fmt::Display for VmMap<L> {
     /// One line per entry, `vmmap` style: range, protection/maximum,
     /// inheritance, copy-on-write state, object chain depth, resident pages.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -24,9 +25,9 @@ impl fmt::Display for VmMap {
     }
 }
 
-fn display_entry(
+fn display_entry<L: Locks>(
     f: &mut fmt::Formatter<'_>,
-    objs: &Objects<'_>,
+    objs: &Objects<'_, L>,
     start: u64,
     e: &Entry,
 ) -> fmt::Result {
@@ -52,7 +53,7 @@ fn display_entry(
     )
 }
 
-impl fmt::Debug for VmMap {
+impl<L: Locks> fmt::Debug for VmMap<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "VmMap#{}", self.0.id)
     }

@@ -5,6 +5,7 @@
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+use machvm_base::sync::Locks;
 
 use machvm_base::{KernError, PageIndex, USER_MAX, USER_MIN};
 use machvm_object::Objects;
@@ -140,7 +141,7 @@ impl MapInner {
 
     /// Splits the entry containing `va` so that an entry starts at `va`; its
     /// hold is split at the same page.
-    pub(crate) fn clip(&mut self, objs: &mut Objects<'_>, va: u64) {
+    pub(crate) fn clip<L: Locks>(&mut self, objs: &mut Objects<'_, L>, va: u64) {
         let Some((&start, e)) = self.entries.range_mut(..va).next_back() else {
             return;
         };
@@ -158,7 +159,7 @@ impl MapInner {
     }
 
     /// Clips at both ends of `[start, end)`.
-    pub(crate) fn clip_range(&mut self, objs: &mut Objects<'_>, start: u64, end: u64) {
+    pub(crate) fn clip_range<L: Locks>(&mut self, objs: &mut Objects<'_, L>, start: u64, end: u64) {
         self.clip(objs, start);
         self.clip(objs, end);
     }
@@ -166,7 +167,7 @@ impl MapInner {
     /// True when the entry at `b` continues the entry `a` as one entry
     /// would: adjacent, equal attributes, and the same object with
     /// contiguous windows and the same holder (or both untouched).
-    fn mergeable(objs: &Objects<'_>, a: &Entry, b_start: u64, b: &Entry) -> bool {
+    fn mergeable<L: Locks>(objs: &Objects<'_, L>, a: &Entry, b_start: u64, b: &Entry) -> bool {
         a.end == b_start
             && a.same_attributes(b)
             && match (&a.object, &b.object) {
@@ -179,7 +180,7 @@ impl MapInner {
     /// Merges every mergeable pair of neighbours among the entries that
     /// touch `[start, end]` (the entry before `start` included). One walk
     /// in order: a tree search per merge, none per entry passed.
-    pub(crate) fn simplify(&mut self, objs: &mut Objects<'_>, start: u64, end: u64) {
+    pub(crate) fn simplify<L: Locks>(&mut self, objs: &mut Objects<'_, L>, start: u64, end: u64) {
         let mut cur = self
             .entries
             .range(..start)
@@ -211,7 +212,7 @@ impl MapInner {
 
     /// The start of the first entry from `from` on (starting at most at
     /// `end`) that can merge with its successor.
-    fn next_mergeable(&self, objs: &Objects<'_>, from: u64, end: u64) -> Option<u64> {
+    fn next_mergeable<L: Locks>(&self, objs: &Objects<'_, L>, from: u64, end: u64) -> Option<u64> {
         let mut it = self.entries.range(from..).peekable();
         while let Some((&a_start, a)) = it.next() {
             if a_start > end {
@@ -227,7 +228,7 @@ impl MapInner {
     }
 
     /// Pairs of neighbours that could be one entry (0 when simplified).
-    pub(crate) fn mergeable_pairs(&self, objs: &Objects<'_>) -> u64 {
+    pub(crate) fn mergeable_pairs<L: Locks>(&self, objs: &Objects<'_, L>) -> u64 {
         let mut n = 0;
         let mut it = self.entries.iter().peekable();
         while let Some((_, a)) = it.next() {

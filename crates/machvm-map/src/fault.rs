@@ -9,6 +9,7 @@
 //! `WRITE` while the page is still shared copy-on-write, so that a later
 //! write faults again.
 
+use machvm_base::sync::Locks;
 use machvm_base::{KernError, PageIndex, PhysAddr, USER_MAX, VirtAddr, VmProt, trunc_page};
 use machvm_frame::FrameReservation;
 use machvm_object::{Holder, Objects, Resolution, Resolved, SharedObjects, VmCounters};
@@ -26,7 +27,7 @@ pub(crate) enum Enter {
     BestEffort,
 }
 
-impl VmMap {
+impl<L: Locks> VmMap<L> {
     /// Handles a page fault at `va` for `access`, as the CPU's trap handler
     /// calls it: on success the access can be retried and will succeed.
     /// `InvalidAddress` for a hole, `ProtectionFailure` when the entry does
@@ -37,7 +38,7 @@ impl VmMap {
             self.check_after_shared();
             return r.map(|_| ());
         }
-        let mut m = machvm_base::sync::write(&self.0.inner);
+        let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         let mut objs = self.0.ctx.objects();
         let mut frames = objs.on_demand();
         let r = self.fault_locked(&mut m, &mut objs, va, access, &mut frames, Enter::Required);
@@ -49,10 +50,10 @@ impl VmMap {
     pub(crate) fn fault_locked(
         &self,
         m: &mut MapInner,
-        objs: &mut Objects<'_>,
+        objs: &mut Objects<'_, L>,
         va: u64,
         access: Access,
-        frames: &mut FrameReservation<'_>,
+        frames: &mut FrameReservation<'_, L>,
         enter: Enter,
     ) -> Result<PhysAddr, KernError> {
         let ctx = &self.0.ctx;
@@ -136,7 +137,7 @@ impl VmMap {
     pub(crate) fn fault_shared_in(
         &self,
         m: &MapInner,
-        objs: &SharedObjects<'_>,
+        objs: &SharedObjects<'_, L>,
         va: u64,
         access: Access,
         enter: Enter,
@@ -201,7 +202,7 @@ impl VmMap {
     fn writable_run(
         &self,
         m: &mut MapInner,
-        objs: &mut Objects<'_>,
+        objs: &mut Objects<'_, L>,
         start: u64,
         page: u64,
     ) -> Made {
@@ -224,7 +225,7 @@ impl VmMap {
     fn undo(
         &self,
         m: &mut MapInner,
-        objs: &mut Objects<'_>,
+        objs: &mut Objects<'_, L>,
         start: u64,
         created: bool,
         made: Made,

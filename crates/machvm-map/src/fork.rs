@@ -15,6 +15,7 @@
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+use machvm_base::sync::Locks;
 
 use machvm_base::{KernError, PageIndex, VmInherit};
 use machvm_frame::FrameReservation;
@@ -35,13 +36,13 @@ fn copied(m: &MapInner) -> impl Iterator<Item = &Hold> {
 /// Shortens the chains of fork's `Copy` entries (bypass and collapse move
 /// pages between objects, so the final count is taken after them; see
 /// `reserve_settled`). Returns whether anything moved.
-fn eager_settle(m: &MapInner, objs: &mut Objects<'_>) -> bool {
+fn eager_settle<L: Locks>(m: &MapInner, objs: &mut Objects<'_, L>) -> bool {
     copied(m).fold(false, |moved, h| objs.shorten_chain(h) | moved)
 }
 
 /// Frames fork's `Copy` entries take: eager copies of windows others write
 /// directly.
-fn eager_frames(m: &MapInner, objs: &Objects<'_>) -> u64 {
+fn eager_frames<L: Locks>(m: &MapInner, objs: &Objects<'_, L>) -> u64 {
     copied(m)
         .map(|h| {
             let (s, e) = objs.window(h);
@@ -53,7 +54,7 @@ fn eager_frames(m: &MapInner, objs: &Objects<'_>) -> u64 {
 /// Clips each copy-on-write `Share` entry at the bounds of the runs of
 /// pages other holders see, so that making it writable takes over the runs
 /// nobody else sees and shadows only the others (as a store does).
-fn clip_share_runs(m: &mut MapInner, objs: &mut Objects<'_>) {
+fn clip_share_runs<L: Locks>(m: &mut MapInner, objs: &mut Objects<'_, L>) {
     let mut cuts = Vec::new();
     for (&start, e) in &m.entries {
         let Some(h) = &e.object else { continue };
@@ -71,13 +72,13 @@ fn clip_share_runs(m: &mut MapInner, objs: &mut Objects<'_>) {
     }
 }
 
-impl VmMap {
+impl<L: Locks> VmMap<L> {
     /// Creates a child map from this one, entry by entry, by inheritance.
     /// On `ResourceShortage` nothing has changed.
-    pub fn fork(&self) -> Result<VmMap, KernError> {
+    pub fn fork(&self) -> Result<VmMap<L>, KernError> {
         let ctx = self.context().clone();
         let child = VmMap::new(&ctx)?;
-        let mut m = machvm_base::sync::write(&self.0.inner);
+        let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         let objs = ctx.objects();
         let (mut objs, mut frames) =
             reserve_settled(objs, |o| eager_settle(&m, o), |o| eager_frames(&m, o))?;
@@ -101,7 +102,7 @@ impl VmMap {
         self.assert_consistent(&m, &objs);
         drop(objs);
         drop(m);
-        let mut cm = machvm_base::sync::write(&child.0.inner);
+        let mut cm = machvm_base::sync::write::<L, _>(&child.0.inner);
         cm.replace_entries(out);
         if held || ctx.consistency_checks() {
             let mut objs = ctx.objects();
@@ -119,9 +120,9 @@ impl VmMap {
     fn inherit_entries(
         &self,
         m: &mut MapInner,
-        objs: &mut Objects<'_>,
+        objs: &mut Objects<'_, L>,
         child: u64,
-        frames: &mut FrameReservation<'_>,
+        frames: &mut FrameReservation<'_, L>,
         flush: &mut TlbFlush,
     ) -> Result<BTreeMap<u64, Entry>, KernError> {
         let mut out: Vec<(u64, Entry)> = Vec::new();

@@ -57,6 +57,7 @@ use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use machvm_base::sync::{Locks, RwLock, SpinLocks};
 use machvm_base::{KernError, PAGE_SHIFT, USER_MIN, VaRange, VmInherit, VmProt};
 use machvm_object::{AuditEntries, Hold, Objects, VmAudit, VmContext};
 use machvm_pmap::PmapId;
@@ -160,11 +161,11 @@ pub(crate) struct MapInner {
     pub(crate) first_free: u64,
 }
 
-pub(crate) struct MapShared {
+pub(crate) struct MapShared<L: Locks> {
     id: u64,
-    ctx: Arc<VmContext>,
+    ctx: Arc<VmContext<L>>,
     pmap: PmapId,
-    pub(crate) inner: machvm_base::sync::RwLock<MapInner>,
+    pub(crate) inner: RwLock<L, MapInner>,
 }
 
 static NEXT_MAP_ID: AtomicU64 = AtomicU64::new(1);
@@ -182,18 +183,23 @@ static NEXT_MAP_ID: AtomicU64 = AtomicU64::new(1);
 /// map.read_bytes(a + 10, &mut buf).unwrap();
 /// assert_eq!(&buf, b"mach");
 /// ```
-#[derive(Clone)]
-pub struct VmMap(pub(crate) Arc<MapShared>);
+pub struct VmMap<L: Locks = SpinLocks>(pub(crate) Arc<MapShared<L>>);
 
-impl VmMap {
+impl<L: Locks> Clone for VmMap<L> {
+    fn clone(&self) -> Self {
+        VmMap(self.0.clone())
+    }
+}
+
+impl<L: Locks> VmMap<L> {
     /// An empty map with its own pmap.
-    pub fn new(ctx: &Arc<VmContext>) -> Result<VmMap, KernError> {
+    pub fn new(ctx: &Arc<VmContext<L>>) -> Result<VmMap<L>, KernError> {
         let pmap = ctx.pmap().create()?;
         let map = Arc::new(MapShared {
             id: NEXT_MAP_ID.fetch_add(1, Relaxed),
             ctx: ctx.clone(),
             pmap,
-            inner: machvm_base::sync::RwLock::new(MapInner::new()),
+            inner: RwLock::<L, _>::new(MapInner::new()),
         });
         let weak: alloc::sync::Weak<dyn AuditEntries> = Arc::downgrade(&map) as _;
         ctx.register_audit(weak);
@@ -211,12 +217,12 @@ impl VmMap {
     }
 
     /// The VM context (frames, pmap module, object graph, counters).
-    pub fn context(&self) -> &Arc<VmContext> {
+    pub fn context(&self) -> &Arc<VmContext<L>> {
         &self.0.ctx
     }
 
     /// True when both handles name the same map.
-    pub fn same_map(&self, other: &VmMap) -> bool {
+    pub fn same_map(&self, other: &VmMap<L>) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
 
@@ -231,7 +237,7 @@ impl VmMap {
     #[doc(hidden)]
     #[cfg(feature = "test-hooks")]
     pub fn is_locked(&self) -> bool {
-        self.0.inner.writer_count() > 0
+        self.0.inner.is_locked_exclusive()
     }
 
     /// Benchmark hook (`cargo xtask bench`, the lookup group): looks every address
@@ -241,7 +247,7 @@ impl VmMap {
     #[doc(hidden)]
     #[cfg(feature = "test-hooks")]
     pub fn lookup_many(&self, addrs: &[u64]) -> u64 {
-        let mut m = machvm_base::sync::write(&self.0.inner);
+        let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         addrs
             .iter()
             .filter_map(|&va| m.lookup(va))
@@ -260,7 +266,7 @@ impl VmMap {
     }
 }
 
-impl AuditEntries for MapShared {
+impl<L: Locks> AuditEntries for MapShared<L> {
     fn audit_entries(&self, audit: &mut VmAudit) {
         let m = self.inner.write();
         let objs = self.ctx.objects();
@@ -269,7 +275,7 @@ impl AuditEntries for MapShared {
     }
 }
 
-impl Drop for MapShared {
+impl<L: Locks> Drop for MapShared<L> {
     fn drop(&mut self) {
         let pm = self.ctx.pmap();
         let entries = core::mem::take(&mut self.inner.get_mut().entries);
@@ -283,7 +289,10 @@ impl Drop for MapShared {
 
 /// Gives back the holds of removed entries (pages nothing else reaches are
 /// freed at once).
-pub(crate) fn release_entries(objs: &mut Objects<'_>, removed: impl Iterator<Item = (u64, Entry)>) {
+pub(crate) fn release_entries<L: Locks>(
+    objs: &mut Objects<'_, L>,
+    removed: impl Iterator<Item = (u64, Entry)>,
+) {
     for (_, e) in removed {
         if let Some(h) = e.object {
             objs.release(h);

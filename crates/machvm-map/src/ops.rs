@@ -6,6 +6,7 @@
 //! map's bounds, holes, then protection; a failed call changes nothing. Each
 //! successful call simplifies the entries it touched.
 
+use machvm_base::sync::Locks;
 use machvm_base::{KernError, VaRange, VmInherit, VmProt};
 use machvm_object::{Holder, Objects};
 use machvm_pmap::{Access, TlbFlush};
@@ -25,7 +26,7 @@ fn mgmt_range(addr: u64, size: u64) -> Result<Option<VaRange>, KernError> {
     Ok(Some(r))
 }
 
-impl VmMap {
+impl<L: Locks> VmMap<L> {
     /// `vm_allocate`: zero-filled memory of `size` bytes (rounded out) at
     /// `addr`, or with `anywhere` at the lowest free range at or above `addr`.
     /// Returns the start. Costs no frame until touched.
@@ -34,7 +35,7 @@ impl VmMap {
             return Err(KernError::InvalidArgument);
         }
         let r = VaRange::round_out(addr, size).ok_or(KernError::InvalidArgument)?;
-        let mut m = machvm_base::sync::write(&self.0.inner);
+        let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         let start = if anywhere {
             m.find_space(r.start().as_u64(), r.len())
                 .ok_or(KernError::NoSpace)?
@@ -64,7 +65,7 @@ impl VmMap {
         let Some(r) = mgmt_range(addr, size)? else {
             return Ok(());
         };
-        let mut m = machvm_base::sync::write(&self.0.inner);
+        let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         let mut objs = self.0.ctx.objects();
         self.remove_locked(&mut m, &mut objs, r);
         self.assert_consistent(&m, &objs);
@@ -72,7 +73,7 @@ impl VmMap {
     }
 
     /// Unmaps `r`, takes its entries out and gives back their holds.
-    pub(crate) fn remove_locked(&self, m: &mut MapInner, objs: &mut Objects<'_>, r: VaRange) {
+    pub(crate) fn remove_locked(&self, m: &mut MapInner, objs: &mut Objects<'_, L>, r: VaRange) {
         let (s, e) = (r.start().as_u64(), r.end().as_u64());
         m.clip_range(objs, s, e);
         let removed = m.remove_range(s, e);
@@ -104,7 +105,7 @@ impl VmMap {
             return Err(KernError::InvalidAddress);
         }
         let (s, e) = (r.start().as_u64(), r.end().as_u64());
-        let mut m = machvm_base::sync::write(&self.0.inner);
+        let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         m.check_covered(s, e)?;
         if m.overlapping(s, e)
             .any(|(_, en)| !en.max_protection.contains(prot))
@@ -139,7 +140,7 @@ impl VmMap {
             return Ok(());
         };
         let (s, e) = (r.start().as_u64(), r.end().as_u64());
-        let mut m = machvm_base::sync::write(&self.0.inner);
+        let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         m.check_covered(s, e)?;
         let mut objs = self.0.ctx.objects();
         m.clip_range(&mut objs, s, e);
@@ -197,7 +198,7 @@ pub(crate) fn check_access(m: &MapInner, r: VaRange, access: Access) -> Result<(
 }
 
 /// What `region` reports about one entry.
-fn entry_info(objs: &Objects<'_>, start: u64, e: &Entry) -> RegionInfo {
+fn entry_info<L: Locks>(objs: &Objects<'_, L>, start: u64, e: &Entry) -> RegionInfo {
     let (shared, resident, depth, needs_copy) = match &e.object {
         Some(h) => (
             objs.is_shared(h),

@@ -4,6 +4,7 @@
 
 use alloc::format;
 use alloc::string::String;
+use machvm_base::sync::Locks;
 
 use machvm_base::{PAGE_SIZE, PageIndex, USER_MAX, USER_MIN, VaRange, Violation, VirtAddr, VmProt};
 use machvm_object::{Holder, ObjectRule, Objects};
@@ -36,7 +37,7 @@ pub enum MapRule {
     Objects(ObjectRule),
 }
 
-impl VmMap {
+impl<L: Locks> VmMap<L> {
     /// Checks every invariant in the crate documentation, the object
     /// graph's included, one check per rule; names the first one broken.
     pub fn verify(&self) -> Result<(), Violation<MapRule>> {
@@ -49,7 +50,7 @@ impl VmMap {
     pub(crate) fn verify_locked(
         &self,
         m: &MapInner,
-        objs: &Objects<'_>,
+        objs: &Objects<'_, L>,
     ) -> Result<(), Violation<MapRule>> {
         use MapRule::*;
         Violation::check(WellFormed, check_well_formed(m))?;
@@ -65,7 +66,7 @@ impl VmMap {
     /// with the graph) breaks an invariant: called at the end of every
     /// change.
     #[track_caller]
-    pub(crate) fn assert_consistent(&self, m: &MapInner, objs: &Objects<'_>) {
+    pub(crate) fn assert_consistent(&self, m: &MapInner, objs: &Objects<'_, L>) {
         if self.0.ctx.consistency_checks()
             && let Err(v) = self.verify_locked(m, objs)
         {
@@ -75,7 +76,7 @@ impl VmMap {
 
     /// Each hold is one of this map's, as long as its entry, and the graph
     /// has no other record naming this map.
-    fn check_holds_exact(&self, m: &MapInner, objs: &Objects<'_>) -> Result<(), String> {
+    fn check_holds_exact(&self, m: &MapInner, objs: &Objects<'_, L>) -> Result<(), String> {
         let mut held = 0;
         for (&start, e) in &m.entries {
             let Some(h) = &e.object else { continue };
@@ -105,7 +106,7 @@ impl VmMap {
     fn check_translations(
         &self,
         m: &MapInner,
-        objs: &Objects<'_>,
+        objs: &Objects<'_, L>,
     ) -> Result<(), Violation<MapRule>> {
         let pm = self.0.ctx.pmap();
         let maps = pm.mappings(self.0.pmap, VaRange::USER_HALF);
@@ -130,9 +131,9 @@ impl VmMap {
 /// The translation of `va` lies in an entry, maps the page the entry's
 /// chain holds there, and allows at most the entry's protection. Returns
 /// the depth in the chain the page was found at.
-fn check_translation_justified(
+fn check_translation_justified<L: Locks>(
     m: &MapInner,
-    objs: &Objects<'_>,
+    objs: &Objects<'_, L>,
     va: VirtAddr,
     t: Translation,
 ) -> Result<usize, String> {
@@ -169,8 +170,8 @@ fn check_translation_justified(
 /// A translation of `va` where the chain holds no page: only the zero
 /// frame, read-only, and only where no other entry writes the object
 /// directly (a store there must reach this entry at once).
-fn check_zero_translation(
-    objs: &Objects<'_>,
+fn check_zero_translation<L: Locks>(
+    objs: &Objects<'_, L>,
     h: &machvm_object::Hold,
     page: PageIndex,
     va: VirtAddr,
@@ -195,9 +196,9 @@ fn check_zero_translation(
 
 /// A writable translation of `va` maps a page in the entry's own object
 /// (`depth` 0) that the entry writes directly.
-fn check_not_writable_shared(
+fn check_not_writable_shared<L: Locks>(
     m: &MapInner,
-    objs: &Objects<'_>,
+    objs: &Objects<'_, L>,
     va: VirtAddr,
     t: Translation,
     depth: usize,
@@ -274,7 +275,7 @@ fn check_lookup_exact(m: &MapInner) -> Result<(), String> {
 }
 
 /// No two neighbours could be one entry.
-fn check_simplified(m: &MapInner, objs: &Objects<'_>) -> Result<(), String> {
+fn check_simplified<L: Locks>(m: &MapInner, objs: &Objects<'_, L>) -> Result<(), String> {
     match m.mergeable_pairs(objs) {
         0 => Ok(()),
         n => Err(format!("{n} pairs of neighbouring entries could be one")),

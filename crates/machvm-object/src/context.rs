@@ -5,7 +5,7 @@ use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
-use machvm_base::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use machvm_base::sync::{Locks, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, SpinLocks};
 use machvm_base::{KernError, PhysAddr, VmProt};
 use machvm_frame::{FrameAllocator, FrameReservation, FrameUse};
 use machvm_pmap::Pmap;
@@ -96,11 +96,11 @@ pub trait AuditEntries: Send + Sync {
 
 /// What every object of one VM system shares: the frames, the pmap module,
 /// the object graph and the counters.
-pub struct VmContext {
-    frames: Arc<FrameAllocator>,
+pub struct VmContext<L: Locks = SpinLocks> {
+    frames: Arc<FrameAllocator<L>>,
     pmap: Arc<dyn Pmap>,
-    graph: RwLock<Graph>,
-    audited: Mutex<Vec<Weak<dyn AuditEntries>>>,
+    graph: RwLock<L, Graph<L>>,
+    audited: Mutex<L, Vec<Weak<dyn AuditEntries>>>,
     /// Event counters.
     pub counters: VmCounters,
     /// Debug builds check every map's invariants after each change while
@@ -115,18 +115,18 @@ pub struct VmContext {
 
 static NEXT_CONTEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-impl VmContext {
+impl<L: Locks> VmContext<L> {
     /// A context over `frames`, with `pmap` the machine's pmap module.
     /// Takes the allocator's shared zero frame (made now if it is not yet:
     /// so that `free_frames` never moves for it later).
-    pub fn new(frames: Arc<FrameAllocator>, pmap: Arc<dyn Pmap>) -> Arc<VmContext> {
+    pub fn new(frames: Arc<FrameAllocator<L>>, pmap: Arc<dyn Pmap>) -> Arc<VmContext<L>> {
         let zero = frames.init_zero_frame();
         Arc::new(VmContext {
             zero,
             frames,
             pmap,
-            graph: RwLock::new(Graph::new()),
-            audited: Mutex::new(Vec::new()),
+            graph: RwLock::<L, _>::new(Graph::new()),
+            audited: Mutex::<L, _>::new(Vec::new()),
             counters: VmCounters::default(),
             consistency_checks: AtomicBool::new(false),
             id: NEXT_CONTEXT_ID.fetch_add(1, Relaxed),
@@ -158,7 +158,7 @@ impl VmContext {
 
     /// The frame allocator.
     #[inline]
-    pub fn frames(&self) -> &Arc<FrameAllocator> {
+    pub fn frames(&self) -> &Arc<FrameAllocator<L>> {
         &self.frames
     }
 
@@ -178,10 +178,10 @@ impl VmContext {
     /// every page taken out, happens under it. Take it after any map lock,
     /// never the other way round.
     #[inline]
-    pub fn objects(&self) -> Objects<'_> {
+    pub fn objects(&self) -> Objects<'_, L> {
         Objects {
             ctx: self,
-            g: machvm_base::sync::write(&self.graph),
+            g: machvm_base::sync::write::<L, _>(&self.graph),
         }
     }
 
@@ -190,7 +190,7 @@ impl VmContext {
     /// the busy/wait protocol (the fault fast path). Same order as
     /// [`objects`](Self::objects).
     #[inline]
-    pub fn shared_objects(&self) -> SharedObjects<'_> {
+    pub fn shared_objects(&self) -> SharedObjects<'_, L> {
         SharedObjects {
             ctx: self,
             g: self.graph.read(),
@@ -228,7 +228,7 @@ impl VmContext {
     }
 }
 
-impl core::fmt::Debug for VmContext {
+impl<L: Locks> core::fmt::Debug for VmContext<L> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("VmContext")
             .field("frames", &self.frames)
@@ -239,35 +239,35 @@ impl core::fmt::Debug for VmContext {
 
 /// The object graph of a context, locked: every operation on objects and
 /// holds is a method of this guard. Dropping it unlocks the graph.
-pub struct Objects<'a> {
-    pub(crate) ctx: &'a VmContext,
-    pub(crate) g: RwLockWriteGuard<'a, Graph>,
+pub struct Objects<'a, L: Locks = SpinLocks> {
+    pub(crate) ctx: &'a VmContext<L>,
+    pub(crate) g: RwLockWriteGuard<'a, L, Graph<L>>,
 }
 
 /// The object graph of a context, locked shared (see
 /// [`VmContext::shared_objects`]): lookups, and faults that only put a
 /// page in (`resolve`). Dropping it unlocks the graph.
-pub struct SharedObjects<'a> {
-    pub(crate) ctx: &'a VmContext,
-    pub(crate) g: RwLockReadGuard<'a, Graph>,
+pub struct SharedObjects<'a, L: Locks = SpinLocks> {
+    pub(crate) ctx: &'a VmContext<L>,
+    pub(crate) g: RwLockReadGuard<'a, L, Graph<L>>,
 }
 
-impl<'a> Objects<'a> {
+impl<'a, L: Locks> Objects<'a, L> {
     /// The context.
-    pub fn context(&self) -> &'a VmContext {
+    pub fn context(&self) -> &'a VmContext<L> {
         self.ctx
     }
 
     /// A reservation that allocates object frames on demand, for a
     /// single-step operation.
-    pub fn on_demand(&self) -> FrameReservation<'a> {
+    pub fn on_demand(&self) -> FrameReservation<'a, L> {
         FrameReservation::on_demand(&self.ctx.frames, FrameUse::Object)
     }
 
     /// Takes a frame for page `offset` of object `obj`, zero-filled.
     pub(crate) fn fill_zero(
         &self,
-        frames: &mut FrameReservation<'_>,
+        frames: &mut FrameReservation<'_, L>,
         obj: u32,
         offset: u64,
     ) -> Result<PhysAddr, KernError> {
@@ -280,7 +280,7 @@ impl<'a> Objects<'a> {
     /// Takes a frame for page `offset` of object `obj`, copied from `src`.
     pub(crate) fn fill_copy(
         &self,
-        frames: &mut FrameReservation<'_>,
+        frames: &mut FrameReservation<'_, L>,
         obj: u32,
         offset: u64,
         src: PhysAddr,

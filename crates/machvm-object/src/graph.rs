@@ -5,6 +5,7 @@
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+use machvm_base::sync::Locks;
 
 use machvm_base::{KernError, PageIndex, PhysAddr};
 use machvm_frame::FrameReservation;
@@ -39,9 +40,9 @@ pub(crate) struct Backing {
 
 /// A VM object (Mach's `vm_object`): anonymous memory, possibly shadowing
 /// another object.
-pub(crate) struct Object {
+pub(crate) struct Object<L: Locks> {
     pub(crate) size: u64,
-    pub(crate) pages: PageMap,
+    pub(crate) pages: PageMap<L>,
     pub(crate) backing: Option<Backing>,
     pub(crate) holders: Holders,
 }
@@ -49,14 +50,14 @@ pub(crate) struct Object {
 /// Every object of a context, by id. Slot 0 is never used, so that id 0
 /// can mean "no owner" in frame metadata. Objects are boxed: a slot costs 8
 /// bytes, an object exactly its size.
-pub(crate) struct Graph {
-    slots: Vec<Option<Box<Object>>>,
+pub(crate) struct Graph<L: Locks> {
+    slots: Vec<Option<Box<Object<L>>>>,
     free_slots: Vec<u32>,
     live: u64,
 }
 
-impl Graph {
-    pub(crate) fn new() -> Graph {
+impl<L: Locks> Graph<L> {
+    pub(crate) fn new() -> Graph<L> {
         Graph {
             slots: alloc::vec![None],
             free_slots: Vec::new(),
@@ -70,33 +71,33 @@ impl Graph {
 
     /// The object `id`. Every id a caller can name is live (holds and
     /// records keep their objects), so a miss is a broken graph.
-    pub(crate) fn obj(&self, id: ObjectId) -> &Object {
+    pub(crate) fn obj(&self, id: ObjectId) -> &Object<L> {
         match self.slots.get(id.0 as usize) {
             Some(Some(o)) => o,
             _ => panic!("object graph: {id:?} is not live"),
         }
     }
 
-    pub(crate) fn obj_mut(&mut self, id: ObjectId) -> &mut Object {
+    pub(crate) fn obj_mut(&mut self, id: ObjectId) -> &mut Object<L> {
         match self.slots.get_mut(id.0 as usize) {
             Some(Some(o)) => o,
             _ => panic!("object graph: {id:?} is not live"),
         }
     }
 
-    pub(crate) fn try_obj(&self, id: ObjectId) -> Option<&Object> {
+    pub(crate) fn try_obj(&self, id: ObjectId) -> Option<&Object<L>> {
         self.slots.get(id.0 as usize).and_then(Option::as_deref)
     }
 
     /// Every live object, with its id.
-    pub(crate) fn objects(&self) -> impl Iterator<Item = (ObjectId, &Object)> {
+    pub(crate) fn objects(&self) -> impl Iterator<Item = (ObjectId, &Object<L>)> {
         self.slots
             .iter()
             .enumerate()
             .filter_map(|(i, o)| o.as_deref().map(|o| (ObjectId(i as u32), o)))
     }
 
-    pub(crate) fn insert(&mut self, o: Object) -> ObjectId {
+    pub(crate) fn insert(&mut self, o: Object<L>) -> ObjectId {
         let o = Box::new(o);
         self.live += 1;
         match self.free_slots.pop() {
@@ -111,7 +112,7 @@ impl Graph {
         }
     }
 
-    pub(crate) fn remove(&mut self, id: ObjectId) -> Option<Object> {
+    pub(crate) fn remove(&mut self, id: ObjectId) -> Option<Object<L>> {
         let o = self.slots.get_mut(id.0 as usize)?.take()?;
         self.live -= 1;
         self.free_slots.push(id.0);
@@ -154,7 +155,7 @@ impl Graph {
     }
 }
 
-impl Objects<'_> {
+impl<L: Locks> Objects<'_, L> {
     /// A new anonymous, zero-filled object of `pages` pages, held whole by
     /// `holder`. Costs no frame.
     pub fn create(&mut self, pages: u64, holder: Holder) -> Hold {
@@ -466,7 +467,7 @@ impl Objects<'_> {
         &mut self,
         hold: &Hold,
         holder: Holder,
-        frames: &mut FrameReservation<'_>,
+        frames: &mut FrameReservation<'_, L>,
     ) -> Result<CowRef, KernError> {
         let kind = self.holder(hold);
         if matches!(kind, Holder::Direct { .. }) && self.is_shared(hold) {
@@ -508,7 +509,7 @@ impl Objects<'_> {
         &mut self,
         hold: &Hold,
         holder: Holder,
-        frames: &mut FrameReservation<'_>,
+        frames: &mut FrameReservation<'_, L>,
     ) -> Result<Hold, KernError> {
         let (s, e) = self.window_raw(hold);
         let src: Vec<(u64, PhysAddr)> = self.g.obj(hold.obj).pages.range(s, e);

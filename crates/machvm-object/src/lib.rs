@@ -53,7 +53,6 @@ mod pages;
 mod reclaim;
 mod shared;
 mod slots;
-mod sync;
 mod verify;
 
 pub use context::{AuditEntries, Counter, Objects, SharedObjects, VmAudit, VmContext, VmCounters};

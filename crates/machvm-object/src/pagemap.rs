@@ -23,7 +23,8 @@ use alloc::vec::Vec;
 
 use machvm_base::PhysAddr;
 
-use crate::sync::Mutex;
+use machvm_base::sync::Locks;
+use machvm_base::sync::model::{Mutex, wait};
 
 /// Bit 0 of a slot: the page is busy (being filled). Frames are page
 /// aligned, so the bit is free.
@@ -41,12 +42,17 @@ pub(crate) enum Probe {
 }
 
 /// The resident pages of one object.
-#[derive(Default)]
-pub(crate) struct PageMap(Mutex<BTreeMap<u64, u64>>);
+pub(crate) struct PageMap<L: Locks>(Mutex<L, BTreeMap<u64, u64>>);
 
-impl PageMap {
+impl<L: Locks> Default for PageMap<L> {
+    fn default() -> Self {
+        PageMap(Mutex::default())
+    }
+}
+
+impl<L: Locks> PageMap<L> {
     /// A map holding `pages`.
-    pub(crate) fn from_pages(pages: BTreeMap<u64, PhysAddr>) -> PageMap {
+    pub(crate) fn from_pages(pages: BTreeMap<u64, PhysAddr>) -> PageMap<L> {
         PageMap(Mutex::new(
             pages.into_iter().map(|(k, pa)| (k, pa.as_u64())).collect(),
         ))
@@ -141,7 +147,7 @@ impl PageMap {
             match self.probe(off) {
                 Probe::Absent => return None,
                 Probe::Present(pa) => return Some(pa),
-                Probe::Busy => crate::sync::wait(),
+                Probe::Busy => wait::<L>(),
             }
         }
     }
@@ -193,12 +199,13 @@ mod loom_tests {
     use super::*;
     use loom::sync::Arc;
     use loom::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    use machvm_base::sync::SpinLocks;
 
     /// A fault on `off` as the shared path runs it: settled lookup, claim
     /// with its own frame, fill, then publish (or withdraw when `fail`).
     /// Returns the frame it ended up using, and whether it filled one.
     fn fault(
-        m: &PageMap,
+        m: &PageMap<SpinLocks>,
         off: u64,
         mine: PhysAddr,
         fill: &AtomicU64,
@@ -225,7 +232,7 @@ mod loom_tests {
                     m.publish(off);
                     return Some(mine);
                 }
-                Err(Probe::Busy) => crate::sync::wait(),
+                Err(Probe::Busy) => wait::<SpinLocks>(),
                 Err(_) => {}
             }
         }
@@ -234,7 +241,7 @@ mod loom_tests {
     #[test]
     fn two_faults_on_one_page_fill_it_once() {
         loom::model(|| {
-            let m = Arc::new(PageMap::default());
+            let m = Arc::new(PageMap::<SpinLocks>::default());
             let fill = Arc::new(AtomicU64::new(0));
             let (m2, f2) = (m.clone(), fill.clone());
             let t = loom::thread::spawn(move || fault(&m2, 7, PhysAddr::new(0x2000), &f2, false));
@@ -249,7 +256,7 @@ mod loom_tests {
     #[test]
     fn a_withdrawn_fill_leaves_the_page_to_the_waiter() {
         loom::model(|| {
-            let m = Arc::new(PageMap::default());
+            let m = Arc::new(PageMap::<SpinLocks>::default());
             let fill = Arc::new(AtomicU64::new(0));
             let (m2, f2) = (m.clone(), fill.clone());
             let t = loom::thread::spawn(move || fault(&m2, 7, PhysAddr::new(0x2000), &f2, true));

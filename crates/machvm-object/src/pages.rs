@@ -3,6 +3,7 @@
 //! and moving bytes. Every chain walk is a loop.
 
 use alloc::collections::BTreeSet;
+use machvm_base::sync::Locks;
 
 use machvm_base::{KernError, PAGE_SIZE, PageIndex, PhysAddr};
 use machvm_frame::FrameReservation;
@@ -26,7 +27,7 @@ pub trait PageLookup {
     }
 }
 
-impl PageLookup for Objects<'_> {
+impl<L: Locks> PageLookup for Objects<'_, L> {
     fn lookup(&self, hold: &Hold, page: PageIndex) -> Option<Found> {
         Objects::lookup(self, hold, page)
     }
@@ -37,9 +38,9 @@ impl PageLookup for Objects<'_> {
 /// object directly (a `Share` sibling's store must reach this reader at
 /// once, and nothing would remove its zero-frame translation). Both views
 /// of the graph ask this one rule.
-pub(crate) fn zero_frame_in(
-    ctx: &VmContext,
-    g: &Graph,
+pub(crate) fn zero_frame_in<L: Locks>(
+    ctx: &VmContext<L>,
+    g: &Graph<L>,
     hold: &Hold,
     lo: u64,
     hi: u64,
@@ -97,7 +98,7 @@ struct Below {
     depth: usize,
 }
 
-impl Objects<'_> {
+impl<L: Locks> Objects<'_, L> {
     /// The first resident page at `off` of `obj` or below it.
     fn find(&self, obj: ObjectId, off: u64) -> Option<Below> {
         let (mut cur, mut off, mut depth) = (obj, off, 0);
@@ -149,7 +150,7 @@ impl Objects<'_> {
         hold: &Hold,
         page: PageIndex,
         write: bool,
-        frames: &mut FrameReservation<'_>,
+        frames: &mut FrameReservation<'_, L>,
         map: impl FnOnce(Resolved) -> Result<(), KernError>,
     ) -> Result<Resolved, KernError> {
         let counters = &self.ctx.counters;

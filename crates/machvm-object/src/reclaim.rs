@@ -8,6 +8,7 @@
 //! however long the chain.
 
 use alloc::vec::Vec;
+use machvm_base::sync::Locks;
 
 use crate::graph::{Backing, HolderRec};
 use crate::{Hold, Holder, ObjectId, Objects, VmCounters};
@@ -20,7 +21,7 @@ struct Lost {
     end: u64,
 }
 
-impl Objects<'_> {
+impl<L: Locks> Objects<'_, L> {
     /// True when some top holder (entry or copy) reaches offset `off` of
     /// `obj`: its window covers it and no object in between holds a page
     /// there. An upward search with an explicit stack.

@@ -9,6 +9,7 @@
 //! page up, a fill where a `Share` sibling sees the page — answers `None`,
 //! and the caller takes the exclusive path.
 
+use machvm_base::sync::Locks;
 use machvm_base::{KernError, PageIndex, PhysAddr};
 use machvm_frame::FrameUse;
 
@@ -27,7 +28,7 @@ enum Step {
     Claimed(PhysAddr),
 }
 
-impl SharedObjects<'_> {
+impl<L: Locks> SharedObjects<'_, L> {
     /// [`Objects::resolve`](crate::Objects::resolve) for the faults that
     /// change no structure: the page resident in the top object, a read
     /// of a page down the chain or of the zero frame, or a store that
@@ -197,7 +198,7 @@ impl SharedObjects<'_> {
     }
 }
 
-impl PageLookup for SharedObjects<'_> {
+impl<L: Locks> PageLookup for SharedObjects<'_, L> {
     /// Waits out a fill in flight at the page.
     fn lookup(&self, hold: &Hold, page: PageIndex) -> Option<Found> {
         let rec = self.g.rec(hold.obj, hold.id);

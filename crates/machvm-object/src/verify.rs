@@ -5,6 +5,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
+use machvm_base::sync::Locks;
 
 use machvm_base::Violation;
 use machvm_frame::FrameState;
@@ -33,7 +34,7 @@ pub enum ObjectRule {
     Reachable,
 }
 
-impl Objects<'_> {
+impl<L: Locks> Objects<'_, L> {
     /// Checks every invariant of the object graph, one check per rule,
     /// naming the first one broken. O(objects + holders + pages), plus an
     /// upward search per page; for tests, at any moment the graph lock is
@@ -88,7 +89,7 @@ impl Objects<'_> {
 
     /// A resident page lies inside its object, its frame is an object
     /// frame, and its metadata names this object and offset.
-    fn check_pages(&self, id: ObjectId, o: &Object) -> Result<(), String> {
+    fn check_pages(&self, id: ObjectId, o: &Object<L>) -> Result<(), String> {
         let frames = self.ctx.frames();
         if o.pages.any_busy() {
             return Err(format!("object {}: a busy page outside a fill", id.0));
@@ -124,7 +125,7 @@ impl Objects<'_> {
 
     /// A shadow's backing is live, its window fits, and the backing holds
     /// exactly the matching `Shadow` record.
-    fn check_backing(&self, id: ObjectId, o: &Object) -> Result<(), String> {
+    fn check_backing(&self, id: ObjectId, o: &Object<L>) -> Result<(), String> {
         let Some(b) = o.backing else { return Ok(()) };
         let bo = self
             .g
@@ -159,7 +160,7 @@ impl Objects<'_> {
     }
 
     /// Every `Shadow` record names a live object standing on this one.
-    fn check_shadow_records(&self, id: ObjectId, o: &Object) -> Result<(), String> {
+    fn check_shadow_records(&self, id: ObjectId, o: &Object<L>) -> Result<(), String> {
         for (hid, r) in o.holders.iter() {
             let Holder::Shadow(s) = r.kind else { continue };
             let stands = self
@@ -179,7 +180,7 @@ impl Objects<'_> {
 
     /// Every resident page is reachable (unreachable pages are freed at
     /// once).
-    fn check_reachable(&self, id: ObjectId, o: &Object) -> Result<(), String> {
+    fn check_reachable(&self, id: ObjectId, o: &Object<L>) -> Result<(), String> {
         match o
             .pages
             .all()
@@ -237,7 +238,7 @@ impl Objects<'_> {
 }
 
 /// An object has holders, and each window is non-empty and inside it.
-fn check_holders(id: ObjectId, o: &Object) -> Result<(), String> {
+fn check_holders<L: Locks>(id: ObjectId, o: &Object<L>) -> Result<(), String> {
     if o.holders.is_empty() {
         return Err(format!("object {}: nobody holds it", id.0));
     }
@@ -255,7 +256,7 @@ fn check_holders(id: ObjectId, o: &Object) -> Result<(), String> {
 }
 
 /// A window written directly overlaps no holder but other direct writers.
-fn check_direct_exclusive(id: ObjectId, o: &Object) -> Result<(), String> {
+fn check_direct_exclusive<L: Locks>(id: ObjectId, o: &Object<L>) -> Result<(), String> {
     for (a, ra) in o.holders.iter() {
         if !matches!(ra.kind, Holder::Direct { .. }) {
             continue;
@@ -275,7 +276,7 @@ fn check_direct_exclusive(id: ObjectId, o: &Object) -> Result<(), String> {
 }
 
 /// No object is held by one shadow alone: it would have been collapsed.
-fn check_collapsed(id: ObjectId, o: &Object) -> Result<(), String> {
+fn check_collapsed<L: Locks>(id: ObjectId, o: &Object<L>) -> Result<(), String> {
     let mut kinds = o.holders.values().map(|r| r.kind);
     match (kinds.next(), kinds.next()) {
         (Some(Holder::Shadow(s)), None) => Err(format!(

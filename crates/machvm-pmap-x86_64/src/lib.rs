@@ -46,6 +46,7 @@ use arrayvec::ArrayVec;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use entry::{Pte, index, shift};
+use machvm_base::sync::{Locks, Mutex, SpinLocks};
 use machvm_base::{
     KernError, LARGE_PAGE_SIZE, PAGE_SIZE, PhysAddr, USER_MAX, VaRange, VirtAddr, VmProt,
 };
@@ -158,14 +159,14 @@ struct Acct {
 /// pmap.destroy(p);
 /// frames.free(page);
 /// ```
-pub struct X86Pmap {
-    frames: Arc<FrameAllocator>,
+pub struct X86Pmap<L: Locks = SpinLocks> {
+    frames: Arc<FrameAllocator<L>>,
     /// The address spaces, each under its own lock (`spaces.rs`).
-    spaces: Spaces,
+    spaces: Spaces<L>,
     /// Per frame index of the allocator span: its pv list, under its lock.
-    pv: Box<[machvm_base::sync::Mutex<PvHead>]>,
+    pv: Box<[Mutex<L, PvHead>]>,
     /// Pmap currently active on each CPU.
-    current: machvm_base::sync::Mutex<[Option<u32>; 64]>,
+    current: Mutex<L, [Option<u32>; 64]>,
     cfg: X86Config,
     flushes: AtomicU64,
     #[cfg(test)]
@@ -176,9 +177,9 @@ pub struct X86Pmap {
     pub(crate) verify_hook: spin::Mutex<Option<alloc::boxed::Box<dyn FnOnce() + Send>>>,
 }
 
-impl X86Pmap {
+impl<L: Locks> X86Pmap<L> {
     /// A pmap module drawing page-table pages from `frames`.
-    pub fn new(frames: Arc<FrameAllocator>, cfg: X86Config) -> Result<X86Pmap, KernError> {
+    pub fn new(frames: Arc<FrameAllocator<L>>, cfg: X86Config) -> Result<X86Pmap<L>, KernError> {
         let mut pv = Vec::new();
         pv.try_reserve_exact(frames.span_frames())
             .map_err(|_| KernError::ResourceShortage)?;
@@ -187,7 +188,7 @@ impl X86Pmap {
             frames,
             spaces: Spaces::new(),
             pv: pv.into_boxed_slice(),
-            current: machvm_base::sync::Mutex::new([None; 64]),
+            current: Mutex::<L, _>::new([None; 64]),
             cfg,
             flushes: AtomicU64::new(0),
             #[cfg(test)]
@@ -200,7 +201,7 @@ impl X86Pmap {
     }
 
     /// The frame allocator the tables come from.
-    pub fn frames(&self) -> &Arc<FrameAllocator> {
+    pub fn frames(&self) -> &Arc<FrameAllocator<L>> {
         &self.frames
     }
 
@@ -325,7 +326,7 @@ impl X86Pmap {
     }
 }
 
-impl core::fmt::Debug for X86Pmap {
+impl<L: Locks> core::fmt::Debug for X86Pmap<L> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("X86Pmap")
             .field("pmaps", &self.spaces.live_ids().len())

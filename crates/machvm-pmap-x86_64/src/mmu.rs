@@ -3,8 +3,9 @@
 //! dirty bit on the leaf), for the host, where no CPU walks the tables.
 
 use super::*;
+use machvm_base::sync::Locks;
 
-impl X86Pmap {
+impl<L: Locks> X86Pmap<L> {
     /// The MMU's verdict on `access` to `va` (see `Pmap::translate`).
     pub(crate) fn mmu_walk(
         &self,

@@ -3,8 +3,9 @@
 //! bits through the pv lists.
 
 use super::*;
+use machvm_base::sync::Locks;
 
-impl X86Pmap {
+impl<L: Locks> X86Pmap<L> {
     /// Applies `op` to every leaf of `pmap` in `[start, end)`.
     pub(crate) fn range_op(
         &self,

@@ -16,7 +16,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use machvm_base::PhysAddr;
-use machvm_base::sync::{Mutex, MutexGuard};
+use machvm_base::sync::{Locks, Mutex, MutexGuard};
 use machvm_pmap::{CpuSet, PmapId};
 
 /// Slots per chunk of the space table.
@@ -39,15 +39,15 @@ pub(crate) struct Space {
 }
 
 /// A live space, locked.
-pub(crate) type SpaceGuard<'a> = MutexGuard<'a, Space>;
+pub(crate) type SpaceGuard<'a, L> = MutexGuard<'a, L, Space>;
 
 /// One chunk of the space table: `CHUNK` slots, each under its lock.
-type Chunk = Box<[Mutex<Space>]>;
+type Chunk<L> = Box<[Mutex<L, Space>]>;
 
 /// Every live space, locked ([`Spaces::lock_all`]).
-pub(crate) struct AllSpaces<'a> {
-    _ids: MutexGuard<'a, Ids>,
-    pub(crate) spaces: Vec<(PmapId, SpaceGuard<'a>)>,
+pub(crate) struct AllSpaces<'a, L: Locks> {
+    _ids: MutexGuard<'a, L, Ids>,
+    pub(crate) spaces: Vec<(PmapId, SpaceGuard<'a, L>)>,
 }
 
 /// Which ids are free.
@@ -57,18 +57,18 @@ struct Ids {
 }
 
 /// Every address space, by id.
-pub(crate) struct Spaces {
-    chunks: Box<[spin::Once<Chunk>]>,
-    ids: Mutex<Ids>,
+pub(crate) struct Spaces<L: Locks> {
+    chunks: Box<[spin::Once<Chunk<L>>]>,
+    ids: Mutex<L, Ids>,
     #[cfg(test)]
     pub(crate) insert_hook: spin::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
-impl Spaces {
-    pub(crate) fn new() -> Spaces {
+impl<L: Locks> Spaces<L> {
+    pub(crate) fn new() -> Spaces<L> {
         Spaces {
             chunks: (0..MAX_SPACES / CHUNK).map(|_| spin::Once::new()).collect(),
-            ids: Mutex::new(Ids {
+            ids: Mutex::<L, _>::new(Ids {
                 free: Vec::new(),
                 next: 0,
             }),
@@ -77,14 +77,14 @@ impl Spaces {
         }
     }
 
-    fn slot(&self, id: u32) -> Option<&Mutex<Space>> {
+    fn slot(&self, id: u32) -> Option<&Mutex<L, Space>> {
         let id = id as usize;
         self.chunks.get(id / CHUNK)?.get()?.get(id % CHUNK)
     }
 
     /// Space `p` locked, if it is live.
     #[inline]
-    pub(crate) fn lock(&self, p: PmapId) -> Option<SpaceGuard<'_>> {
+    pub(crate) fn lock(&self, p: PmapId) -> Option<SpaceGuard<'_, L>> {
         let g = self.slot(p.0)?.lock();
         g.live.then_some(g)
     }
@@ -106,8 +106,11 @@ impl Spaces {
         if let Some(h) = self.insert_hook.lock().take() {
             h();
         }
-        let chunk = self.chunks[id as usize / CHUNK]
-            .call_once(|| (0..CHUNK).map(|_| Mutex::new(Space::default())).collect());
+        let chunk = self.chunks[id as usize / CHUNK].call_once(|| {
+            (0..CHUNK)
+                .map(|_| Mutex::<L, _>::new(Space::default()))
+                .collect()
+        });
         *chunk[id as usize % CHUNK].lock() = Space {
             live: true,
             ..space
@@ -117,7 +120,7 @@ impl Spaces {
     }
 
     /// Frees the id of the space `g` (locked as `p`), which is dead now.
-    pub(crate) fn remove(&self, p: PmapId, mut g: SpaceGuard<'_>) {
+    pub(crate) fn remove(&self, p: PmapId, mut g: SpaceGuard<'_, L>) {
         *g = Space::default();
         drop(g);
         self.ids.lock().free.push(p.0);
@@ -126,7 +129,7 @@ impl Spaces {
     /// Every live space locked, in id order, with no space created
     /// meanwhile: nothing changes any table or pv list while they are held
     /// (`verify` at any moment). Only this takes two space locks.
-    pub(crate) fn lock_all(&self) -> AllSpaces<'_> {
+    pub(crate) fn lock_all(&self) -> AllSpaces<'_, L> {
         let ids = self.ids.lock();
         let spaces = (0..ids.next)
             .filter_map(|id| {

@@ -633,48 +633,77 @@ fn clear_modify_sees_a_large_leaf_demoted_meanwhile() {
     );
 }
 
+/// Turns of a wait on a lock of [`Counting`].
+static SPINS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// spin's locks, counting every turn of every wait: how a test knows that
+/// a thread is blocked on a lock, without timing.
+struct Counting;
+
+impl spin::relax::RelaxStrategy for Counting {
+    fn relax() {
+        SPINS.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+        core::hint::spin_loop();
+    }
+}
+
+impl Locks for Counting {
+    type Mutex = spin::mutex::SpinMutex<(), Counting>;
+    type RwLock = spin::rwlock::RwLock<(), Counting>;
+}
+
+/// Yields until some thread has waited on a [`Counting`] lock since
+/// `since` spins, or `done` holds.
+fn until_blocked_or(since: u64, done: impl Fn() -> bool) {
+    while SPINS.load(core::sync::atomic::Ordering::SeqCst) == since && !done() {
+        std::thread::yield_now();
+    }
+}
+
 /// verify claims any moment will do and that lock_all blocks creation; a
 /// create whose id is allocated but whose slot is not yet live is skipped
 /// by lock_all, then completes and enters a page while verify runs.
+/// Forced, not timed: the creator holds its new id until `verify` waits
+/// for the id lock, and `verify`, once it holds "every" space, waits until
+/// the creator entered its page or is blocked on a lock `verify` holds.
 #[test]
 fn verify_holds_while_a_space_is_created() {
-    use std::sync::Barrier;
-    let (fa, pm) = setup(256);
-    let pm = Arc::new(pm);
+    use core::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let fa = Arc::new(FrameAllocator::<Counting>::hosted_with_locks(256 * PAGE_SIZE).unwrap());
+    let pm = Arc::new(X86Pmap::new(fa.clone(), X86Config::default()).unwrap());
     let frame = fa.alloc(FrameUse::Object).unwrap();
-    // The creator stops once it has its id; `verify` starts then, and once
-    // it holds "every" space waits for the creator's first translation.
-    // Before the fix the new space was not among them, and its pv entry
-    // made the count disagree; now the creation finishes before `verify`
-    // can hold anything.
-    let id_taken = Arc::new(Barrier::new(2));
-    let entered = Arc::new(Barrier::new(2));
+    let entered = Arc::new(AtomicBool::new(false));
+    let id_taken = Arc::new(std::sync::Barrier::new(2));
     {
         let a = id_taken.clone();
         *pm.spaces.insert_hook.lock() = Some(alloc::boxed::Box::new(move || {
+            let spins = SPINS.load(SeqCst);
             a.wait();
+            // Until `verify` spins on the id lock this creation holds.
+            until_blocked_or(spins, || false);
         }));
     }
     {
-        let c = entered.clone();
+        let e = entered.clone();
         *pm.verify_hook.lock() = Some(alloc::boxed::Box::new(move || {
-            c.wait();
+            let spins = SPINS.load(SeqCst);
+            until_blocked_or(spins, || e.load(SeqCst));
         }));
     }
     let creator = {
-        let pm = pm.clone();
-        let entered = entered.clone();
+        let (pm, entered) = (pm.clone(), entered.clone());
         std::thread::spawn(move || {
             let p = pm.create().unwrap();
             pm.flush(
                 pm.enter(p, VirtAddr::new(0x1000), frame, VmProt::READ, false)
                     .unwrap(),
             );
-            entered.wait();
+            entered.store(true, SeqCst);
         })
     };
     id_taken.wait();
     let r = pm.verify();
     creator.join().unwrap();
     assert_eq!(r, Ok(()), "verify of a consistent pmap failed");
+    pm.verify().unwrap();
 }

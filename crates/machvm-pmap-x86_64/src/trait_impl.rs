@@ -2,8 +2,9 @@
 //! page tables.
 
 use super::*;
+use machvm_base::sync::Locks;
 
-impl Pmap for X86Pmap {
+impl<L: Locks> Pmap for X86Pmap<L> {
     fn create(&self) -> Result<PmapId, KernError> {
         let root = self.alloc_table()?;
         for (k, e) in self.cfg.kernel_half.iter().enumerate() {

@@ -2,8 +2,9 @@
 //! stated at the top of the crate.
 
 use super::*;
+use machvm_base::sync::Locks;
 
-impl X86Pmap {
+impl<L: Locks> X86Pmap<L> {
     pub(crate) fn collect_leaves(
         &self,
         table: PhysAddr,

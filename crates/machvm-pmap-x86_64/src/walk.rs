@@ -2,8 +2,9 @@
 //! descent that creates them, demotion of a 2 MiB leaf, and `enter_at`.
 
 use super::*;
+use machvm_base::sync::Locks;
 
-impl X86Pmap {
+impl<L: Locks> X86Pmap<L> {
     /// Number of new tables that entering a leaf at `leaf_level` for `va`
     /// needs (a demotion counts as one).
     pub(crate) fn tables_needed(&self, root: PhysAddr, va: u64, leaf_level: u32) -> usize {

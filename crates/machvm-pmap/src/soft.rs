@@ -9,6 +9,7 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use machvm_base::sync::{Locks, Mutex, SpinLocks};
 
 use crate::{
     Access, CpuSet, EnterError, FaultCode, KernError, LARGE_PAGE_SIZE, PAGE_SIZE, PhysAddr, Pmap,
@@ -50,16 +51,31 @@ struct Inner {
 /// assert!(pm.translate(p, VirtAddr::new(0x1000), Access::Write, true).is_err());
 /// pm.destroy(p);
 /// ```
-#[derive(Default)]
-pub struct SoftPmap {
-    inner: spin::Mutex<Inner>,
+pub struct SoftPmap<L: Locks = SpinLocks> {
+    inner: Mutex<L, Inner>,
     flushes: AtomicU64,
 }
 
 impl SoftPmap {
-    /// An empty software pmap module.
+    /// An empty software pmap module under spin's locks.
     pub fn new() -> SoftPmap {
-        SoftPmap::default()
+        SoftPmap::with_locks()
+    }
+}
+
+impl Default for SoftPmap {
+    fn default() -> Self {
+        SoftPmap::new()
+    }
+}
+
+impl<L: Locks> SoftPmap<L> {
+    /// An empty software pmap module under the locks of family `L`.
+    pub fn with_locks() -> SoftPmap<L> {
+        SoftPmap {
+            inner: Mutex::<L, _>::new(Inner::default()),
+            flushes: AtomicU64::new(0),
+        }
     }
 
     /// Whether any mapping of `pa` has the bit `bit` selects, clearing it
@@ -142,7 +158,7 @@ impl Inner {
     }
 }
 
-impl Pmap for SoftPmap {
+impl<L: Locks> Pmap for SoftPmap<L> {
     fn create(&self) -> Result<PmapId, KernError> {
         let mut g = self.inner.lock();
         if let Some(id) = g.free_ids.pop() {

@@ -37,7 +37,7 @@ extern crate alloc;
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering::Relaxed;
 
-pub use machvm_base::sync::{set_cpu_id, set_spin_hook};
+pub use machvm_base::sync::{Locks, SpinLocks, set_cpu_id};
 pub use machvm_base::{KernError, PAGE_SIZE, Violation, VmInherit, VmProt};
 pub use machvm_copy::{SMALL_COPY_BYTES, VmMapCopy, vm_copy, vm_map_copy, vm_read, vm_write};
 pub use machvm_frame::FrameRule;
@@ -58,9 +58,20 @@ pub const MIN_HOSTED_BYTES: u64 = 16 * PAGE_SIZE;
 
 /// One virtual-memory system: physical memory, the machine's pmap, and the
 /// maps created from it. A cheap handle: `Clone` shares the system.
-#[derive(Clone)]
-pub struct VmSystem {
-    ctx: Arc<VmContext>,
+///
+/// Every lock of every layer is of family `L` ([`Locks`]): spin's by
+/// default, the kernel's own when it builds the system with
+/// [`with_pmap`](Self::with_pmap) over a `FrameAllocator<L>`.
+pub struct VmSystem<L: Locks = SpinLocks> {
+    ctx: Arc<VmContext<L>>,
+}
+
+impl<L: Locks> Clone for VmSystem<L> {
+    fn clone(&self) -> Self {
+        VmSystem {
+            ctx: self.ctx.clone(),
+        }
+    }
 }
 
 /// Mach's `vm_statistics`, counted honestly.
@@ -117,21 +128,30 @@ impl VmSystem {
     /// cannot provide the memory.
     #[cfg(feature = "hosted")]
     pub fn try_hosted(phys_bytes: u64) -> Result<VmSystem, KernError> {
-        let frames = Arc::new(FrameAllocator::hosted(phys_bytes.max(MIN_HOSTED_BYTES))?);
+        VmSystem::try_hosted_with_locks(phys_bytes)
+    }
+}
+
+impl<L: Locks> VmSystem<L> {
+    /// [`try_hosted`](VmSystem::try_hosted) with every lock of family `L`.
+    #[cfg(feature = "hosted")]
+    pub fn try_hosted_with_locks(phys_bytes: u64) -> Result<VmSystem<L>, KernError> {
+        let bytes = phys_bytes.max(MIN_HOSTED_BYTES);
+        let frames = Arc::new(FrameAllocator::<L>::hosted_with_locks(bytes)?);
         let pmap = Arc::new(X86Pmap::new(frames.clone(), Default::default())?);
         Ok(Self::with_pmap(frames, pmap))
     }
 
     /// A system over any frames and pmap module (a kernel passes its own
     /// direct-mapped RAM and an `X86Pmap` wired to the real MMU).
-    pub fn with_pmap(frames: Arc<FrameAllocator>, pmap: Arc<dyn Pmap>) -> VmSystem {
+    pub fn with_pmap(frames: Arc<FrameAllocator<L>>, pmap: Arc<dyn Pmap>) -> VmSystem<L> {
         VmSystem {
             ctx: VmContext::new(frames, pmap),
         }
     }
 
     /// A new, empty task map (`vm_map_create`).
-    pub fn create_map(&self) -> Result<VmMap, KernError> {
+    pub fn create_map(&self) -> Result<VmMap<L>, KernError> {
         VmMap::new(&self.ctx)
     }
 
@@ -206,12 +226,12 @@ impl VmSystem {
     }
 
     /// The layers' shared context (frames, pmap module, counters).
-    pub fn context(&self) -> &Arc<VmContext> {
+    pub fn context(&self) -> &Arc<VmContext<L>> {
         &self.ctx
     }
 }
 
-impl core::fmt::Debug for VmSystem {
+impl<L: Locks> core::fmt::Debug for VmSystem<L> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("VmSystem")
             .field("statistics", &self.statistics())

@@ -8,13 +8,13 @@
 //! The interleaving is forced, not timed: a pmap wrapper runs the store
 //! when the load enters the zero frame, and waits until the store either
 //! finished (the bug's window) or spins on a machvm lock (the fix: it waits
-//! for the load), which the spin hook counts. This file is its own process,
-//! so the process-wide spin hook is this test's alone.
+//! for the load), which this test's lock family counts: its locks are
+//! spin's, with a relax step that counts every turn of a wait.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
-use machvm::{Access, KernError, PAGE_SIZE, Violation, VmMap, VmProt, VmSystem};
+use machvm::{Access, KernError, Locks, PAGE_SIZE, Violation, VmMap, VmProt, VmSystem};
 use machvm_base::VaRange;
 use machvm_frame::FrameAllocator;
 use machvm_pmap::{
@@ -24,18 +24,32 @@ use machvm_pmap_x86_64::X86Pmap;
 
 const P: u64 = PAGE_SIZE;
 
-/// Spins on machvm locks since the hook was set.
+/// Turns of a wait on a lock of [`Counting`] (or on a busy page).
 static SPINS: AtomicU64 = AtomicU64::new(0);
 
-fn count_spin() {
-    SPINS.fetch_add(1, SeqCst);
+/// spin's locks, counting every turn of every wait.
+struct Counting;
+
+impl spin::relax::RelaxStrategy for Counting {
+    fn relax() {
+        SPINS.fetch_add(1, SeqCst);
+        std::hint::spin_loop();
+    }
+}
+
+impl Locks for Counting {
+    type Mutex = spin::mutex::SpinMutex<(), Counting>;
+    type RwLock = spin::rwlock::RwLock<(), Counting>;
+    fn relax() {
+        <Counting as spin::relax::RelaxStrategy>::relax();
+    }
 }
 
 type Hook = Box<dyn FnOnce() + Send>;
 
 /// The x86_64 pmap, with a hook run once at the first `enter` of `when`.
 struct HookPmap {
-    inner: X86Pmap,
+    inner: X86Pmap<Counting>,
     when: Mutex<Option<(PhysAddr, Hook)>>,
 }
 
@@ -137,7 +151,13 @@ impl Pmap for HookPmap {
 
 /// What the task's own load of `n` bytes at `va` reads, through its page
 /// tables (`read_bytes` reads through the objects and would not tell).
-fn mmu_load(pm: &HookPmap, frames: &FrameAllocator, map: &VmMap, va: u64, n: usize) -> Vec<u8> {
+fn mmu_load(
+    pm: &HookPmap,
+    frames: &FrameAllocator<Counting>,
+    map: &VmMap<Counting>,
+    va: u64,
+    n: usize,
+) -> Vec<u8> {
     let pa = pm
         .inner
         .translate(map.pmap(), VirtAddr::new(va), Access::Read, true)
@@ -149,8 +169,7 @@ fn mmu_load(pm: &HookPmap, frames: &FrameAllocator, map: &VmMap, va: u64, n: usi
 
 #[test]
 fn a_load_never_maps_the_zero_frame_over_a_concurrent_store() {
-    machvm::set_spin_hook(count_spin);
-    let frames = Arc::new(FrameAllocator::hosted(16 << 20).unwrap());
+    let frames = Arc::new(FrameAllocator::<Counting>::hosted_with_locks(16 << 20).unwrap());
     let pm = Arc::new(HookPmap {
         inner: X86Pmap::new(frames.clone(), Default::default()).unwrap(),
         when: Mutex::new(None),

@@ -7,7 +7,9 @@
 use alloc::format;
 use alloc::string::{String, ToString};
 
-use machvm::{VmInherit, VmMap, VmProt, vm_map_copy};
+use machvm::{VmInherit, VmProt, vm_map_copy};
+
+use crate::locks::{VmMap, VmSystem};
 use machvm_base::VirtAddr;
 
 use crate::smp;
@@ -37,7 +39,7 @@ fn maps() -> Option<(VmMap, VmMap, Option<VmMap>)> {
     s.as_ref().map(|s| (s.a.clone(), s.b.clone(), s.c.clone()))
 }
 
-fn sys() -> &'static machvm::VmSystem {
+fn sys() -> &'static VmSystem {
     &vm::vm().system
 }
 

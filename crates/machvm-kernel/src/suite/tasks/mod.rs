@@ -17,13 +17,14 @@ use alloc::vec::Vec;
 use core::fmt::Debug;
 
 use machvm::{
-    KernError, PAGE_SIZE, SMALL_COPY_BYTES, VmInherit, VmMap, VmProt, VmStatistics, VmSystem,
-    vm_copy, vm_map_copy, vm_read, vm_write,
+    KernError, PAGE_SIZE, SMALL_COPY_BYTES, VmInherit, VmProt, VmStatistics, vm_copy, vm_map_copy,
+    vm_read, vm_write,
 };
 
 use machvm_base::VirtAddr;
 use machvm_pmap::Pmap;
 
+use crate::locks::{VmMap, VmSystem};
 use crate::paging::{self, pte};
 use crate::suite::Test;
 use crate::trap::{self, PageFaultInfo, pf};

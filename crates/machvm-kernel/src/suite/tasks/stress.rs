@@ -1,8 +1,9 @@
 //! Every CPU at once in one shared map, for a fixed number of operations:
 //! stores and loads through the MMU (zero-fill and copy-on-write faults),
 //! `fork`, `protect` and `vm_map_copy`, each sending shootdowns to CPUs
-//! that may be spinning on a machvm lock with interrupts off (machvm's
-//! spin hook answers them). No deadlock, and every byte right.
+//! that may be spinning on a machvm lock with interrupts off (the
+//! kernel's `KernelLocks` answer them while they wait). No deadlock, and
+//! every byte right.
 
 use super::*;
 
