@@ -30,7 +30,7 @@ use alloc::vec::Vec;
 use machvm_base::sync::{Locks, SpinLocks};
 use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, PhysAddr, VaRange, VmProt};
 use machvm_frame::FrameReservation;
-use machvm_object::{Hold, Holder, Objects, PageLookup};
+use machvm_object::{Hold, Holder, Objects};
 use machvm_pmap::{Access, TlbFlush};
 
 use crate::data::{for_each_page_piece, frames_in};
@@ -236,12 +236,13 @@ impl<'a, L: Locks> MapGuard<'a, L> {
         Ok(spans)
     }
 
-    /// Stores `len` bytes at `addr` (allocated, checked writable): the
-    /// pages are faulted in for writing (copy-on-write resolved, new pages
-    /// from `frames`), then each piece of at most a page is produced by
-    /// `fill(objs, position in the range, destination, length)` straight
-    /// into the destination frame (no buffer between source and frame).
-    /// `fill` reads through the graph it is given.
+    /// Stores `len` bytes at `addr` (allocated, checked writable): each
+    /// piece of at most a page is produced by `fill(objs, position in the
+    /// range, destination, length)` straight into the destination frame
+    /// (no buffer between source and frame). Pages are faulted in for
+    /// writing (copy-on-write resolved, new pages from `frames`); a page
+    /// the store covers whole is filled as its fault produces it, neither
+    /// zeroed nor copied first. `fill` reads through the graph it is given.
     pub fn store(
         &mut self,
         objs: &mut Objects<'_, L>,
@@ -253,15 +254,7 @@ impl<'a, L: Locks> MapGuard<'a, L> {
         let r = VaRange::round_out(addr, len).ok_or(KernError::InvalidAddress)?;
         let missing = self.map.untranslatable(r, Access::Write);
         self.map
-            .fault_pages(&mut self.m, objs, &missing, Access::Write, frames)?;
-        let objs: &Objects<'_, L> = objs;
-        for_each_page_piece(&self.m, addr, len as usize, |h, page, off, at, n| {
-            let Some(pa) = h.and_then(|h| objs.written_frame(h, page)) else {
-                return false;
-            };
-            fill(objs, at as u64, pa + off, n);
-            true
-        })
+            .store_in(&mut self.m, objs, (addr, len), &missing, frames, &mut fill)
     }
 
     /// Makes the pages of `spans`, in order from `at` (page-aligned,

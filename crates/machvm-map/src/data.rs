@@ -64,14 +64,66 @@ impl<L: Locks> VmMap<L> {
         }
         let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         check_access(&m, r, Access::Write)?;
-        let objs = self.fault_in(&mut m, r, Access::Write)?;
-        // Every page is now its entry's own, written directly, and stays so
-        // while this map is locked.
-        let moved = for_each_page_piece(&m, addr, data.len(), |h, page, off, at, n| {
-            h.is_some_and(|h| objs.write(h, page, off, &data[at..at + n]))
-        });
+        let missing = self.untranslatable(r, Access::Write);
+        let (mut objs, mut frames) = self.reserve_faults(&m, &missing, Access::Write)?;
+        let mem = self.0.ctx.frames().mem();
+        let moved = self.store_in(
+            &mut m,
+            &mut objs,
+            (addr, data.len() as u64),
+            &missing,
+            &mut frames,
+            &mut |_, at, pa, n| mem.write(pa, &data[at as usize..at as usize + n]),
+        );
+        drop(frames);
         self.assert_consistent(&m, &objs);
         moved
+    }
+
+    /// Stores the `len` bytes at `addr` (allocated, checked writable;
+    /// `missing`, ascending, the pages the pmap cannot translate for a
+    /// store, every frame their faults take in `frames`): each piece of at
+    /// most a page is written by `fill(graph, position in the range,
+    /// frame address, length)` straight into its frame. A missing page the
+    /// store covers whole is written by `fill` as its fault produces it,
+    /// neither zeroed nor copied up first (the copy family's eager copies
+    /// move each byte once); the other missing pages are faulted in, then
+    /// written. With the range checked and the frames reserved, no fault
+    /// fails (a page table that cannot be had leaves a page unmapped).
+    pub(crate) fn store_in(
+        &self,
+        m: &mut MapInner,
+        objs: &mut Objects<'_, L>,
+        (addr, len): (u64, u64),
+        missing: &[u64],
+        frames: &mut FrameReservation<'_, L>,
+        fill: &mut dyn FnMut(&Objects<'_, L>, u64, PhysAddr, usize),
+    ) -> Result<(), KernError> {
+        let end = addr.checked_add(len).ok_or(KernError::InvalidAddress)?;
+        let whole = |va: u64| addr <= va && va.saturating_add(PAGE_SIZE) <= end;
+        for &va in missing {
+            if whole(va) {
+                let mut produce =
+                    |o: &Objects<'_, L>, pa| fill(o, va - addr, pa, PAGE_SIZE as usize);
+                self.fault_overwrite(m, objs, va, frames, &mut produce)?;
+            } else {
+                self.fault_locked(m, objs, va, Access::Write, frames, Enter::BestEffort)?;
+            }
+        }
+        // Every page is now its entry's own, written directly, and stays so
+        // while this map is locked.
+        let objs: &Objects<'_, L> = objs;
+        for_each_page_piece(m, addr, len as usize, |h, page, off, at, n| {
+            let va = addr + at as u64 - off;
+            if whole(va) && missing.binary_search(&va).is_ok() {
+                return true; // written as its fault produced it
+            }
+            let Some(pa) = h.and_then(|h| objs.written_frame(h, page)) else {
+                return false;
+            };
+            fill(objs, at as u64, pa + off, n);
+            true
+        })
     }
 
     /// [`read_bytes`](Self::read_bytes) or [`write_bytes`](Self::write_bytes)
@@ -157,18 +209,28 @@ impl<L: Locks> VmMap<L> {
         access: Access,
     ) -> Result<Objects<'c, L>, KernError> {
         let missing = self.untranslatable(r, access);
-        let objs = self.0.ctx.objects();
-        // One page needs at most one frame, taken in one step that changes
-        // nothing when it fails.
-        let (mut objs, mut frames) = if missing.len() <= 1 {
-            let frames = objs.on_demand();
-            (objs, frames)
-        } else {
-            let write = access == Access::Write;
-            reserve(objs, |o| frames_for(m, o, &missing, write))?
-        };
+        let (mut objs, mut frames) = self.reserve_faults(m, &missing, access)?;
         self.fault_pages(m, &mut objs, &missing, access, &mut frames)?;
+        drop(frames);
         Ok(objs)
+    }
+
+    /// Locks the graph with every frame the faults of `missing` for
+    /// `access` can take reserved. One page needs at most one frame, taken
+    /// in one step that changes nothing when it fails: it reserves none.
+    fn reserve_faults<'c>(
+        &'c self,
+        m: &MapInner,
+        missing: &[u64],
+        access: Access,
+    ) -> Result<(Objects<'c, L>, FrameReservation<'c, L>), KernError> {
+        let objs = self.0.ctx.objects();
+        if missing.len() <= 1 {
+            let frames = objs.on_demand();
+            return Ok((objs, frames));
+        }
+        let write = access == Access::Write;
+        reserve(objs, |o| frames_for(m, o, missing, write))
     }
 
     /// Faults in `vas` for `access`, new pages from `frames`.

@@ -56,6 +56,35 @@ impl<L: Locks> VmMap<L> {
         frames: &mut FrameReservation<'_, L>,
         enter: Enter,
     ) -> Result<PhysAddr, KernError> {
+        self.fault_with(m, objs, va, access, frames, enter, None)
+    }
+
+    /// A store's fault at `va` whose page `produce` then writes whole (see
+    /// `Objects::resolve_overwrite`): a new page is neither zeroed nor
+    /// copied up first.
+    pub(crate) fn fault_overwrite(
+        &self,
+        m: &mut MapInner,
+        objs: &mut Objects<'_, L>,
+        va: u64,
+        frames: &mut FrameReservation<'_, L>,
+        produce: Produce<'_, L>,
+    ) -> Result<PhysAddr, KernError> {
+        let (access, enter) = (Access::Write, Enter::BestEffort);
+        self.fault_with(m, objs, va, access, frames, enter, Some(produce))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fault_with(
+        &self,
+        m: &mut MapInner,
+        objs: &mut Objects<'_, L>,
+        va: u64,
+        access: Access,
+        frames: &mut FrameReservation<'_, L>,
+        enter: Enter,
+        produce: Option<Produce<'_, L>>,
+    ) -> Result<PhysAddr, KernError> {
         let ctx = &self.0.ctx;
         VmCounters::bump(&ctx.counters.faults);
         if va >= USER_MAX {
@@ -102,7 +131,11 @@ impl<L: Locks> VmMap<L> {
             direct,
             enter,
         };
-        let r = objs.resolve(hold, idx, write, frames, |r| self.enter_resolved(r, how));
+        let enter = |r| self.enter_resolved(r, how);
+        let r = match produce {
+            Some(p) => objs.resolve_overwrite(hold, idx, frames, p, enter),
+            None => objs.resolve(hold, idx, write, frames, enter),
+        };
         if r.is_err() {
             // With the frame ensured, only the pmap step fails here: undo
             // what this fault made, so that it changes nothing.
@@ -249,6 +282,10 @@ impl<L: Locks> VmMap<L> {
         }
     }
 }
+
+/// What writes a whole page a store faults in, given the graph and the
+/// page's frame.
+pub(crate) type Produce<'p, L> = &'p mut dyn FnMut(&Objects<'_, L>, PhysAddr);
 
 /// Where and how a fault's page is entered.
 #[derive(Clone, Copy)]

@@ -153,6 +153,35 @@ impl<L: Locks> Objects<'_, L> {
         frames: &mut FrameReservation<'_, L>,
         map: impl FnOnce(Resolved) -> Result<(), KernError>,
     ) -> Result<Resolved, KernError> {
+        self.resolve_with(hold, page, write, frames, None, map)
+    }
+
+    /// [`resolve`](Self::resolve) for a store that overwrites the whole
+    /// page: `produce(graph, frame)` writes all of its bytes, once, into
+    /// the frame the page ends up in (the resident one, or a new one that
+    /// is neither zeroed nor copied first), before `map` runs. A new page
+    /// goes into the object only after `produce` returned, and the graph
+    /// stays locked throughout: no one sees the frame's old contents.
+    pub fn resolve_overwrite(
+        &mut self,
+        hold: &Hold,
+        page: PageIndex,
+        frames: &mut FrameReservation<'_, L>,
+        produce: &mut dyn FnMut(&Objects<'_, L>, PhysAddr),
+        map: impl FnOnce(Resolved) -> Result<(), KernError>,
+    ) -> Result<Resolved, KernError> {
+        self.resolve_with(hold, page, true, frames, Some(produce), map)
+    }
+
+    fn resolve_with(
+        &mut self,
+        hold: &Hold,
+        page: PageIndex,
+        write: bool,
+        frames: &mut FrameReservation<'_, L>,
+        mut produce: Option<&mut dyn FnMut(&Objects<'_, L>, PhysAddr)>,
+        map: impl FnOnce(Resolved) -> Result<(), KernError>,
+    ) -> Result<Resolved, KernError> {
         let counters = &self.ctx.counters;
         VmCounters::bump(&counters.lookups);
         let rec = *self.g.rec(hold.obj, hold.id);
@@ -186,13 +215,22 @@ impl<L: Locks> Objects<'_, L> {
             if how != Resolution::ZeroPage {
                 VmCounters::bump(&counters.hits);
             }
+            if let Some(p) = produce {
+                p(self, pa);
+            }
             let r = Resolved { pa, how };
             map(r)?;
             return Ok(r);
         }
-        let pa = match &below {
-            Some(b) => self.fill_copy(frames, hold.obj.0, off, b.pa)?,
-            None => self.fill_zero(frames, hold.obj.0, off)?,
+        let pa = match (&mut produce, &below) {
+            (Some(p), _) => {
+                let pa = frames.take()?;
+                p(self, pa);
+                self.set_owner(pa, hold.obj.0, off);
+                pa
+            }
+            (None, Some(b)) => self.fill_copy(frames, hold.obj.0, off, b.pa)?,
+            (None, None) => self.fill_zero(frames, hold.obj.0, off)?,
         };
         self.g.obj_mut(hold.obj).pages.insert(off, pa);
         let r = Resolved { pa, how };

@@ -416,3 +416,81 @@ fn verify_names_broken_rules() {
     drop(o);
     assert_eq!(used(&c), 0);
 }
+
+#[test]
+fn an_overwrite_produces_the_page_without_zeroing_or_copying() {
+    let c = ctx(64);
+    let mut o = c.objects();
+    let mut h = o.create(4, DIRECT);
+    // A frame left dirty on the free list: the next allocation gets it.
+    let dirty = c.frames().alloc(FrameUse::Object).unwrap();
+    c.frames().mem().write(dirty, &[0xEE; PAGE_SIZE as usize]);
+    c.frames().free(dirty);
+    let mem = c.frames().mem();
+    let mut calls = 0;
+    // Writes one byte: what the frame held before shows through the rest.
+    let mut produce = |_: &Objects<'_>, pa: PhysAddr| {
+        calls += 1;
+        mem.write(pa, &[0x11]);
+    };
+    let mut f = o.on_demand();
+    let r = o
+        .resolve_overwrite(&h, PageIndex::new(2), &mut f, &mut produce, |_| Ok(()))
+        .unwrap();
+    drop(f);
+    assert_eq!(calls, 1, "produce runs once");
+    assert_eq!(r.how, Resolution::ZeroFilled);
+    assert_eq!(r.pa, dirty, "the dirty frame was reused");
+    let mut rest = [0u8; 2];
+    o.read(Some(&h), PageIndex::new(2), 0, &mut rest);
+    assert_eq!(
+        rest,
+        [0x11, 0xEE],
+        "an overwrite does not zero the page first"
+    );
+    assert_eq!(c.counters.zero_fill_count.load(Relaxed), 1);
+
+    // Through a copy-on-write hold: no copy-up, produce writes the page.
+    let p = fill(&mut o, &h, 1, 0xAA);
+    let copy = o
+        .cow_share(
+            &h,
+            Holder::Copy,
+            &mut o.ctx.frames().reserve(0, FrameUse::Object).unwrap(),
+        )
+        .unwrap();
+    o.make_writable(&mut h, MAP);
+    let mut f = o.on_demand();
+    let r = o
+        .resolve_overwrite(
+            &h,
+            PageIndex::new(1),
+            &mut f,
+            &mut |_, pa| mem.write(pa, &[0xBB; PAGE_SIZE as usize]),
+            |_| Ok(()),
+        )
+        .unwrap();
+    drop(f);
+    assert_eq!(r.how, Resolution::CopiedUp);
+    assert_ne!(r.pa, p);
+    assert_eq!(byte(&o, &copy.hold, 1), 0xAA, "the copy keeps the original");
+    assert_eq!(byte(&o, &h, 1), 0xBB);
+    // Resident in the top object now: produce writes it in place.
+    let mut f = o.on_demand();
+    let again = o
+        .resolve_overwrite(
+            &h,
+            PageIndex::new(1),
+            &mut f,
+            &mut |_, pa| mem.write(pa, &[0xCC; PAGE_SIZE as usize]),
+            |_| Ok(()),
+        )
+        .unwrap();
+    drop(f);
+    assert_eq!((again.pa, again.how), (r.pa, Resolution::Resident));
+    assert_eq!(byte(&o, &h, 1), 0xCC);
+    o.verify().unwrap();
+    o.release(copy.hold);
+    o.release(h);
+    assert_eq!((used(&c), o.g.live()), (0, 0));
+}

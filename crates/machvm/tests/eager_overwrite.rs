@@ -1,0 +1,127 @@
+//! Eager copies and multi-page stores write the pages they cover whole as
+//! those pages fault in, with no zeroing or copy-up first. What a task
+//! sees must not change: every byte of the range is the source's, the
+//! bytes around it in its first and last pages are what they were, and
+//! no byte of a frame's previous life shows through, whether read through
+//! the objects or through the page tables.
+
+use std::sync::Arc;
+
+use machvm::{Access, PAGE_SIZE, VmMap, VmSystem, vm_map_copy};
+use machvm_frame::FrameAllocator;
+use machvm_pmap::{Pmap, VirtAddr};
+use machvm_pmap_x86_64::X86Pmap;
+
+const P: u64 = PAGE_SIZE;
+
+/// A system whose free frames all hold `0xEE`: whatever an allocation does
+/// not overwrite shows as `0xEE`.
+fn dirty_system(pages: u64) -> (VmSystem, Arc<FrameAllocator>, Arc<X86Pmap>) {
+    let frames = Arc::new(FrameAllocator::hosted(pages * P).unwrap());
+    let pm = Arc::new(X86Pmap::new(frames.clone(), Default::default()).unwrap());
+    let vm = VmSystem::with_pmap(frames.clone(), pm.clone());
+    let mut all = Vec::new();
+    while let Ok(pa) = frames.alloc(machvm_frame::FrameUse::Object) {
+        frames.mem().write(pa, &[0xEE; P as usize]);
+        all.push(pa);
+    }
+    for pa in all {
+        frames.free(pa);
+    }
+    (vm, frames, pm)
+}
+
+/// The `n` bytes at `va` as the task's own loads see them (page tables,
+/// then frames), or `None` where a page is not mapped.
+fn mmu_bytes(
+    pm: &X86Pmap,
+    frames: &FrameAllocator,
+    map: &VmMap,
+    va: u64,
+    n: u64,
+) -> Vec<Option<u8>> {
+    (va..va + n)
+        .map(|a| {
+            let pa = pm
+                .translate(map.pmap(), VirtAddr::new(a), Access::Read, true)
+                .ok()?;
+            let mut b = [0u8];
+            frames.mem().read(pa, &mut b);
+            Some(b[0])
+        })
+        .collect()
+}
+
+fn pattern(n: u64, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn an_eager_copy_moves_every_byte_and_nothing_else() {
+    let (vm, frames, pm) = dirty_system(512);
+    let (src, dst) = (vm.create_map().unwrap(), vm.create_map().unwrap());
+    let len = 8 * P;
+    let a = src.allocate(0, len, true).unwrap();
+    let data = pattern(len, 7);
+    src.write_bytes(a, &data).unwrap();
+    // 8 bytes off a page: not aligned, so the copy moves bytes; the
+    // destination's first and last pages are partly outside the range.
+    let off = 8;
+    let d = dst.allocate(0, len + P, true).unwrap();
+    vm_map_copy(&dst, &src, d + off, len, a, false, false).unwrap();
+    let mut got = vec![0u8; (len + P) as usize];
+    dst.read_bytes(d, &mut got).unwrap();
+    assert_eq!(&got[off as usize..(off + len) as usize], &data[..]);
+    assert!(
+        got[..off as usize].iter().all(|&b| b == 0),
+        "head page zeroed"
+    );
+    assert!(
+        got[(off + len) as usize..].iter().all(|&b| b == 0),
+        "tail page zeroed"
+    );
+    // Through the page tables: every mapped byte is the same.
+    let seen = mmu_bytes(&pm, &frames, &dst, d, len + P);
+    for (i, b) in seen.iter().enumerate() {
+        if let Some(b) = b {
+            assert_eq!(*b, got[i], "byte {i} through the page tables");
+        }
+    }
+    dst.verify().unwrap();
+    vm.verify().unwrap();
+}
+
+#[test]
+fn a_store_over_copy_on_write_pages_leaves_the_original() {
+    let (vm, frames, pm) = dirty_system(512);
+    let parent = vm.create_map().unwrap();
+    let len = 6 * P;
+    let a = parent.allocate(0, len, true).unwrap();
+    let before = pattern(len, 3);
+    parent.write_bytes(a, &before).unwrap();
+    let child = parent.fork().unwrap();
+    // Whole pages 1..5 and parts of pages 0 and 5.
+    let (at, n) = (a + P / 2, 5 * P);
+    let new = pattern(n, 99);
+    child.write_bytes(at, &new).unwrap();
+    let mut p = vec![0u8; len as usize];
+    parent.read_bytes(a, &mut p).unwrap();
+    assert_eq!(p, before, "the parent keeps its bytes");
+    let mut c = vec![0u8; len as usize];
+    child.read_bytes(a, &mut c).unwrap();
+    let mut want = before.clone();
+    want[(P / 2) as usize..(P / 2 + n) as usize].copy_from_slice(&new);
+    assert_eq!(c, want);
+    for (map, bytes) in [(&parent, &p), (&child, &c)] {
+        let seen = mmu_bytes(&pm, &frames, map, a, len);
+        for (i, b) in seen.iter().enumerate() {
+            if let Some(b) = b {
+                assert_eq!(*b, bytes[i], "byte {i} through the page tables");
+            }
+        }
+        map.verify().unwrap();
+    }
+    vm.verify().unwrap();
+}
