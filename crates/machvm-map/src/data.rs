@@ -10,12 +10,18 @@
 use alloc::vec::Vec;
 use machvm_base::sync::Locks;
 
-use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, PhysAddr, VaRange, page_chunks};
+use machvm_base::{
+    KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, PhysAddr, VaRange, VirtAddr, page_chunks,
+};
 use machvm_frame::{FrameReservation, FrameUse, PhysMem};
 use machvm_object::{Hold, Objects, PageLookup};
 use machvm_pmap::Access;
 
 use crate::fault::Enter;
+
+/// What writes each piece of a store: `fill(graph, position in the
+/// range, frame address, length)`.
+pub(crate) type Fill<'f, L> = &'f mut dyn FnMut(&Objects<'_, L>, u64, PhysAddr, usize);
 
 /// The offset bits of an address within its page.
 const PAGE_MASK: u64 = PAGE_SIZE - 1;
@@ -84,12 +90,15 @@ impl<L: Locks> VmMap<L> {
     /// `missing`, ascending, the pages the pmap cannot translate for a
     /// store, every frame their faults take in `frames`): each piece of at
     /// most a page is written by `fill(graph, position in the range,
-    /// frame address, length)` straight into its frame. A missing page the
-    /// store covers whole is written by `fill` as its fault produces it,
+    /// frame address, length)` straight into its frame. Missing pages the
+    /// store covers whole are written by `fill` as they come into being,
     /// neither zeroed nor copied up first (the copy family's eager copies
-    /// move each byte once); the other missing pages are faulted in, then
-    /// written. With the range checked and the frames reserved, no fault
-    /// fails (a page table that cannot be had leaves a page unmapped).
+    /// move each byte once): a run of them over a fresh destination in one
+    /// step, left unmapped for the task's next access to fault in, any
+    /// other one by its own fault. The other missing pages are faulted in,
+    /// then written. With the range checked and the frames reserved, no
+    /// fault fails (a page table that cannot be had leaves a page
+    /// unmapped).
     pub(crate) fn store_in(
         &self,
         m: &mut MapInner,
@@ -97,18 +106,24 @@ impl<L: Locks> VmMap<L> {
         (addr, len): (u64, u64),
         missing: &[u64],
         frames: &mut FrameReservation<'_, L>,
-        fill: &mut dyn FnMut(&Objects<'_, L>, u64, PhysAddr, usize),
+        fill: Fill<'_, L>,
     ) -> Result<(), KernError> {
         let end = addr.checked_add(len).ok_or(KernError::InvalidAddress)?;
         let whole = |va: u64| addr <= va && va.saturating_add(PAGE_SIZE) <= end;
-        for &va in missing {
-            if whole(va) {
+        let mut i = 0;
+        while let Some(&va) = missing.get(i) {
+            if !whole(va) {
+                self.fault_locked(m, objs, va, Access::Write, frames, Enter::BestEffort)?;
+                i += 1;
+                continue;
+            }
+            let done = self.overwrite_run(m, objs, (addr, end), &missing[i..], frames, fill)?;
+            if done == 0 {
                 let mut produce =
                     |o: &Objects<'_, L>, pa| fill(o, va - addr, pa, PAGE_SIZE as usize);
                 self.fault_overwrite(m, objs, va, frames, &mut produce)?;
-            } else {
-                self.fault_locked(m, objs, va, Access::Write, frames, Enter::BestEffort)?;
             }
+            i += done.max(1);
         }
         // Every page is now its entry's own, written directly, and stays so
         // while this map is locked.
@@ -213,6 +228,68 @@ impl<L: Locks> VmMap<L> {
         self.fault_pages(m, &mut objs, &missing, access, &mut frames)?;
         drop(frames);
         Ok(objs)
+    }
+
+    /// The run of consecutive pages from `rest[0]` that the store
+    /// `[addr, end)` covers whole, within one entry, overwritten in one
+    /// step when the entry's object has nothing below it (see
+    /// `Objects::overwrite_run`), then entered writable as the store's
+    /// faults would have (replacing the zero frame's translations). Returns
+    /// its length, 0 when it was not done (a wired entry, a shadow chain:
+    /// the caller faults page by page).
+    fn overwrite_run(
+        &self,
+        m: &mut MapInner,
+        objs: &mut Objects<'_, L>,
+        (addr, end): (u64, u64),
+        rest: &[u64],
+        frames: &mut FrameReservation<'_, L>,
+        fill: Fill<'_, L>,
+    ) -> Result<usize, KernError> {
+        let va = rest[0];
+        let (start, e) = m.entry_at(va)?;
+        if e.wired_count > 0 {
+            return Ok(0);
+        }
+        let stop = e.end.min(end);
+        let n = rest
+            .iter()
+            .zip((va..).step_by(PAGE_SIZE as usize))
+            .take_while(|&(&p, want)| p == want && p + PAGE_SIZE <= stop)
+            .count();
+        let (created, pages, prot) = (e.object.is_none(), e.pages(start), e.protection);
+        let map = machvm_object::Holder::Direct { map: self.0.id };
+        let hold = e.object.get_or_insert_with(|| objs.create(pages, map));
+        let first = PageIndex::in_window(start, va);
+        let mut made = Vec::with_capacity(n);
+        let mut produce = |o: &Objects<'_, L>, k: u64, pa| {
+            made.push(pa);
+            fill(o, va + (k << PAGE_SHIFT) - addr, pa, PAGE_SIZE as usize)
+        };
+        let done = objs.overwrite_run(hold, first, n as u64, frames, &mut produce);
+        if !matches!(done, Some(Ok(()))) {
+            if created && let Some(h) = e.object.take() {
+                objs.release(h);
+            }
+            return done.map_or(Ok(0), |r| r.map(|()| 0));
+        }
+        self.0.ctx.counters.faults.add(n as u64);
+        self.enter_run(va, &made, prot);
+        Ok(n)
+    }
+
+    /// Enters `frames` from `va` on, one page each, with `prot` (a page
+    /// table that cannot be had leaves its pages unmapped: a cache).
+    fn enter_run(&self, va: u64, frames: &[PhysAddr], prot: machvm_base::VmProt) {
+        let pm = self.0.ctx.pmap();
+        let mut flush = machvm_pmap::TlbFlush::none();
+        for (k, &pa) in frames.iter().enumerate() {
+            let at = VirtAddr::new(va + ((k as u64) << PAGE_SHIFT));
+            if let Ok(f) = pm.enter(self.0.pmap, at, pa, prot, false) {
+                flush.merge(f);
+            }
+        }
+        pm.flush(flush);
     }
 
     /// Locks the graph with every frame the faults of `missing` for

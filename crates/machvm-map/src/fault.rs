@@ -12,7 +12,7 @@
 use machvm_base::sync::Locks;
 use machvm_base::{KernError, PageIndex, PhysAddr, USER_MAX, VirtAddr, VmProt, trunc_page};
 use machvm_frame::FrameReservation;
-use machvm_object::{Holder, Objects, Resolution, Resolved, SharedObjects, VmCounters};
+use machvm_object::{Holder, Objects, Produce, Resolution, Resolved, SharedObjects, VmCounters};
 use machvm_pmap::{Access, EnterError, effective_prot};
 
 use crate::{MapInner, VmMap};
@@ -282,10 +282,6 @@ impl<L: Locks> VmMap<L> {
         }
     }
 }
-
-/// What writes a whole page a store faults in, given the graph and the
-/// page's frame.
-pub(crate) type Produce<'p, L> = &'p mut dyn FnMut(&Objects<'_, L>, PhysAddr);
 
 /// Where and how a fault's page is entered.
 #[derive(Clone, Copy)]

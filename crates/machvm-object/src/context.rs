@@ -35,6 +35,13 @@ impl Counter {
         self.0[shard].0.fetch_add(1, Relaxed);
     }
 
+    /// Adds `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        let shard = machvm_base::sync::cpu_slot() % COUNTER_SHARDS;
+        self.0[shard].0.fetch_add(n, Relaxed);
+    }
+
     /// The count (a sum over the shards: exact at a quiet moment).
     pub fn load(&self, order: core::sync::atomic::Ordering) -> u64 {
         self.0.iter().map(|s| s.0.load(order)).sum()

@@ -48,6 +48,7 @@ extern crate alloc;
 
 mod context;
 mod graph;
+mod overwrite;
 mod pagemap;
 mod pages;
 mod reclaim;
@@ -56,6 +57,7 @@ mod slots;
 mod verify;
 
 pub use context::{AuditEntries, Counter, Objects, SharedObjects, VmAudit, VmContext, VmCounters};
+pub use overwrite::{Produce, ProduceRun};
 pub use pages::{Found, PageLookup, Resolution, Resolved};
 pub use verify::ObjectRule;
 

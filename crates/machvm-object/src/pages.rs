@@ -9,6 +9,7 @@ use machvm_base::{KernError, PAGE_SIZE, PageIndex, PhysAddr};
 use machvm_frame::FrameReservation;
 
 use crate::graph::{Backing, Graph};
+use crate::overwrite::Produce;
 use crate::{Hold, Holder, ObjectId, Objects, VmContext, VmCounters};
 
 /// Page lookups any view of the graph answers, locked exclusively
@@ -156,30 +157,13 @@ impl<L: Locks> Objects<'_, L> {
         self.resolve_with(hold, page, write, frames, None, map)
     }
 
-    /// [`resolve`](Self::resolve) for a store that overwrites the whole
-    /// page: `produce(graph, frame)` writes all of its bytes, once, into
-    /// the frame the page ends up in (the resident one, or a new one that
-    /// is neither zeroed nor copied first), before `map` runs. A new page
-    /// goes into the object only after `produce` returned, and the graph
-    /// stays locked throughout: no one sees the frame's old contents.
-    pub fn resolve_overwrite(
-        &mut self,
-        hold: &Hold,
-        page: PageIndex,
-        frames: &mut FrameReservation<'_, L>,
-        produce: &mut dyn FnMut(&Objects<'_, L>, PhysAddr),
-        map: impl FnOnce(Resolved) -> Result<(), KernError>,
-    ) -> Result<Resolved, KernError> {
-        self.resolve_with(hold, page, true, frames, Some(produce), map)
-    }
-
-    fn resolve_with(
+    pub(crate) fn resolve_with(
         &mut self,
         hold: &Hold,
         page: PageIndex,
         write: bool,
         frames: &mut FrameReservation<'_, L>,
-        mut produce: Option<&mut dyn FnMut(&Objects<'_, L>, PhysAddr)>,
+        mut produce: Option<Produce<'_, L>>,
         map: impl FnOnce(Resolved) -> Result<(), KernError>,
     ) -> Result<Resolved, KernError> {
         let counters = &self.ctx.counters;

@@ -125,3 +125,40 @@ fn a_store_over_copy_on_write_pages_leaves_the_original() {
     }
     vm.verify().unwrap();
 }
+
+#[test]
+fn a_store_over_resident_pages_mapped_read_only_writes_them_in_place() {
+    let (vm, frames, pm) = dirty_system(512);
+    let (src, dst) = (vm.create_map().unwrap(), vm.create_map().unwrap());
+    let len = 6 * P;
+    let a = src.allocate(0, len, true).unwrap();
+    let data = pattern(len, 42);
+    src.write_bytes(a, &data).unwrap();
+    let d = dst.allocate(0, len + P, true).unwrap();
+    dst.write_bytes(d, &vec![0x77; (len + P) as usize]).unwrap();
+    // Resident, but mapped read-only now: every page needs a write fault.
+    let rw = machvm::VmProt::READ | machvm::VmProt::WRITE;
+    dst.protect(d, len + P, false, machvm::VmProt::READ)
+        .unwrap();
+    dst.protect(d, len + P, false, rw).unwrap();
+    let used = vm.statistics().active_count;
+    vm_map_copy(&dst, &src, d + 16, len, a, false, false).unwrap();
+    assert_eq!(
+        vm.statistics().active_count,
+        used,
+        "no new page: written in place"
+    );
+    let mut got = vec![0u8; (len + P) as usize];
+    dst.read_bytes(d, &mut got).unwrap();
+    assert!(got[..16].iter().all(|&b| b == 0x77));
+    assert_eq!(&got[16..16 + len as usize], &data[..]);
+    assert!(got[16 + len as usize..].iter().all(|&b| b == 0x77));
+    let seen = mmu_bytes(&pm, &frames, &dst, d, len + P);
+    for (i, b) in seen.iter().enumerate() {
+        if let Some(b) = b {
+            assert_eq!(*b, got[i], "byte {i} through the page tables");
+        }
+    }
+    dst.verify().unwrap();
+    vm.verify().unwrap();
+}
