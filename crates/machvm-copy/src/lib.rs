@@ -31,6 +31,7 @@
 extern crate alloc;
 
 mod calls;
+mod source;
 mod steps;
 
 use alloc::sync::Arc;
@@ -38,14 +39,18 @@ use alloc::vec::Vec;
 
 use machvm_base::sync::{Locks, SpinLocks};
 use machvm_base::{
-    KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, PhysAddr, VaRange, VirtAddr, page_chunks,
-    round_page, trunc_page,
+    KernError, PAGE_SHIFT, PAGE_SIZE, PhysAddr, VaRange, VirtAddr, page_chunks, round_page,
+    trunc_page,
 };
 use machvm_frame::PhysMem;
 use machvm_map::{CowSpan, VmMap, reserve};
 use machvm_object::{Objects, VmContext};
 
 pub use calls::{vm_copy, vm_map_copy, vm_read, vm_write};
+use source::Source;
+
+/// What a page nothing was ever written to reads as.
+static ZEROS: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
 
 /// Copies of at most this many bytes are taken physically, as bytes, rather
 /// than copy-on-write (XNU's `msg_ool_size_small` plays the same part).
@@ -151,8 +156,15 @@ impl<L: Locks> VmMapCopy<L> {
 
     /// Copies `len` bytes of the snapshot starting at byte `pos` to
     /// physical memory at `dst` (a destination frame): the head and tail
-    /// from their buffers, the whole pages frame to frame.
-    fn copy_to(&self, objs: &Objects<'_, L>, mut pos: u64, mut dst: PhysAddr, len: usize) {
+    /// from their buffers, the whole pages frame to frame, their frames
+    /// found through `source` (one per store).
+    fn copy_to(
+        &self,
+        objs: &Objects<'_, L>,
+        source: &mut Source,
+        (mut pos, mut dst): (u64, PhysAddr),
+        len: usize,
+    ) {
         let mem = self.ctx.frames().mem();
         let (head, mid) = (self.head.len() as u64, self.middle_bytes());
         let mut left = len;
@@ -160,7 +172,7 @@ impl<L: Locks> VmMapCopy<L> {
             let n = if pos < head {
                 copy_bytes(mem, &self.head[pos as usize..], dst, left)
             } else if pos < head + mid {
-                self.copy_middle(objs, pos - head, dst, left)
+                self.copy_middle(objs, source, pos - head, dst, left)
             } else {
                 copy_bytes(mem, &self.tail[(pos - head - mid) as usize..], dst, left)
             };
@@ -177,8 +189,15 @@ impl<L: Locks> VmMapCopy<L> {
     /// Copies from the whole pages, at byte `rel` of them, up to `len`
     /// bytes but not past the end of that page, to `dst`; returns the
     /// bytes copied.
-    fn copy_middle(&self, objs: &Objects<'_, L>, mut rel: u64, dst: PhysAddr, len: usize) -> usize {
-        for e in &self.spans {
+    fn copy_middle(
+        &self,
+        objs: &Objects<'_, L>,
+        source: &mut Source,
+        mut rel: u64,
+        dst: PhysAddr,
+        len: usize,
+    ) -> usize {
+        for (i, e) in self.spans.iter().enumerate() {
             let bytes = e.pages() << PAGE_SHIFT;
             if rel >= bytes {
                 rel -= bytes;
@@ -187,8 +206,11 @@ impl<L: Locks> VmMapCopy<L> {
             let Some(c) = page_chunks(rel, len).next() else {
                 return 0;
             };
-            let page = PageIndex::new(c.page.page_number());
-            objs.copy_to_frame(e.hold(), page, c.offset, dst, c.len);
+            let mem = self.ctx.frames().mem();
+            match source.frame(objs, &self.spans, i, c.page.page_number()) {
+                Some(pa) => mem.copy(dst, pa + c.offset, c.len),
+                None => mem.write(dst, &ZEROS[..c.len]),
+            }
             return c.len;
         }
         0

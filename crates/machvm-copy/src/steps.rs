@@ -11,6 +11,7 @@ use machvm_frame::FrameReservation;
 use machvm_map::MapGuard;
 use machvm_object::Objects;
 
+use crate::source::Source;
 use crate::{Layout, VmMapCopy};
 
 /// The byte ranges of placing `copy` at `dst`, as (destination address,
@@ -120,8 +121,9 @@ pub(crate) fn overwrite<L: Locks>(
     let cow = cow_fits(d, objs, dst, head, mid);
     for (at, pos, n) in byte_pieces(dst, copy, cow) {
         let c: &VmMapCopy<L> = copy;
+        let mut source = Source::new();
         d.store(objs, at, n, frames, |objs, rel, dst, n| {
-            c.copy_to(objs, pos + rel, dst, n);
+            c.copy_to(objs, &mut source, (pos + rel, dst), n);
         })?;
     }
     if cow {

@@ -21,9 +21,10 @@
 //!    [`MapGuard::remove`].
 //!
 //! Removal gives the removed holds back through the caller's graph at
-//! once: the graph lock is a spin lock taken inside the map lock anyway,
-//! so FreeBSD's deferred list (object releases that may sleep, postponed
-//! until the map is unlocked) has nothing to defer here.
+//! once: the graph lock is taken inside the map lock anyway, and releasing
+//! a hold frees frames and pmap entries without sleeping on anything
+//! else, so FreeBSD's deferred list (object releases that may sleep,
+//! postponed until the map is unlocked) has nothing to defer here.
 
 use alloc::vec::Vec;
 

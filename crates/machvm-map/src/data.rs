@@ -128,10 +128,12 @@ impl<L: Locks> VmMap<L> {
         // Every page is now its entry's own, written directly, and stays so
         // while this map is locked.
         let objs: &Objects<'_, L> = objs;
+        let mut next = missing.iter().peekable();
         for_each_page_piece(m, addr, len as usize, |h, page, off, at, n| {
             let va = addr + at as u64 - off;
-            if whole(va) && missing.binary_search(&va).is_ok() {
-                return true; // written as its fault produced it
+            while next.next_if(|&&p| p < va).is_some() {}
+            if whole(va) && next.next_if_eq(&&va).is_some() {
+                return true; // written as it came into being
             }
             let Some(pa) = h.and_then(|h| objs.written_frame(h, page)) else {
                 return false;

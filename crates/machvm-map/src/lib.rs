@@ -232,8 +232,10 @@ impl<L: Locks> VmMap<L> {
     }
 
     /// Test hook: true while some call holds this map's lock exclusively
-    /// (a test's injected MMU uses it to check that a shootdown is sent
-    /// before the map can change again).
+    /// or is taking it so (upgradeable, readers draining): a test's
+    /// injected MMU uses it to check that a shootdown is sent before the
+    /// map can change again. (`lock_api`'s test takes and drops a shared
+    /// lock when it finds the lock free.)
     #[doc(hidden)]
     #[cfg(feature = "test-hooks")]
     pub fn is_locked(&self) -> bool {
@@ -268,7 +270,7 @@ impl<L: Locks> VmMap<L> {
 
 impl<L: Locks> AuditEntries for MapShared<L> {
     fn audit_entries(&self, audit: &mut VmAudit) {
-        let m = self.inner.write();
+        let m = machvm_base::sync::write::<L, _>(&self.inner);
         let objs = self.ctx.objects();
         audit.entries += m.entries.len() as u64;
         audit.mergeable_neighbours += m.mergeable_pairs(&objs);

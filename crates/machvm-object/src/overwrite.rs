@@ -7,6 +7,8 @@
 //! other thread of the task through the MMU, no other map through the
 //! graph — sees what the frame held before.
 
+use alloc::vec::Vec;
+
 use machvm_base::sync::Locks;
 use machvm_base::{KernError, PageIndex, PhysAddr};
 use machvm_frame::FrameReservation;
@@ -73,6 +75,7 @@ impl<L: Locks> Objects<'_, L> {
         c.zero_fill_count.add(absent);
         c.hits.add(n - absent);
         let mut resident = resident.into_iter().peekable();
+        let mut made = Vec::with_capacity(absent as usize);
         for (i, off) in (start..end).enumerate() {
             if let Some((_, pa)) = resident.next_if(|&(o, _)| o == off) {
                 produce(self, i as u64, pa);
@@ -81,12 +84,17 @@ impl<L: Locks> Objects<'_, L> {
             // Ensured above: no frame can be missing.
             let pa = match frames.take() {
                 Ok(pa) => pa,
-                Err(e) => return Some(Err(e.into())),
+                Err(e) => {
+                    made.into_iter().for_each(|(_, pa)| self.free_unmapped(pa));
+                    return Some(Err(e.into()));
+                }
             };
             produce(self, i as u64, pa);
             self.set_owner(pa, hold.obj.0, off);
-            self.g.obj_mut(hold.obj).pages.insert(off, pa);
+            made.push((off, pa));
         }
+        // Written, every one: now they may go in.
+        self.g.obj_mut(hold.obj).pages.insert_sorted(made);
         Some(Ok(()))
     }
 }

@@ -51,9 +51,6 @@ pub(crate) fn zero_frame_in<L: Locks>(
     (!g.other_overlaps(hold.obj, hold.id, lo, hi, direct)).then_some(zero)
 }
 
-/// A page of zeros: the bytes of a page nothing was written to.
-static ZEROS: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
-
 /// Where a page lookup found its page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Found {
@@ -365,27 +362,29 @@ impl<L: Locks> Objects<'_, L> {
         true
     }
 
-    /// Copies `len` bytes at byte `offset` of page `page` of `hold`'s
-    /// window, as [`read`](Self::read) sees them, to physical memory at
-    /// `dst`, frame to frame. `false`, nothing copied, when the bytes do
-    /// not lie within the page.
-    pub fn copy_to_frame(
-        &self,
-        hold: Option<&Hold>,
-        page: PageIndex,
-        offset: u64,
-        dst: PhysAddr,
-        len: usize,
-    ) -> bool {
-        if offset.saturating_add(len as u64) > PAGE_SIZE {
-            return false;
+    /// The frames the chain shows at pages `first ..` of `hold`'s window,
+    /// one per slot of `out` (`None`: nothing resident, zeros; also past
+    /// the window's end): one walk of the held object's pages, the objects
+    /// below searched only for the pages it lacks. What a caller reading
+    /// many consecutive pages looks up once.
+    pub fn frames_of(&self, hold: &Hold, first: PageIndex, out: &mut [Option<PhysAddr>]) {
+        out.fill(None);
+        let (s, e) = self.window_raw(hold);
+        let Some(lo) = s.checked_add(first.get()).filter(|&lo| lo < e) else {
+            return;
+        };
+        let hi = e.min(lo.saturating_add(out.len() as u64));
+        let top = self.g.obj(hold.obj);
+        for (off, pa) in top.pages.range(lo, hi) {
+            out[(off - lo) as usize] = Some(pa);
         }
-        let mem = self.ctx.frames().mem();
-        match hold.and_then(|h| self.lookup(h, page)) {
-            Some(f) => mem.copy(dst, f.pa + offset, len),
-            None => mem.write(dst, &ZEROS[..len]),
+        if let Some(b) = top.backing {
+            for (k, slot) in out[..(hi - lo) as usize].iter_mut().enumerate() {
+                if slot.is_none() {
+                    *slot = self.find(b.obj, lo + k as u64 + b.offset).map(|f| f.pa);
+                }
+            }
         }
-        true
     }
 
     /// Writes `data` at byte `offset` of page `page` of `hold`'s window,

@@ -674,18 +674,21 @@ fn verify_holds_while_a_space_is_created() {
     let frame = fa.alloc(FrameUse::Object).unwrap();
     let entered = Arc::new(AtomicBool::new(false));
     let id_taken = Arc::new(std::sync::Barrier::new(2));
+    let holding = Arc::new(AtomicBool::new(false));
     {
-        let a = id_taken.clone();
+        let (a, h) = (id_taken.clone(), holding.clone());
         *pm.spaces.insert_hook.lock() = Some(alloc::boxed::Box::new(move || {
             let spins = SPINS.load(SeqCst);
             a.wait();
-            // Until `verify` spins on the id lock this creation holds.
-            until_blocked_or(spins, || false);
+            // Until `verify` spins on the id lock (fixed) or holds "every"
+            // space without this one (regression).
+            until_blocked_or(spins, || h.load(SeqCst));
         }));
     }
     {
-        let e = entered.clone();
+        let (e, h) = (entered.clone(), holding.clone());
         *pm.verify_hook.lock() = Some(alloc::boxed::Box::new(move || {
+            h.store(true, SeqCst);
             let spins = SPINS.load(SeqCst);
             until_blocked_or(spins, || e.load(SeqCst));
         }));
