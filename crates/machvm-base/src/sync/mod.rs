@@ -87,14 +87,18 @@ pub type RwLockReadGuard<'a, L, T> = lock_api::RwLockReadGuard<'a, <L as Locks>:
 /// The exclusive guard of a [`RwLock`].
 pub type RwLockWriteGuard<'a, L, T> = lock_api::RwLockWriteGuard<'a, <L as Locks>::RwLock, T>;
 
-/// Takes `lock` exclusively, through the upgradeable state: with a family
-/// whose upgradeable lock shuts out new readers (spin's does) the readers
-/// inside drain while no new one enters, so a steady stream of readers
-/// cannot starve a writer. A thread must not ask for a shared guard of a
-/// lock it already holds shared.
+/// Takes `lock` exclusively: at once when it is free (one atomic step),
+/// else through the upgradeable state — with a family whose upgradeable
+/// lock shuts out new readers (spin's does) the readers inside drain while
+/// no new one enters, so a steady stream of readers cannot starve a
+/// writer. A thread must not ask for a shared guard of a lock it already
+/// holds shared.
 #[inline]
 pub fn write<L: Locks, T>(lock: &RwLock<L, T>) -> RwLockWriteGuard<'_, L, T> {
-    lock_api::RwLockUpgradableReadGuard::upgrade(lock.upgradable_read())
+    match lock.try_write() {
+        Some(g) => g,
+        None => lock_api::RwLockUpgradableReadGuard::upgrade(lock.upgradable_read()),
+    }
 }
 
 static CPU_ID: spin::Once<fn() -> usize> = spin::Once::new();
