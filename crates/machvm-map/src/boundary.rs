@@ -325,7 +325,7 @@ impl<'a, L: Locks> MapGuard<'a, L> {
         let holder = Holder::NeedsCopy { map: self.map.id() };
         let mut old = Vec::new();
         let mut k = 0;
-        for (&start, e) in self.m.entries.range_mut(at..end) {
+        self.m.entries.for_each_mut(at..end, |start, e| {
             while k + 1 < bounds.len() && bounds[k + 1] <= start {
                 k += 1;
             }
@@ -336,7 +336,7 @@ impl<'a, L: Locks> MapGuard<'a, L> {
                 .as_ref()
                 .map(|h| objs.share_part(h, rel, pages, holder));
             old.extend(core::mem::replace(&mut e.object, new));
-        }
+        });
         for h in old {
             objs.release(h);
         }

@@ -94,9 +94,9 @@ impl<L: Locks> VmMap<L> {
     /// store covers whole are written by `fill` as they come into being,
     /// neither zeroed nor copied up first (the copy family's eager copies
     /// move each byte once): a run of them over a fresh destination in one
-    /// step, left unmapped for the task's next access to fault in, any
-    /// other one by its own fault. The other missing pages are faulted in,
-    /// then written. With the range checked and the frames reserved, no
+    /// step, any other one by its own fault, each entered writable as a
+    /// store's fault would. The other missing pages are faulted in, then
+    /// written. With the range checked and the frames reserved, no
     /// fault fails (a page table that cannot be had leaves a page
     /// unmapped).
     pub(crate) fn store_in(

@@ -18,7 +18,7 @@ impl<L: Locks> fmt::Display for VmMap<L> {
             "{:<33} {:<7} {:<5} {:<4} {:>5} {:>8}",
             "START-END", "PRT/MAX", "INH", "COW", "DEPTH", "RESIDENT"
         )?;
-        for (&start, e) in &m.entries {
+        for (&start, e) in m.entries.iter() {
             display_entry(f, &objs, start, e)?;
         }
         Ok(())

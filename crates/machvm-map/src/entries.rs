@@ -3,23 +3,16 @@
 //! (merging neighbours that could be one entry, as XNU's
 //! `vm_map_simplify_entry` and FreeBSD's `vm_map_try_merge_entries` do).
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use machvm_base::sync::Locks;
 
 use machvm_base::{KernError, PageIndex, USER_MAX, USER_MIN};
 use machvm_object::Objects;
 
+use crate::entry_set::Entries;
 use crate::{Entry, MapInner};
 
 impl MapInner {
-    /// The start of the entry containing `va`: the hint and its successor
-    /// first (O(1)), then the flat index or the tree (O(log n)).
-    #[inline]
-    pub(crate) fn lookup(&mut self, va: u64) -> Option<u64> {
-        self.index.lookup(&self.entries, va)
-    }
-
     /// Inserts a new entry, keeping `first_free` right.
     pub(crate) fn insert(&mut self, start: u64, e: Entry) {
         self.index.invalidate();
@@ -59,7 +52,7 @@ impl MapInner {
             last = self.entries.remove(&end).map_or(end, |n| n.end);
         }
         self.index.invalidate();
-        if let Some((_, prev)) = self.entries.range_mut(..start).next_back()
+        if let Some((_, prev)) = self.entries.last_below_mut(start)
             && prev.end == start
             && joins(prev)
         {
@@ -72,7 +65,7 @@ impl MapInner {
 
     /// Replaces every entry at once (the map must be empty of translations
     /// and holds: a new child of `fork`).
-    pub(crate) fn replace_entries(&mut self, entries: BTreeMap<u64, Entry>) {
+    pub(crate) fn replace_entries(&mut self, entries: Entries) {
         debug_assert!(self.entries.is_empty());
         self.entries = entries;
         self.index.invalidate();
@@ -98,11 +91,21 @@ impl MapInner {
         removed
     }
 
+    /// The start of the entry containing `va` (tests).
+    #[cfg(test)]
+    pub(crate) fn lookup(&mut self, va: u64) -> Option<u64> {
+        self.entry_at(va).ok().map(|(s, _)| s)
+    }
+
     /// The entry containing `va`, with its start; `InvalidAddress` for a
     /// hole.
     pub(crate) fn entry_at(&mut self, va: u64) -> Result<(u64, &mut Entry), KernError> {
-        let start = self.lookup(va).ok_or(KernError::InvalidAddress)?;
-        match self.entries.get_mut(&start) {
+        let (start, slot) = self
+            .index
+            .lookup(&self.entries, va)
+            .ok_or(KernError::InvalidAddress)?;
+        // The slot the index names: no tree search after a hit.
+        match self.entries.at_mut(slot) {
             Some(e) => Ok((start, e)),
             None => Err(KernError::InvalidAddress),
         }
@@ -111,11 +114,11 @@ impl MapInner {
     /// [`entry_at`](Self::entry_at) under a shared lock (the hint is read,
     /// not moved).
     pub(crate) fn entry_at_shared(&self, va: u64) -> Result<(u64, &Entry), KernError> {
-        let start = self
+        let (start, slot) = self
             .index
             .peek(&self.entries, va)
             .ok_or(KernError::InvalidAddress)?;
-        match self.entries.get(&start) {
+        match self.entries.at(slot) {
             Some(e) => Ok((start, e)),
             None => Err(KernError::InvalidAddress),
         }
@@ -142,7 +145,7 @@ impl MapInner {
     /// Splits the entry containing `va` so that an entry starts at `va`; its
     /// hold is split at the same page.
     pub(crate) fn clip<L: Locks>(&mut self, objs: &mut Objects<'_, L>, va: u64) {
-        let Some((&start, e)) = self.entries.range_mut(..va).next_back() else {
+        let Some((start, e)) = self.entries.last_below_mut(va) else {
             return;
         };
         if va >= e.end {

@@ -13,7 +13,7 @@
 //!   with the frames reserved before anything changes.
 //! - `None`: the child has a hole there.
 
-use alloc::collections::BTreeMap;
+use crate::entry_set::Entries;
 use alloc::vec::Vec;
 use machvm_base::sync::Locks;
 
@@ -56,7 +56,7 @@ fn eager_frames<L: Locks>(m: &MapInner, objs: &Objects<'_, L>) -> u64 {
 /// nobody else sees and shadows only the others (as a store does).
 fn clip_share_runs<L: Locks>(m: &mut MapInner, objs: &mut Objects<'_, L>) {
     let mut cuts = Vec::new();
-    for (&start, e) in &m.entries {
+    for (&start, e) in m.entries.iter() {
         let Some(h) = &e.object else { continue };
         if e.inheritance != VmInherit::Share || matches!(objs.holder(h), Holder::Direct { .. }) {
             continue;
@@ -124,11 +124,11 @@ impl<L: Locks> VmMap<L> {
         child: u64,
         frames: &mut FrameReservation<'_, L>,
         flush: &mut TlbFlush,
-    ) -> Result<BTreeMap<u64, Entry>, KernError> {
+    ) -> Result<Entries, KernError> {
         let mut out: Vec<(u64, Entry)> = Vec::new();
-        for (&start, e) in m.entries.iter_mut() {
+        m.entries.try_for_each_mut(|start, e| {
             let hold = match e.inheritance {
-                VmInherit::None => continue,
+                VmInherit::None => return Ok(()),
                 VmInherit::Share => {
                     let pages = e.pages(start);
                     let map = Holder::Direct { map: self.0.id };
@@ -152,15 +152,15 @@ impl<L: Locks> VmMap<L> {
                         Ok(hold) => hold,
                         Err(err) => {
                             // Unreachable with the frames reserved.
-                            release_entries(objs, out.into_iter());
+                            release_entries(objs, out.drain(..));
                             return Err(err);
                         }
                     }
                 }
             };
             out.push((start, Entry::like(e, e.end, hold)));
-        }
-        // `out` is sorted: the child's tree is built in one go.
+            Ok(())
+        })?;
         Ok(out.into_iter().collect())
     }
 }

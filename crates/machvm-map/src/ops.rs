@@ -116,7 +116,7 @@ impl<L: Locks> VmMap<L> {
         m.clip_range(&mut objs, s, e);
         let pm = self.0.ctx.pmap();
         let mut flush = TlbFlush::none();
-        for (&start, en) in m.entries.range_mut(s..e) {
+        m.entries.for_each_mut(s..e, |start, en| {
             let old = en.protection;
             if set_maximum {
                 en.max_protection = prot;
@@ -127,7 +127,7 @@ impl<L: Locks> VmMap<L> {
             if !en.protection.contains(old) {
                 flush.merge(pm.protect(self.0.pmap, page_range(start, en.end), en.protection));
             }
-        }
+        });
         pm.flush(flush);
         m.simplify(&mut objs, s, e);
         self.assert_consistent(&m, &objs);
@@ -144,9 +144,8 @@ impl<L: Locks> VmMap<L> {
         m.check_covered(s, e)?;
         let mut objs = self.0.ctx.objects();
         m.clip_range(&mut objs, s, e);
-        for en in m.entries.range_mut(s..e).map(|(_, en)| en) {
-            en.inheritance = inheritance;
-        }
+        m.entries
+            .for_each_mut(s..e, |_, en| en.inheritance = inheritance);
         m.simplify(&mut objs, s, e);
         self.assert_consistent(&m, &objs);
         Ok(())

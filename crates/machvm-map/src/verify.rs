@@ -25,8 +25,9 @@ pub enum MapRule {
     /// No two neighbouring entries could be one entry.
     Simplified,
     /// The lookup state is exact: `first_free` is the lowest free address
-    /// at or above `USER_MIN`, and the index's hint and flat copy name
-    /// entries as they are.
+    /// at or above `USER_MIN`, the entry tree and the slab of slots agree,
+    /// and the index's hint and flat copy name entries (bounds and slot)
+    /// as they are.
     LookupExact,
     /// Every translation lies inside an entry, maps the page the entry's
     /// chain holds there, and allows at most the entry's protection.
@@ -78,7 +79,7 @@ impl<L: Locks> VmMap<L> {
     /// has no other record naming this map.
     fn check_holds_exact(&self, m: &MapInner, objs: &Objects<'_, L>) -> Result<(), String> {
         let mut held = 0;
-        for (&start, e) in &m.entries {
+        for (&start, e) in m.entries.iter() {
             let Some(h) = &e.object else { continue };
             held += 1;
             if objs.holder(h).map() != Some(self.0.id) {
@@ -224,7 +225,7 @@ fn check_not_writable_shared<L: Locks>(
 /// task map, with protection within the maximum.
 fn check_well_formed(m: &MapInner) -> Result<(), String> {
     let mut prev_end = USER_MIN;
-    for (&start, e) in &m.entries {
+    for (&start, e) in m.entries.iter() {
         if start % PAGE_SIZE != 0 || e.end % PAGE_SIZE != 0 || start >= e.end {
             return Err(format!("entry [{start:#x}, {:#x}) malformed", e.end));
         }
@@ -258,16 +259,21 @@ fn check_lookup_exact(m: &MapInner) -> Result<(), String> {
             m.first_free
         ));
     }
-    let (hs, he) = m.index.hint;
-    if he != 0 && m.entries.get(&hs).map(|e| e.end) != Some(he) {
-        return Err(format!("lookup hint [{hs:#x}, {he:#x}) is no entry"));
+    if !m.entries.slots_exact() {
+        return Err("the entry slots and the entry tree disagree".into());
     }
-    let exact = m
-        .index
-        .flat
-        .iter()
-        .copied()
-        .eq(m.entries.iter().map(|(&s, e)| (s, e.end)));
+    let (hs, he, hslot) = m.index.hint;
+    if he != 0 && m.entries.slot(hs).zip(m.entries.get(&hs).map(|e| e.end)) != Some((hslot, he)) {
+        return Err(format!(
+            "lookup hint [{hs:#x}, {he:#x}) in slot {hslot} is no entry"
+        ));
+    }
+    let flat = (0..m.index.starts.len()).filter_map(|i| m.index.flat_at(i));
+    let exact = m.index.starts.len() == m.index.rest.len()
+        && flat.eq(m
+            .entries
+            .range_slots(..)
+            .map(|(s, slot, e)| (s, e.end, slot)));
     if m.index.valid && !exact {
         return Err("the flat lookup index differs from the entries".into());
     }

@@ -44,9 +44,8 @@ impl<L: Locks> Objects<'_, L> {
     /// on an object without backing: a fresh destination). Page `i` is
     /// `produce(graph, i, frame)`'s, written into the resident frame or
     /// into a new one (not zeroed) before it goes into the object. No
-    /// translation is entered: the caller removes the run's old ones (the
-    /// zero frame's), and the task's next access faults the page in, as
-    /// XNU's `vm_fault_copy` leaves its destination unmapped. `None`,
+    /// translation is entered here: the caller enters the run's (replacing
+    /// the zero frame's), as the faults of a store would. `None`,
     /// nothing done: another kind of hold, a backing object, or a run
     /// outside the window. Out of frames: `ResourceShortage`, nothing done.
     pub fn overwrite_run(

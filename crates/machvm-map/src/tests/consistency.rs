@@ -36,9 +36,15 @@ fn verify_names_the_broken_rule() {
     assert_eq!(rule(), MapRule::LookupExact);
     map.0.inner.write().first_free = USER_MIN;
     // A lookup hint naming no entry.
-    map.0.inner.write().index.hint = (a, a + P);
+    map.0.inner.write().index.hint = (a, a + P, u32::MAX);
     assert_eq!(rule(), MapRule::LookupExact);
-    map.0.inner.write().index.hint = (0, 0);
+    // A hint with the right bounds naming another slot.
+    let slot = map.0.inner.read().entries.slot(a).unwrap();
+    map.0.inner.write().index.hint = (a, a + 2 * P, slot + 1);
+    assert_eq!(rule(), MapRule::LookupExact);
+    map.0.inner.write().index.hint = (a, a + 2 * P, slot);
+    verified(&map);
+    map.0.inner.write().index.hint = (0, 0, 0);
     // Two neighbours that could be one.
     let mut m = map.0.inner.write();
     m.clip(&mut c.objects(), a + P);

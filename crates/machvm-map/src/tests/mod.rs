@@ -44,7 +44,9 @@ fn lookup_uses_and_updates_the_hint() {
             Some(0x10000 + 4 * P),
             "round {round}"
         );
-        assert_eq!(m.index.hint, (0x10000 + 4 * P, 0x10000 + 5 * P));
+        let (hs, he, slot) = m.index.hint;
+        assert_eq!((hs, he), (0x10000 + 4 * P, 0x10000 + 5 * P));
+        assert_eq!(m.entries.slot(hs), Some(slot), "the hint names the slot");
         assert_eq!(m.lookup(0x10000 + 4 * P + 100), Some(0x10000 + 4 * P));
         assert_eq!(
             m.lookup(0x10000 + 6 * P),

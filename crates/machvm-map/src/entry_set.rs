@@ -1,0 +1,228 @@
+//! A map's entries: a tree from start address to slot, and the entries in
+//! a slab of slots. A lookup that already knows the entry's slot — the
+//! hint, the flat index — reaches it in O(1); the tree is searched only to
+//! find a slot. (XNU's hint is an entry pointer; here it is a slot.)
+//!
+//! Invariants (checked by `MapRule::LookupExact` through the index):
+//! - every slot the tree names holds an entry, and no other slot does;
+//! - a slot is reused only after its entry was removed, so a slot held
+//!   by the lookup index is valid until the index is invalidated (every
+//!   change of entry bounds invalidates it).
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use core::ops::RangeBounds;
+
+use crate::Entry;
+
+/// The entries of one map, by start address.
+#[derive(Default)]
+pub(crate) struct Entries {
+    tree: BTreeMap<u64, u32>,
+    slots: Vec<Option<Entry>>,
+    /// Slots without an entry.
+    free: Vec<u32>,
+}
+
+impl Entries {
+    /// Number of entries.
+    pub(crate) fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    /// The slot of the entry starting at `start`.
+    pub(crate) fn slot(&self, start: u64) -> Option<u32> {
+        self.tree.get(&start).copied()
+    }
+
+    /// The entry in `slot`: O(1).
+    #[inline]
+    pub(crate) fn at(&self, slot: u32) -> Option<&Entry> {
+        self.slots.get(slot as usize)?.as_ref()
+    }
+
+    /// The entry in `slot`, to change: O(1).
+    #[inline]
+    pub(crate) fn at_mut(&mut self, slot: u32) -> Option<&mut Entry> {
+        self.slots.get_mut(slot as usize)?.as_mut()
+    }
+
+    pub(crate) fn get(&self, start: &u64) -> Option<&Entry> {
+        self.at(self.slot(*start)?)
+    }
+
+    pub(crate) fn get_mut(&mut self, start: &u64) -> Option<&mut Entry> {
+        let slot = self.slot(*start)?;
+        self.at_mut(slot)
+    }
+
+    /// Inserts `e` at `start`, replacing (and dropping) an entry there.
+    pub(crate) fn insert(&mut self, start: u64, e: Entry) {
+        if let Some(slot) = self.slot(start) {
+            self.slots[slot as usize] = Some(e);
+            return;
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(e);
+                slot
+            }
+            None => {
+                self.slots.push(Some(e));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.tree.insert(start, slot);
+    }
+
+    /// Removes the entry at `start`.
+    pub(crate) fn remove(&mut self, start: &u64) -> Option<Entry> {
+        let slot = self.tree.remove(start)?;
+        self.free.push(slot);
+        self.slots.get_mut(slot as usize)?.take()
+    }
+
+    /// The entries starting in `r`, in order.
+    pub(crate) fn range<R: RangeBounds<u64>>(
+        &self,
+        r: R,
+    ) -> impl DoubleEndedIterator<Item = (&u64, &Entry)> {
+        self.tree
+            .range(r)
+            .filter_map(|(s, &slot)| Some((s, self.at(slot)?)))
+    }
+
+    /// The entries starting in `r`, in order, with their slots.
+    pub(crate) fn range_slots<R: RangeBounds<u64>>(
+        &self,
+        r: R,
+    ) -> impl DoubleEndedIterator<Item = (u64, u32, &Entry)> {
+        self.tree
+            .range(r)
+            .filter_map(|(&s, &slot)| Some((s, slot, self.at(slot)?)))
+    }
+
+    /// Every entry, in order.
+    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = (&u64, &Entry)> {
+        self.range(..)
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.iter().map(|(_, e)| e)
+    }
+
+    /// Runs `f` on each entry starting in `r`, in order, to change it
+    /// (not its start or end: the caller keeps the tree's order).
+    pub(crate) fn for_each_mut<R: RangeBounds<u64>>(
+        &mut self,
+        r: R,
+        mut f: impl FnMut(u64, &mut Entry),
+    ) {
+        let Entries { tree, slots, .. } = self;
+        for (&s, &slot) in tree.range(r) {
+            if let Some(e) = slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                f(s, e);
+            }
+        }
+    }
+
+    /// [`for_each_mut`](Self::for_each_mut) over every entry, stopping at
+    /// the first error.
+    pub(crate) fn try_for_each_mut<E>(
+        &mut self,
+        mut f: impl FnMut(u64, &mut Entry) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let Entries { tree, slots, .. } = self;
+        for (&s, &slot) in tree.iter() {
+            if let Some(e) = slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                f(s, e)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The last entry starting below `va`, to change.
+    pub(crate) fn last_below_mut(&mut self, va: u64) -> Option<(u64, &mut Entry)> {
+        let (&s, &slot) = self.tree.range(..va).next_back()?;
+        Some((s, self.at_mut(slot)?))
+    }
+
+    /// Whether the slab and the tree agree (every slot the tree names
+    /// holds an entry, free slots hold none, nothing else).
+    pub(crate) fn slots_exact(&self) -> bool {
+        let named = self.tree.values().all(|&s| self.at(s).is_some());
+        let free = self.free.iter().all(|&s| self.at(s).is_none());
+        named && free && self.tree.len() + self.free.len() == self.slots.len()
+    }
+}
+
+impl FromIterator<(u64, Entry)> for Entries {
+    fn from_iter<I: IntoIterator<Item = (u64, Entry)>>(it: I) -> Entries {
+        let mut set = Entries::default();
+        for (s, e) in it {
+            set.insert(s, e);
+        }
+        set
+    }
+}
+
+impl IntoIterator for Entries {
+    type Item = (u64, Entry);
+    type IntoIter = alloc::vec::IntoIter<(u64, Entry)>;
+
+    /// The entries, in order.
+    fn into_iter(mut self) -> Self::IntoIter {
+        let tree = core::mem::take(&mut self.tree);
+        tree.into_iter()
+            .filter_map(|(s, slot)| Some((s, self.slots.get_mut(slot as usize)?.take()?)))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anon(end: u64) -> Entry {
+        Entry::new_anon(end)
+    }
+
+    #[test]
+    fn slots_are_reused_only_after_removal() {
+        let mut set = Entries::default();
+        set.insert(0x1000, anon(0x2000));
+        set.insert(0x3000, anon(0x4000));
+        let (a, b) = (set.slot(0x1000).unwrap(), set.slot(0x3000).unwrap());
+        assert_ne!(a, b);
+        assert_eq!(set.at(b).map(|e| e.end), Some(0x4000));
+        assert!(set.remove(&0x1000).is_some());
+        assert!(set.at(a).is_none(), "a freed slot holds nothing");
+        assert!(set.slots_exact());
+        set.insert(0x5000, anon(0x6000));
+        assert_eq!(set.slot(0x5000), Some(a), "the freed slot is reused");
+        // Replacing at a start keeps its slot.
+        set.insert(0x3000, anon(0x4800));
+        assert_eq!(set.slot(0x3000), Some(b));
+        assert_eq!(set.get(&0x3000).map(|e| e.end), Some(0x4800));
+        assert!(set.slots_exact());
+        let order: Vec<u64> = set.iter().map(|(&s, _)| s).collect();
+        assert_eq!(order, [0x3000, 0x5000]);
+        let mut n = 0;
+        set.for_each_mut(0x3000..0x5000, |_, e| {
+            e.end += 0x100;
+            n += 1;
+        });
+        assert_eq!(n, 1);
+        assert_eq!(
+            set.last_below_mut(0x5000).map(|(s, e)| (s, e.end)),
+            Some((0x3000, 0x4900))
+        );
+        let all: Vec<(u64, u64)> = set.into_iter().map(|(s, e)| (s, e.end)).collect();
+        assert_eq!(all, [(0x3000, 0x4900), (0x5000, 0x6000)]);
+    }
+}
