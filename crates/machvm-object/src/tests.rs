@@ -417,6 +417,16 @@ fn verify_names_broken_rules() {
     assert_eq!(used(&c), 0);
 }
 
+/// Overwrites page `page` of `h` whole with `byte`.
+fn overwrite(o: &mut Objects<'_>, h: &Hold, page: u64, byte: u8) -> Resolved {
+    let mem = o.ctx.frames().mem();
+    let mut f = o.on_demand();
+    let mut produce = |_: &Objects<'_>, pa| mem.write(pa, &[byte; PAGE_SIZE as usize]);
+    let r = o.resolve_overwrite(h, PageIndex::new(page), &mut f, &mut produce, |_| Ok(()));
+    drop(f);
+    r.unwrap()
+}
+
 #[test]
 fn an_overwrite_produces_the_page_without_zeroing_or_copying() {
     let c = ctx(64);
@@ -460,33 +470,13 @@ fn an_overwrite_produces_the_page_without_zeroing_or_copying() {
         )
         .unwrap();
     o.make_writable(&mut h, MAP);
-    let mut f = o.on_demand();
-    let r = o
-        .resolve_overwrite(
-            &h,
-            PageIndex::new(1),
-            &mut f,
-            &mut |_, pa| mem.write(pa, &[0xBB; PAGE_SIZE as usize]),
-            |_| Ok(()),
-        )
-        .unwrap();
-    drop(f);
+    let r = overwrite(&mut o, &h, 1, 0xBB);
     assert_eq!(r.how, Resolution::CopiedUp);
     assert_ne!(r.pa, p);
     assert_eq!(byte(&o, &copy.hold, 1), 0xAA, "the copy keeps the original");
     assert_eq!(byte(&o, &h, 1), 0xBB);
     // Resident in the top object now: produce writes it in place.
-    let mut f = o.on_demand();
-    let again = o
-        .resolve_overwrite(
-            &h,
-            PageIndex::new(1),
-            &mut f,
-            &mut |_, pa| mem.write(pa, &[0xCC; PAGE_SIZE as usize]),
-            |_| Ok(()),
-        )
-        .unwrap();
-    drop(f);
+    let again = overwrite(&mut o, &h, 1, 0xCC);
     assert_eq!((again.pa, again.how), (r.pa, Resolution::Resident));
     assert_eq!(byte(&o, &h, 1), 0xCC);
     o.verify().unwrap();

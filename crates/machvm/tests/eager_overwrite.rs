@@ -31,25 +31,17 @@ fn dirty_system(pages: u64) -> (VmSystem, Arc<FrameAllocator>, Arc<X86Pmap>) {
     (vm, frames, pm)
 }
 
-/// The `n` bytes at `va` as the task's own loads see them (page tables,
-/// then frames), or `None` where a page is not mapped.
-fn mmu_bytes(
-    pm: &X86Pmap,
-    frames: &FrameAllocator,
-    map: &VmMap,
-    va: u64,
-    n: u64,
-) -> Vec<Option<u8>> {
-    (va..va + n)
-        .map(|a| {
-            let pa = pm
-                .translate(map.pmap(), VirtAddr::new(a), Access::Read, true)
-                .ok()?;
+/// Asserts that the task's own loads at `va` (page tables, then frames)
+/// see `bytes` wherever a page is mapped.
+fn assert_mmu_sees(pm: &X86Pmap, frames: &FrameAllocator, map: &VmMap, va: u64, bytes: &[u8]) {
+    for (i, &want) in bytes.iter().enumerate() {
+        let at = VirtAddr::new(va + i as u64);
+        if let Ok(pa) = pm.translate(map.pmap(), at, Access::Read, true) {
             let mut b = [0u8];
             frames.mem().read(pa, &mut b);
-            Some(b[0])
-        })
-        .collect()
+            assert_eq!(b[0], want, "byte {i} through the page tables");
+        }
+    }
 }
 
 fn pattern(n: u64, seed: u8) -> Vec<u8> {
@@ -83,12 +75,7 @@ fn an_eager_copy_moves_every_byte_and_nothing_else() {
         "tail page zeroed"
     );
     // Through the page tables: every mapped byte is the same.
-    let seen = mmu_bytes(&pm, &frames, &dst, d, len + P);
-    for (i, b) in seen.iter().enumerate() {
-        if let Some(b) = b {
-            assert_eq!(*b, got[i], "byte {i} through the page tables");
-        }
-    }
+    assert_mmu_sees(&pm, &frames, &dst, d, &got);
     dst.verify().unwrap();
     vm.verify().unwrap();
 }
@@ -115,12 +102,7 @@ fn a_store_over_copy_on_write_pages_leaves_the_original() {
     want[(P / 2) as usize..(P / 2 + n) as usize].copy_from_slice(&new);
     assert_eq!(c, want);
     for (map, bytes) in [(&parent, &p), (&child, &c)] {
-        let seen = mmu_bytes(&pm, &frames, map, a, len);
-        for (i, b) in seen.iter().enumerate() {
-            if let Some(b) = b {
-                assert_eq!(*b, bytes[i], "byte {i} through the page tables");
-            }
-        }
+        assert_mmu_sees(&pm, &frames, map, a, bytes);
         map.verify().unwrap();
     }
     vm.verify().unwrap();
@@ -153,12 +135,7 @@ fn a_store_over_resident_pages_mapped_read_only_writes_them_in_place() {
     assert!(got[..16].iter().all(|&b| b == 0x77));
     assert_eq!(&got[16..16 + len as usize], &data[..]);
     assert!(got[16 + len as usize..].iter().all(|&b| b == 0x77));
-    let seen = mmu_bytes(&pm, &frames, &dst, d, len + P);
-    for (i, b) in seen.iter().enumerate() {
-        if let Some(b) = b {
-            assert_eq!(*b, got[i], "byte {i} through the page tables");
-        }
-    }
+    assert_mmu_sees(&pm, &frames, &dst, d, &got);
     dst.verify().unwrap();
     vm.verify().unwrap();
 }
