@@ -273,7 +273,12 @@ impl<L: Locks> VmMap<L> {
             if created && let Some(h) = e.object.take() {
                 objs.release(h);
             }
-            return done.map_or(Ok(0), |r| r.map(|()| 0));
+            if let Some(Err(err)) = done {
+                // The first page's fault failed, and counts as such.
+                self.0.ctx.counters.faults.add(1);
+                return Err(err);
+            }
+            return Ok(0);
         }
         self.0.ctx.counters.faults.add(n as u64);
         self.enter_run(va, &made, prot);

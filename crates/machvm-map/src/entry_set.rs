@@ -151,12 +151,21 @@ impl Entries {
         Some((s, self.at_mut(slot)?))
     }
 
-    /// Whether the slab and the tree agree (every slot the tree names
-    /// holds an entry, free slots hold none, nothing else).
+    /// Whether the slab and the tree agree: the slots the tree names and
+    /// the free slots are every slot once; the named hold an entry, the
+    /// free none.
     pub(crate) fn slots_exact(&self) -> bool {
-        let named = self.tree.values().all(|&s| self.at(s).is_some());
-        let free = self.free.iter().all(|&s| self.at(s).is_none());
-        named && free && self.tree.len() + self.free.len() == self.slots.len()
+        let mut seen = alloc::vec![false; self.slots.len()];
+        let mut once = |s: u32| {
+            let first = seen.get(s as usize).is_some_and(|&v| !v);
+            if first {
+                seen[s as usize] = true;
+            }
+            first
+        };
+        let named = self.tree.values().all(|&s| once(s) && self.at(s).is_some());
+        let free = self.free.iter().all(|&s| once(s) && self.at(s).is_none());
+        named && free && seen.iter().all(|&v| v)
     }
 }
 
@@ -222,6 +231,14 @@ mod tests {
             set.last_below_mut(0x5000).map(|(s, e)| (s, e.end)),
             Some((0x3000, 0x4900))
         );
+        // An aliased slot (two starts, one slot; the other slot's entry
+        // named by nothing) is not exact.
+        let mut bad = Entries::default();
+        bad.insert(0x1000, anon(0x2000));
+        bad.insert(0x3000, anon(0x4000));
+        let s0 = bad.slot(0x1000).unwrap();
+        bad.tree.insert(0x3000, s0);
+        assert!(!bad.slots_exact());
         let all: Vec<(u64, u64)> = set.into_iter().map(|(s, e)| (s, e.end)).collect();
         assert_eq!(all, [(0x3000, 0x4900), (0x5000, 0x6000)]);
     }

@@ -139,3 +139,36 @@ fn a_store_over_resident_pages_mapped_read_only_writes_them_in_place() {
     dst.verify().unwrap();
     vm.verify().unwrap();
 }
+
+/// A multi-page store whose one missing page is a whole fresh page, with
+/// no frame left: it fails as the single-page store does and counts its
+/// fault as that one does (`faults` counts failed faults too). Found by
+/// review: the run path returned without counting.
+#[test]
+fn a_failed_store_counts_its_fault_as_the_per_page_fault_does() {
+    let (vm, frames, _pm) = dirty_system(64);
+    let map = vm.create_map().unwrap();
+    let a = map.allocate(0, 2 * P, true).unwrap();
+    // Page 0 resident and mapped writable; page 1 untouched.
+    map.write_bytes(a, &[1]).unwrap();
+    let mut held = Vec::new();
+    while let Ok(pa) = frames.alloc(machvm_frame::FrameUse::Object) {
+        held.push(pa);
+    }
+    let before = vm.statistics();
+    let r = map.write_bytes(a, &vec![7u8; 2 * P as usize]);
+    assert_eq!(r, Err(machvm::KernError::ResourceShortage));
+    let after = vm.statistics();
+    let one = map.write_bytes(a + P, &vec![7u8; P as usize]);
+    assert_eq!(one, Err(machvm::KernError::ResourceShortage));
+    let single = vm.statistics();
+    assert_eq!(
+        (after.faults - before.faults, after.lookups - before.lookups),
+        (single.faults - after.faults, single.lookups - after.lookups),
+    );
+    for pa in held {
+        frames.free(pa);
+    }
+    map.verify().unwrap();
+    vm.verify().unwrap();
+}
