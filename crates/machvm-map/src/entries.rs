@@ -69,8 +69,12 @@ impl MapInner {
         debug_assert!(self.entries.is_empty());
         self.entries = entries;
         self.index.invalidate();
+        // One walk in order, not a tree search per entry.
         let mut ff = USER_MIN;
-        while let Some(e) = self.entries.get(&ff) {
+        for (&s, e) in self.entries.range(USER_MIN..) {
+            if s != ff {
+                break;
+            }
             ff = e.end;
         }
         self.first_free = ff;

@@ -62,21 +62,24 @@ impl Entries {
 
     /// Inserts `e` at `start`, replacing (and dropping) an entry there.
     pub(crate) fn insert(&mut self, start: u64, e: Entry) {
-        if let Some(slot) = self.slot(start) {
-            self.slots[slot as usize] = Some(e);
-            return;
+        use alloc::collections::btree_map::Entry as Place;
+        let Entries { tree, slots, free } = self;
+        match tree.entry(start) {
+            Place::Occupied(o) => slots[*o.get() as usize] = Some(e),
+            Place::Vacant(v) => {
+                let slot = match free.pop() {
+                    Some(slot) => {
+                        slots[slot as usize] = Some(e);
+                        slot
+                    }
+                    None => {
+                        slots.push(Some(e));
+                        (slots.len() - 1) as u32
+                    }
+                };
+                v.insert(slot);
+            }
         }
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slots[slot as usize] = Some(e);
-                slot
-            }
-            None => {
-                self.slots.push(Some(e));
-                (self.slots.len() - 1) as u32
-            }
-        };
-        self.tree.insert(start, slot);
     }
 
     /// Removes the entry at `start`.
@@ -170,10 +173,30 @@ impl Entries {
 }
 
 impl FromIterator<(u64, Entry)> for Entries {
+    /// The entries of `it` (distinct starts): the slab filled in order and
+    /// the tree built in one go (`fork`'s child gets its entries so).
     fn from_iter<I: IntoIterator<Item = (u64, Entry)>>(it: I) -> Entries {
-        let mut set = Entries::default();
-        for (s, e) in it {
-            set.insert(s, e);
+        let mut slots = Vec::new();
+        let tree: BTreeMap<u64, u32> = it
+            .into_iter()
+            .map(|(s, e)| {
+                slots.push(Some(e));
+                (s, (slots.len() - 1) as u32)
+            })
+            .collect();
+        let mut set = Entries {
+            tree,
+            slots,
+            free: Vec::new(),
+        };
+        // A repeated start left its earlier slot unnamed: free it.
+        if set.tree.len() != set.slots.len() {
+            let mut named = alloc::vec![false; set.slots.len()];
+            set.tree.values().for_each(|&s| named[s as usize] = true);
+            for (i, _) in named.iter().enumerate().filter(|(_, n)| !**n) {
+                set.slots[i] = None;
+                set.free.push(i as u32);
+            }
         }
         set
     }
@@ -240,6 +263,17 @@ mod tests {
         bad.tree.insert(0x3000, s0);
         assert!(!bad.slots_exact());
         let all: Vec<(u64, u64)> = set.into_iter().map(|(s, e)| (s, e.end)).collect();
+        // Built in one go, a repeated start keeps the last entry.
+        let built: Entries = [
+            (0x1000, anon(0x2000)),
+            (0x1000, anon(0x3000)),
+            (0x4000, anon(0x5000)),
+        ]
+        .into_iter()
+        .collect();
+        assert!(built.slots_exact());
+        assert_eq!(built.get(&0x1000).map(|e| e.end), Some(0x3000));
+        assert_eq!(built.len(), 2);
         assert_eq!(all, [(0x3000, 0x4900), (0x5000, 0x6000)]);
     }
 }
