@@ -172,3 +172,33 @@ fn a_failed_store_counts_its_fault_as_the_per_page_fault_does() {
     map.verify().unwrap();
     vm.verify().unwrap();
 }
+
+/// An unaligned `vm_copy` within one map onto an overlapping range, longer
+/// than the copy layer's 64-page source batch, after a fork shared the
+/// pages: the source is read in batches while the destination's faults
+/// copy up and shorten chains around it; the result is a memmove.
+#[test]
+fn an_overlapping_copy_within_one_map_moves_as_memmove() {
+    let (vm, frames, pm) = dirty_system(2048);
+    vm.set_consistency_checks(true);
+    let map = vm.create_map().unwrap();
+    let len = 150 * P;
+    let a = map.allocate(0, len + 8 * P, true).unwrap();
+    let data = pattern(len + 8 * P, 11);
+    map.write_bytes(a, &data).unwrap();
+    let child = map.fork().unwrap();
+    let (src, dst, n) = (a + 100, a + 3 * P + 40, len);
+    machvm::vm_copy(&map, src, n, dst).unwrap();
+    let mut want = data.clone();
+    want.copy_within(100..100 + n as usize, (3 * P + 40) as usize);
+    let mut got = vec![0u8; (len + 8 * P) as usize];
+    map.read_bytes(a, &mut got).unwrap();
+    assert!(got == want, "the copy is a memmove");
+    assert_mmu_sees(&pm, &frames, &map, a, &got);
+    let mut old = vec![0u8; (len + 8 * P) as usize];
+    child.read_bytes(a, &mut old).unwrap();
+    assert!(old == data, "the fork's child keeps its bytes");
+    map.verify().unwrap();
+    child.verify().unwrap();
+    vm.verify().unwrap();
+}
