@@ -31,8 +31,7 @@ impl Counter {
     /// Adds one.
     #[inline]
     pub fn bump(&self) {
-        let shard = machvm_base::sync::cpu_slot() % COUNTER_SHARDS;
-        self.0[shard].0.fetch_add(1, Relaxed);
+        self.add(1);
     }
 
     /// Adds `n`.

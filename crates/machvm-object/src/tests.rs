@@ -42,6 +42,13 @@ fn byte(o: &Objects<'_>, h: &Hold, page: u64) -> u8 {
     b[0]
 }
 
+/// A copy-on-write `Copy` reference to `h`'s window (no eager copy: no
+/// frame reserved).
+fn copy_of(o: &mut Objects<'_>, h: &Hold) -> CowRef {
+    let mut none = o.ctx.frames().reserve(0, FrameUse::Object).unwrap();
+    o.cow_share(h, Holder::Copy, &mut none).unwrap()
+}
+
 fn resolve(o: &mut Objects<'_>, h: &Hold, page: u64, write: bool) -> Resolved {
     let mut f = o.on_demand();
     let r = o
@@ -114,13 +121,7 @@ fn copy_on_write_through_a_shadow() {
     let mut o = c.objects();
     let mut h = o.create(4, DIRECT);
     let p = fill(&mut o, &h, 1, 0xAA);
-    let copy = o
-        .cow_share(
-            &h,
-            Holder::Copy,
-            &mut o.ctx.frames().reserve(0, FrameUse::Object).unwrap(),
-        )
-        .unwrap();
+    let copy = copy_of(&mut o, &h);
     assert!(
         copy.write_protect,
         "the direct writer must lose WRITE in the pmap"
@@ -462,13 +463,7 @@ fn an_overwrite_produces_the_page_without_zeroing_or_copying() {
 
     // Through a copy-on-write hold: no copy-up, produce writes the page.
     let p = fill(&mut o, &h, 1, 0xAA);
-    let copy = o
-        .cow_share(
-            &h,
-            Holder::Copy,
-            &mut o.ctx.frames().reserve(0, FrameUse::Object).unwrap(),
-        )
-        .unwrap();
+    let copy = copy_of(&mut o, &h);
     o.make_writable(&mut h, MAP);
     let r = overwrite(&mut o, &h, 1, 0xBB);
     assert_eq!(r.how, Resolution::CopiedUp);
