@@ -39,7 +39,9 @@ pub(crate) struct Backing {
 }
 
 /// A VM object (Mach's `vm_object`): anonymous memory, possibly shadowing
-/// another object.
+/// another object. Alone on its cache lines: faults in two objects take
+/// page-map locks that share no line.
+#[repr(align(128))]
 pub(crate) struct Object<L: Locks> {
     pub(crate) size: u64,
     pub(crate) pages: PageMap<L>,
@@ -161,7 +163,7 @@ impl<L: Locks> Objects<'_, L> {
     pub fn create(&mut self, pages: u64, holder: Holder) -> Hold {
         let obj = self.g.insert(Object {
             size: pages,
-            pages: PageMap::default(),
+            pages: PageMap::for_size(pages),
             backing: None,
             holders: Holders::new(),
         });
@@ -367,7 +369,7 @@ impl<L: Locks> Objects<'_, L> {
         let r = *self.g.rec(hold.obj, hold.id);
         let shadow = self.g.insert(Object {
             size: r.end - r.start,
-            pages: PageMap::default(),
+            pages: PageMap::for_size(r.end - r.start),
             backing: None,
             holders: Holders::new(),
         });
@@ -531,7 +533,8 @@ impl<L: Locks> Objects<'_, L> {
                 }
             }
         }
-        self.g.obj_mut(copy.obj).pages = PageMap::from_pages(pages);
+        let size = self.g.obj(copy.obj).size;
+        self.g.obj_mut(copy.obj).pages = PageMap::from_pages(size, pages);
         if let Some(b) = self.g.obj(hold.obj).backing {
             let rec = HolderRec {
                 kind: Holder::Shadow(copy.obj),

@@ -13,6 +13,7 @@ use machvm_base::sync::Locks;
 use machvm_base::{KernError, PageIndex, PhysAddr};
 use machvm_frame::FrameUse;
 
+use crate::pagemap::Probe;
 use crate::{
     Found, Hold, Holder, ObjectId, PageLookup, Resolution, Resolved, SharedObjects, VmCounters,
 };
@@ -104,37 +105,56 @@ impl<L: Locks> SharedObjects<'_, L> {
         write: bool,
         direct: bool,
     ) -> Result<Option<Step>, KernError> {
+        if write {
+            return self.claim_step(hold, off);
+        }
+        let (pa, how) = match self.find_settled(hold.obj, off) {
+            Some(f) if f.depth == 0 && direct => (f.pa, Resolution::Resident),
+            Some(f) => (f.pa, Resolution::Backing),
+            None => return Ok(self.zero_frame_for(hold, off).map(Step::Zero)),
+        };
+        Ok(Some(Step::Found(Resolved { pa, how })))
+    }
+
+    /// A store's step through a direct hold: the page resident in the top
+    /// object, or a claim of its offset when no object below has it and no
+    /// other holder sees it. The claim is also the lookup (one page-map
+    /// lock for a fresh page), so the frame is taken first and given back
+    /// when the page was there. Pages below the top object do not change
+    /// under the shared lock (their objects have another holder: the one
+    /// this chain stands on, so no shared fill reaches them).
+    fn claim_step(&self, hold: &Hold, off: u64) -> Result<Option<Step>, KernError> {
+        let top = self.g.obj(hold.obj);
+        if let Some(b) = top.backing
+            && self.find_settled(b.obj, off + b.offset).is_some()
+        {
+            return Ok(None); // a copy-up: exclusive
+        }
+        let resident = |pa| {
+            Step::Found(Resolved {
+                pa,
+                how: Resolution::Resident,
+            })
+        };
+        if self
+            .g
+            .other_overlaps(hold.obj, hold.id, off, off + 1, |_| true)
+        {
+            // Only a page already there may be stored to here.
+            return Ok(top.pages.settled(off).map(resident));
+        }
         loop {
-            let how = match (self.find_settled(hold.obj, off), write) {
-                (Some(f), _) if f.depth == 0 && direct => (f.pa, Resolution::Resident),
-                (Some(f), false) => (f.pa, Resolution::Backing),
-                (Some(_), true) => return Ok(None),
-                (None, false) => match self.zero_frame_for(hold, off) {
-                    Some(zero) => return Ok(Some(Step::Zero(zero))),
-                    None => return Ok(None),
-                },
-                (None, true) => {
-                    if self
-                        .g
-                        .other_overlaps(hold.obj, hold.id, off, off + 1, |_| true)
-                    {
-                        return Ok(None);
-                    }
-                    let pa = self.ctx.frames().alloc(FrameUse::Object)?;
-                    match self.g.obj(hold.obj).pages.claim(off, pa) {
-                        Ok(()) => return Ok(Some(Step::Claimed(pa))),
-                        Err(_) => {
-                            // Another fault of this hold filled it first.
-                            self.ctx.frames().free(pa);
-                            continue;
-                        }
-                    }
-                }
+            let pa = self.ctx.frames().alloc(FrameUse::Object)?;
+            let found = match top.pages.claim(off, pa) {
+                Ok(()) => return Ok(Some(Step::Claimed(pa))),
+                Err(Probe::Present(found)) => Some(found),
+                Err(Probe::Busy | Probe::Absent) => None,
             };
-            return Ok(Some(Step::Found(Resolved {
-                pa: how.0,
-                how: how.1,
-            })));
+            // Another fault of this hold filled it, or is filling it.
+            self.ctx.frames().free(pa);
+            if let Some(pa) = found.or_else(|| top.pages.settled(off)) {
+                return Ok(Some(resident(pa)));
+            }
         }
     }
 

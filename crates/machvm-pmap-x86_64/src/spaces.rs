@@ -41,8 +41,13 @@ pub(crate) struct Space {
 /// A live space, locked.
 pub(crate) type SpaceGuard<'a, L> = MutexGuard<'a, L, Space>;
 
+/// One slot of the space table, alone on its cache lines: faults in two
+/// address spaces take two locks that share no line.
+#[repr(align(128))]
+struct Slot<L: Locks>(Mutex<L, Space>);
+
 /// One chunk of the space table: `CHUNK` slots, each under its lock.
-type Chunk<L> = Box<[Mutex<L, Space>]>;
+type Chunk<L> = Box<[Slot<L>]>;
 
 /// Every live space, locked ([`Spaces::lock_all`]).
 pub(crate) struct AllSpaces<'a, L: Locks> {
@@ -79,7 +84,7 @@ impl<L: Locks> Spaces<L> {
 
     fn slot(&self, id: u32) -> Option<&Mutex<L, Space>> {
         let id = id as usize;
-        self.chunks.get(id / CHUNK)?.get()?.get(id % CHUNK)
+        Some(&self.chunks.get(id / CHUNK)?.get()?.get(id % CHUNK)?.0)
     }
 
     /// Space `p` locked, if it is live.
@@ -108,10 +113,10 @@ impl<L: Locks> Spaces<L> {
         }
         let chunk = self.chunks[id as usize / CHUNK].call_once(|| {
             (0..CHUNK)
-                .map(|_| Mutex::<L, _>::new(Space::default()))
+                .map(|_| Slot(Mutex::<L, _>::new(Space::default())))
                 .collect()
         });
-        *chunk[id as usize % CHUNK].lock() = Space {
+        *chunk[id as usize % CHUNK].0.lock() = Space {
             live: true,
             ..space
         };

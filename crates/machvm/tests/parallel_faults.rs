@@ -49,7 +49,8 @@ fn racing_faults_on_one_page_insert_exactly_one_frame() {
 fn two_threads_fill_disjoint_halves_of_one_entry() {
     let vm = system();
     let map = vm.create_map().unwrap();
-    let pages = 256u64;
+    // 8 MiB: an object whose pages are kept in shards.
+    let pages = 1024u64;
     let a = map.allocate(0, 2 * pages * P, true).unwrap();
     let start = Barrier::new(2);
     std::thread::scope(|s| {
@@ -70,6 +71,43 @@ fn two_threads_fill_disjoint_halves_of_one_entry() {
     }
     assert_eq!(map.region(a).unwrap().resident_pages, 2 * pages);
     assert_eq!(vm.audit().unreachable_pages, 0);
+    check(&vm, &[&map]);
+}
+
+#[test]
+fn racing_faults_across_a_large_object_insert_one_frame_per_page() {
+    let vm = system();
+    let map = vm.create_map().unwrap();
+    // 4,096 pages: every shard of the object's pages; every 61st page
+    // (crossing chunk boundaries at different points), by every thread.
+    let (pages, step) = (4096u64, 61u64);
+    let a = map.allocate(0, pages * P, true).unwrap();
+    let before = vm.statistics().active_count;
+    let start = Barrier::new(THREADS);
+    std::thread::scope(|s| {
+        for t in 0..THREADS as u64 {
+            let (map, start) = (&map, &start);
+            s.spawn(move || {
+                start.wait();
+                for i in (0..pages).step_by(step as usize) {
+                    map.write_bytes(a + i * P + t * 8, &[t as u8 + 1]).unwrap();
+                }
+            });
+        }
+    });
+    let touched = pages.div_ceil(step);
+    assert_eq!(
+        vm.statistics().active_count,
+        before + touched,
+        "one frame a page"
+    );
+    assert_eq!(map.region(a).unwrap().resident_pages, touched);
+    for i in (0..pages).step_by(step as usize) {
+        let bytes = peek(&map, a + i * P, THREADS * 8);
+        for t in 0..THREADS {
+            assert_eq!(bytes[t * 8], t as u8 + 1, "page {i}, thread {t}'s store");
+        }
+    }
     check(&vm, &[&map]);
 }
 
