@@ -225,28 +225,42 @@ fn zero_fill(map: &VmMap, a: u64, pages: u64) {
     }
 }
 
+/// Where the second half of the work goes in a parallel round.
+#[derive(Clone, Copy)]
+enum Second {
+    /// Another map of the same system.
+    OtherMap,
+    /// The second half of the first map's range.
+    SameMap,
+    /// A map of another system (the control: nothing shared).
+    OtherSystem,
+}
+
 /// The parallel group: 2·n zero-fill faults through the façade, by one
 /// thread (both ranges, one after the other), by two threads on two maps,
-/// and by two threads on disjoint halves of one map. Time for all 2·n
-/// pages: from the first thread's start to the last thread's end, the
-/// threads spawned first and released together by a barrier.
+/// by two threads on disjoint halves of one map, and — the control — by
+/// two threads on maps of two separate systems. Time for all 2·n pages:
+/// from the first thread's start to the last thread's end, the threads
+/// spawned first and released together by a barrier, each timing itself
+/// (on 2 cores the thread that releases a barrier may run last, so no
+/// single thread's clock brackets the others' work).
 fn parallel(c: &mut Criterion) {
     let p = profile();
     let n = 4 * p.fault_pages();
     let vm = VmSystem::hosted(ram_for(4 * n * PAGE_SIZE));
+    let other = VmSystem::hosted(ram_for(2 * n * PAGE_SIZE));
     let mut g = c.benchmark_group(ids::PARALLEL);
     tune(&mut g, p, 0, true);
     let (m1, m2) = (vm.create_map().unwrap(), vm.create_map().unwrap());
+    let m3 = other.create_map().unwrap();
     let len = n * PAGE_SIZE;
-    // One round: the clock runs from the release of the barrier until
-    // both ranges are filled (the threads are spawned before it).
-    // One round: from the first thread's start to the last one's end, each
-    // timing itself (on 2 cores the thread that releases a barrier may run
-    // last, so no single thread's clock brackets the others' work).
-    let round = |two_threads: bool, one_map: bool| -> Duration {
+    let round = |two_threads: bool, second: Second| -> Duration {
         let a1 = m1.allocate(0, 2 * len, true).unwrap();
-        let a2 = m2.allocate(0, len, true).unwrap();
-        let (second, b) = if one_map { (&m1, a1 + len) } else { (&m2, a2) };
+        let (map2, a2) = match second {
+            Second::SameMap => (&m1, a1 + len),
+            Second::OtherMap => (&m2, m2.allocate(0, len, true).unwrap()),
+            Second::OtherSystem => (&m3, m3.allocate(0, len, true).unwrap()),
+        };
         let timed = |work: &dyn Fn()| {
             let s = Instant::now();
             work();
@@ -261,29 +275,32 @@ fn parallel(c: &mut Criterion) {
                 });
                 let other = s.spawn(|| {
                     start.wait();
-                    timed(&|| zero_fill(second, b, n))
+                    timed(&|| zero_fill(map2, a2, n))
                 });
                 vec![first.join().unwrap(), other.join().unwrap()]
             })
         } else {
             vec![timed(&|| {
                 zero_fill(&m1, a1, n);
-                zero_fill(second, b, n);
+                zero_fill(map2, a2, n);
             })]
         };
         let begin = spans.iter().map(|s| s.0).min().unwrap();
         let end = spans.iter().map(|s| s.1).max().unwrap();
         m1.deallocate(a1, 2 * len).unwrap();
-        m2.deallocate(a2, len).unwrap();
+        if !matches!(second, Second::SameMap) {
+            map2.deallocate(a2, len).unwrap();
+        }
         end - begin
     };
-    for (id, two_threads, one_map) in [
-        (ids::ONE_THREAD, false, false),
-        (ids::TWO_MAPS, true, false),
-        (ids::ONE_MAP, true, true),
+    for (id, two_threads, second) in [
+        (ids::ONE_THREAD, false, Second::OtherMap),
+        (ids::TWO_MAPS, true, Second::OtherMap),
+        (ids::ONE_MAP, true, Second::SameMap),
+        (ids::TWO_SYSTEMS, true, Second::OtherSystem),
     ] {
         g.bench_function(id, |b| {
-            b.iter_custom(|iters| (0..iters).map(|_| round(two_threads, one_map)).sum());
+            b.iter_custom(|iters| (0..iters).map(|_| round(two_threads, second)).sum());
         });
     }
     g.finish();

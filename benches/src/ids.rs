@@ -35,6 +35,10 @@ pub const ONE_THREAD: &str = "one_thread";
 pub const TWO_MAPS: &str = "two_threads_two_maps";
 /// Two threads on disjoint ranges of one map.
 pub const ONE_MAP: &str = "two_threads_one_map";
+/// The control: two threads, each on a map of its own system (no lock,
+/// cache line or frame in common): what this machine gives two threads
+/// doing this work.
+pub const TWO_SYSTEMS: &str = "two_threads_two_systems";
 
 /// Entry lookups.
 pub const LOOKUP: &str = "lookup";
