@@ -12,6 +12,11 @@
 //!   translation, then *publishes* it (clears busy) — or, when the
 //!   translation cannot be entered, *withdraws* it.
 //!
+//! An object of several 2 MiB chunks keeps its pages in shards by chunk,
+//! a lock each (`PageMap::Sharded`): two threads faulting different parts
+//! of one large entry seldom take one lock. Every rule below holds per
+//! shard, and an offset always lives in its chunk's shard.
+//!
 //! Invariants:
 //! - A busy slot exists only while its filler runs under the graph's shared
 //!   lock: the exclusive lock never sees one.
@@ -53,74 +58,100 @@ type Slots = BTreeMap<u64, u64>;
 
 /// One shard of a large object's pages, alone on its cache lines.
 #[repr(align(128))]
-struct Shard<L: Locks>(Mutex<L, Slots>);
+pub(crate) struct Shard<L: Locks>(Mutex<L, Slots>);
 
 /// The resident pages of one object: in one map, or for an object of
 /// several 2 MiB chunks in shards by chunk (each under its own lock), so
 /// that faults in different parts of one large object rarely meet. A
 /// small object pays for no shard.
-pub(crate) struct PageMap<L: Locks> {
-    /// The pages, when `shards` is empty.
-    one: Mutex<L, Slots>,
-    /// The pages by [`shard_of`](Self::shard_of), or none.
-    shards: Box<[Shard<L>]>,
+pub(crate) enum PageMap<L: Locks> {
+    /// A small object's pages.
+    One(Mutex<L, Slots>),
+    /// A large object's, by [`shard_index`](Self::shard_index): a power of
+    /// two of shards.
+    Sharded(Box<[Shard<L>]>),
 }
 
 impl<L: Locks> PageMap<L> {
     /// An empty map for an object of `size` pages.
     pub(crate) fn for_size(size: u64) -> PageMap<L> {
         let chunks = (size >> CHUNK_SHIFT).clamp(1, MAX_SHARDS as u64) as usize;
-        let n = if chunks > 1 {
-            chunks.next_power_of_two().min(MAX_SHARDS)
-        } else {
-            0
-        };
-        PageMap {
-            one: Mutex::new(Slots::new()),
-            shards: (0..n).map(|_| Shard(Mutex::new(Slots::new()))).collect(),
+        match chunks.next_power_of_two().min(MAX_SHARDS) {
+            1 => PageMap::One(Mutex::new(Slots::new())),
+            n => PageMap::Sharded((0..n).map(|_| Shard(Mutex::new(Slots::new()))).collect()),
         }
     }
 
     /// A map holding `pages`, for an object of `size` pages.
     pub(crate) fn from_pages(size: u64, pages: BTreeMap<u64, PhysAddr>) -> PageMap<L> {
         let mut m = PageMap::for_size(size);
-        for (k, pa) in pages {
-            m.insert(k, pa);
+        let pages = pages.into_iter().map(|(k, pa)| (k, pa.as_u64()));
+        match &mut m {
+            PageMap::One(one) => *one.get_mut() = pages.collect(),
+            PageMap::Sharded(_) => {
+                for (k, s) in pages {
+                    m.slots_mut(k).insert(k, s);
+                }
+            }
         }
         m
     }
 
-    /// The shard of the pages at `off` (with shards). Chunks are hashed
-    /// (Fibonacci): two faults a fixed distance apart in one object do not
-    /// land in one shard every time.
+    /// The shard of chunk `chunk` among `n` (a power of two): a hash
+    /// (xorshift, then Fibonacci's multiply, top bits), so that two faults
+    /// a fixed number of chunks apart (two threads sweeping the halves of
+    /// one entry) seldom meet in one shard, whatever the distance.
     #[inline]
-    fn shard_index(&self, off: u64) -> usize {
-        let h = (off >> CHUNK_SHIFT).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
-        h as usize % self.shards.len()
+    fn shard_index(chunk: u64, n: usize) -> usize {
+        let mixed = (chunk ^ (chunk >> 3)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (mixed >> (64 - n.trailing_zeros())) as usize
     }
 
     /// The lock of the pages at `off`.
     #[inline]
     fn shard_of(&self, off: u64) -> &Mutex<L, Slots> {
-        match self.shards.is_empty() {
-            true => &self.one,
-            false => &self.shards[self.shard_index(off)].0,
+        match self {
+            PageMap::One(one) => one,
+            PageMap::Sharded(s) => &s[Self::shard_index(off >> CHUNK_SHIFT, s.len())].0,
         }
     }
 
-    /// Every lock, for what spans the whole map.
-    fn locks(&self) -> impl Iterator<Item = &Mutex<L, Slots>> {
-        let one = self.shards.is_empty().then_some(&self.one);
-        one.into_iter().chain(self.shards.iter().map(|s| &s.0))
+    /// The locks of the pages at offsets in `[lo, hi)`: the shards of the
+    /// chunks the range covers (every shard for a long one).
+    fn locks(&self, lo: u64, hi: u64) -> impl Iterator<Item = &Mutex<L, Slots>> {
+        let (one, shards): (Option<&Mutex<L, Slots>>, &[Shard<L>]) = match self {
+            PageMap::One(one) => (Some(one), &[]),
+            PageMap::Sharded(s) => (None, s),
+        };
+        let n = shards.len();
+        let mut mask = 0u64;
+        if hi > lo && n > 0 {
+            let (first, last) = (lo >> CHUNK_SHIFT, (hi - 1) >> CHUNK_SHIFT);
+            if last - first >= n as u64 {
+                mask = (1 << n) - 1;
+            } else {
+                for c in first..=last {
+                    mask |= 1 << Self::shard_index(c, n);
+                }
+            }
+        }
+        let shards = shards.iter().enumerate();
+        let chosen = shards.filter(move |(i, _)| mask & (1 << i) != 0);
+        one.into_iter().chain(chosen.map(|(_, s)| &s.0))
+    }
+
+    /// Every lock.
+    fn all_locks(&self) -> impl Iterator<Item = &Mutex<L, Slots>> {
+        self.locks(0, u64::MAX)
     }
 
     /// The slots of `off` for the exclusive lock's holder.
     fn slots_mut(&mut self, off: u64) -> &mut Slots {
-        match self.shards.is_empty() {
-            true => self.one.get_mut(),
-            false => {
-                let i = self.shard_index(off);
-                self.shards[i].0.get_mut()
+        match self {
+            PageMap::One(one) => one.get_mut(),
+            PageMap::Sharded(s) => {
+                let i = Self::shard_index(off >> CHUNK_SHIFT, s.len());
+                s[i].0.get_mut()
             }
         }
     }
@@ -149,25 +180,25 @@ impl<L: Locks> PageMap<L> {
 
     /// Number of pages at offsets in `[lo, hi)`.
     pub(crate) fn count(&self, lo: u64, hi: u64) -> u64 {
-        self.locks()
-            .map(|l| l.lock().range(lo..hi).count() as u64)
-            .sum()
+        let n = self.locks(lo, hi).map(|l| l.lock().range(lo..hi).count());
+        n.sum::<usize>() as u64
     }
 
     /// The pages at offsets in `[lo, hi)`, in order.
     pub(crate) fn range(&self, lo: u64, hi: u64) -> Vec<(u64, PhysAddr)> {
+        if hi <= lo {
+            return Vec::new();
+        }
         let mut v = Vec::new();
-        for l in self.locks() {
+        for l in self.locks(lo, hi) {
             let m = l.lock();
             v.extend(
                 m.range(lo..hi)
                     .map(|(&k, &s)| (k, PhysAddr::new(s & !BUSY))),
             );
         }
-        if !self.shards.is_empty() {
-            // Each shard's pages come as sorted runs (a chunk each): a
-            // stable sort merges runs.
-            v.sort_by_key(|&(k, _)| k);
+        if let PageMap::Sharded(_) = self {
+            v.sort_unstable_by_key(|&(k, _)| k); // offsets are unique
         }
         v
     }
@@ -179,12 +210,12 @@ impl<L: Locks> PageMap<L> {
 
     /// Number of pages.
     pub(crate) fn len(&self) -> usize {
-        self.locks().map(|l| l.lock().len()).sum()
+        self.all_locks().map(|l| l.lock().len()).sum()
     }
 
     /// True when no page is resident.
     pub(crate) fn is_empty(&self) -> bool {
-        self.locks().all(|l| l.lock().is_empty())
+        self.all_locks().all(|l| l.lock().is_empty())
     }
 
     /// Inserts a resident page (exclusive lock).
@@ -195,18 +226,20 @@ impl<L: Locks> PageMap<L> {
     /// Inserts resident pages, in ascending offset order (exclusive
     /// lock): into an empty map in one bulk build, not a search each.
     pub(crate) fn insert_sorted(&mut self, pages: Vec<(u64, PhysAddr)>) {
-        if !self.shards.is_empty() {
-            for (k, pa) in pages {
-                self.insert(k, pa);
-            }
-            return;
-        }
-        let m = self.one.get_mut();
         let pages = pages.into_iter().map(|(k, pa)| (k, pa.as_u64()));
-        if m.is_empty() {
-            *m = pages.collect();
-        } else {
-            m.extend(pages);
+        match self {
+            PageMap::One(one) => {
+                let m = one.get_mut();
+                match m.is_empty() {
+                    true => *m = pages.collect(),
+                    false => m.extend(pages),
+                }
+            }
+            PageMap::Sharded(_) => {
+                for (k, s) in pages {
+                    self.slots_mut(k).insert(k, s);
+                }
+            }
         }
     }
 
@@ -217,9 +250,15 @@ impl<L: Locks> PageMap<L> {
 
     /// Takes every page out (exclusive lock), in no particular order.
     pub(crate) fn take_all(&mut self) -> Vec<(u64, PhysAddr)> {
-        let one = core::iter::once(self.one.get_mut());
-        let maps = one.chain(self.shards.iter_mut().map(|s| s.0.get_mut()));
-        maps.flat_map(core::mem::take)
+        let maps: Vec<Slots> = match self {
+            PageMap::One(one) => alloc::vec![core::mem::take(one.get_mut())],
+            PageMap::Sharded(s) => s
+                .iter_mut()
+                .map(|s| core::mem::take(s.0.get_mut()))
+                .collect(),
+        };
+        maps.into_iter()
+            .flatten()
             .map(|(k, s)| (k, PhysAddr::new(s)))
             .collect()
     }
@@ -285,7 +324,7 @@ impl<L: Locks> PageMap<L> {
 
     /// Whether any slot is busy (what `verify` checks never holds).
     pub(crate) fn any_busy(&self) -> bool {
-        self.locks()
+        self.all_locks()
             .any(|l| l.lock().values().any(|s| s & BUSY != 0))
     }
 }
@@ -302,15 +341,46 @@ mod tests {
         offs
     }
 
+    /// Shards of a map (0: one map).
+    fn shards(m: &PageMap<SpinLocks>) -> usize {
+        match m {
+            PageMap::One(_) => 0,
+            PageMap::Sharded(s) => s.len(),
+        }
+    }
+
     #[test]
     fn small_objects_keep_one_map_and_large_ones_shards() {
-        assert!(PageMap::<SpinLocks>::for_size(512).shards.is_empty());
-        assert_eq!(PageMap::<SpinLocks>::for_size(1024).shards.len(), 2);
-        assert_eq!(PageMap::<SpinLocks>::for_size(3 * 512).shards.len(), 4);
-        assert_eq!(
-            PageMap::<SpinLocks>::for_size(1 << 30).shards.len(),
-            MAX_SHARDS
-        );
+        assert_eq!(shards(&PageMap::for_size(512)), 0);
+        assert_eq!(shards(&PageMap::for_size(1024)), 2);
+        assert_eq!(shards(&PageMap::for_size(3 * 512)), 4);
+        assert_eq!(shards(&PageMap::for_size(1 << 30)), MAX_SHARDS);
+    }
+
+    #[test]
+    fn neighbouring_chunks_spread_and_sweeps_apart_seldom_meet() {
+        let i = |c| PageMap::<SpinLocks>::shard_index(c, MAX_SHARDS);
+        for block in 0..64u64 {
+            let mut seen = 0u32;
+            for c in block * 8..block * 8 + 8 {
+                seen |= 1 << i(c);
+            }
+            assert!(seen.count_ones() >= 5, "block {block}: shards {seen:#b}");
+        }
+        // Two threads sweeping the halves of one entry, 1..64 chunks
+        // apart: under a quarter of their steps share a shard (a fold of
+        // the chunk's bits met in a third at some distances, and
+        // Fibonacci hashing alone in nearly all at 55).
+        for apart in 1..64u64 {
+            let meet = (0..256u64).filter(|&c| i(c) == i(c + apart)).count();
+            assert!(meet < 64, "{apart} chunks apart: {meet} of 256 steps meet");
+        }
+        for n in [2, 4, 8] {
+            let all = (0..64).fold(0u32, |m, c| {
+                m | 1 << PageMap::<SpinLocks>::shard_index(c, n)
+            });
+            assert_eq!(all, (1 << n) - 1, "{n} shards all used");
+        }
     }
 
     #[test]
@@ -323,10 +393,12 @@ mod tests {
                 m.insert(off, pa);
                 model.insert(off, pa);
             }
-            let (lo, hi) = (size / 3, size / 3 * 2 + 5);
-            let want: Vec<_> = model.range(lo..hi).map(|(&k, &v)| (k, v)).collect();
-            assert_eq!(m.range(lo, hi), want, "size {size}: a range, in order");
-            assert_eq!(m.count(lo, hi), want.len() as u64);
+            let third = size / 3;
+            for (lo, hi) in [(third, 2 * third + 5), (700, 900), (500, 1100), (9, 9)] {
+                let want: Vec<_> = model.range(lo..hi).map(|(&k, &v)| (k, v)).collect();
+                assert_eq!(m.range(lo, hi), want, "size {size}: [{lo}, {hi}) in order");
+                assert_eq!(m.count(lo, hi), want.len() as u64);
+            }
             assert_eq!(
                 m.all(),
                 model.iter().map(|(&k, &v)| (k, v)).collect::<Vec<_>>()
@@ -347,7 +419,12 @@ mod tests {
     #[test]
     fn busy_slots_are_seen_in_every_shard() {
         let m = PageMap::<SpinLocks>::for_size(4096);
-        for off in [5, 600, 1100, 4000] {
+        let offs = (0..64).map(|c| c * 512 + c);
+        let used = offs.clone().fold(0u32, |u, off| {
+            u | 1 << PageMap::<SpinLocks>::shard_index(off >> CHUNK_SHIFT, MAX_SHARDS)
+        });
+        assert_eq!(used, (1 << MAX_SHARDS) - 1, "the offsets reach every shard");
+        for off in offs {
             assert_eq!(m.claim(off, PhysAddr::new(0x1000)), Ok(()));
             assert!(m.any_busy());
             assert_eq!(m.probe(off), Probe::Busy);
@@ -410,34 +487,42 @@ mod loom_tests {
 
     #[test]
     fn two_faults_on_one_page_fill_it_once() {
-        loom::model(|| {
-            let m = Arc::new(PageMap::<SpinLocks>::for_size(1));
-            let fill = Arc::new(AtomicU64::new(0));
-            let (m2, f2) = (m.clone(), fill.clone());
-            let t = loom::thread::spawn(move || fault(&m2, 7, PhysAddr::new(0x2000), &f2, false));
-            let a = fault(&m, 7, PhysAddr::new(0x1000), &fill, false);
-            let b = t.join().unwrap();
-            assert_eq!(a, b, "both faults use one page");
-            assert_eq!(m.all(), [(7, a.unwrap())]);
-            assert!(!m.any_busy());
-        });
+        // One map, and a large object's shard (page 7 of chunk 3).
+        for (size, off) in [(1, 7), (4096, 3 * 512 + 7)] {
+            loom::model(move || {
+                let m = Arc::new(PageMap::<SpinLocks>::for_size(size));
+                let fill = Arc::new(AtomicU64::new(0));
+                let (m2, f2) = (m.clone(), fill.clone());
+                let t =
+                    loom::thread::spawn(move || fault(&m2, off, PhysAddr::new(0x2000), &f2, false));
+                let a = fault(&m, off, PhysAddr::new(0x1000), &fill, false);
+                let b = t.join().unwrap();
+                assert_eq!(a, b, "both faults use one page");
+                assert_eq!(m.all(), [(off, a.unwrap())]);
+                assert!(!m.any_busy());
+            });
+        }
     }
 
     #[test]
     fn a_withdrawn_fill_leaves_the_page_to_the_waiter() {
-        loom::model(|| {
-            let m = Arc::new(PageMap::<SpinLocks>::for_size(1));
-            let fill = Arc::new(AtomicU64::new(0));
-            let (m2, f2) = (m.clone(), fill.clone());
-            let t = loom::thread::spawn(move || fault(&m2, 7, PhysAddr::new(0x2000), &f2, true));
-            let a = fault(&m, 7, PhysAddr::new(0x1000), &fill, false);
-            let b = t.join().unwrap();
-            // The failing fault either withdrew before the other claimed,
-            // or found the other's page published.
-            assert_eq!(a, Some(PhysAddr::new(0x1000)));
-            assert!(b.is_none() || b == a);
-            assert_eq!(m.all(), [(7, PhysAddr::new(0x1000))]);
-            assert!(!m.any_busy());
-        });
+        // One map, and a large object's shard (page 7 of chunk 3).
+        for (size, off) in [(1, 7), (4096, 3 * 512 + 7)] {
+            loom::model(move || {
+                let m = Arc::new(PageMap::<SpinLocks>::for_size(size));
+                let fill = Arc::new(AtomicU64::new(0));
+                let (m2, f2) = (m.clone(), fill.clone());
+                let t =
+                    loom::thread::spawn(move || fault(&m2, off, PhysAddr::new(0x2000), &f2, true));
+                let a = fault(&m, off, PhysAddr::new(0x1000), &fill, false);
+                let b = t.join().unwrap();
+                // The failing fault either withdrew before the other claimed,
+                // or found the other's page published.
+                assert_eq!(a, Some(PhysAddr::new(0x1000)));
+                assert!(b.is_none() || b == a);
+                assert_eq!(m.all(), [(off, PhysAddr::new(0x1000))]);
+                assert!(!m.any_busy());
+            });
+        }
     }
 }

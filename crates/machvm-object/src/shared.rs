@@ -121,30 +121,39 @@ impl<L: Locks> SharedObjects<'_, L> {
     /// other holder sees it. The claim is also the lookup (one page-map
     /// lock for a fresh page), so the frame is taken first and given back
     /// when the page was there. Pages below the top object do not change
-    /// under the shared lock (their objects have another holder: the one
-    /// this chain stands on, so no shared fill reaches them).
+    /// under the shared lock: a fill goes only where no other holder sees
+    /// the offset, and this chain's shadow window sees every page below.
     fn claim_step(&self, hold: &Hold, off: u64) -> Result<Option<Step>, KernError> {
         let top = self.g.obj(hold.obj);
-        if let Some(b) = top.backing
-            && self.find_settled(b.obj, off + b.offset).is_some()
-        {
-            return Ok(None); // a copy-up: exclusive
-        }
         let resident = |pa| {
             Step::Found(Resolved {
                 pa,
                 how: Resolution::Resident,
             })
         };
-        if self
+        let below = top
+            .backing
+            .is_some_and(|b| self.find_settled(b.obj, off + b.offset).is_some());
+        let shared = self
             .g
-            .other_overlaps(hold.obj, hold.id, off, off + 1, |_| true)
-        {
-            // Only a page already there may be stored to here.
+            .other_overlaps(hold.obj, hold.id, off, off + 1, |_| true);
+        if below || shared {
+            // Only a page already at the top is stored to here; else a
+            // copy-up or a fill a sibling sees: the exclusive path.
             return Ok(top.pages.settled(off).map(resident));
         }
         loop {
-            let pa = self.ctx.frames().alloc(FrameUse::Object)?;
+            let pa = match self.ctx.frames().alloc(FrameUse::Object) {
+                Ok(pa) => pa,
+                // A page already there needs no frame.
+                Err(e) => {
+                    return top
+                        .pages
+                        .settled(off)
+                        .map(|pa| Some(resident(pa)))
+                        .ok_or(e.into());
+                }
+            };
             let found = match top.pages.claim(off, pa) {
                 Ok(()) => return Ok(Some(Step::Claimed(pa))),
                 Err(Probe::Present(found)) => Some(found),

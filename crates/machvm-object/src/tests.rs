@@ -479,3 +479,60 @@ fn an_overwrite_produces_the_page_without_zeroing_or_copying() {
     o.release(h);
     assert_eq!((used(&c), o.g.live()), (0, 0));
 }
+
+/// Regression (review of the one-lock claim): a store's shared-path fault
+/// on a page already resident in the top object needs no frame, so it
+/// resolves `Resident` even when the allocator has nothing to give.
+#[test]
+fn a_shared_store_to_a_resident_page_needs_no_frame() {
+    let c = ctx(64);
+    let h = {
+        let mut o = c.objects();
+        let h = o.create(8, DIRECT);
+        fill(&mut o, &h, 3, 9);
+        h
+    };
+    let before = used(&c);
+    c.frames().fail_nth_allocation(1);
+    let r = {
+        let s = c.shared_objects();
+        s.resolve(&h, PageIndex::new(3), true, |_| Ok(()))
+            .map(|r| r.map(|r| r.how))
+    };
+    c.frames().fail_nth_allocation(0);
+    assert_eq!(
+        r,
+        Ok(Some(Resolution::Resident)),
+        "store to a resident page"
+    );
+    assert_eq!(used(&c), before);
+    c.objects().release(h);
+}
+
+/// Regression (review of the one-lock claim): a store to a page already
+/// copied up into the top object (the original still below, seen by a
+/// copy) changes no structure and stays on the shared path.
+#[test]
+fn a_shared_store_to_a_copied_up_page_stays_shared() {
+    let c = ctx(64);
+    let (h, cp) = {
+        let mut o = c.objects();
+        let mut h = o.create(8, DIRECT);
+        fill(&mut o, &h, 3, 9);
+        let cp = copy_of(&mut o, &h);
+        o.make_writable(&mut h, MAP);
+        fill(&mut o, &h, 3, 10); // copy-up
+        assert_eq!(o.lookup(&h, PageIndex::new(3)).unwrap().depth, 0);
+        assert_eq!(byte(&o, &cp.hold, 3), 9);
+        (h, cp)
+    };
+    let r = {
+        let s = c.shared_objects();
+        s.resolve(&h, PageIndex::new(3), true, |_| Ok(()))
+            .map(|r| r.map(|r| r.how))
+    };
+    assert_eq!(r, Ok(Some(Resolution::Resident)));
+    let mut o = c.objects();
+    o.release(cp.hold);
+    o.release(h);
+}

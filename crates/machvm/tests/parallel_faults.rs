@@ -78,8 +78,9 @@ fn two_threads_fill_disjoint_halves_of_one_entry() {
 fn racing_faults_across_a_large_object_insert_one_frame_per_page() {
     let vm = system();
     let map = vm.create_map().unwrap();
-    // 4,096 pages: every shard of the object's pages; every 61st page
-    // (crossing chunk boundaries at different points), by every thread.
+    // 4,096 pages: eight 2 MiB chunks, the object's pages in shards;
+    // every 61st page (crossing chunk boundaries at different points), by
+    // every thread.
     let (pages, step) = (4096u64, 61u64);
     let a = map.allocate(0, pages * P, true).unwrap();
     let before = vm.statistics().active_count;

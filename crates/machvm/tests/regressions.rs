@@ -3,7 +3,9 @@
 mod common;
 
 use common::*;
-use machvm::{KernError, VmInherit, VmProt, vm_copy, vm_map_copy, vm_read, vm_write};
+use machvm::{
+    Access, KernError, VmInherit, VmProt, VmSystem, vm_copy, vm_map_copy, vm_read, vm_write,
+};
 
 /// FreeBSD CVE-2021-29626: a shadow object shared through `Share`
 /// inheritance over a copy-on-write range. When a page is copied up into it,
@@ -175,4 +177,48 @@ impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// Write-protects and unprotects a page: it stays resident, its
+/// translation read-only, so the next store faults (a GC's write barrier,
+/// W^X toggling).
+fn reprotect(map: &machvm::VmMap, a: u64) {
+    let rw = VmProt::READ | VmProt::WRITE;
+    map.protect(a, P, false, VmProt::READ).unwrap();
+    map.protect(a, P, false, rw).unwrap();
+}
+
+/// A store fault on a page resident in the entry's own object takes no
+/// frame, so it cannot fail for want of one. Failed before the fix
+/// (`ResourceShortage`: the shared path took a frame before it looked).
+#[test]
+fn a_store_fault_on_a_resident_page_needs_no_free_frame() {
+    let vm = system();
+    let map = vm.create_map().unwrap();
+    let a = map.allocate(0, P, true).unwrap();
+    map.write_bytes(a, &[1]).unwrap();
+    reprotect(&map, a);
+    vm.context().frames().fail_nth_allocation(1);
+    let r = map.fault(a, Access::Write);
+    vm.context().frames().fail_nth_allocation(0);
+    assert_eq!(r, Ok(()), "a store fault on a resident page");
+    check(&vm, &[&map]);
+}
+
+/// The same with memory really exhausted by the task's own pages.
+#[test]
+fn a_store_to_a_resident_page_succeeds_with_memory_full() {
+    let vm = VmSystem::hosted(4 << 20);
+    let map = vm.create_map().unwrap();
+    let a = map.allocate(0, 8 << 20, true).unwrap();
+    let mut filled = 0;
+    while map.write_bytes(a + filled * P, &[1]).is_ok() {
+        filled += 1;
+    }
+    assert!(filled > 16, "some pages filled ({filled})");
+    assert_eq!(vm.statistics().free_count, 0, "memory is full");
+    reprotect(&map, a);
+    assert_eq!(map.write_bytes(a, &[2]), Ok(()), "no new frame needed");
+    assert_eq!(peek(&map, a, 1), [2]);
+    check(&vm, &[&map]);
 }
