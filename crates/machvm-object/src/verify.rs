@@ -87,12 +87,19 @@ impl<L: Locks> Objects<'_, L> {
         Ok(())
     }
 
-    /// A resident page lies inside its object, its frame is an object
-    /// frame, and its metadata names this object and offset.
+    /// A resident page lies inside its object (and its chunk's shard), its
+    /// frame is an object frame, and its metadata names this object and
+    /// offset.
     fn check_pages(&self, id: ObjectId, o: &Object<L>) -> Result<(), String> {
         let frames = self.ctx.frames();
         if o.pages.any_busy() {
             return Err(format!("object {}: a busy page outside a fill", id.0));
+        }
+        if let Some(off) = o.pages.misplaced() {
+            return Err(format!(
+                "object {}: page {off} outside its chunk's shard",
+                id.0
+            ));
         }
         for (off, pa) in o.pages.all() {
             if off >= o.size {
