@@ -175,6 +175,8 @@ impl fmt::Display for VmInherit {
 mod addr;
 pub mod sync;
 mod violation;
+#[cfg(feature = "x86_64")]
+mod x86;
 
 pub use addr::{
     AddrNotValid, PHYS_ADDR_BITS, PageChunk, PageIndex, PhysAddr, VaRange, VirtAddr, page_chunks,
@@ -254,3 +256,8 @@ mod tests {
         assert!(!VaRange::round_out(0, 0x1000).unwrap().is_user());
     }
 }
+
+/// The examples in this crate's README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;

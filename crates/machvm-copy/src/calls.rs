@@ -80,9 +80,12 @@ struct CopyArgs {
 ///
 /// # Example
 /// ```
-/// # let ctx = machvm_map::hosted_context(1 << 20);
+/// use std::sync::Arc;
 /// use machvm_copy::vm_map_copy;
-/// use machvm_map::VmMap;
+/// use machvm_map::{FrameAllocator, SoftPmap, VmContext, VmMap};
+///
+/// let frames = Arc::new(FrameAllocator::hosted(1 << 20).unwrap());
+/// let ctx = VmContext::new(frames, Arc::new(SoftPmap::new()));
 /// let (src, dst) = (VmMap::new(&ctx).unwrap(), VmMap::new(&ctx).unwrap());
 /// let a = src.allocate(0, 4 * 4096, true).unwrap();
 /// src.write_bytes(a, b"copy me").unwrap();

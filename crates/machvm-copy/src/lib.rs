@@ -296,3 +296,8 @@ impl<L: Locks> Drop for VmMapCopy<L> {
         }
     }
 }
+
+/// The examples in this crate's README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;

@@ -32,6 +32,9 @@ mod page;
 mod reserve;
 mod sync;
 mod verify;
+#[cfg(feature = "x86_64")]
+#[allow(unsafe_code)]
+mod x86;
 mod zero;
 
 use alloc::boxed::Box;
@@ -50,6 +53,8 @@ pub use mem::{HOSTED_PHYS_BASE, PhysMem};
 pub use page::{FrameState, FrameUse, VmPage, page_flags};
 pub use reserve::FrameReservation;
 pub use verify::FrameRule;
+#[cfg(feature = "x86_64")]
+pub use x86::X86Frames;
 
 /// What [`FrameAllocator::fail_nth_allocation_with`] runs at the failing
 /// allocation.
@@ -455,6 +460,36 @@ impl FrameAllocator {
     /// of which must lie inside `mem`, under spin's locks
     /// ([`with_locks`](FrameAllocator::with_locks) chooses others).
     /// Overlapping ranges are `InvalidArgument`.
+    ///
+    /// On bare metal, `mem` is the kernel's direct map of RAM and `ranges`
+    /// are the usable regions of the firmware's memory map, less what the
+    /// kernel keeps for itself (its image, its heap). Metadata costs 32
+    /// bytes per frame managed (a [`VmPage`]), from the kernel heap.
+    ///
+    /// ```no_run
+    /// use core::ptr::NonNull;
+    /// use machvm_base::PhysAddr;
+    /// use machvm_frame::{FrameAllocator, FrameUse, PhysMem};
+    ///
+    /// // Where the boot code mapped all of RAM, [0, 512 MiB), read-write.
+    /// const DIRECT_MAP: usize = 0xFFFF_8000_0000_0000;
+    /// let ram = 512u64 << 20;
+    /// let virt = NonNull::new(DIRECT_MAP as *mut u8).unwrap();
+    /// // SAFETY: [DIRECT_MAP, DIRECT_MAP + ram) maps [0, ram) read-write for
+    /// // the kernel's lifetime, and nothing writes RAM but through it (or
+    /// // atomically, as the MMU sets accessed and dirty bits).
+    /// let mem = unsafe { PhysMem::direct_map(virt, PhysAddr::new(0), ram) };
+    /// // Usable RAM from the memory map: low memory below the EBDA, and
+    /// // everything above the kernel image and heap (here 16 MiB).
+    /// let usable = [
+    ///     PhysAddr::new(0x1000)..PhysAddr::new(0x9_F000),
+    ///     PhysAddr::new(16 << 20)..PhysAddr::new(ram),
+    /// ];
+    /// let frames = FrameAllocator::new(mem, &usable)?;
+    /// let table = frames.alloc(FrameUse::PageTable)?;
+    /// frames.mem().zero_page(table);
+    /// # Ok::<(), machvm_base::KernError>(())
+    /// ```
     pub fn new(mem: PhysMem, ranges: &[Range<PhysAddr>]) -> Result<FrameAllocator, KernError> {
         FrameAllocator::with_locks(mem, ranges)
     }
@@ -478,3 +513,8 @@ impl<L: Locks> core::fmt::Debug for FrameAllocator<L> {
 
 #[cfg(test)]
 mod tests;
+
+/// The examples in this crate's README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;

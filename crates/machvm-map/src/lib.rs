@@ -57,15 +57,25 @@ mod verify;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use machvm_base::sync::{Locks, RwLock, SpinLocks};
-use machvm_base::{KernError, PAGE_SHIFT, USER_MIN, VaRange, VmInherit, VmProt};
-use machvm_object::{AuditEntries, Hold, Objects, VmAudit, VmContext};
+use machvm_base::sync::RwLock;
+use machvm_base::{PAGE_SHIFT, USER_MIN, VaRange};
+use machvm_object::{AuditEntries, Hold, Objects};
 use machvm_pmap::PmapId;
 
 pub use boundary::{CowSpan, MapGuard, MapPair};
 pub use data::{reserve, reserve_settled};
 pub use machvm_pmap::Access;
 pub use verify::MapRule;
+
+// What a kernel using maps alone needs besides this crate: the vocabulary,
+// the context a map lives in, its frames and its pmap.
+pub use machvm_base::sync::{Locks, SpinLocks};
+pub use machvm_base::{KernError, PAGE_SIZE, PhysAddr, VirtAddr, VmInherit, VmProt};
+#[cfg(feature = "x86_64")]
+pub use machvm_frame::X86Frames;
+pub use machvm_frame::{FrameAllocator, FrameUse, PhysMem};
+pub use machvm_object::{VmAudit, VmContext};
+pub use machvm_pmap::{Pmap, SoftPmap};
 
 use entry_set::Entries;
 use index::LookupIndex;
@@ -177,9 +187,15 @@ static NEXT_MAP_ID: AtomicU64 = AtomicU64::new(1);
 /// A task's address map. A cheap handle: `Clone` gives another handle to the
 /// same map, which goes away with its last handle.
 ///
+/// A map lives in a [`VmContext`]: frames and a pmap module. Here 1 MiB of
+/// simulated RAM and the software reference pmap:
+///
 /// ```
-/// use machvm_map::VmMap;
-/// # let ctx = machvm_map::hosted_context(1 << 20);
+/// use std::sync::Arc;
+/// use machvm_map::{FrameAllocator, SoftPmap, VmContext, VmMap};
+///
+/// let frames = Arc::new(FrameAllocator::hosted(1 << 20).unwrap());
+/// let ctx = VmContext::new(frames, Arc::new(SoftPmap::new()));
 /// let map = VmMap::new(&ctx).unwrap();
 /// let a = map.allocate(0, 3 * 4096, true).unwrap();
 /// map.write_bytes(a + 10, b"mach").unwrap();
@@ -307,15 +323,6 @@ pub(crate) fn release_entries<L: Locks>(
     }
 }
 
-/// A context over a hosted software pmap with `bytes` of simulated RAM, for
-/// examples and tests of this crate.
-#[doc(hidden)]
-pub fn hosted_context(bytes: u64) -> Arc<VmContext> {
-    let frames = Arc::new(machvm_frame::FrameAllocator::hosted(bytes).expect("host memory"));
-    let pmap = Arc::new(machvm_pmap::SoftPmap::new());
-    VmContext::new(frames, pmap)
-}
-
 /// The pages of `[start, end)`, entry bounds or their intersections with a
 /// page range (page-aligned by the map's invariants).
 pub(crate) fn page_range(start: u64, end: u64) -> VaRange {
@@ -331,3 +338,8 @@ impl MapInner {
         }
     }
 }
+
+/// The examples in this crate's README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;

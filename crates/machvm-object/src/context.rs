@@ -125,6 +125,26 @@ impl<L: Locks> VmContext<L> {
     /// A context over `frames`, with `pmap` the machine's pmap module.
     /// Takes the allocator's shared zero frame (made now if it is not yet:
     /// so that `free_frames` never moves for it later).
+    ///
+    /// Every layer above works in a context: `machvm-map`'s maps, the copy
+    /// calls, the façade's `VmSystem`. Here over 1 MiB of simulated RAM and
+    /// the software reference pmap; a kernel passes its direct-mapped
+    /// frames and an `X86Pmap` with its `Mmu`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use machvm_frame::FrameAllocator;
+    /// use machvm_object::VmContext;
+    /// use machvm_pmap::SoftPmap;
+    ///
+    /// let frames = Arc::new(FrameAllocator::hosted(1 << 20).unwrap());
+    /// let free = frames.free_frames();
+    /// let ctx = VmContext::new(frames, Arc::new(SoftPmap::new()));
+    /// // One frame is the context's own: the zero frame that reads of
+    /// // never-written memory map.
+    /// assert_eq!(ctx.frames().free_frames(), free - 1);
+    /// assert_eq!(ctx.audit().resident_pages, 0);
+    /// ```
     pub fn new(frames: Arc<FrameAllocator<L>>, pmap: Arc<dyn Pmap>) -> Arc<VmContext<L>> {
         let zero = frames.init_zero_frame();
         Arc::new(VmContext {

@@ -144,3 +144,8 @@ pub struct CowRef {
 
 #[cfg(all(test, not(loom)))]
 mod tests;
+
+/// The examples in this crate's README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;

@@ -78,6 +78,65 @@ const USER_ENTRIES: usize = 256;
 const SMALL_PER_LARGE: u64 = LARGE_PAGE_SIZE / PAGE_SIZE;
 
 /// Hooks into the CPU, supplied by a kernel; absent on the host.
+///
+/// machvm calls [`load_root`](Mmu::load_root) when a space is activated on
+/// the CPU that runs the call, and [`invalidate`](Mmu::invalidate) when a
+/// flush names translations some CPU may cache; it never executes a
+/// privileged instruction itself. `invalidate` is called with machvm locks
+/// held: a CPU spinning on one of them must still answer the IPI (see
+/// `Locks::relax`). This one counts instead of touching a CPU, as a host
+/// test would; the comments say what a kernel does.
+///
+/// ```
+/// use std::sync::Arc;
+/// use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+/// use machvm_base::{PhysAddr, VaRange, VirtAddr, VmProt};
+/// use machvm_frame::{FrameAllocator, FrameUse};
+/// use machvm_pmap::{CpuSet, Pmap};
+/// use machvm_pmap_x86_64::{Mmu, X86Config, X86Pmap};
+///
+/// struct CountingMmu {
+///     roots: AtomicUsize,
+///     shootdowns: AtomicUsize,
+/// }
+///
+/// impl Mmu for CountingMmu {
+///     fn current_cpu(&self) -> usize {
+///         0 // a kernel reads its per-CPU block (GS base)
+///     }
+///     fn load_root(&self, _root: PhysAddr) {
+///         self.roots.fetch_add(1, Relaxed); // a kernel writes CR3
+///     }
+///     fn invalidate(&self, cpus: CpuSet, pages: Option<&[VirtAddr]>) {
+///         // A kernel runs `invlpg` for each page here and sends the other
+///         // CPUs in `cpus` an IPI that does the same, then waits for them.
+///         let _ = pages; // `None`: every non-global translation
+///         assert_eq!(cpus, 1, "only CPU 0 runs the space");
+///         self.shootdowns.fetch_add(1, Relaxed);
+///     }
+/// }
+///
+/// static MMU: CountingMmu = CountingMmu {
+///     roots: AtomicUsize::new(0),
+///     shootdowns: AtomicUsize::new(0),
+/// };
+///
+/// let frames = Arc::new(FrameAllocator::hosted(1 << 20)?);
+/// let config = X86Config { kernel_half: [0; 256], mmu: Some(&MMU) };
+/// let pmap = X86Pmap::new(frames.clone(), config)?;
+/// let space = pmap.create()?;
+/// pmap.activate(space, 0);
+/// assert_eq!(MMU.roots.load(Relaxed), 1);
+///
+/// let (va, pa) = (VirtAddr::new(0x40_0000), frames.alloc(FrameUse::Object)?);
+/// let flush = pmap.enter(space, va, pa, VmProt::READ, false).expect("tables");
+/// pmap.flush(flush); // a new translation: nothing cached, nothing sent
+/// assert_eq!(MMU.shootdowns.load(Relaxed), 0);
+/// let flush = pmap.remove(space, VaRange::round_out(va.as_u64(), 4096).unwrap());
+/// pmap.flush(flush);
+/// assert_eq!(MMU.shootdowns.load(Relaxed), 1);
+/// # Ok::<(), machvm_base::KernError>(())
+/// ```
 pub trait Mmu: Sync {
     /// Number of the CPU executing the call.
     fn current_cpu(&self) -> usize;
@@ -336,3 +395,8 @@ impl<L: Locks> core::fmt::Debug for X86Pmap<L> {
 
 #[cfg(test)]
 mod tests;
+
+/// The examples in this crate's README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;

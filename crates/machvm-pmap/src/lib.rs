@@ -322,6 +322,107 @@ impl TlbFlush {
 /// (`LARGE_PAGE_SIZE` aligned for [`enter_large`](Pmap::enter_large)); a
 /// misaligned address or an unknown [`PmapId`] is a caller bug, reported as
 /// `InvalidArgument` where a `Result` is returned and ignored otherwise.
+///
+/// A backend implements every method over its machine's translation
+/// structures; [`SoftPmap`] and `machvm-pmap-x86_64`'s `X86Pmap` are two.
+/// This one wraps [`SoftPmap`] and counts the translations the fault
+/// handler enters (a tracing pmap, as a kernel might use to debug one):
+///
+/// ```
+/// use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+/// use machvm_pmap::{
+///     Access, EnterError, FaultCode, KernError, PhysAddr, Pmap, PmapId, PmapRule, SoftPmap,
+///     TlbFlush, Translation, VaRange, Violation, VirtAddr, VmProt,
+/// };
+///
+/// #[derive(Default)]
+/// struct Counting {
+///     inner: SoftPmap,
+///     entered: AtomicU64,
+/// }
+///
+/// impl Pmap for Counting {
+///     fn create(&self) -> Result<PmapId, KernError> {
+///         self.inner.create()
+///     }
+///     fn destroy(&self, p: PmapId) {
+///         self.inner.destroy(p)
+///     }
+///     fn enter(
+///         &self,
+///         p: PmapId,
+///         va: VirtAddr,
+///         pa: PhysAddr,
+///         prot: VmProt,
+///         wired: bool,
+///     ) -> Result<TlbFlush, EnterError> {
+///         self.entered.fetch_add(1, Relaxed);
+///         self.inner.enter(p, va, pa, prot, wired)
+///     }
+///     fn enter_large(&self, p: PmapId, va: VirtAddr, pa: PhysAddr, prot: VmProt, wired: bool) -> Result<TlbFlush, EnterError> {
+///         self.inner.enter_large(p, va, pa, prot, wired)
+///     }
+///     fn remove(&self, p: PmapId, r: VaRange) -> TlbFlush {
+///         self.inner.remove(p, r)
+///     }
+///     fn protect(&self, p: PmapId, r: VaRange, prot: VmProt) -> TlbFlush {
+///         self.inner.protect(p, r, prot)
+///     }
+///     fn extract(&self, p: PmapId, va: VirtAddr) -> Option<Translation> {
+///         self.inner.extract(p, va)
+///     }
+///     fn translate(&self, p: PmapId, va: VirtAddr, a: Access, user: bool) -> Result<PhysAddr, FaultCode> {
+///         self.inner.translate(p, va, a, user)
+///     }
+///     fn page_protect(&self, pa: PhysAddr, prot: VmProt) -> TlbFlush {
+///         self.inner.page_protect(pa, prot)
+///     }
+///     fn is_modified(&self, pa: PhysAddr) -> bool {
+///         self.inner.is_modified(pa)
+///     }
+///     fn clear_modify(&self, pa: PhysAddr) -> TlbFlush {
+///         self.inner.clear_modify(pa)
+///     }
+///     fn is_referenced(&self, pa: PhysAddr) -> bool {
+///         self.inner.is_referenced(pa)
+///     }
+///     fn clear_reference(&self, pa: PhysAddr) -> TlbFlush {
+///         self.inner.clear_reference(pa)
+///     }
+///     fn change_wiring(&self, p: PmapId, va: VirtAddr, wired: bool) {
+///         self.inner.change_wiring(p, va, wired)
+///     }
+///     fn activate(&self, p: PmapId, cpu: usize) {
+///         self.inner.activate(p, cpu)
+///     }
+///     fn deactivate(&self, p: PmapId, cpu: usize) {
+///         self.inner.deactivate(p, cpu)
+///     }
+///     fn flush(&self, f: TlbFlush) {
+///         self.inner.flush(f)
+///     }
+///     fn resident_count(&self, p: PmapId) -> u64 {
+///         self.inner.resident_count(p)
+///     }
+///     fn mappings(&self, p: PmapId, r: VaRange) -> Vec<(VirtAddr, Translation)> {
+///         self.inner.mappings(p, r)
+///     }
+///     fn mapping_count(&self, pa: PhysAddr) -> usize {
+///         self.inner.mapping_count(pa)
+///     }
+///     fn verify(&self) -> Result<(), Violation<PmapRule>> {
+///         self.inner.verify()
+///     }
+/// }
+///
+/// let pmap = Counting::default();
+/// let space = pmap.create()?;
+/// let (va, pa) = (VirtAddr::new(0x40_0000), PhysAddr::new(0x20_0000));
+/// pmap.flush(pmap.enter(space, va, pa, VmProt::READ, false).expect("entered"));
+/// assert_eq!(pmap.translate(space, va, Access::Read, true), Ok(pa));
+/// assert_eq!(pmap.entered.load(Relaxed), 1);
+/// # Ok::<(), KernError>(())
+/// ```
 pub trait Pmap: Send + Sync {
     /// Creates an empty address space (`pmap_create`).
     fn create(&self) -> Result<PmapId, KernError>;
@@ -456,3 +557,8 @@ mod tests {
         assert_eq!(effective_prot(VmProt::NONE), VmProt::NONE);
     }
 }
+
+/// The examples in this crate's README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;

@@ -1,7 +1,7 @@
 //! machvm: the Mach / 4.4BSD virtual-memory system, as a library.
 //!
-//! This crate is the public façade of the contract in `docs/SPEC.md`
-//! ("SPEC §N" in these docs is a section of it): a [`VmSystem`] owns
+//! This crate is the public façade of the contract in [`spec`]
+//! (`docs/SPEC.md`; "SPEC §N" in these docs is a section of it): a [`VmSystem`] owns
 //! physical memory and the machine's pmap; [`VmMap`]s are task address maps
 //! with `allocate`, `deallocate`, `protect`, `inherit`, `region`, `fork`,
 //! and `read_bytes` / `write_bytes` that behave exactly as the task's own
@@ -45,12 +45,19 @@ pub use machvm_map::{Access, MapRule, RegionInfo, VmMap};
 pub use machvm_object::ObjectRule;
 pub use machvm_pmap::PmapRule;
 
-use machvm_frame::{FrameAllocator, FrameUse};
-pub use machvm_object::VmAudit;
-use machvm_object::VmContext;
-use machvm_pmap::Pmap;
-#[cfg(feature = "hosted")]
-use machvm_pmap_x86_64::X86Pmap;
+pub use machvm_base::{PhysAddr, VirtAddr};
+pub use machvm_frame::{FrameAllocator, FrameUse, PhysMem};
+pub use machvm_object::{VmAudit, VmContext};
+pub use machvm_pmap::{CpuSet, Pmap};
+#[cfg(any(feature = "hosted", feature = "x86_64"))]
+pub use machvm_pmap_x86_64::{Mmu, X86Config, X86Pmap};
+
+#[cfg(feature = "x86_64")]
+pub use machvm_frame::X86Frames;
+/// The `x86_64` crate, re-exported (feature `x86_64`): its types are the
+/// ones machvm's conversions and [`X86Frames`] speak.
+#[cfg(feature = "x86_64")]
+pub use x86_64;
 
 /// The smallest simulated RAM [`VmSystem::hosted`] builds (64 KiB).
 #[cfg(feature = "hosted")]
@@ -259,7 +266,25 @@ impl core::fmt::Display for SystemViolation {
 
 impl core::error::Error for SystemViolation {}
 
+/// How to wire machvm into a kernel: frames over a direct map, the x86_64
+/// pmap and its `Mmu`, the page-fault hook, memory per frame, locks and
+/// interrupts (the repository's `docs/kernel-guide.md`; its examples are
+/// compiled with this crate's documentation).
+#[doc = include_str!("../docs/kernel-guide.md")]
+pub mod kernel_guide {}
+
+/// The behaviour contract of this façade (the repository's `docs/SPEC.md`):
+/// names, error codes, bad-input rules, atomicity. "SPEC §N" in these docs
+/// is a section of it.
+#[doc = include_str!("../docs/SPEC.md")]
+pub mod spec {}
+
 /// The examples in README.md, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The examples in this crate's README.md, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct CrateReadmeDoctests;
