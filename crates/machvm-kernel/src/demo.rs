@@ -4,10 +4,17 @@
 //! With `-append platform` (`cargo xtask qemu --append platform`) it also
 //! shows the bare platform: traps, a stale TLB entry, a raw address space.
 //!
+//! Every chapter returns its one-line summary, printed after it; the demo
+//! ends with the figures of the whole run ([`summary`]). Every number is a
+//! measurement: machvm's statistics, the kernel's counters, a value read.
+//!
 //! Adding a chapter is one line in [`CHAPTERS`] or [`PLATFORM_CHAPTERS`].
 
+mod summary;
 mod tasks;
 
+use alloc::format;
+use alloc::string::String;
 use core::sync::atomic::Ordering::Relaxed;
 
 use machvm_base::PhysAddr;
@@ -15,10 +22,13 @@ use machvm_frame::FrameUse;
 
 use crate::mem::{self, frames};
 use crate::paging::{self, pte};
-use crate::{boot_info, cpu, smp, trap};
+use crate::{boot_info, cpu, heap, smp, trap};
+
+/// A chapter: tells its story and returns its one-line summary.
+pub type Chapter = fn() -> String;
 
 /// The demo's chapters, told in order: `(title, narrator)`.
-pub const CHAPTERS: &[(&str, fn())] = &[
+pub const CHAPTERS: &[(&str, Chapter)] = &[
     ("boot: from PVH to the higher half", boot),
     ("machvm takes the MMU: two task maps", tasks::setup),
     (
@@ -33,7 +43,7 @@ pub const CHAPTERS: &[(&str, fn())] = &[
 
 /// The bare platform's chapters, told after [`CHAPTERS`] with `platform` on
 /// the command line.
-pub const PLATFORM_CHAPTERS: &[(&str, fn())] = &[
+pub const PLATFORM_CHAPTERS: &[(&str, Chapter)] = &[
     ("page faults through the recovery path", faults),
     (
         "a translation cached on another CPU, and its shootdown",
@@ -42,10 +52,13 @@ pub const PLATFORM_CHAPTERS: &[(&str, fn())] = &[
     ("an address space of its own", address_space),
 ];
 
-/// Tells every chapter.
+/// Tells every chapter, then the figures of the whole run.
 pub fn run() {
+    let start = summary::Counters::now();
     println!();
     println!("machvm on x86_64 - the Mach VM system on a real MMU, narrated");
+    println!("Each chapter ends with a line starting with `=>` that sums it up;");
+    println!("every figure is read from machvm's statistics or the kernel's counters.");
     let platform = if boot_info().has_arg("platform") {
         PLATFORM_CHAPTERS
     } else {
@@ -54,11 +67,18 @@ pub fn run() {
     for (i, (title, tell)) in CHAPTERS.iter().chain(platform).enumerate() {
         println!();
         println!("== {}. {title} ==", i + 1);
-        tell();
+        let line = tell();
+        println!("=> {line}");
     }
-    let (faults, recovered, _) = trap::fault_counts();
-    println!();
-    println!("{faults} page faults taken, {recovered} recovered by probes; demo complete");
+    summary::closing(&start);
+}
+
+/// What a probe gave: the value, or the fault.
+fn shown<T: core::fmt::LowerHex>(r: &Result<T, trap::PageFaultInfo>) -> String {
+    match r {
+        Ok(v) => format!("{v:#x}"),
+        Err(e) => format!("{e}"),
+    }
 }
 
 fn kind(k: u32) -> &'static str {
@@ -72,7 +92,7 @@ fn kind(k: u32) -> &'static str {
     }
 }
 
-fn boot() {
+fn boot() -> String {
     let info = boot_info();
     let l = mem::layout();
     println!(
@@ -102,6 +122,29 @@ fn boot() {
         cpu::read_cr0(),
         cpu::read_efer()
     );
+    boot_layout(&l);
+    let recovered = trap::fault_counts().1;
+    // The kernel's physical address, taken as a virtual one (lower half).
+    let low = trap::probe_read_u8(l.kernel.0);
+    let recovered = trap::fault_counts().1 - recovered;
+    println!(
+        "identity map  dropped: a load from phys-as-virtual {:#x} now gives {}",
+        l.kernel.0,
+        trap::describe(&low)
+    );
+    boot_cpus();
+    format!(
+        "{} CPU(s) up, {} MiB of RAM: {} frames for machvm, a {} MiB heap; {} page fault caught by a probe",
+        smp::cpu_count(),
+        l.ram_total >> 20,
+        frames().total_frames(),
+        (l.heap.1 - l.heap.0) >> 20,
+        recovered
+    )
+}
+
+/// Where boot put the kernel, the direct map, the frames and the heap.
+fn boot_layout(l: &mem::Layout) {
     println!(
         "kernel image  phys [{:#x}, {:#x}) runs at {:#x} (PML4[511])",
         l.kernel.0,
@@ -114,19 +157,22 @@ fn boot() {
         paging::DIRECT_MAP_BASE
     );
     println!(
-        "frames        {} managed by machvm_frame::FrameAllocator, {} free; heap {} MiB at phys {:#x}",
+        "frames        {} managed by machvm_frame::FrameAllocator, {} free",
         frames().total_frames(),
         frames().free_frames(),
-        (l.heap.1 - l.heap.0) >> 20,
-        l.heap.0
     );
-    // The kernel's physical address, taken as a virtual one (lower half).
-    let low = trap::probe_read_u8(l.kernel.0);
+    let h = heap::stats();
     println!(
-        "identity map  dropped: a load from phys-as-virtual {:#x} now gives {}",
-        l.kernel.0,
-        trap::describe(&low)
+        "heap          {} MiB at phys {:#x}, run by the talc allocator: {} KiB in use in {} allocations",
+        (l.heap.1 - l.heap.0) >> 20,
+        l.heap.0,
+        h.in_use >> 10,
+        h.allocations
     );
+}
+
+/// The kernel half every address space shares, and the CPUs.
+fn boot_cpus() {
     let upper = paging::kernel_upper_half();
     let present: alloc::vec::Vec<usize> = (0..256)
         .filter(|&i| upper[i] & pte::P != 0)
@@ -161,7 +207,8 @@ fn unmap(va: u64, pa: u64) {
     frames().free(PhysAddr::new(pa));
 }
 
-fn faults() {
+fn faults() -> String {
+    let (taken, recovered, _) = trap::fault_counts();
     let va = paging::alloc_window(2);
     let pa = frame(0x5A);
     map(va, pa, pte::NX);
@@ -190,41 +237,56 @@ fn faults() {
         "unmap both and shoot the TLBs down; load {va:#x} -> {}",
         trap::describe(&gone)
     );
+    let (t, r, _) = trap::fault_counts();
+    format!(
+        "{} page faults taken, {} of them returned to a probe as an error; the kernel kept running",
+        t - taken,
+        r - recovered
+    )
 }
 
-fn shootdown() {
+fn shootdown() -> String {
     if smp::cpu_count() < 2 {
         println!("(one CPU only: run with -smp 2)");
-        return;
+        return "skipped: one CPU".into();
     }
     let va = paging::alloc_window(1);
     let (a, b) = (frame(0xAA), frame(0xBB));
     map(va, a, pte::NX);
     let read = || smp::run_on(1, || trap::probe_read_u8(va));
+    let first = read();
     println!(
         "cpu1 loads {va:#x} -> {} (the translation is now in cpu1's TLB)",
-        trap::describe(&read())
+        trap::describe(&first)
     );
     paging::leaf_entry(paging::kernel_pml4_pa(), va)
         .expect("demo PTE")
         .store(b | pte::P | pte::NX, Relaxed);
     println!("cpu0 points the PTE at a frame of 0xbb bytes, invalidating nothing");
+    let stale = read();
     println!(
         "cpu1 loads {va:#x} -> {} (stale: the TLB is real)",
-        trap::describe(&read())
+        trap::describe(&stale)
     );
     let ipis = smp::ipis_taken(1);
     smp::shootdown(1 << 1, Some(&[va]));
-    println!(
-        "cpu0 shootdown(cpu1, [{va:#x}]): {} IPI, cpu1 ran invlpg",
-        smp::ipis_taken(1) - ipis
-    );
-    println!("cpu1 loads {va:#x} -> {}", trap::describe(&read()));
+    let ipis = smp::ipis_taken(1) - ipis;
+    println!("cpu0 shootdown(cpu1, [{va:#x}]): {ipis} IPI, cpu1 ran invlpg");
+    let fresh = read();
+    println!("cpu1 loads {va:#x} -> {}", trap::describe(&fresh));
     unmap(va, b);
     frames().free(PhysAddr::new(a));
+    let cached = if stale == first { "stale" } else { "fresh" };
+    format!(
+        "cpu1 read {}, then {} ({cached}) after the PTE changed behind its back, then {} after {ipis} shootdown IPI",
+        shown(&first),
+        shown(&stale),
+        shown(&fresh)
+    )
 }
 
-fn address_space() {
+fn address_space() -> String {
+    let free = frames().free_frames();
     let space = paging::new_address_space().expect("demo PML4");
     let va = 0x40_0000;
     let pa = frame(0x42);
@@ -245,8 +307,13 @@ fn address_space() {
         "  after load_cr3({space:#x}): load {va:#x} -> {}; the kernel kept running",
         trap::describe(&r)
     );
+    let taken = free - frames().free_frames();
     // SAFETY: no CPU uses `space` any more; the CR3 reload flushed it.
     unsafe { paging::free_address_space(space) };
     frames().free(PhysAddr::new(pa));
     println!("  back on the kernel CR3; the PML4 and its tables are freed");
+    format!(
+        "{taken} frames (PML4, page tables, the page) built a second address space; {} returned",
+        frames().free_frames() + taken - free
+    )
 }

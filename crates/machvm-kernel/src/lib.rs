@@ -92,7 +92,6 @@ pub fn boot_info() -> &'static pvh::BootInfo {
 #[cfg(target_os = "none")]
 extern "C" fn kernel_main(start_info_pa: u64) -> ! {
     serial::init();
-    trap::init_idt();
     smp::init_bsp();
     let info = BOOT_INFO.call_once(|| pvh::parse(start_info_pa));
     paging::drop_identity_map();
@@ -143,10 +142,17 @@ fn crash(what: &str) {
         // SAFETY: deliberately fatal; nothing runs after it.
         "double-fault" => unsafe { core::arch::asm!("mov rsp, 0x1000", "ud2", options(noreturn)) },
         "triple-fault" => {
-            let empty = [0u16; 5];
-            // SAFETY: deliberately fatal: an empty IDT makes #UD unservable
+            use x86_64::structures::DescriptorTablePointer;
+            let empty = DescriptorTablePointer {
+                limit: 0,
+                base: x86_64::VirtAddr::zero(),
+            };
+            // SAFETY: deliberately fatal: with an empty IDT the breakpoint
+            // below cannot be delivered (#GP, then #DF, neither deliverable)
             // and the CPU shuts down.
-            unsafe { core::arch::asm!("lidt [{}]", "ud2", in(reg) &empty, options(noreturn)) }
+            unsafe { x86_64::instructions::tables::lidt(&empty) };
+            x86_64::instructions::interrupts::int3();
+            unreachable!("the breakpoint did not triple-fault");
         }
         _ => println!("unknown crash {what:?}; ignored"),
     }

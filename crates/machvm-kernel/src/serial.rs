@@ -2,9 +2,15 @@
 
 use core::fmt::{self, Write};
 
-use crate::cpu::{inb, outb};
+use x86_64::instructions::port::Port;
 
 const COM1: u16 = 0x3F8;
+
+/// COM1's register at `offset` (0 data, 1 interrupt enable, 2 FIFO
+/// control, 3 line control, 4 modem control, 5 line status).
+const fn reg(offset: u16) -> Port<u8> {
+    Port::new(COM1 + offset)
+}
 
 static LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
@@ -12,29 +18,29 @@ static LOCK: spin::Mutex<()> = spin::Mutex::new(());
 pub(crate) fn init() {
     // SAFETY: the kernel owns COM1; this is the standard 16550 setup.
     unsafe {
-        outb(COM1 + 1, 0x00);
-        outb(COM1 + 3, 0x80);
-        outb(COM1, 0x01);
-        outb(COM1 + 1, 0x00);
-        outb(COM1 + 3, 0x03);
-        outb(COM1 + 2, 0xC7);
-        outb(COM1 + 4, 0x03);
+        reg(1).write(0x00); // no interrupts
+        reg(3).write(0x80); // DLAB on: divisor follows
+        reg(0).write(0x01); // divisor 1: 115200 baud
+        reg(1).write(0x00);
+        reg(3).write(0x03); // DLAB off, 8N1
+        reg(2).write(0xC7); // FIFOs on, cleared, 14-byte threshold
+        reg(4).write(0x03); // DTR, RTS
     }
 }
 
 fn put(b: u8) {
     // SAFETY: COM1 is the kernel's console; polling LSR then writing THR.
     unsafe {
-        while inb(COM1 + 5) & 0x20 == 0 {
+        while reg(5).read() & 0x20 == 0 {
             core::hint::spin_loop();
         }
-        outb(COM1, b);
+        reg(0).write(b);
     }
 }
 
-struct Port;
+struct Console;
 
-impl Write for Port {
+impl Write for Console {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         for b in s.bytes() {
             put(b);
@@ -48,7 +54,7 @@ impl Write for Port {
 #[doc(hidden)]
 pub fn _print(args: fmt::Arguments) {
     let _guard = LOCK.lock();
-    let _ = Port.write_fmt(args);
+    let _ = Console.write_fmt(args);
 }
 
 /// Backend of the fatal paths (panic, unexpected trap): takes the console
@@ -57,10 +63,10 @@ pub fn _print(args: fmt::Arguments) {
 pub(crate) fn print_fatal(args: fmt::Arguments) {
     for _ in 0..10_000_000u32 {
         if let Some(_guard) = LOCK.try_lock() {
-            let _ = Port.write_fmt(args);
+            let _ = Console.write_fmt(args);
             return;
         }
         core::hint::spin_loop();
     }
-    let _ = Port.write_fmt(args);
+    let _ = Console.write_fmt(args);
 }

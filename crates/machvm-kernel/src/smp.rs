@@ -18,7 +18,12 @@ use crate::shootdown::FlushReq;
 pub use crate::shootdown::{flush_local, flushes_served, serve_flush, shootdown};
 use machvm_frame::FrameUse;
 
-use crate::cpu::{self, MSR_APIC_BASE, MSR_GS_BASE};
+use x86_64::VirtAddr;
+use x86_64::instructions::interrupts;
+use x86_64::instructions::port::PortWriteOnly;
+use x86_64::registers::model_specific::{ApicBase, GsBase};
+
+use crate::cpu;
 use crate::paging::{self, phys_to_virt, pte};
 use crate::trap::{self, IPI_VECTOR, SPURIOUS_VECTOR};
 
@@ -92,9 +97,9 @@ fn set_gs_base(cpu: usize) {
     let addr = p as *const PerCpu as u64;
     p.self_ptr.store(addr, Ordering::Relaxed);
     p.index.store(cpu as u64, Ordering::Relaxed);
-    // SAFETY: IA32_GS_BASE exists in long mode; the kernel never loads GS
-    // afterwards, and `current_cpu` reads through it.
-    unsafe { cpu::wrmsr(MSR_GS_BASE, addr) };
+    // The kernel never loads GS afterwards (that would clear the base), and
+    // `current_cpu` reads through it.
+    GsBase::write(VirtAddr::new(addr));
 }
 
 /// Index of the CPU running this code (0 = boot CPU).
@@ -110,9 +115,7 @@ pub fn current_cpu() -> usize {
 /// `current_cpu`, or `None` this early in boot (GS base not set yet): for
 /// fatal reports.
 pub(crate) fn current_cpu_checked() -> Option<usize> {
-    // SAFETY: IA32_GS_BASE exists in long mode.
-    let gs = unsafe { cpu::rdmsr(MSR_GS_BASE) };
-    (gs != 0).then(current_cpu)
+    (!GsBase::read().is_null()).then(current_cpu)
 }
 
 /// Number of CPUs online (indices `0..cpu_count()`).
@@ -149,8 +152,7 @@ const LAPIC_ICR_HI: u64 = 0x310;
 
 /// Physical base of the local APIC (from `IA32_APIC_BASE`).
 pub(crate) fn lapic_phys() -> u64 {
-    // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU.
-    unsafe { cpu::rdmsr(MSR_APIC_BASE) & 0x000F_FFFF_FFFF_F000 }
+    ApicBase::read().0.start_address().as_u64()
 }
 
 fn lapic_read(reg: u64) -> u32 {
@@ -194,14 +196,17 @@ pub(crate) fn lapic_icr(apic_id: u32, lo: u32) {
 /// Masks the legacy 8259 PICs after moving them to vectors 0x20..0x30, so a
 /// stray IRQ can never look like an exception.
 fn pic_disable() {
-    // SAFETY: the kernel owns the PICs; this is the standard ICW sequence.
-    unsafe {
-        for (cmd, data, base, cascade) in [(0x20, 0x21, 0x20, 4), (0xA0, 0xA1, 0x28, 2)] {
-            cpu::outb(cmd, 0x11);
-            cpu::outb(data, base);
-            cpu::outb(data, cascade);
-            cpu::outb(data, 0x01);
-            cpu::outb(data, 0xFF);
+    for (cmd, data, base, cascade) in [(0x20, 0x21, 0x20, 4), (0xA0, 0xA1, 0x28, 2)] {
+        let mut cmd = PortWriteOnly::<u8>::new(cmd);
+        let mut data = PortWriteOnly::<u8>::new(data);
+        // SAFETY: the kernel owns the PICs; this is the standard ICW
+        // sequence (init, vector base, cascade, 8086 mode), then all masked.
+        unsafe {
+            cmd.write(0x11);
+            data.write(base);
+            data.write(cascade);
+            data.write(0x01);
+            data.write(0xFF);
         }
     }
 }
@@ -399,9 +404,11 @@ extern "C" fn ap_entry(idx: u64) -> ! {
     loop {
         serve_flush();
         poll_mailbox();
-        // SAFETY: `sti; hlt` wakes on the next interrupt without a lost
-        // wake-up window; handlers run with interrupts off.
-        unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+        // `sti; hlt` wakes on the next interrupt without a lost wake-up
+        // window (the interrupt shadow of `sti` covers `hlt`); handlers
+        // run with interrupts off, and so does the loop.
+        interrupts::enable_and_hlt();
+        interrupts::disable();
     }
 }
 

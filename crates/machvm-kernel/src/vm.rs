@@ -122,6 +122,7 @@ struct CpuSlot {
     repeats: AtomicU64,
     resolved: AtomicU64,
     refused: AtomicU64,
+    no_map: AtomicU64,
 }
 
 static SLOTS: [CpuSlot; MAX_CPUS] = [const {
@@ -131,6 +132,7 @@ static SLOTS: [CpuSlot; MAX_CPUS] = [const {
         repeats: AtomicU64::new(0),
         resolved: AtomicU64::new(0),
         refused: AtomicU64::new(0),
+        no_map: AtomicU64::new(0),
     }
 }; MAX_CPUS];
 
@@ -182,13 +184,13 @@ fn fault_hook(cr2: u64, err: u64) -> bool {
         outcome,
     });
     drop(last);
-    if outcome == Outcome::Resolved {
-        slot.resolved.fetch_add(1, Relaxed);
-        true
-    } else {
-        slot.refused.fetch_add(1, Relaxed);
-        false
-    }
+    let counter = match outcome {
+        Outcome::Resolved => &slot.resolved,
+        Outcome::Refused(_) | Outcome::Loop => &slot.refused,
+        Outcome::NoMap => &slot.no_map,
+    };
+    counter.fetch_add(1, Relaxed);
+    outcome == Outcome::Resolved
 }
 
 /// Installs the hook (idempotent; the test harness removes it after each
@@ -252,10 +254,36 @@ pub fn clear_last_fault(c: usize) {
     *SLOTS[c].last.lock() = None;
 }
 
-/// `(resolved, refused)` faults CPU `cpu` handed to machvm since boot.
-pub fn fault_counts(cpu: usize) -> (u64, u64) {
+/// What the page-fault hook did on one CPU since boot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Faults machvm resolved (the access was retried).
+    pub resolved: u64,
+    /// Faults machvm refused ([`Outcome::Refused`], or [`Outcome::Loop`]).
+    pub refused: u64,
+    /// Faults the hook did not hand to machvm ([`Outcome::NoMap`]).
+    pub no_map: u64,
+}
+
+/// What the hook did on CPU `cpu` since boot.
+pub fn fault_counts(cpu: usize) -> FaultCounts {
     let s = &SLOTS[cpu];
-    (s.resolved.load(Relaxed), s.refused.load(Relaxed))
+    FaultCounts {
+        resolved: s.resolved.load(Relaxed),
+        refused: s.refused.load(Relaxed),
+        no_map: s.no_map.load(Relaxed),
+    }
+}
+
+/// [`fault_counts`] summed over every CPU online.
+pub fn fault_counts_all() -> FaultCounts {
+    (0..smp::cpu_count())
+        .map(fault_counts)
+        .fold(FaultCounts::default(), |a, b| FaultCounts {
+            resolved: a.resolved + b.resolved,
+            refused: a.refused + b.refused,
+            no_map: a.no_map + b.no_map,
+        })
 }
 
 /// Physical address of the root `map` runs on (what CR3 holds on a CPU that

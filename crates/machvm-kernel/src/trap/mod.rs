@@ -16,8 +16,8 @@
 //! triple-faulting.
 
 use alloc::string::String;
-use core::arch::{asm, global_asm};
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use core::arch::global_asm;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use machvm_base::USER_MAX;
 
@@ -29,7 +29,7 @@ mod probes;
 mod tables;
 
 pub use probes::*;
-pub(crate) use tables::{init_idt, load_cpu_tables, load_idt};
+pub(crate) use tables::{load_cpu_tables, load_idt};
 
 /// Vector of the cross-CPU call IPI.
 pub const IPI_VECTOR: u8 = 0xF0;

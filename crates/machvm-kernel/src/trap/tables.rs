@@ -1,24 +1,35 @@
-//! The per-CPU GDT and TSS (with the IST stacks) and the shared IDT.
+//! The per-CPU GDT and TSS (with the IST stacks) and the shared IDT, as the
+//! `x86_64` crate's [`GlobalDescriptorTable`], [`TaskStateSegment`] and
+//! [`InterruptDescriptorTable`]. The IDT points at the `global_asm!` entry
+//! stubs of `trap/mod.rs` (the `x86-interrupt` ABI is nightly-only).
+
+use x86_64::VirtAddr;
+use x86_64::instructions::segmentation::{CS, DS, ES, FS, GS, SS, Segment};
+use x86_64::instructions::tables::load_tss;
+use x86_64::registers::segmentation::SegmentSelector;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable};
+use x86_64::structures::idt::InterruptDescriptorTable;
+use x86_64::structures::tss::TaskStateSegment;
 
 use super::*;
 
-#[repr(C, align(16))]
-struct Idt([AtomicU64; 512]);
+/// IST slots (the crate counts from 0; the CPU's IST1 is slot 0).
+const IST_DOUBLE_FAULT: u16 = 0;
+const IST_NMI: u16 = 1;
 
-static IDT: Idt = Idt([const { AtomicU64::new(0) }; 512]);
+static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
 
-/// A CPU's GDT (null, code, data, TSS low, TSS high) and TSS (104 bytes as
-/// 32-bit words, because its 64-bit fields are misaligned).
-#[repr(C, align(16))]
+/// A CPU's TSS and its GDT (null, code, data, TSS), built once by the CPU
+/// itself at bring-up and never changed after.
 struct CpuTables {
-    gdt: [AtomicU64; 5],
-    tss: [AtomicU32; 26],
+    tss: spin::Once<TaskStateSegment>,
+    gdt: spin::Once<GlobalDescriptorTable<5>>,
 }
 
 static TABLES: [CpuTables; MAX_CPUS] = [const {
     CpuTables {
-        gdt: [const { AtomicU64::new(0) }; 5],
-        tss: [const { AtomicU32::new(0) }; 26],
+        tss: spin::Once::new(),
+        gdt: spin::Once::new(),
     }
 }; MAX_CPUS];
 
@@ -27,98 +38,117 @@ const IST_STACK: usize = 16 * 1024;
 #[repr(C, align(16))]
 struct IstStack([u8; IST_STACK]);
 
-/// IST stacks: index 1 (double fault) and 2 (NMI) for every CPU. Only the CPU
-/// itself ever runs on them, and only through the TSS.
+/// IST stacks: slot 0 (double fault) and 1 (NMI) for every CPU. Only the CPU
+/// itself ever runs on them, and only through the TSS; Rust code never
+/// takes a reference to them, only their addresses.
 static mut IST_STACKS: [[IstStack; 2]; MAX_CPUS] =
     [const { [const { IstStack([0; IST_STACK]) }; 2] }; MAX_CPUS];
 
-#[repr(C, packed)]
-struct Dtr {
-    limit: u16,
-    base: u64,
+/// The entry stub of vector `v` (16 bytes each, from `machvm_isr_stubs`).
+fn stub(v: u8) -> VirtAddr {
+    VirtAddr::new(&raw const machvm_isr_stubs as u64 + 16 * u64::from(v))
 }
 
-/// Fills the IDT. Called once on the boot CPU before any CPU loads it.
-pub(crate) fn init_idt() {
-    let stubs = &raw const machvm_isr_stubs as u64;
-    for v in 0..256u64 {
-        let h = stubs + 16 * v;
-        let ist = match v {
-            8 => 1,
-            2 => 2,
-            _ => 0,
+/// Every vector the crate lets us set goes to its stub; the reserved
+/// exception vectors (9, 15, 22..=27, 31), which the crate keeps private,
+/// stay not-present: a CPU never raises them.
+fn build_idt() -> InterruptDescriptorTable {
+    let mut idt = InterruptDescriptorTable::new();
+    macro_rules! to_stubs {
+        ($($field:ident = $v:literal),* $(,)?) => {
+            // SAFETY: each address is the stub of that vector, which pushes a
+            // dummy error code exactly when the CPU does not (the list in
+            // the stub table matches the exceptions with error codes), so
+            // the common stub sees the same frame for every entry type.
+            $( unsafe { idt.$field.set_handler_addr(stub($v)) }; )*
         };
-        let lo = (h & 0xFFFF)
-            | (u64::from(KERNEL_CS) << 16)
-            | (ist << 32)
-            | (0x8E << 40)
-            | (((h >> 16) & 0xFFFF) << 48);
-        IDT.0[2 * v as usize].store(lo, Relaxed);
-        IDT.0[2 * v as usize + 1].store(h >> 32, Relaxed);
     }
+    to_stubs!(
+        divide_error = 0,
+        debug = 1,
+        breakpoint = 3,
+        overflow = 4,
+        bound_range_exceeded = 5,
+        invalid_opcode = 6,
+        device_not_available = 7,
+        invalid_tss = 10,
+        segment_not_present = 11,
+        stack_segment_fault = 12,
+        general_protection_fault = 13,
+        page_fault = 14,
+        x87_floating_point = 16,
+        alignment_check = 17,
+        machine_check = 18,
+        simd_floating_point = 19,
+        virtualization = 20,
+        cp_protection_exception = 21,
+        hv_injection_exception = 28,
+        vmm_communication_exception = 29,
+        security_exception = 30,
+    );
+    // SAFETY: as above; the IST slots are set in every CPU's TSS
+    // (`load_cpu_tables`) and used by nothing else.
+    unsafe {
+        idt.double_fault
+            .set_handler_addr(stub(8))
+            .set_stack_index(IST_DOUBLE_FAULT);
+        idt.non_maskable_interrupt
+            .set_handler_addr(stub(2))
+            .set_stack_index(IST_NMI);
+    }
+    for (v, entry) in (32..=255).zip(idt.slice_mut(32..=255)) {
+        // SAFETY: as above (no error code for any vector from 32 on).
+        unsafe { entry.set_handler_addr(stub(v)) };
+    }
+    idt
 }
 
-/// Loads the shared IDT on this CPU.
+/// Loads the shared IDT on this CPU, building it on first use (on the boot
+/// CPU, after its GDT: the entries take the current CS).
 pub(crate) fn load_idt() {
-    let dtr = Dtr {
-        limit: (size_of::<Idt>() - 1) as u16,
-        base: &raw const IDT as u64,
-    };
-    // SAFETY: the IDT is static and fully initialised by `init_idt`.
-    unsafe { asm!("lidt [{}]", in(reg) &dtr, options(readonly, nostack, preserves_flags)) }
+    IDT.call_once(build_idt).load();
 }
 
-/// Builds CPU `cpu`'s GDT and TSS and loads them (CS, data segments, TR).
+/// Builds CPU `cpu`'s TSS and GDT and loads them (CS, data segments, TR).
 /// Leaves FS and GS null: the per-CPU GS base is set afterwards.
 pub(crate) fn load_cpu_tables(cpu: usize) {
     let t = &TABLES[cpu];
-    t.gdt[0].store(0, Relaxed);
-    t.gdt[1].store(0x00AF_9B00_0000_FFFF, Relaxed);
-    t.gdt[2].store(0x00CF_9300_0000_FFFF, Relaxed);
-    // SAFETY: only the address of this CPU's IST stacks is taken.
-    let ist = unsafe { &raw mut IST_STACKS[cpu] };
-    let ist1 = ist as u64 + IST_STACK as u64;
-    let ist2 = ist as u64 + 2 * IST_STACK as u64;
-    for (i, v) in [(9, ist1), (11, ist2)] {
-        t.tss[i].store(v as u32, Relaxed);
-        t.tss[i + 1].store((v >> 32) as u32, Relaxed);
-    }
-    t.tss[25].store(104 << 16, Relaxed); // I/O map base past the limit: no map
-    let base = &raw const t.tss as u64;
-    let limit = 103u64;
-    let lo = (limit & 0xFFFF)
-        | ((base & 0xFF_FFFF) << 16)
-        | (0x89 << 40)
-        | (((limit >> 16) & 0xF) << 48)
-        | (((base >> 24) & 0xFF) << 56);
-    t.gdt[3].store(lo, Relaxed);
-    t.gdt[4].store(base >> 32, Relaxed);
-    let dtr = Dtr {
-        limit: (size_of::<[u64; 5]>() - 1) as u16,
-        base: &raw const t.gdt as u64,
-    };
-    // SAFETY: the GDT above has the same code/data layout as the boot GDT;
-    // the far return reloads CS from it, then the data segments and TR.
-    unsafe {
-        asm!(
-            "lgdt [{dtr}]",
-            "push {cs}",
-            "lea {tmp}, [rip + 2f]",
-            "push {tmp}",
-            "retfq",
-            "2:",
-            "mov ds, {ds:x}",
-            "mov es, {ds:x}",
-            "mov ss, {ds:x}",
-            "mov fs, {zero:x}",
-            "mov gs, {zero:x}",
-            "ltr {tss:x}",
-            dtr = in(reg) &dtr,
-            cs = in(reg) u64::from(KERNEL_CS),
-            tmp = out(reg) _,
-            ds = in(reg) u64::from(KERNEL_DS),
-            zero = in(reg) 0u64,
-            tss = in(reg) u64::from(TSS_SEL),
+    let tss = t.tss.call_once(|| {
+        // This CPU's pair of stacks (`cpu` is in range: `TABLES[cpu]` was).
+        let pair = size_of::<[IstStack; 2]>() * cpu;
+        let ist = &raw mut IST_STACKS as u64 + pair as u64;
+        let mut tss = TaskStateSegment::new();
+        for (slot, top) in [(IST_DOUBLE_FAULT, 1), (IST_NMI, 2)] {
+            let end = ist + top * IST_STACK as u64;
+            tss.interrupt_stack_table[usize::from(slot)] = VirtAddr::new(end);
+        }
+        tss
+    });
+    let gdt = t.gdt.call_once(|| {
+        let mut gdt = GlobalDescriptorTable::empty();
+        let code = gdt.append(Descriptor::kernel_code_segment());
+        let data = gdt.append(Descriptor::kernel_data_segment());
+        let tss = gdt.append(Descriptor::tss_segment(tss));
+        assert_eq!(
+            (code.0, data.0, tss.0),
+            (KERNEL_CS, KERNEL_DS, TSS_SEL),
+            "GDT layout differs from the boot GDT's"
         );
+        gdt
+    });
+    gdt.load();
+    let null = SegmentSelector(0);
+    // SAFETY: the GDT just loaded has the boot GDT's code and data
+    // descriptors at the same selectors, so reloading the segment
+    // registers from it changes nothing the running code relies on; the TSS
+    // descriptor is this CPU's own, loaded once (so not busy).
+    unsafe {
+        CS::set_reg(SegmentSelector(KERNEL_CS));
+        DS::set_reg(SegmentSelector(KERNEL_DS));
+        ES::set_reg(SegmentSelector(KERNEL_DS));
+        SS::set_reg(SegmentSelector(KERNEL_DS));
+        FS::set_reg(null);
+        GS::set_reg(null);
+        load_tss(SegmentSelector(TSS_SEL));
     }
 }
