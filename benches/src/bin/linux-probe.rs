@@ -5,19 +5,25 @@
 //! - zero-fill fault: first write to each page of a fresh anonymous mapping;
 //! - copy-on-write fault: after `fork`, the child's first write to each
 //!   resident page (timed in the child, sent back through a pipe);
+//! - `mprotect(PROT_READ)` of a resident, writable range, at each size of
+//!   the copy group's resident copies: write-protecting resident pages is
+//!   the work a copy-on-write copy (and machvm's `fork`) does to its source;
+//!   per page, t(R pages) minus t(one page), over R − 1;
 //! - `fork`'s cost per resident page: `fork` with R resident pages minus
-//!   `fork` with one, over R (the parent's view: until `fork` returns);
+//!   `fork` with one, over R (the parent's view: until `fork` returns).
+//!   Linux's `fork` also copies each page table entry and counts the page's
+//!   mappings, which machvm's `fork` does not do: a secondary reference;
 //! - `memcpy` bandwidth between two resident buffers.
 //!
-//! Every figure includes the hardware trap and the kernel entry and exit;
-//! machvm's are its handler alone. Transparent huge pages are turned off
-//! for the probe's mappings (`MADV_NOHUGEPAGE`) so that each 4 KiB page
-//! faults on its own. Each figure is the median of several repetitions.
+//! Every figure includes the hardware trap (fault) or the system call, with
+//! the kernel entry and exit. Transparent huge pages are turned off for the
+//! probe's mappings (`MADV_NOHUGEPAGE`) so that each 4 KiB page faults and
+//! is protected on its own. Each figure is the median of several
+//! repetitions.
 
 #[cfg(target_os = "linux")]
 fn main() {
-    let quick = machvm_benches::Profile::from_env().quick;
-    linux::run(quick);
+    linux::run(machvm_benches::Profile::from_env());
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -155,6 +161,38 @@ mod linux {
         ns
     }
 
+    /// Nanoseconds `mprotect(PROT_READ)` takes over `pages` resident,
+    /// writable pages (the call, with its entry and exit).
+    fn mprotect_ns(pages: usize) -> f64 {
+        let r = Region::new(pages);
+        r.touch(1);
+        let s = Instant::now();
+        // SAFETY: the range is exactly the mapping `r` owns; nothing reads
+        // or writes it afterwards (it is unmapped on drop).
+        let rc = unsafe { libc::mprotect(r.ptr.cast(), r.len, libc::PROT_READ) };
+        let ns = s.elapsed().as_nanos() as f64;
+        assert_eq!(rc, 0, "mprotect failed");
+        ns
+    }
+
+    /// Median `mprotect(PROT_READ)` time at each resident copy size of the
+    /// profile, printed as `linux_mprotect_ns_<bytes>`; the time per page
+    /// from the smallest and largest (the call's fixed cost taken out).
+    fn mprotect_sizes(profile: machvm_benches::Profile, reps: usize) -> Option<f64> {
+        let sizes = profile.copy_sizes_resident();
+        let mut times = Vec::new();
+        for &bytes in &sizes {
+            let pages = (bytes as usize).div_ceil(PAGE);
+            // A few repetitions suffice where each touches ≥ 64 MiB.
+            let n = if bytes >= 64 << 20 { reps.min(5) } else { reps };
+            let t = median((0..n).map(|_| mprotect_ns(pages)).collect());
+            println!("linux_mprotect_ns_{bytes}={t:.1}");
+            times.push((pages, t));
+        }
+        let (&(p0, t0), &(p1, t1)) = (times.first()?, times.last()?);
+        (p1 > p0).then(|| ((t1 - t0) / (p1 - p0) as f64).max(0.0))
+    }
+
     /// Bytes per nanosecond (GB/s) of `memcpy` between resident buffers.
     fn memcpy_gbps(bytes: usize, reps: usize) -> f64 {
         let from = vec![0x5au8; bytes];
@@ -178,8 +216,12 @@ mod linux {
         line.split_whitespace().nth(3)?.parse().ok()
     }
 
-    pub fn run(quick: bool) {
-        let (pages, reps) = if quick { (4096, 5) } else { (16384, 15) };
+    pub fn run(profile: machvm_benches::Profile) {
+        let (pages, reps) = if profile.quick {
+            (4096, 5)
+        } else {
+            (16384, 15)
+        };
         // Warm the allocator and page tables once.
         zero_fill(pages);
         let zf = median((0..reps).map(|_| zero_fill(pages)).collect());
@@ -187,7 +229,8 @@ mod linux {
         let small = median((0..reps).map(|_| fork_ns(1)).collect());
         let big = median((0..reps).map(|_| fork_ns(pages)).collect());
         let per_page = ((big - small) / (pages - 1) as f64).max(0.0);
-        let bw = memcpy_gbps(if quick { 64 << 20 } else { 256 << 20 }, reps);
+        let memcpy_bytes = if profile.quick { 64 << 20 } else { 256 << 20 };
+        let bw = memcpy_gbps(memcpy_bytes, reps);
         let uname = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         println!("linux_release={}", uname.trim());
         println!("linux_pages={pages}");
@@ -197,6 +240,10 @@ mod linux {
         println!("linux_fork_ns={big:.0}");
         println!("linux_fork_per_page_ns={per_page:.1}");
         println!("linux_memcpy_gbps={bw:.2}");
+        println!("linux_memcpy_bytes={memcpy_bytes}");
+        if let Some(per_page) = mprotect_sizes(profile, reps) {
+            println!("linux_mprotect_per_page_ns={per_page:.2}");
+        }
         if let Some(v) = vma_bytes() {
             println!("linux_vma_bytes={v}");
         }

@@ -4,7 +4,10 @@
 //!
 //! Heap bytes are counted by a wrapper around the system allocator while
 //! 100,000 entries (or resident pages) are made, so B-tree node overhead is
-//! included, not just `size_of`.
+//! included, not just `size_of`. Per frame of RAM, the heap a hosted system
+//! takes besides the RAM itself is measured the same way: the frame
+//! allocator's part (`VmPage`s) and the x86_64 pmap's (a reverse-map head per
+//! frame, which `size_of::<VmPage>()` leaves out).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
@@ -24,6 +27,13 @@ unsafe impl GlobalAlloc for Counting {
         LIVE.fetch_add(layout.size() as i64, Relaxed);
         // SAFETY: the caller's contract for `alloc` is passed on.
         unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as i64, Relaxed);
+        // SAFETY: the caller's contract for `alloc_zeroed` is passed on.
+        // (Forwarded so the simulated RAM stays lazily zeroed by the host.)
+        unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
@@ -52,6 +62,7 @@ fn main() {
         std::mem::size_of::<machvm_frame::VmPage>()
     );
     println!("entry_struct_bytes={}", machvm_map::ENTRY_BYTES);
+    per_frame();
 
     let vm = VmSystem::hosted(ram_for(N * PAGE_SIZE));
     let map = vm.create_map().expect("map");
@@ -80,6 +91,34 @@ fn main() {
     touch(&map, a, N * PAGE_SIZE).expect("touch");
     let per_page = (LIVE.load(Relaxed) - before) as f64 / N as f64;
     println!("resident_page_heap_bytes={per_page:.1}");
+}
+
+/// Heap bytes per frame of simulated RAM that `make(bytes)` allocates
+/// besides the RAM: the difference between two sizes (4 MiB multiples, so
+/// the frame span grows by exactly their difference), fixed parts cancel.
+fn heap_per_frame<T>(make: impl Fn(u64) -> T) -> f64 {
+    let (small, big): (u64, u64) = (64 << 20, 128 << 20);
+    let grown = |bytes| {
+        let before = LIVE.load(Relaxed);
+        let made = make(bytes);
+        let grown = LIVE.load(Relaxed) - before;
+        drop(made);
+        grown
+    };
+    let (a, b) = (grown(small), grown(big));
+    let ram = (big - small) as i64;
+    (b - a - ram) as f64 / ((big - small) / PAGE_SIZE) as f64
+}
+
+/// Metadata per frame: the frame allocator's (`VmPage`) and the rest of a
+/// hosted system's, the x86_64 pmap's reverse-map head (measured, since its
+/// type is private to the pmap crate).
+fn per_frame() {
+    let frames = heap_per_frame(|b| machvm_frame::FrameAllocator::hosted(b).expect("frames"));
+    let system = heap_per_frame(VmSystem::hosted);
+    println!("frame_allocator_bytes_per_frame={frames}");
+    println!("system_bytes_per_frame={system}");
+    println!("pmap_bytes_per_frame={}", system - frames);
 }
 
 /// Frames taken by reading 256 MiB never written, one byte per page

@@ -57,6 +57,28 @@ pub(super) fn machine() -> String {
     format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
 }
 
+/// The commit of the workspace at `root`, abbreviated, with `-dirty` when
+/// tracked files have uncommitted changes; `unknown` without git.
+pub(super) fn commit(root: &std::path::Path) -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(head) = git(&["rev-parse", "--short=12", "HEAD"]) else {
+        return "unknown".into();
+    };
+    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(changes) if !changes.is_empty() => format!("{head}-dirty"),
+        _ => head,
+    }
+}
+
 /// Today's date (UTC) as YYYY-MM-DD.
 pub(super) fn today() -> String {
     let secs = std::time::SystemTime::now()

@@ -8,8 +8,11 @@ pub(super) struct Input {
     pub(super) footprint: BTreeMap<String, String>,
     pub(super) linux: Option<BTreeMap<String, String>>,
     pub(super) quick: bool,
+    /// CPU model, cores and kernel.
     pub(super) machine: String,
     pub(super) date: String,
+    /// The git commit measured (`-dirty` with uncommitted changes).
+    pub(super) commit: String,
     pub(super) seconds: u64,
 }
 

@@ -16,16 +16,17 @@ pub(super) fn summary(i: &Input) -> String {
     s
 }
 
-/// Title, date, machine and what the figures include.
+/// Title, provenance and what the figures include.
 fn intro(s: &mut String, i: &Input) {
     let _ = writeln!(s, "# machvm benchmarks\n");
     let _ = writeln!(
         s,
-        "{} · {} · {} profile · {} s · medians of one run (criterion)\n",
+        "{} · {} · commit {} · {} profile · {} s · medians of one run (criterion)\n",
         i.date,
         i.machine,
+        i.commit,
         if i.quick {
-            "quick (smoke test: short, noisy)"
+            "quick (smoke test: short, noisy; no target is judged)"
         } else {
             "full"
         },
@@ -33,16 +34,20 @@ fn intro(s: &mut String, i: &Input) {
     );
     let _ = writeln!(
         s,
-        "machvm runs on the host x86_64 backend over simulated RAM; its fault \
-         figures are the handler alone (`VmMap::fault`, no trap). {}\n",
+        "machvm runs on the host x86_64 backend over simulated RAM, with no trap: \
+         its fault figures through the façade are a task's 1-byte store \
+         (`write_bytes`: checks, walk, locks, fault, the byte) and are the ones \
+         judged; the handler alone (`VmMap::fault`) is shown beside them for \
+         information. {}\n",
         match i.linux.as_ref().and_then(|l| l.get("linux_release")) {
             Some(r) => format!(
                 "Linux's figures were measured in this run by `linux-probe` on Linux {r} \
-                 (THP off for the probe's mappings, median of repeats): they include the \
-                 hardware trap, kernel entry and exit — machvm's do not."
+                 (THP off for the probe's mappings, median of repeats): a fault is a \
+                 trapped store (trap, kernel handler, zeroing or copy, return), \
+                 `mprotect` and `fork` are system calls."
             ),
-            None => "Linux's figures are typical published ones (not measured in this run; pass \
-                     `--vs-linux`); they include the hardware trap — machvm's do not."
+            None => "Linux was not measured in this run (pass `--vs-linux`): its \
+                     figures are typical published ones, shown but never judged."
                 .into(),
         }
     );
@@ -71,10 +76,11 @@ fn main_table(s: &mut String, i: &Input) {
             r.reference,
             r.ratio.map_or("—".into(), |x| format!("{x:.3}")),
             r.target,
-            match r.met {
-                Some(true) => "**met**",
-                Some(false) => "**missed**",
-                None => "—",
+            match r.verdict {
+                Verdict::Judged(true) => "**met**",
+                Verdict::Judged(false) => "**missed**",
+                Verdict::NotJudged(why) => why,
+                Verdict::Info => "—",
             }
         );
     }
@@ -86,15 +92,24 @@ fn method(s: &mut String) {
         s,
         "\nHow the figures are taken: each copy, fork or fault starts from the same \
          state (the source resident and writable), restored untimed between iterations. \
-         Eager copy: the same `vm_map_copy` with the destination 8 bytes off a page \
-         boundary, which forces bytes. Lookup: entries of 4 pages, timed per lookup \
+         A target is judged only in a full run, when both sides were measured in it \
+         and do the same work. Virtual copies move no byte: they are shown per call or \
+         per page, never in GB/s. Eager copy: the same `vm_map_copy` with the \
+         destination 8 bytes off a page boundary, which forces bytes. Resident virtual \
+         copy and machvm's `fork` per page write-protect the source's pages; Linux's \
+         `mprotect(PROT_READ)` of a resident range does that work: (t(R pages) − \
+         t(1 page)) / (R − 1), R the largest resident copy size; Linux's `fork` (also \
+         copying every PTE and counting the page's mappings) is a secondary reference. \
+         Lookup: entries of 4 pages, timed per lookup \
          under one lock per batch (`VmMap::lookup_many`); the sequential sweep visits \
          every page in order, so the hint can hit 3 times in 4. `fork` per resident page: \
          (t(1 entry, M pages) − t(1 entry, 0)) / M. Small-copy crossover: the smallest \
          whole-page size from which copy-on-write stays cheaper; below \
          `SMALL_COPY_BYTES` it is a least-squares line through the copy-on-write sizes; \
          *suggests* is the size below it rounded down to a power of two (0: only \
-         sub-page copies as bytes)."
+         sub-page copies as bytes). Per-frame metadata: the heap a hosted system takes \
+         per frame of RAM besides the RAM (two sizes, differenced), split into the \
+         frame allocator's (`VmPage`) and the x86_64 pmap's (its reverse-map head)."
     );
 }
 

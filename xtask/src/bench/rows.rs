@@ -1,7 +1,27 @@
 //! The report's rows: one per figure, and the small-copy crossover.
+//!
+//! A row is judged against its target only when both sides were measured
+//! in this run, in a full run, and do the same work; otherwise it is
+//! informational or says why it is not judged.
 
 use super::*;
 use machvm_benches::ids;
+
+/// Whether a row's target was judged.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Verdict {
+    /// No target: a figure to read.
+    Info,
+    /// Judged in this run: met or not.
+    Judged(bool),
+    /// A target this run cannot judge, and why.
+    NotJudged(&'static str),
+}
+
+/// Why a quick run judges nothing: its figures are short and noisy.
+pub(super) const QUICK_NOT_JUDGED: &str = "quick run: not judged";
+/// Why a target against Linux is not judged without `--vs-linux`.
+pub(super) const LINUX_NOT_MEASURED: &str = "not judged: Linux not measured in this run";
 
 /// One row of the main table.
 pub(super) struct Row {
@@ -10,10 +30,11 @@ pub(super) struct Row {
     pub(super) reference: String,
     pub(super) ratio: Option<f64>,
     pub(super) target: String,
-    pub(super) met: Option<bool>,
+    pub(super) verdict: Verdict,
 }
 
 impl Row {
+    /// A row without target.
     pub(super) fn info(
         figure: String,
         machvm: String,
@@ -26,7 +47,7 @@ impl Row {
             reference,
             ratio,
             target: "—".into(),
-            met: None,
+            verdict: Verdict::Info,
         }
     }
 
@@ -44,36 +65,95 @@ impl Row {
             reference: format!("{} ({})", fmt_ns(reference.0), reference.1),
             ratio: Some(ratio),
             target: format!("≤ {max}×"),
-            met: Some(ratio <= max),
+            verdict: Verdict::Judged(ratio <= max),
         }
+    }
+
+    /// The row with its target left unjudged for `why` (an informational
+    /// row stays so).
+    pub(super) fn unjudged(mut self, why: &'static str) -> Row {
+        if matches!(self.verdict, Verdict::Judged(_)) {
+            self.verdict = Verdict::NotJudged(why);
+        }
+        self
     }
 }
 
+/// Every row of the main table, in figure order; a quick run judges none.
 pub(super) fn main_rows(i: &Input) -> Vec<Row> {
     let threshold = i.footprint("small_copy_bytes").unwrap_or(8192.0) as u64;
     let mut rows = Vec::new();
     copy_rows(i, threshold, &mut rows);
     fault_rows(i, &mut rows);
-    scaling_rows(i, &mut rows);
     lookup_rows(i, &mut rows);
     fork_rows(i, &mut rows);
     crossover_rows(i, threshold, &mut rows);
-    size_rows(i, &mut rows);
+    memory_rows(i, &mut rows);
+    scaling_rows(i, &mut rows);
+    if i.quick {
+        rows = rows
+            .into_iter()
+            .map(|r| r.unjudged(QUICK_NOT_JUDGED))
+            .collect();
+    }
     rows
 }
 
-/// Figure 1. Virtual and eager copies against each other and `memcpy`.
+/// Figure 1. Virtual and eager copies against each other, `memcpy` and
+/// Linux write-protecting the same pages.
 fn copy_rows(i: &Input, threshold: u64, rows: &mut Vec<Row>) {
+    untouched_rows(i, threshold, rows);
+    let resident = i.params(&ids::prefix(ids::COPY, ids::VIRTUAL_RESIDENT));
+    if let Some(&hi) = resident.last() {
+        rows.extend(resident_row(i, hi));
+        if let (Some(t), Some(m)) = (
+            i.get(&ids::full(ids::COPY, ids::VIRTUAL_RESIDENT, hi)),
+            i.get(&ids::full(ids::COPY, ids::MEMCPY, hi)),
+        ) {
+            let pages = hi as f64 / PAGE;
+            // Per page, not GB/s: the virtual copy moves no byte.
+            rows.push(Row::info(
+                format!(
+                    "1. Virtual copy, resident, per page ({}; moves no byte) vs `memcpy` \
+                     of the same bytes",
+                    fmt_bytes(hi)
+                ),
+                fmt_ns(t / pages),
+                format!("{} per 4 KiB page (host `memcpy`)", fmt_ns(m / pages)),
+                Some(t / m),
+            ));
+        }
+        rows.extend(eager_row(i, hi));
+    }
+    if let (Some(bw), Some(bytes)) = (i.linux("linux_memcpy_gbps"), i.linux("linux_memcpy_bytes")) {
+        rows.push(Row::info(
+            format!(
+                "1. `memcpy` bandwidth, Linux probe ({})",
+                fmt_bytes(bytes as u64)
+            ),
+            "—".into(),
+            format!("{bw:.2} GB/s"),
+            None,
+        ));
+    }
+}
+
+/// The untouched virtual copy: its target compares copy-on-write copies
+/// only (the smallest sizes are byte copies, other work); the smallest size
+/// beside it, for information.
+fn untouched_rows(i: &Input, threshold: u64, rows: &mut Vec<Row>) {
     let untouched = i.params(&ids::prefix(ids::COPY, ids::VIRTUAL_UNTOUCHED));
-    if let (Some(&lo), Some(&hi)) = (untouched.first(), untouched.last())
-        && let (Some(a), Some(b)) = (
-            i.get(&ids::full(ids::COPY, ids::VIRTUAL_UNTOUCHED, lo)),
-            i.get(&ids::full(ids::COPY, ids::VIRTUAL_UNTOUCHED, hi)),
-        )
+    let at = |s: u64| i.get(&ids::full(ids::COPY, ids::VIRTUAL_UNTOUCHED, s));
+    let Some(&hi) = untouched.last() else {
+        return;
+    };
+    if let Some(&lo) = untouched.iter().find(|&&s| s > threshold)
+        && lo < hi
+        && let (Some(a), Some(b)) = (at(lo), at(hi))
     {
         rows.push(Row::ratio_target(
             format!(
-                "1. Virtual copy, untouched: {} vs {}",
+                "1. Virtual copy, untouched, per call: {} vs {} (smallest copy-on-write size)",
                 fmt_bytes(hi),
                 fmt_bytes(lo)
             ),
@@ -82,92 +162,82 @@ fn copy_rows(i: &Input, threshold: u64, rows: &mut Vec<Row>) {
             2.0,
         ));
     }
-    // The smallest sizes are byte copies (`SMALL_COPY_BYTES`); compare with
-    // the smallest copy-on-write one too.
-    if let (Some(&lo), Some(&hi)) = (untouched.iter().find(|&&s| s > threshold), untouched.last())
-        && lo < hi
-        && let (Some(a), Some(b)) = (
-            i.get(&ids::full(ids::COPY, ids::VIRTUAL_UNTOUCHED, lo)),
-            i.get(&ids::full(ids::COPY, ids::VIRTUAL_UNTOUCHED, hi)),
-        )
+    if let Some(&lo) = untouched.first()
+        && lo <= threshold
+        && let (Some(a), Some(b)) = (at(lo), at(hi))
     {
         rows.push(Row::info(
             format!(
-                "1. Virtual copy, untouched: {} vs {} (smallest copy-on-write size)",
+                "1. Virtual copy, untouched, per call: {} vs {} (a byte copy: at most \
+                 `SMALL_COPY_BYTES`)",
                 fmt_bytes(hi),
                 fmt_bytes(lo)
             ),
             fmt_ns(b),
-            fmt_ns(a),
+            format!("{} (machvm, {})", fmt_ns(a), fmt_bytes(lo)),
             Some(b / a),
-        ));
-    }
-    let resident = i.params(&ids::prefix(ids::COPY, ids::VIRTUAL_RESIDENT));
-    if let Some(&hi) = resident.last() {
-        if let Some(t) = i.get(&ids::full(ids::COPY, ids::VIRTUAL_RESIDENT, hi)) {
-            let per_page = t / (hi as f64 / PAGE);
-            let (r, label) = i.reference("linux_fork_per_page_ns", PUBLISHED_FORK_PER_PAGE_NS);
-            rows.push(Row::ratio_target(
-                format!(
-                    "1. Virtual copy, resident, per page ({}) vs Linux `fork` per resident page",
-                    fmt_bytes(hi)
-                ),
-                per_page,
-                (r, label.into()),
-                0.25,
-            ));
-        }
-        if let (Some(t), Some(m)) = (
-            i.get(&ids::full(ids::COPY, ids::VIRTUAL_RESIDENT, hi)),
-            i.get(&ids::full(ids::COPY, ids::MEMCPY, hi)),
-        ) {
-            rows.push(Row::info(
-                format!("1. Virtual copy, resident, {} vs `memcpy`", fmt_bytes(hi)),
-                fmt_ns(t),
-                format!("{} (host)", fmt_ns(m)),
-                Some(t / m),
-            ));
-        }
-        rows.extend(eager_row(i, hi));
-    }
-    if let Some(bw) = i.linux("linux_memcpy_gbps") {
-        rows.push(Row::info(
-            "1. `memcpy` bandwidth, Linux probe".into(),
-            "—".into(),
-            format!("{bw:.2} GB/s"),
-            None,
         ));
     }
 }
 
-/// Figure 2, 3. The fault handler against Linux's trapped faults.
-fn fault_rows(i: &Input, rows: &mut Vec<Row>) {
-    for (n, name, id, key, published) in [
-        (
-            2,
-            "Copy-on-write fault",
-            ids::COW,
-            "linux_cow_fault_ns",
-            PUBLISHED_COW_NS,
+/// Write-protecting resident pages per page, machvm's way against Linux's:
+/// `mprotect(PROT_READ)` is the same work, `fork` (a secondary reference)
+/// also copies every page table entry and counts the page's mappings.
+fn protect_reference(i: &Input) -> (String, Option<f64>) {
+    let (f, label) = i.reference("linux_fork_per_page_ns", PUBLISHED_FORK_PER_PAGE_NS);
+    let fork = format!(
+        "Linux `fork` {} ({label}; also copies PTEs, counts mappings)",
+        fmt_ns(f)
+    );
+    match i.linux("linux_mprotect_per_page_ns") {
+        Some(m) => (
+            format!(
+                "{} (Linux `mprotect(PROT_READ)` per resident page, measured: the same \
+                 work); {fork}",
+                fmt_ns(m)
+            ),
+            Some(m),
         ),
-        (
-            3,
-            "Zero-fill fault",
-            ids::ZERO_FILL,
-            "linux_zero_fill_ns",
-            PUBLISHED_ZERO_FILL_NS,
+        None => (
+            format!("— (Linux `mprotect` not measured: pass `--vs-linux`); {fork}"),
+            None,
         ),
-    ] {
-        if let Some(t) = i.get(&ids::plain(ids::FAULT, id)) {
-            let (r, label) = i.reference(key, published);
-            rows.push(Row::ratio_target(
-                format!("{n}. {name}, per page (machvm: handler alone; Linux: with trap)"),
-                t,
-                (r, label.into()),
-                0.25,
-            ));
-        }
     }
+}
+
+/// The resident virtual copy per page: it write-protects the source.
+fn resident_row(i: &Input, hi: u64) -> Option<Row> {
+    let t = i.get(&ids::full(ids::COPY, ids::VIRTUAL_RESIDENT, hi))?;
+    let per_page = t / (hi as f64 / PAGE);
+    let (reference, m) = protect_reference(i);
+    Some(Row::info(
+        format!(
+            "1. Virtual copy, resident, per page ({}): write-protects the source, moves no byte",
+            fmt_bytes(hi)
+        ),
+        fmt_ns(per_page),
+        reference,
+        m.map(|m| per_page / m),
+    ))
+}
+
+/// The eager copy of `size` bytes against `memcpy`'s bandwidth, both
+/// moving every byte (the only copies shown in GB/s).
+fn eager_row(i: &Input, size: u64) -> Option<Row> {
+    let t = i.get(&ids::full(ids::COPY, ids::EAGER, size))?;
+    let m = i.get(&ids::full(ids::COPY, ids::MEMCPY, size))?;
+    let ratio = m / t;
+    Some(Row {
+        figure: format!(
+            "1. Eager copy, resident, {} vs `memcpy` bandwidth (both move every byte)",
+            fmt_bytes(size)
+        ),
+        machvm: format!("{} ({:.2} GB/s)", fmt_ns(t), size as f64 / t),
+        reference: format!("{} ({:.2} GB/s, host)", fmt_ns(m), size as f64 / m),
+        ratio: Some(ratio),
+        target: "≥ 0.8× bandwidth".into(),
+        verdict: Verdict::Judged(ratio >= 0.8),
+    })
 }
 
 /// Figure 4. Entry lookup against a `BTreeMap`.
@@ -193,7 +263,7 @@ fn lookup_rows(i: &Input, rows: &mut Vec<Row>) {
                     reference: format!("{} (`BTreeMap`); target 20 ns", fmt_ns(b)),
                     ratio: Some(m / b),
                     target: "≤ 20 ns".into(),
-                    met: Some(m <= 20.0),
+                    verdict: Verdict::Judged(m <= 20.0),
                 },
                 _ => Row::info(
                     figure,
@@ -206,36 +276,44 @@ fn lookup_rows(i: &Input, rows: &mut Vec<Row>) {
     }
 }
 
-/// Figure 5. `fork` per resident page and per untouched entry.
+/// Figure 5. `fork` per resident page and per untouched entry. machvm's
+/// `fork` write-protects the parent's pages and maps nothing in the child:
+/// Linux's `mprotect` is the same work, its `fork` more.
 fn fork_rows(i: &Input, rows: &mut Vec<Row>) {
     let grid = fork_grid(i);
-    if let (Some(&m_hi), Some(&n_hi)) = (
+    let (Some(&m_hi), Some(&n_hi)) = (
         grid.iter().map(|(_, m)| m).max(),
         grid.iter().map(|(n, _)| n).max(),
-    ) {
-        let one = |m: u64| i.get(&ids::full(ids::FORK, ids::FORK, ids::fork_param(1, m)));
-        if let (Some(base), Some(big)) = (one(0), one(m_hi)) {
-            if m_hi > 0 {
-                let per_page = (big - base) / m_hi as f64;
-                let (r, label) = i.reference("linux_fork_per_page_ns", PUBLISHED_FORK_PER_PAGE_NS);
-                rows.push(Row::info(
-                    format!("5. `fork` per resident page (1 entry, {m_hi} pages)"),
-                    fmt_ns(per_page),
-                    format!("{} ({label})", fmt_ns(r)),
-                    Some(per_page / r),
-                ));
-            }
-            if let Some(many) = i.get(&ids::full(ids::FORK, ids::FORK, ids::fork_param(n_hi, 0)))
-                && n_hi > 1
-            {
-                rows.push(Row::info(
-                    format!("5. `fork` per untouched entry ({n_hi} entries)"),
-                    fmt_ns((many - base) / (n_hi - 1) as f64),
-                    "—".into(),
-                    None,
-                ));
-            }
-        }
+    ) else {
+        return;
+    };
+    let one = |m: u64| i.get(&ids::full(ids::FORK, ids::FORK, ids::fork_param(1, m)));
+    let Some(base) = one(0) else {
+        return;
+    };
+    if let Some(big) = one(m_hi)
+        && m_hi > 0
+    {
+        let per_page = (big - base) / m_hi as f64;
+        let (reference, m) = protect_reference(i);
+        rows.push(Row::info(
+            format!(
+                "5. `fork` per resident page (1 entry, {m_hi} pages): write-protects the parent's"
+            ),
+            fmt_ns(per_page),
+            reference,
+            m.map(|m| per_page / m),
+        ));
+    }
+    if let Some(many) = i.get(&ids::full(ids::FORK, ids::FORK, ids::fork_param(n_hi, 0)))
+        && n_hi > 1
+    {
+        rows.push(Row::info(
+            format!("5. `fork` per untouched entry ({n_hi} entries)"),
+            fmt_ns((many - base) / (n_hi - 1) as f64),
+            "—".into(),
+            None,
+        ));
     }
 }
 
@@ -250,53 +328,6 @@ fn crossover_rows(i: &Input, threshold: u64, rows: &mut Vec<Row>) {
                 None,
             ));
         }
-    }
-}
-
-/// Figure 7. Memory per frame, per entry and per resident page.
-fn size_rows(i: &Input, rows: &mut Vec<Row>) {
-    if let Some(b) = i.footprint("vm_page_bytes") {
-        rows.push(Row {
-            figure: "7. Per-frame metadata (`VmPage`)".into(),
-            machvm: format!("{b} B"),
-            reference: "Linux 64 B (`struct page`), FreeBSD 104 B".into(),
-            ratio: Some(b / 64.0),
-            target: "≤ 32 B".into(),
-            met: Some(b <= 32.0),
-        });
-    }
-    if let (Some(s), Some(h)) = (
-        i.footprint("entry_struct_bytes"),
-        i.footprint("entry_heap_bytes"),
-    ) {
-        let vma = i.linux("linux_vma_bytes");
-        rows.push(Row::info(
-            "7. Per map entry (untouched): struct + key / heap incl. B-tree".into(),
-            format!("{s} B / {h:.1} B"),
-            vma.map_or("—".into(), |v| {
-                format!("Linux `vm_area_struct` {v} B (slabinfo)")
-            }),
-            vma.map(|v| h / v),
-        ));
-    }
-    if let (Some(p), Some(h)) = (
-        i.footprint("vm_page_bytes"),
-        i.footprint("resident_page_heap_bytes"),
-    ) {
-        rows.push(Row::info(
-            "7. Per resident page: `VmPage` + object page index + PTE".into(),
-            format!("{:.1} B", p + h + 8.0),
-            "Linux 64 B + 8 B PTE".into(),
-            Some((p + h + 8.0) / 72.0),
-        ));
-    }
-    if let Some(t) = i.footprint("touched_entry_heap_bytes") {
-        rows.push(Row::info(
-            "7. First touch of an entry (object + first page's index)".into(),
-            format!("{t:.1} B"),
-            "—".into(),
-            None,
-        ));
     }
 }
 
