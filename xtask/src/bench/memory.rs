@@ -65,8 +65,9 @@ fn per_frame_row(i: &Input) -> Option<Row> {
              reverse-map fields included"
         ),
         ratio: Some(total / LINUX_PAGE_BYTES),
-        target: "≤ 32 B".into(),
-        verdict: Verdict::Judged(total <= 32.0),
+        // Like for like: Linux's figure includes its reverse-map fields.
+        target: format!("≤ {LINUX_PAGE_BYTES} B (Linux)"),
+        verdict: Verdict::Judged(total <= LINUX_PAGE_BYTES),
     })
 }
 

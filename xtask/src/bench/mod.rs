@@ -382,8 +382,20 @@ mod tests {
         );
         let s = summary(&i);
         assert!(s.contains("| 72 B (32 B + 40 B) |"), "{s}");
-        assert!(s.contains("| 1.125 | ≤ 32 B | **missed** |"), "{s}");
+        assert!(s.contains("| 1.125 | ≤ 64 B (Linux) | **missed** |"), "{s}");
         assert!(s.contains("| 114.0 B |"), "{s}");
+    }
+
+    #[test]
+    fn per_frame_metadata_within_linux_struct_page_is_met() {
+        let mut i = input(&[]);
+        i.footprint = parse_key_values(
+            "frame_allocator_bytes_per_frame=32\npmap_bytes_per_frame=24\n\
+             system_bytes_per_frame=56\n",
+        );
+        let s = summary(&i);
+        assert!(s.contains("| 56 B (32 B + 24 B) |"), "{s}");
+        assert!(s.contains("| 0.875 | ≤ 64 B (Linux) | **met** |"), "{s}");
     }
 
     #[test]
