@@ -27,14 +27,18 @@ struct Violation {
     what: String,
 }
 
+/// `cargo xtask lint-structure --help`.
+pub(crate) fn usage() -> String {
+    format!(
+        "usage: cargo xtask lint-structure\n  files ≤ {MAX_FILE_LINES} lines, functions ≤ {MAX_FN_LINES} lines (library code)"
+    )
+}
+
 /// Runs the check over the workspace; prints every violation.
 pub(crate) fn lint_structure(rest: &[String]) -> bool {
     if let Some(a) = rest.first() {
-        let help = a == "--help" || a == "-h";
-        eprintln!(
-            "usage: cargo xtask lint-structure\n  files ≤ {MAX_FILE_LINES} lines, functions ≤ {MAX_FN_LINES} lines (library code)"
-        );
-        return help;
+        eprintln!("xtask lint-structure: unknown option {a}\n\n{}", usage());
+        return false;
     }
     let root = crate::workspace_root();
     let mut files = Vec::new();
@@ -119,6 +123,7 @@ struct FnLengths<'a> {
 }
 
 impl FnLengths<'_> {
+    /// Records the function `name` if `span` is over the limit.
     fn check(&mut self, name: &syn::Ident, span: proc_macro2::Span) {
         let (start, end) = (span.start().line, span.end().line);
         let n = end + 1 - start;

@@ -1,42 +1,107 @@
 //! machvm's task runner, invoked as `cargo xtask <task>` (see `.cargo/config.toml`).
 //!
-//! Tasks:
-//! - `test`: the structure limits, formatting, clippy with warnings denied, the host test suite,
-//!   rustdoc with warnings denied, loom model checks, then the in-kernel suite under QEMU — README's test
-//!   command.
-//! - `qemu`, `qemu-test`: boot the bare-metal test kernel (see `qemu.rs`).
+//! Tasks (`cargo xtask <task> --help` for each one's options):
+//! - `test`: every check, run to the end even after a failure, then a table
+//!   of stages with PASS/FAIL and seconds (`test.rs`): the structure limits,
+//!   formatting, clippy with warnings denied, the host test suite, rustdoc
+//!   with warnings denied (host and bare metal), loom model checks, kernel
+//!   clippy, `cargo package`, the out-of-workspace consumer crate, then the
+//!   in-kernel suite under QEMU — README's test command.
+//! - `bench`: the criterion suite and its report (`bench/`).
+//! - `qemu`, `qemu-test`: build the bare-metal test kernel and boot it in
+//!   QEMU, the narrated demo or the in-kernel suite (`qemu.rs`).
+//! - `boot <elf>`: boot an already built kernel; `cargo run --target
+//!   x86_64-unknown-none -p machvm-kernel` runs it as its runner.
 //! - `soak`: the differential model test for millions of operations.
 //! - `lint-structure`: the file and function size limits (`lint.rs`).
+//! - `help [task]`: the task list, or one task's usage.
+//!
+//! Every build goes under [`target_dir`]: `$CARGO_TARGET_DIR` when set, as
+//! cargo itself does.
 
 mod bench;
+mod install;
 mod lint;
 mod qemu;
 mod soak;
+mod test;
 
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
+/// One `cargo xtask` task.
+struct Task {
+    /// What follows `cargo xtask`.
+    name: &'static str,
+    /// Its line in the task list.
+    summary: &'static str,
+    /// Its `--help` text; `None` when the task answers `--help` itself.
+    usage: Option<fn() -> String>,
+    /// Runs it with the remaining arguments; `true` on success.
+    run: fn(&[String]) -> bool,
+}
+
+/// Every task, in the order `help` lists them.
+const TASKS: &[Task] = &[
+    Task {
+        name: "test",
+        summary: "every check (all stages, then a PASS/FAIL table)",
+        usage: Some(test::usage),
+        run: test::test,
+    },
+    Task {
+        name: "bench",
+        summary: "the criterion suite and its report (never in CI)",
+        usage: None,
+        run: bench::bench,
+    },
+    Task {
+        name: "qemu",
+        summary: "build the test kernel, boot it in QEMU: the narrated demo",
+        usage: Some(qemu::demo_usage),
+        run: qemu::qemu_demo,
+    },
+    Task {
+        name: "qemu-test",
+        summary: "build the test kernel, boot it in QEMU: the in-kernel suite",
+        usage: Some(qemu::test_usage),
+        run: qemu::qemu_test,
+    },
+    Task {
+        name: "boot",
+        summary: "boot a built kernel ELF in QEMU (cargo run's runner)",
+        usage: Some(qemu::boot_usage),
+        run: qemu::boot_elf,
+    },
+    Task {
+        name: "soak",
+        summary: "the differential model test for millions of operations",
+        usage: Some(soak::usage),
+        run: soak::soak,
+    },
+    Task {
+        name: "lint-structure",
+        summary: "library files ≤ 600 lines, functions ≤ 80",
+        usage: Some(lint::usage),
+        run: lint::lint_structure,
+    },
+];
+
+/// Runs the task named by the first argument; no argument lists them.
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let task = args.first().map(String::as_str).unwrap_or("help");
+    let name = args.first().map(String::as_str).unwrap_or("help");
     let rest = &args[args.len().min(1)..];
-    let ok = match task {
-        "test" => test(rest),
-        "bench" => bench::bench(rest),
-        "qemu" => qemu::qemu_demo(rest),
-        "qemu-test" => qemu::qemu_test(rest),
-        "soak" => soak::soak(rest),
-        "lint-structure" => lint::lint_structure(rest),
-        _ => {
-            eprintln!(
-                "usage: cargo xtask <task>\n\ntasks:\n  test        structure limits, fmt check, clippy -D warnings, host tests,\n              rustdoc, loom, QEMU suite\n  bench       the criterion suite and its report (--help for options)\n  soak        the model test for millions of operations (--ops N,\n              --snapshots K: keep K vm_read snapshots alive)\n  lint-structure  library files <= 600 lines, functions <= 80\n{}",
-                qemu::USAGE
-            );
-            return if task == "help" || task == "--help" {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            };
-        }
+    let ok = match name {
+        "help" | "--help" | "-h" => help(rest.first().map(String::as_str)),
+        _ => match TASKS.iter().find(|t| t.name == name) {
+            Some(task) => run(task, rest),
+            None => {
+                eprintln!("xtask: unknown task `{name}`\n");
+                eprint!("{}", task_list());
+                false
+            }
+        },
     };
     if ok {
         ExitCode::SUCCESS
@@ -45,20 +110,50 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs a cargo command from the workspace root, echoing it first.
-pub(crate) fn cargo(args: &[&str]) -> bool {
-    eprintln!("$ cargo {}", args.join(" "));
-    let status = Command::new(env_cargo())
-        .args(args)
-        .current_dir(workspace_root())
-        .status();
-    match status {
-        Ok(s) => s.success(),
-        Err(e) => {
-            eprintln!("xtask: cannot run cargo: {e}");
+/// Runs `task`, or prints its usage when `-h`/`--help` is among `rest`.
+fn run(task: &Task, rest: &[String]) -> bool {
+    match task.usage {
+        Some(usage) if rest.iter().any(|a| a == "-h" || a == "--help") => {
+            eprintln!("{}", usage());
+            true
+        }
+        _ => (task.run)(rest),
+    }
+}
+
+/// `cargo xtask help [task]`: the task list, or one task's usage.
+fn help(task: Option<&str>) -> bool {
+    let name = match task {
+        None | Some("-h" | "--help") => {
+            eprint!("{}", task_list());
+            return true;
+        }
+        Some(name) => name,
+    };
+    match TASKS.iter().find(|t| t.name == name) {
+        Some(t) => run(t, &["--help".to_string()]),
+        None => {
+            eprintln!("xtask: unknown task `{name}`\n");
+            eprint!("{}", task_list());
             false
         }
     }
+}
+
+/// The usage line and one line per task.
+fn task_list() -> String {
+    let mut s = String::from("usage: cargo xtask <task> [options]\n\ntasks:\n");
+    for t in TASKS {
+        s += &format!("  {:<16}{}\n", t.name, t.summary);
+    }
+    s += &format!("  {:<16}this list, or a task's usage\n", "help [task]");
+    s += "\n`cargo xtask <task> --help` shows a task's options.\n";
+    s
+}
+
+/// Runs a cargo command from the workspace root, echoing it first.
+pub(crate) fn cargo(args: &[&str]) -> bool {
+    cargo_env(args, &[])
 }
 
 /// Runs a cargo command with extra environment variables.
@@ -84,118 +179,24 @@ pub(crate) fn env_cargo() -> String {
 }
 
 /// The workspace root (xtask lives one level below it).
-pub(crate) fn workspace_root() -> std::path::PathBuf {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+pub(crate) fn workspace_root() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     dir.parent().map(|p| p.to_path_buf()).unwrap_or(dir)
 }
 
-/// Every check: the structure limits, formatting, host clippy, host tests,
-/// rustdoc, loom, kernel clippy, then the in-kernel suite under QEMU on two
-/// CPUs and on four (`rest` goes to `qemu-test`).
-fn test(rest: &[String]) -> bool {
-    let steps: [&[&str]; 4] = [
-        &["fmt", "--all", "--", "--check"],
-        &[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ],
-        // The machine-independent façade, without the hosted x86_64 backend.
-        &[
-            "clippy",
-            "-p",
-            "machvm",
-            "--no-default-features",
-            "--",
-            "-D",
-            "warnings",
-        ],
-        &["test", "--workspace"],
-    ];
-    if !lint::lint_structure(&[]) {
-        eprintln!("xtask test: the structure limits are broken");
-        return false;
+/// Cargo's target directory: `$CARGO_TARGET_DIR` if set (a relative value
+/// taken from the workspace root, where xtask runs cargo), else
+/// `<root>/target`. xtask's own directories (`kernel`, `loom`, …) go
+/// under it.
+pub(crate) fn target_dir() -> PathBuf {
+    let root = workspace_root();
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
     }
-    for step in steps {
-        if !cargo(step) {
-            eprintln!("xtask test: `cargo {}` failed", step.join(" "));
-            return false;
-        }
-    }
-    // Documentation builds without a broken link.
-    if !cargo_env(
-        &["doc", "--workspace", "--no-deps"],
-        &[("RUSTDOCFLAGS", "-D warnings")],
-    ) {
-        eprintln!("xtask test: cargo doc found problems");
-        return false;
-    }
-    if !loom_checks() {
-        return false;
-    }
-    // The alignment checks that keep `PhysMem` sound, with debug
-    // assertions off.
-    let release = [
-        "test",
-        "-p",
-        "machvm-frame",
-        "--release",
-        "--test",
-        "alignment",
-    ];
-    if !cargo(&release) {
-        eprintln!("xtask test: PhysMem's alignment checks failed in a release build");
-        return false;
-    }
-    if !qemu::clippy_kernel() {
-        eprintln!("xtask test: clippy for the kernel target failed");
-        return false;
-    }
-    if !qemu::qemu_test(rest) {
-        return false;
-    }
-    // Four CPUs at once in shared maps (a CPU waiting on a machvm lock
-    // answers shootdowns only through the kernel's lock family).
-    let mut four: Vec<String> = rest.to_vec();
-    four.extend(["--smp".to_string(), "4".to_string()]);
-    qemu::qemu_test(&four)
 }
 
-/// The loom model checks: the frame allocator and its per-CPU caches, and
-/// the page map's busy/wait protocol (own target dir: the cfg changes
-/// every crate's build).
-fn loom_checks() -> bool {
-    let loom = [
-        "test",
-        "-p",
-        "machvm-frame",
-        "--test",
-        "loom",
-        "--release",
-        "--target-dir",
-        "target/loom",
-    ];
-    if !cargo_env(&loom, &[("RUSTFLAGS", "--cfg loom")]) {
-        eprintln!("xtask test: the loom model checks failed");
-        return false;
-    }
-    // ... and of the page map's busy/wait protocol (the object crate's
-    // unit tests under `--cfg loom` are its loom models alone).
-    let loom_pages = [
-        "test",
-        "-p",
-        "machvm-object",
-        "--lib",
-        "--release",
-        "--target-dir",
-        "target/loom",
-    ];
-    if !cargo_env(&loom_pages, &[("RUSTFLAGS", "--cfg loom")]) {
-        eprintln!("xtask test: the page map's loom model checks failed");
-        return false;
-    }
-    true
+/// [`target_dir`]`/<sub>` as a string, for a `--target-dir` argument.
+pub(crate) fn target_subdir(sub: &str) -> String {
+    target_dir().join(sub).to_string_lossy().into_owned()
 }

@@ -1,38 +1,68 @@
 //! `cargo xtask qemu` and `cargo xtask qemu-test`: build the bare-metal
-//! kernel (`crates/machvm-kernel`) and boot it in QEMU through its PVH entry.
+//! kernel (`crates/machvm-kernel`) and boot it in QEMU through its PVH entry;
+//! `cargo xtask boot <elf>` boots one already built (the cargo runner of
+//! `x86_64-unknown-none`, see `.cargo/config.toml`).
 //!
 //! The kernel is built in release for `x86_64-unknown-none` into its own
-//! target directory (`target/kernel`), so host builds are never blocked.
-//! QEMU runs with TCG (`/dev/kvm` may be a slow nested hypervisor here), two
-//! CPUs and `isa-debug-exit`: the kernel writes 0x10 (QEMU exits 33) for
-//! success and 0x11 (35) for failure. A triple fault exits QEMU with 0, so
-//! only 33 *and* a final `N passed, 0 failed` line count as a pass.
+//! target directory (`kernel` under [`crate::target_dir`]), so host builds
+//! are never blocked. QEMU runs with TCG (`/dev/kvm` may be a slow nested
+//! hypervisor here), two CPUs and `isa-debug-exit`: the kernel writes 0x10
+//! (QEMU exits 33) for success and 0x11 (35) for failure. A triple fault
+//! exits QEMU with 0, so only 33 *and* a final `N passed, 0 failed` line
+//! count as a pass.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{cargo, workspace_root};
+use crate::install::{ensure_qemu, ensure_target};
+use crate::{cargo, target_dir, target_subdir};
 
-const TARGET: &str = "x86_64-unknown-none";
-const QEMU: &str = "qemu-system-x86_64";
+/// The kernel's target triple.
+pub(crate) const TARGET: &str = "x86_64-unknown-none";
+/// The QEMU binary that boots it.
+pub(crate) const QEMU: &str = "qemu-system-x86_64";
 /// QEMU status when the kernel reported success (`(0x10 << 1) | 1`).
 const EXIT_PASS: i32 = 33;
+/// Seconds before QEMU is killed, unless `--timeout` says otherwise.
 const DEFAULT_TIMEOUT: u64 = 120;
 
-/// Options shared by both tasks.
+/// Which task is parsing its options.
+#[derive(Clone, Copy, PartialEq)]
+enum Task {
+    /// `qemu`: build the kernel, run the demo.
+    Demo,
+    /// `qemu-test`: build the kernel, run the suite.
+    Suite,
+    /// `boot <elf>`: a built kernel, the demo unless `--suite`.
+    Boot,
+}
+
+/// The tasks' options.
 struct Opts {
+    /// `--skip-invlpg`: build the deliberately broken kernel.
     skip_invlpg: bool,
+    /// `--suite` (boot only): the in-kernel suite instead of the demo.
+    suite: bool,
+    /// The ELF to boot (boot only).
+    elf: Option<PathBuf>,
+    /// `--timeout`: QEMU is killed after it.
     timeout: Duration,
+    /// `--smp`: the guest's CPUs.
     smp: u32,
+    /// `--memory`: the guest's RAM, as QEMU's `-m`.
     memory: String,
+    /// `--append`: kernel command-line words after the mode.
     append: Vec<String>,
 }
 
-fn parse(args: &[String]) -> Result<Opts, String> {
+/// Parses `task`'s options; an option it does not take is an error.
+fn parse(args: &[String], task: Task) -> Result<Opts, String> {
     let mut o = Opts {
         skip_invlpg: false,
+        suite: task == Task::Suite,
+        elf: None,
         timeout: Duration::from_secs(DEFAULT_TIMEOUT),
         smp: 2,
         memory: "256M".into(),
@@ -46,7 +76,8 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                 .ok_or_else(|| format!("{name} needs a value"))
         };
         match a.as_str() {
-            "--skip-invlpg" => o.skip_invlpg = true,
+            "--skip-invlpg" if task != Task::Boot => o.skip_invlpg = true,
+            "--suite" if task == Task::Boot => o.suite = true,
             "--timeout" => {
                 let v = value("--timeout")?;
                 o.timeout =
@@ -58,43 +89,81 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             }
             "-m" | "--memory" => o.memory = value("--memory")?,
             "--append" => o.append.push(value("--append")?),
+            elf if task == Task::Boot && o.elf.is_none() && !elf.starts_with('-') => {
+                o.elf = Some(elf.into());
+            }
             other => return Err(format!("unknown option {other}")),
         }
+    }
+    if task == Task::Boot && o.elf.is_none() {
+        return Err("boot needs the kernel ELF's path".into());
     }
     Ok(o)
 }
 
-/// Usage text of the two tasks.
-pub(crate) const USAGE: &str = concat!(
-    "  qemu        boot the kernel in QEMU and narrate what it does (demo)\n",
-    "  qemu-test   boot the kernel in QEMU and run the in-kernel suite\n",
-    "              options (both): --skip-invlpg (deliberately broken TLB\n",
-    "              shootdown: the TLB tests must fail), --timeout SECS\n",
-    "              (default 120), --smp N (default 2), --memory SIZE (default\n",
-    "              256M), --append WORD (kernel command line, repeatable:\n",
-    "              filter=SUBSTRING runs only matching tests; platform\n",
-    "              adds the bare platform's chapters to the demo;\n",
-    "              crash=double-fault|triple-fault checks the failure paths)"
-);
+/// The options every task takes.
+const OPTIONS: &str = "  --timeout SECS   kill QEMU after SECS seconds (default 120)
+  --smp N          CPUs (default 2)
+  --memory SIZE    RAM, as QEMU's -m (default 256M)
+  --append WORD    kernel command line, repeatable: filter=SUBSTRING runs
+                   only matching tests; platform adds the bare platform's
+                   chapters to the demo; crash=double-fault|triple-fault
+                   checks the failure paths";
+
+/// The option of the tasks that build the kernel.
+const BUILD_OPTION: &str =
+    "  --skip-invlpg    deliberately broken TLB shootdown (the TLB tests must fail)";
+
+/// `cargo xtask qemu --help`.
+pub(crate) fn demo_usage() -> String {
+    format!(
+        "usage: cargo xtask qemu [OPTIONS]\n\
+         Builds the test kernel and boots it in QEMU: the narrated demo.\n\n\
+         options:\n{BUILD_OPTION}\n{OPTIONS}"
+    )
+}
+
+/// `cargo xtask qemu-test --help`.
+pub(crate) fn test_usage() -> String {
+    format!(
+        "usage: cargo xtask qemu-test [OPTIONS]\n\
+         Builds the test kernel and boots it in QEMU: the in-kernel suite, a\n\
+         pass only on QEMU status 33 and a final `N passed, 0 failed`.\n\n\
+         options:\n{BUILD_OPTION}\n{OPTIONS}"
+    )
+}
+
+/// `cargo xtask boot --help`.
+pub(crate) fn boot_usage() -> String {
+    format!(
+        "usage: cargo xtask boot <ELF> [OPTIONS]\n\
+         Boots an already built kernel in QEMU: the demo, as `cargo xtask qemu`.\n\
+         The runner of `cargo run --target {TARGET} -p machvm-kernel`\n\
+         (arguments after `--` come here).\n\n\
+         options:\n  --suite          the in-kernel suite instead of the demo\n{OPTIONS}"
+    )
+}
+
+/// Checks `qemu-test`'s options without running anything.
+pub(crate) fn check_test_options(args: &[String]) -> Result<(), String> {
+    parse(args, Task::Suite).map(|_| ())
+}
 
 /// `cargo xtask qemu-test`: true only if the kernel reported success through
 /// `isa-debug-exit` and printed `N passed, 0 failed`.
 pub(crate) fn qemu_test(args: &[String]) -> bool {
-    run(args, false)
+    build_and_run(args, Task::Suite)
 }
 
 /// `cargo xtask qemu`: the narrated demo.
 pub(crate) fn qemu_demo(args: &[String]) -> bool {
-    run(args, true)
+    build_and_run(args, Task::Demo)
 }
 
-fn run(args: &[String], demo: bool) -> bool {
-    let opts = match parse(args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("xtask: {e}\n{USAGE}");
-            return false;
-        }
+/// Builds the kernel and boots it.
+fn build_and_run(args: &[String], task: Task) -> bool {
+    let Some(opts) = options(args, task) else {
+        return false;
     };
     if !ensure_target() {
         return false;
@@ -105,29 +174,69 @@ fn run(args: &[String], demo: bool) -> bool {
     let Some(elf) = build_kernel(opts.skip_invlpg) else {
         return false;
     };
-    let mode = if demo { "demo" } else { "test" };
+    launch(&qemu, &elf, &opts)
+}
+
+/// `cargo xtask boot <elf>`: boots a kernel cargo built.
+pub(crate) fn boot_elf(args: &[String]) -> bool {
+    let Some(opts) = options(args, Task::Boot) else {
+        return false;
+    };
+    let elf = opts.elf.as_deref().unwrap_or(Path::new(""));
+    if !elf.is_file() {
+        eprintln!("xtask boot: no kernel at {}", elf.display());
+        return false;
+    }
+    let Some(qemu) = ensure_qemu() else {
+        return false;
+    };
+    launch(&qemu, elf, &opts)
+}
+
+/// [`parse`], printing the error and the task's usage on failure.
+fn options(args: &[String], task: Task) -> Option<Opts> {
+    parse(args, task)
+        .map_err(|e| {
+            let usage = match task {
+                Task::Demo => demo_usage(),
+                Task::Suite => test_usage(),
+                Task::Boot => boot_usage(),
+            };
+            eprintln!("xtask: {e}\n\n{usage}");
+        })
+        .ok()
+}
+
+/// Boots `elf` in the demo or the suite and judges the run.
+fn launch(qemu: &Path, elf: &Path, opts: &Opts) -> bool {
+    let mode = if opts.suite { "test" } else { "demo" };
     let append = std::iter::once(mode)
         .chain(opts.append.iter().map(String::as_str))
         .collect::<Vec<_>>()
         .join(" ");
-    let outcome = match boot(&qemu, &elf, &append, &opts) {
+    let outcome = match boot(qemu, elf, &append, opts) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("xtask: cannot run {}: {e}", qemu.display());
             return false;
         }
     };
-    report(&outcome, demo)
+    report(&outcome, !opts.suite)
 }
 
 /// What a QEMU run produced.
 struct Outcome {
+    /// QEMU's exit status (`None`: killed by a signal).
     status: Option<i32>,
+    /// True if xtask killed it at the timeout.
     timed_out: bool,
+    /// The last console line, if it was `N passed, M failed`.
     final_line: Option<(u64, u64)>,
+    /// Wall time of the run.
     elapsed: Duration,
 }
 
+/// Judges a run and says why it failed; `demo` needs no summary line.
 fn report(o: &Outcome, demo: bool) -> bool {
     let secs = o.elapsed.as_secs_f64();
     if o.timed_out {
@@ -180,6 +289,8 @@ fn summary(line: &str) -> Option<(u64, u64)> {
     Some((p.parse().ok()?, f.parse().ok()?))
 }
 
+/// Runs QEMU on `elf` with kernel command line `append`, streaming the
+/// serial console to stdout, and kills it at the timeout.
 fn boot(qemu: &Path, elf: &Path, append: &str, o: &Opts) -> std::io::Result<Outcome> {
     let mut cmd = Command::new(qemu);
     cmd.args(["-accel", "tcg", "-machine", "pc", "-cpu", "qemu64"])
@@ -256,6 +367,7 @@ fn boot(qemu: &Path, elf: &Path, append: &str, o: &Opts) -> std::io::Result<Outc
 
 /// Builds the kernel and returns its ELF.
 fn build_kernel(skip_invlpg: bool) -> Option<PathBuf> {
+    let dir = target_subdir("kernel");
     let mut args = vec![
         "build",
         "-p",
@@ -264,7 +376,7 @@ fn build_kernel(skip_invlpg: bool) -> Option<PathBuf> {
         "--target",
         TARGET,
         "--target-dir",
-        "target/kernel",
+        &dir,
     ];
     if skip_invlpg {
         args.extend(["--features", "skip-invlpg"]);
@@ -273,7 +385,7 @@ fn build_kernel(skip_invlpg: bool) -> Option<PathBuf> {
         eprintln!("xtask: building the kernel failed");
         return None;
     }
-    let elf = workspace_root().join(format!("target/kernel/{TARGET}/release/machvm-kernel"));
+    let elf = target_dir().join(format!("kernel/{TARGET}/release/machvm-kernel"));
     if !elf.exists() {
         eprintln!("xtask: no kernel at {}", elf.display());
         return None;
@@ -281,68 +393,9 @@ fn build_kernel(skip_invlpg: bool) -> Option<PathBuf> {
     Some(elf)
 }
 
-/// Makes sure the bare-metal target's standard library is installed.
-fn ensure_target() -> bool {
-    // Ask rustc where the target's libraries would be: no rustup needed.
-    let sysroot = Command::new("rustc").args(["--print", "sysroot"]).output();
-    if let Ok(out) = sysroot {
-        let root = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if Path::new(&root).join("lib/rustlib").join(TARGET).exists() {
-            return true;
-        }
-    }
-    eprintln!("xtask: target {TARGET} missing; running `rustup target add {TARGET}`");
-    let ok = Command::new("rustup")
-        .args(["target", "add", TARGET])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("xtask: could not install it; run: rustup target add {TARGET}");
-    }
-    ok
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// Finds QEMU, installing the Debian package when root.
-fn ensure_qemu() -> Option<PathBuf> {
-    if let Some(q) = on_path(QEMU) {
-        return Some(q);
-    }
-    let hint = "sudo apt-get update && sudo apt-get install -y qemu-system-x86";
-    if is_root() && on_path("apt-get").is_some() {
-        eprintln!("xtask: {QEMU} missing; installing qemu-system-x86 with apt-get");
-        let ok = Command::new("apt-get")
-            .arg("update")
-            .status()
-            .is_ok_and(|s| s.success())
-            && Command::new("apt-get")
-                .args(["install", "-y", "qemu-system-x86"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-                .is_ok_and(|s| s.success());
-        if let Some(q) = on_path(QEMU).filter(|_| ok) {
-            return Some(q);
-        }
-    }
-    eprintln!("xtask: {QEMU} not found; install it, e.g.: {hint}");
-    None
-}
-
 /// `cargo clippy` for the kernel target, warnings denied.
 pub(crate) fn clippy_kernel() -> bool {
+    let dir = target_subdir("kernel");
     ensure_target()
         && cargo(&[
             "clippy",
@@ -352,7 +405,7 @@ pub(crate) fn clippy_kernel() -> bool {
             "--target",
             TARGET,
             "--target-dir",
-            "target/kernel",
+            &dir,
             "--",
             "-D",
             "warnings",

@@ -7,9 +7,20 @@
 
 use crate::cargo_env;
 
+/// `cargo xtask soak --help`.
+pub(crate) fn usage() -> String {
+    "usage: cargo xtask soak [--ops N] [--snapshots K]\n\
+     The differential model test in release, SPEC §6's audit after every\n\
+     operation.\n\n\
+     options:\n  \
+     --ops N          operations (default 1000000)\n  \
+     --snapshots K    keep up to K vm_read snapshots alive (object chains grow)"
+        .into()
+}
+
 /// Runs the soak; `args` may hold `--ops N` (default 1,000,000) and
 /// `--snapshots K`.
-pub fn soak(args: &[String]) -> bool {
+pub(crate) fn soak(args: &[String]) -> bool {
     let mut ops = String::from("1000000");
     let mut snapshots: Option<String> = None;
     let mut it = args.iter();
@@ -18,10 +29,7 @@ pub fn soak(args: &[String]) -> bool {
             "--ops" => &mut ops,
             "--snapshots" => snapshots.get_or_insert_with(String::new),
             other => {
-                eprintln!(
-                    "xtask soak: unknown argument {other}\n\
-                     usage: cargo xtask soak [--ops N] [--snapshots K]"
-                );
+                eprintln!("xtask soak: unknown option {other}\n\n{}", usage());
                 return false;
             }
         };
