@@ -130,7 +130,7 @@ const BARE_METAL_CRATES: &[&str] = &[
 /// `--features` of the bare-metal rustdoc stage (all crates are built with
 /// `--no-default-features`): comma-separated `crate/feature`, e.g.
 /// `machvm/x86_64`; empty for none.
-const BARE_METAL_FEATURES: &str = "";
+const BARE_METAL_FEATURES: &str = "machvm/x86_64";
 
 /// The out-of-workspace crate that uses machvm as a dependent would,
 /// relative to the workspace root.

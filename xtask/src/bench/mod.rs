@@ -12,7 +12,7 @@
 //! - `--quick` is the CI smoke test: short measurements, fewer sizes, under
 //!   two minutes once built; it judges no target, and no threshold fails it.
 //!
-//! Builds go to `target/bench` so that they never wait on other builds. The
+//! Builds go to `target/bench` (under `CARGO_TARGET_DIR` when set) so that they never wait on other builds. The
 //! task fails only if something did not run; a missed target is reported.
 
 use std::collections::BTreeMap;
@@ -70,7 +70,7 @@ pub(crate) fn bench(rest: &[String]) -> bool {
     };
     let started = Instant::now();
     let root = workspace_root();
-    let target = root.join("target").join("bench");
+    let target = crate::target_dir().join("bench");
     let criterion_dir = target.join("criterion");
     // Stale results of another profile would mix into the table.
     if criterion_dir.exists()
@@ -100,7 +100,7 @@ pub(crate) fn bench(rest: &[String]) -> bool {
         date: today(),
         seconds: started.elapsed().as_secs(),
     };
-    write_report(&root.join("target").join("machvm-bench"), &input)
+    write_report(&crate::target_dir().join("machvm-bench"), &input)
 }
 
 /// `(quick, vs_linux)` from the command line, or the task's result when
