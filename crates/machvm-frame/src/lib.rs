@@ -15,9 +15,11 @@
 //!   free list `k`, and its head has `order == k`; its other frames have
 //!   `order == NOT_HEAD`.
 //! - No two free buddies of the same order coexist (they would have merged).
-//! - The free counter, each free list's count and each use's counter equal
-//!   the frames they count.
-//! - No invalid free (double free, foreign frame, freeing a tail) was seen.
+//! - The free counter, each free list's count, each use's counter and the
+//!   wired-frame counter equal the frames they count; only object frames are
+//!   wired (`wire.rs`).
+//! - No invalid free (double free, foreign frame, freeing a tail or a wired
+//!   frame) and no invalid wiring was seen.
 #![cfg_attr(not(loom), no_std)]
 #![deny(unsafe_code)]
 
@@ -32,6 +34,7 @@ mod page;
 mod reserve;
 mod sync;
 mod verify;
+mod wire;
 #[cfg(feature = "x86_64")]
 #[allow(unsafe_code)]
 mod x86;
@@ -95,6 +98,8 @@ pub struct FrameAllocator<L: Locks = SpinLocks> {
     free: AtomicU64,
     managed: u64,
     in_use: [AtomicU64; 3],
+    /// Object frames with a wiring, see `wire.rs`.
+    wired: AtomicU64,
     /// Fault injection: the n-th allocation from now fails (0: off).
     fail_countdown: AtomicU64,
     /// Run by the failing allocation before it fails (tests interleave
@@ -155,6 +160,7 @@ impl<L: Locks> FrameAllocator<L> {
             free: AtomicU64::new(0),
             managed: 0,
             in_use: Default::default(),
+            wired: AtomicU64::new(0),
             fail_countdown: AtomicU64::new(0),
             fail_hook: spin::Mutex::new(None),
             reserve_hooked: AtomicBool::new(false),
@@ -369,6 +375,7 @@ impl<L: Locks> FrameAllocator<L> {
         let idx = match self.page(pa) {
             Some(p)
                 if pa.is_page_aligned()
+                    && p.wire_count() == 0
                     && matches!(
                         p.state(),
                         FrameState::Object | FrameState::PageTable | FrameState::Kernel

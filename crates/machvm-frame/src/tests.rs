@@ -410,3 +410,48 @@ fn writers_of_neighbouring_bytes_keep_each_others_bytes() {
         assert_eq!(&back[w * 8 + 5..w * 8 + 8], &[last.1; 3]);
     }
 }
+
+#[test]
+fn wired_frames_are_counted_once_and_cannot_be_freed() {
+    let frames = FrameAllocator::hosted(64 * 4096).unwrap();
+    let pa = frames.alloc(FrameUse::Object).unwrap();
+    assert!(frames.wire(pa));
+    assert!(frames.wire(pa));
+    assert_eq!(
+        (frames.wired_frames(), frames.page(pa).unwrap().wire_count()),
+        (1, 2)
+    );
+    frames.verify().unwrap();
+    frames.unwire(pa);
+    assert_eq!(frames.wired_frames(), 1);
+    frames.unwire(pa);
+    assert_eq!(frames.wired_frames(), 0);
+    frames.free(pa);
+    frames.verify().unwrap();
+}
+
+#[test]
+fn freeing_a_wired_frame_is_refused() {
+    let frames = FrameAllocator::hosted(64 * 4096).unwrap();
+    let pa = frames.alloc(FrameUse::Object).unwrap();
+    let free = frames.free_frames();
+    assert!(frames.wire(pa));
+    // Debug builds assert on an invalid free; either way it is refused.
+    let freed = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| frames.free(pa)));
+    assert_eq!(freed.is_err(), cfg!(debug_assertions));
+    assert_eq!(frames.free_frames(), free, "a wired frame stays allocated");
+    assert_eq!(frames.verify().unwrap_err().rule, FrameRule::NoInvalidFree);
+}
+
+#[test]
+fn only_object_frames_wire_and_unwiring_an_unwired_frame_is_refused() {
+    let frames = FrameAllocator::hosted(64 * 4096).unwrap();
+    let table = frames.alloc(FrameUse::PageTable).unwrap();
+    assert!(!frames.wire(table));
+    assert_eq!(frames.wired_frames(), 0);
+    assert_eq!(frames.verify().unwrap_err().rule, FrameRule::NoInvalidFree);
+    let other = FrameAllocator::hosted(64 * 4096).unwrap();
+    let pa = other.alloc(FrameUse::Object).unwrap();
+    other.unwire(pa);
+    assert_eq!(other.verify().unwrap_err().rule, FrameRule::NoInvalidFree);
+}

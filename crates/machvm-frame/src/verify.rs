@@ -26,10 +26,12 @@ pub enum FrameRule {
     FreeBlocks,
     /// No two free buddies of the same order coexist.
     BuddiesMerged,
-    /// The free counter, each list's count and each use's counter match
-    /// the frames they count.
+    /// The free counter, each list's count, each use's counter and the
+    /// wired-frame counter match the frames they count; only object frames
+    /// are wired.
     Counters,
-    /// No invalid free (double free, foreign frame, a tail) was seen.
+    /// No invalid free (double free, foreign frame, a tail, a wired
+    /// frame) and no invalid wiring was seen.
     NoInvalidFree,
     /// A frame is in a per-CPU cache iff its state is `Cached`, in one
     /// cache, once; each cache's count is its frames.
@@ -182,7 +184,8 @@ impl<L: Locks> FrameAllocator<L> {
                 self.free_frames()
             ));
         }
-        self.check_use_counters(used)
+        self.check_use_counters(used)?;
+        self.check_wired()
     }
 
     /// Every frame belongs to exactly one block or is a reserved hole, and
