@@ -36,6 +36,9 @@ pub(crate) struct Space {
     pub(crate) active: CpuSet,
     pub(crate) resident: u64,
     pub(crate) wired: u64,
+    /// Zeroed page-table frames set aside by `Pmap::reserve_tables` for the
+    /// enters of one call; empty between calls.
+    pub(crate) tables: Vec<PhysAddr>,
 }
 
 /// A live space, locked.

@@ -710,3 +710,51 @@ fn verify_holds_while_a_space_is_created() {
     assert_eq!(r, Ok(()), "verify of a consistent pmap failed");
     pm.verify().unwrap();
 }
+
+#[test]
+fn reserved_tables_let_every_enter_of_a_call_succeed_with_memory_full() {
+    let (fa, pm) = setup(64);
+    let p = pm.create().unwrap();
+    // 4 MiB straddling a 1 GiB boundary: 2 page tables, 2 directories and
+    // 1 directory-pointer table at most.
+    let (lo, hi) = ((1u64 << 30) - (2 << 20), (1u64 << 30) + (2 << 20));
+    let free = fa.free_frames();
+    pm.reserve_tables(p, range(lo, hi)).unwrap();
+    assert_eq!(fa.free_frames(), free - 5);
+    let mut data = Vec::new();
+    while let Ok(f) = fa.alloc(FrameUse::Object) {
+        data.push(f);
+    }
+    for (i, va) in [lo, (1 << 30) - 4096, 1 << 30, hi - 4096]
+        .into_iter()
+        .enumerate()
+    {
+        let f = pm.enter(p, VirtAddr::new(va), data[i], VmProt::READ, true);
+        pm.flush(f.expect("tables come from the reservation"));
+    }
+    pm.release_tables(p);
+    assert_eq!(pm.resident_count(p), 4);
+    data.into_iter().for_each(|f| fa.free(f));
+    check(&fa, &pm);
+    pm.flush(pm.remove(p, range(lo, hi)));
+    pm.destroy(p);
+    assert_eq!(fa.free_frames(), free + 1, "the root went too");
+    check(&fa, &pm);
+}
+
+#[test]
+fn a_reservation_that_cannot_be_met_sets_nothing_aside() {
+    let (fa, pm) = setup(64);
+    let p = pm.create().unwrap();
+    let hog: Vec<_> = core::iter::from_fn(|| fa.alloc(FrameUse::Object).ok()).collect();
+    fa.free(hog[0]);
+    let free = fa.free_frames();
+    assert_eq!(
+        pm.reserve_tables(p, range(0, 4 << 20)),
+        Err(KernError::ResourceShortage)
+    );
+    assert_eq!(fa.free_frames(), free);
+    hog[1..].iter().for_each(|&f| fa.free(f));
+    pm.destroy(p);
+    check(&fa, &pm);
+}

@@ -31,13 +31,47 @@ impl<L: Locks> Pmap for X86Pmap<L> {
         let root = s.root;
         let mut f = TlbFlush::none();
         self.range_op(&mut s, pmap, 0, USER_MAX, Op::Remove, &mut f);
+        let reserved = core::mem::take(&mut s.tables);
         self.spaces.remove(pmap, s);
+        for t in reserved {
+            self.frames.free(t);
+        }
         // No CPU runs in a destroyed pmap, and loading another CR3 flushed
         // what it cached; its tables can go at once.
         for t in f.into_parts().release {
             self.frames.free(t);
         }
         self.frames.free(root);
+    }
+
+    fn reserve_tables(&self, pmap: PmapId, range: VaRange) -> Result<(), KernError> {
+        let n = tables_bound(range);
+        let mut got = Vec::with_capacity(n);
+        for _ in 0..n {
+            match self.alloc_table() {
+                Ok(t) => got.push(t),
+                Err(_) => {
+                    got.into_iter().for_each(|t| self.frames.free(t));
+                    return Err(KernError::ResourceShortage);
+                }
+            }
+        }
+        match self.spaces.lock(pmap) {
+            Some(mut s) => s.tables.append(&mut got),
+            None => got.into_iter().for_each(|t| self.frames.free(t)),
+        }
+        Ok(())
+    }
+
+    fn release_tables(&self, pmap: PmapId) {
+        let reserved = self
+            .spaces
+            .lock(pmap)
+            .map(|mut s| core::mem::take(&mut s.tables));
+        reserved
+            .into_iter()
+            .flatten()
+            .for_each(|t| self.frames.free(t));
     }
 
     fn enter(
@@ -285,4 +319,16 @@ impl<L: Locks> Pmap for X86Pmap<L> {
     fn verify(&self) -> Result<(), Violation<PmapRule>> {
         self.verify_all()
     }
+}
+
+/// At most the tables entering 4 KiB translations over `range` can create:
+/// one page table per 2 MiB, one directory per 1 GiB and one directory
+/// pointer table per 512 GiB it touches (the root always exists).
+fn tables_bound(range: VaRange) -> usize {
+    if range.is_empty() {
+        return 0;
+    }
+    let (s, e) = (range.start().as_u64(), range.end().as_u64() - 1);
+    let spans = |shift: u32| ((e >> shift) - (s >> shift) + 1) as usize;
+    spans(21) + spans(30) + spans(39)
 }

@@ -134,7 +134,8 @@ impl<L: Locks> X86Pmap<L> {
                 &mut f,
             );
         }
-        let mut spare = match self.alloc_tables(self.tables_needed(root, va.as_u64(), leaf_level)) {
+        let need = self.tables_needed(root, va.as_u64(), leaf_level);
+        let mut spare = match self.alloc_tables(&mut s.tables, need) {
             Ok(spare) => spare,
             Err(_) => {
                 drop(s);
@@ -155,16 +156,24 @@ impl<L: Locks> X86Pmap<L> {
         Ok(f)
     }
 
-    /// `n` zeroed page-table frames, or none at all.
-    fn alloc_tables(&self, n: usize) -> Result<ArrayVec<PhysAddr, 3>, FrameError> {
+    /// `n` zeroed page-table frames, from the space's reserved ones first,
+    /// or none at all.
+    fn alloc_tables(
+        &self,
+        reserved: &mut Vec<PhysAddr>,
+        n: usize,
+    ) -> Result<ArrayVec<PhysAddr, 3>, FrameError> {
         let mut spare = ArrayVec::<PhysAddr, 3>::new();
-        for _ in 0..n {
+        let from_reserve = n.min(reserved.len());
+        spare.extend(reserved.drain(reserved.len() - from_reserve..));
+        for _ in from_reserve..n {
             match self.alloc_table() {
                 Ok(t) => spare.push(t),
                 Err(e) => {
-                    for t in spare {
+                    for t in spare.drain(from_reserve..) {
                         self.frames.free(t);
                     }
+                    reserved.extend(spare);
                     return Err(e);
                 }
             }

@@ -362,6 +362,12 @@ impl TlbFlush {
 ///     fn enter_large(&self, p: PmapId, va: VirtAddr, pa: PhysAddr, prot: VmProt, wired: bool) -> Result<TlbFlush, EnterError> {
 ///         self.inner.enter_large(p, va, pa, prot, wired)
 ///     }
+///     fn reserve_tables(&self, p: PmapId, r: VaRange) -> Result<(), KernError> {
+///         self.inner.reserve_tables(p, r)
+///     }
+///     fn release_tables(&self, p: PmapId) {
+///         self.inner.release_tables(p)
+///     }
 ///     fn remove(&self, p: PmapId, r: VaRange) -> TlbFlush {
 ///         self.inner.remove(p, r)
 ///     }
@@ -452,6 +458,24 @@ pub trait Pmap: Send + Sync {
         prot: VmProt,
         wired: bool,
     ) -> Result<TlbFlush, EnterError>;
+
+    /// Sets aside for `pmap` the page-table frames that entering
+    /// translations anywhere in `range` could need, so that the enters of
+    /// one call (a wiring enters every page) cannot run out half-way: they
+    /// draw from these first. A bound that reads nothing of the tables
+    /// (another CPU may free an emptied table meanwhile). `ResourceShortage`
+    /// sets nothing aside. Backends without table frames need none: the
+    /// default does nothing.
+    fn reserve_tables(&self, pmap: PmapId, range: VaRange) -> Result<(), KernError> {
+        let _ = (pmap, range);
+        Ok(())
+    }
+
+    /// Frees what [`reserve_tables`](Pmap::reserve_tables) set aside for
+    /// `pmap` and no enter used; the end of the call that reserved them.
+    fn release_tables(&self, pmap: PmapId) {
+        let _ = pmap;
+    }
 
     /// Removes every translation in `range` (`pmap_remove`).
     fn remove(&self, pmap: PmapId, range: VaRange) -> TlbFlush;

@@ -90,6 +90,12 @@ impl Pmap for HookPmap {
     ) -> Result<TlbFlush, EnterError> {
         self.inner.enter_large(p, va, pa, prot, wired)
     }
+    fn reserve_tables(&self, p: PmapId, r: VaRange) -> Result<(), KernError> {
+        self.inner.reserve_tables(p, r)
+    }
+    fn release_tables(&self, p: PmapId) {
+        self.inner.release_tables(p)
+    }
     fn remove(&self, p: PmapId, r: VaRange) -> TlbFlush {
         self.inner.remove(p, r)
     }
