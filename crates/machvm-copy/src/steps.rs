@@ -49,7 +49,7 @@ pub(crate) fn pieces(
 /// True when `mid` bytes of whole pages can go to `dst + head`
 /// copy-on-write: they land on page boundaries, and no destination page
 /// there is shared with another map (sharers must see the copy, so those
-/// pages are stored as bytes).
+/// pages are stored as bytes) or wired (wired pages stay where they are).
 pub(crate) fn cow_fits<L: Locks>(
     d: &MapGuard<'_, L>,
     objs: &Objects<'_, L>,
@@ -60,7 +60,8 @@ pub(crate) fn cow_fits<L: Locks>(
     let at = dst + head;
     mid > 0
         && at % PAGE_SIZE == 0
-        && VaRange::round_out(at, mid).is_some_and(|r| !d.shared_with_others(objs, r))
+        && VaRange::round_out(at, mid)
+            .is_some_and(|r| !d.shared_with_others(objs, r) && !d.wired_in(r))
 }
 
 /// Copy-in of `[addr, addr + len)` (checked readable), eager copies' frames

@@ -104,7 +104,12 @@ impl<L: Locks> VmMap<L> {
         let Some(h) = &e.object else {
             return Ok(None);
         };
-        let c = objs.cow_share(h, holder, frames)?;
+        // A wired entry's pages stay put and writable: copied now.
+        let c = if e.wired_count > 0 {
+            objs.copy_share(h, holder, frames)?
+        } else {
+            objs.cow_share(h, holder, frames)?
+        };
         if c.write_protect {
             let pm = self.0.ctx.pmap();
             let prot = e.protection - VmProt::WRITE;
@@ -148,8 +153,17 @@ impl<'a, L: Locks> MapGuard<'a, L> {
             .any(|(_, e)| e.object.as_ref().is_some_and(|h| objs.is_shared(h)))
     }
 
+    /// True when some page of `r` is wired: a copy there stores its bytes
+    /// into the wired pages rather than replacing them.
+    pub fn wired_in(&self, r: VaRange) -> bool {
+        self.m
+            .overlapping(r.start().as_u64(), r.end().as_u64())
+            .any(|(_, e)| e.wired_count > 0)
+    }
+
     /// An upper bound on the frames [`extract`](Self::extract) of `r`
-    /// takes: eager copies of windows others write directly.
+    /// takes: eager copies of windows others write directly, and of wired
+    /// entries.
     pub fn extract_frames(&self, objs: &Objects<'_, L>, r: VaRange) -> u64 {
         let (s0, t0) = (r.start().as_u64(), r.end().as_u64());
         self.m
@@ -157,7 +171,12 @@ impl<'a, L: Locks> MapGuard<'a, L> {
             .filter_map(|(&start, e)| {
                 let h = e.object.as_ref()?;
                 let (s, t) = (start.max(s0), e.end.min(t0));
-                Some(objs.cow_frames(h, PageIndex::in_window(start, s), (t - s) >> PAGE_SHIFT))
+                let (first, n) = (PageIndex::in_window(start, s), (t - s) >> PAGE_SHIFT);
+                Some(if e.wired_count > 0 {
+                    objs.copy_frames(h, first, n)
+                } else {
+                    objs.cow_frames(h, first, n)
+                })
             })
             .sum()
     }
@@ -263,9 +282,9 @@ impl<'a, L: Locks> MapGuard<'a, L> {
     /// protection, maximum and inheritance. The spans keep their own
     /// references (the caller releases them); the old pages nothing else
     /// reaches are freed, and the entries touched are simplified.
-    /// `InvalidArgument` when `at` is unaligned, the range has a hole or
-    /// overflows, or a span comes from another VM system; then nothing
-    /// changed.
+    /// `InvalidArgument` when `at` is unaligned, the range has a hole,
+    /// a wired page ([`wired_in`](Self::wired_in)) or overflows, or a span
+    /// comes from another VM system; then nothing changed.
     pub fn replace(
         &mut self,
         objs: &mut Objects<'_, L>,
@@ -291,6 +310,10 @@ impl<'a, L: Locks> MapGuard<'a, L> {
             .and_then(|bytes| at.checked_add(bytes))
             .ok_or(KernError::InvalidArgument)?;
         if at % PAGE_SIZE != 0 || self.m.check_covered(at, end).is_err() {
+            return Err(KernError::InvalidArgument);
+        }
+        // Wired pages stay: a copy stores its bytes into them instead.
+        if self.wired_in(page_range(at, end)) {
             return Err(KernError::InvalidArgument);
         }
         if pages == 0 {

@@ -56,7 +56,7 @@ impl<L: Locks> VmMap<L> {
         frames: &mut FrameReservation<'_, L>,
         enter: Enter,
     ) -> Result<PhysAddr, KernError> {
-        self.fault_with(m, objs, va, access, frames, enter, None)
+        self.fault_with(m, objs, va, access, frames, enter, Mode::Fault)
     }
 
     /// A store's fault at `va` whose page `produce` then writes whole (see
@@ -71,7 +71,22 @@ impl<L: Locks> VmMap<L> {
         produce: Produce<'_, L>,
     ) -> Result<PhysAddr, KernError> {
         let (access, enter) = (Access::Write, Enter::BestEffort);
-        self.fault_with(m, objs, va, access, frames, enter, Some(produce))
+        self.fault_with(m, objs, va, access, frames, enter, Mode::Overwrite(produce))
+    }
+
+    /// A wiring's fault at `va` (the entry allowing at least a load): the
+    /// page resolved as a store resolves it — into the entry's own object,
+    /// taken over or shadowed, zero-filled or copied up — and entered with
+    /// the entry's protection, wired. Returns the frame.
+    pub(crate) fn fault_wire(
+        &self,
+        m: &mut MapInner,
+        objs: &mut Objects<'_, L>,
+        va: u64,
+        frames: &mut FrameReservation<'_, L>,
+    ) -> Result<PhysAddr, KernError> {
+        let (access, enter) = (Access::Read, Enter::Required);
+        self.fault_with(m, objs, va, access, frames, enter, Mode::Wire)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -83,7 +98,7 @@ impl<L: Locks> VmMap<L> {
         access: Access,
         frames: &mut FrameReservation<'_, L>,
         enter: Enter,
-        produce: Option<Produce<'_, L>>,
+        mode: Mode<'_, L>,
     ) -> Result<PhysAddr, KernError> {
         let ctx = &self.0.ctx;
         VmCounters::bump(&ctx.counters.faults);
@@ -98,7 +113,7 @@ impl<L: Locks> VmMap<L> {
         if !effective_prot(e.protection).contains(access.needs()) {
             return Err(KernError::ProtectionFailure);
         }
-        let write = access == Access::Write;
+        let write = access == Access::Write || matches!(mode, Mode::Wire);
         // The frame first, before anything changes: the one step that can
         // run out then comes before every other.
         let need = objs.frames_to_resolve(
@@ -132,9 +147,9 @@ impl<L: Locks> VmMap<L> {
             enter,
         };
         let enter = |r| self.enter_resolved(r, how);
-        let r = match produce {
-            Some(p) => objs.resolve_overwrite(hold, idx, frames, p, enter),
-            None => objs.resolve(hold, idx, write, frames, enter),
+        let r = match mode {
+            Mode::Overwrite(p) => objs.resolve_overwrite(hold, idx, frames, p, enter),
+            Mode::Fault | Mode::Wire => objs.resolve(hold, idx, write, frames, enter),
         };
         if r.is_err() {
             // With the frame ensured, only the pmap step fails here: undo
@@ -281,6 +296,16 @@ impl<L: Locks> VmMap<L> {
             }
         }
     }
+}
+
+/// What a fault is for.
+pub(crate) enum Mode<'p, L: Locks> {
+    /// The access itself.
+    Fault,
+    /// A store that then writes the page whole (`Produce`).
+    Overwrite(Produce<'p, L>),
+    /// A wiring: resolved as a store, entered with the entry's protection.
+    Wire,
 }
 
 /// Where and how a fault's page is entered.

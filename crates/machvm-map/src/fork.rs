@@ -12,6 +12,8 @@
 //!   it), so the child gets an eager private copy of its resident pages,
 //!   with the frames reserved before anything changes.
 //! - `None`: the child has a hole there.
+//! - A wired entry (`wire.rs`) stays as it is: its `Copy` child gets an
+//!   eager copy of its pages, and no child entry is wired.
 
 use crate::entry_set::Entries;
 use alloc::vec::Vec;
@@ -25,12 +27,16 @@ use machvm_pmap::TlbFlush;
 use crate::data::reserve_settled;
 use crate::{Entry, MapInner, VmMap, page_range, release_entries};
 
-/// The handles fork's `Copy` entries hold.
-fn copied(m: &MapInner) -> impl Iterator<Item = &Hold> {
+/// Fork's `Copy` entries that hold an object.
+fn copied_entries(m: &MapInner) -> impl Iterator<Item = &Entry> {
     m.entries
         .values()
-        .filter(|e| e.inheritance == VmInherit::Copy)
-        .filter_map(|e| e.object.as_ref())
+        .filter(|e| e.inheritance == VmInherit::Copy && e.object.is_some())
+}
+
+/// The handles fork's `Copy` entries hold.
+fn copied(m: &MapInner) -> impl Iterator<Item = &Hold> {
+    copied_entries(m).filter_map(|e| e.object.as_ref())
 }
 
 /// Shortens the chains of fork's `Copy` entries (bypass and collapse move
@@ -41,12 +47,17 @@ fn eager_settle<L: Locks>(m: &MapInner, objs: &mut Objects<'_, L>) -> bool {
 }
 
 /// Frames fork's `Copy` entries take: eager copies of windows others write
-/// directly.
+/// directly, and of wired entries.
 fn eager_frames<L: Locks>(m: &MapInner, objs: &Objects<'_, L>) -> u64 {
-    copied(m)
-        .map(|h| {
+    copied_entries(m)
+        .filter_map(|en| Some((en, en.object.as_ref()?)))
+        .map(|(en, h)| {
             let (s, e) = objs.window(h);
-            objs.cow_frames(h, PageIndex::new(0), e.since(s))
+            if en.wired_count > 0 {
+                objs.copy_frames(h, PageIndex::new(0), e.since(s))
+            } else {
+                objs.cow_frames(h, PageIndex::new(0), e.since(s))
+            }
         })
         .sum()
 }
@@ -158,7 +169,10 @@ impl<L: Locks> VmMap<L> {
                     }
                 }
             };
-            out.push((start, Entry::like(e, e.end, hold)));
+            let mut child_entry = Entry::like(e, e.end, hold);
+            // A wiring is the parent's: the child's pages are not wired.
+            child_entry.wired_count = 0;
+            out.push((start, child_entry));
             Ok(())
         })?;
         Ok(out.into_iter().collect())

@@ -53,6 +53,7 @@ mod ops;
 #[cfg(test)]
 mod tests;
 mod verify;
+mod wire;
 
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -164,6 +165,8 @@ pub struct RegionInfo {
     pub shadow_depth: u32,
     /// Copy-on-write is pending on some part of the region.
     pub needs_copy: bool,
+    /// Pages of the region this map has wired ([`VmMap::wire`]).
+    pub wired_pages: u64,
 }
 
 pub(crate) struct MapInner {
@@ -304,6 +307,8 @@ impl<L: Locks> Drop for MapShared<L> {
         let entries = core::mem::take(&mut self.inner.get_mut().entries);
         pm.flush(pm.remove(self.pmap, VaRange::USER_HALF));
         let mut objs = self.ctx.objects();
+        let entries: alloc::vec::Vec<(u64, Entry)> = entries.into_iter().collect();
+        wire::unwire_removed(&objs, &entries);
         release_entries(&mut objs, entries.into_iter());
         drop(objs);
         pm.destroy(self.pmap);

@@ -6,6 +6,8 @@
 //! map's bounds, holes, then protection; a failed call changes nothing. Each
 //! successful call simplifies the entries it touched.
 
+use alloc::vec::Vec;
+
 use machvm_base::sync::Locks;
 use machvm_base::{KernError, VaRange, VmInherit, VmProt};
 use machvm_object::{Holder, Objects};
@@ -81,6 +83,7 @@ impl<L: Locks> VmMap<L> {
             let pm = self.0.ctx.pmap();
             pm.flush(pm.remove(self.0.pmap, r));
         }
+        crate::wire::unwire_removed(objs, &removed);
         release_entries(objs, removed.into_iter());
     }
 
@@ -112,10 +115,18 @@ impl<L: Locks> VmMap<L> {
         {
             return Err(KernError::ProtectionFailure);
         }
+        let pm = self.0.ctx.pmap();
+        // Raising a wired entry re-enters its pages: their tables first.
+        let raises_wired = !set_maximum
+            && m.overlapping(s, e)
+                .any(|(_, en)| en.wired_count > 0 && !en.protection.contains(prot));
+        if raises_wired {
+            pm.reserve_tables(self.0.pmap, r)?;
+        }
         let mut objs = self.0.ctx.objects();
         m.clip_range(&mut objs, s, e);
-        let pm = self.0.ctx.pmap();
         let mut flush = TlbFlush::none();
+        let mut raised = Vec::new();
         m.entries.for_each_mut(s..e, |start, en| {
             let old = en.protection;
             if set_maximum {
@@ -127,8 +138,17 @@ impl<L: Locks> VmMap<L> {
             if !en.protection.contains(old) {
                 flush.merge(pm.protect(self.0.pmap, page_range(start, en.end), en.protection));
             }
+            if en.wired_count > 0 && !old.contains(en.protection) {
+                raised.push(start);
+            }
         });
         pm.flush(flush);
+        for start in raised {
+            self.reenter_wired(&m, &objs, start);
+        }
+        if raises_wired {
+            pm.release_tables(self.0.pmap);
+        }
         m.simplify(&mut objs, s, e);
         self.assert_consistent(&m, &objs);
         Ok(())
@@ -175,6 +195,7 @@ impl<L: Locks> VmMap<L> {
                     r.resident_pages += one.resident_pages;
                     r.shadow_depth = r.shadow_depth.max(one.shadow_depth);
                     r.needs_copy |= one.needs_copy;
+                    r.wired_pages += one.wired_pages;
                 }
                 Some(_) => break,
             }
@@ -217,11 +238,24 @@ fn entry_info<L: Locks>(objs: &Objects<'_, L>, start: u64, e: &Entry) -> RegionI
         resident_pages: resident,
         shadow_depth: depth,
         needs_copy,
+        wired_pages: if e.wired_count > 0 { e.pages(start) } else { 0 },
     }
 }
 
 /// True when two adjacent entries can be reported as one region.
 fn same_region(a: &RegionInfo, b: &RegionInfo) -> bool {
-    (a.protection, a.max_protection, a.inheritance, a.shared)
-        == (b.protection, b.max_protection, b.inheritance, b.shared)
+    let wired = |r: &RegionInfo| r.wired_pages > 0;
+    (
+        a.protection,
+        a.max_protection,
+        a.inheritance,
+        a.shared,
+        wired(a),
+    ) == (
+        b.protection,
+        b.max_protection,
+        b.inheritance,
+        b.shared,
+        wired(b),
+    )
 }

@@ -34,6 +34,10 @@ pub enum MapRule {
     TranslationsJustified,
     /// No writable translation maps a page still shared copy-on-write.
     NoWritableShared,
+    /// A wired entry writes its object directly, every page of its window
+    /// is resident in that object with its frame wired, and entered wired
+    /// (where its protection allows any access).
+    WiredResident,
     /// The object graph's own invariants (its rule inside).
     Objects(ObjectRule),
 }
@@ -59,6 +63,7 @@ impl<L: Locks> VmMap<L> {
         Violation::check(Simplified, check_simplified(m, objs))?;
         Violation::check(LookupExact, check_lookup_exact(m))?;
         self.check_translations(m, objs)?;
+        Violation::check(WiredResident, self.check_wired(m, objs))?;
         objs.verify()
             .map_err(|v| Violation::new(Objects(v.rule), v.detail))
     }

@@ -471,8 +471,42 @@ impl<L: Locks> Objects<'_, L> {
         holder: Holder,
         frames: &mut FrameReservation<'_, L>,
     ) -> Result<CowRef, KernError> {
+        let eager = matches!(self.holder(hold), Holder::Direct { .. }) && self.is_shared(hold);
+        self.cow_share_as(hold, holder, frames, eager)
+    }
+
+    /// [`cow_share`](Self::cow_share) of a window whose pages must stay
+    /// where they are and writable (a wired entry's, SPEC §7): its
+    /// resident pages are always copied now, and `hold` is left as it was.
+    /// [`copy_frames`](Self::copy_frames) counts the frames.
+    pub fn copy_share(
+        &mut self,
+        hold: &Hold,
+        holder: Holder,
+        frames: &mut FrameReservation<'_, L>,
+    ) -> Result<CowRef, KernError> {
+        self.cow_share_as(hold, holder, frames, true)
+    }
+
+    /// Frames [`copy_share`](Self::copy_share) of pages `[first, first +
+    /// count)` of `hold`'s window takes once the hold is clipped to them:
+    /// the held object's resident pages there.
+    pub fn copy_frames(&self, hold: &Hold, first: PageIndex, count: u64) -> u64 {
+        let (s, e) = self.window_raw(hold);
+        let lo = s.saturating_add(first.get()).min(e);
+        let hi = lo.saturating_add(count).min(e);
+        self.g.obj(hold.obj).pages.count(lo, hi)
+    }
+
+    fn cow_share_as(
+        &mut self,
+        hold: &Hold,
+        holder: Holder,
+        frames: &mut FrameReservation<'_, L>,
+        eager: bool,
+    ) -> Result<CowRef, KernError> {
         let kind = self.holder(hold);
-        if matches!(kind, Holder::Direct { .. }) && self.is_shared(hold) {
+        if eager {
             let private = match holder {
                 Holder::NeedsCopy { map } => Holder::Direct { map },
                 other => other,

@@ -86,13 +86,14 @@ impl<L: Locks> Clone for VmSystem<L> {
 pub struct VmStatistics {
     /// Frames free.
     pub free_count: u64,
-    /// Frames holding object pages (Mach's active queue; machvm has no
-    /// pageout daemon, so nothing is inactive).
+    /// Frames holding object pages that are not wired (Mach's active
+    /// queue; machvm has no pageout daemon, so nothing is inactive).
     pub active_count: u64,
     /// Frames on the inactive queue: always 0, there is no pageout daemon.
     pub inactive_count: u64,
-    /// Frames wired: page-table pages and other kernel use (not the
-    /// shared zero frame, which is the system's own).
+    /// Frames wired: object pages some map wired (SPEC §7, each frame
+    /// once), page-table pages and other kernel use (not the shared zero
+    /// frame, which is the system's own).
     pub wire_count: u64,
     /// Pages zero-filled on demand.
     pub zero_fill_count: u64,
@@ -171,9 +172,14 @@ impl<L: Locks> VmSystem<L> {
         let zero = u64::from(self.ctx.zero_frame().is_some());
         VmStatistics {
             free_count: f.free_frames(),
-            active_count: f.frames_in_use(FrameUse::Object),
+            // Read apart from the wired count: a wiring in between must not wrap.
+            active_count: f
+                .frames_in_use(FrameUse::Object)
+                .saturating_sub(f.wired_frames()),
             inactive_count: 0,
-            wire_count: f.frames_in_use(FrameUse::PageTable) + f.frames_in_use(FrameUse::Kernel)
+            wire_count: f.wired_frames()
+                + f.frames_in_use(FrameUse::PageTable)
+                + f.frames_in_use(FrameUse::Kernel)
                 - zero,
             zero_fill_count: c.zero_fill_count.load(Relaxed),
             reactivations: 0,
