@@ -116,10 +116,19 @@ impl<L: Locks> VmMap<L> {
             return Err(KernError::ProtectionFailure);
         }
         let pm = self.0.ctx.pmap();
-        // Raising a wired entry re-enters its pages: their tables first.
-        let raises_wired = !set_maximum
-            && m.overlapping(s, e)
-                .any(|(_, en)| en.wired_count > 0 && !en.protection.contains(prot));
+        // A wired entry whose translations this change raises, or drops
+        // (a pmap removes what it cannot make readable), is entered again:
+        // its tables first.
+        let new_prot = |en: &Entry| {
+            if set_maximum {
+                en.protection & prot
+            } else {
+                prot
+            }
+        };
+        let raises_wired = m
+            .overlapping(s, e)
+            .any(|(_, en)| en.wired_count > 0 && reenter(en.protection, new_prot(en)));
         if raises_wired {
             pm.reserve_tables(self.0.pmap, r)?;
         }
@@ -138,7 +147,7 @@ impl<L: Locks> VmMap<L> {
             if !en.protection.contains(old) {
                 flush.merge(pm.protect(self.0.pmap, page_range(start, en.end), en.protection));
             }
-            if en.wired_count > 0 && !old.contains(en.protection) {
+            if en.wired_count > 0 && reenter(old, en.protection) {
                 raised.push(start);
             }
         });
@@ -202,6 +211,13 @@ impl<L: Locks> VmMap<L> {
         }
         info.ok_or(KernError::NoSpace)
     }
+}
+
+/// True when a wired entry's translations must be entered again after its
+/// protection goes from `old` to `new`: raised, or lowered to something a
+/// pmap removes (non-empty without `READ`).
+fn reenter(old: VmProt, new: VmProt) -> bool {
+    !new.is_empty() && (!old.contains(new) || !new.contains(VmProt::READ))
 }
 
 /// `Ok` when `r` is allocated without a hole (`InvalidAddress`) and every

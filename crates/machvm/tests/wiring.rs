@@ -355,3 +355,19 @@ fn every_allocation_failure_during_a_wiring_changes_nothing() {
         }
     }
 }
+
+/// Found by the model test: lowering a wired range to write-only made the
+/// pmap drop its translations (it removes what it cannot make readable),
+/// and they were not entered again.
+#[test]
+fn a_wired_range_lowered_to_write_only_stays_entered() {
+    let vm = system(1 << 20);
+    let map = vm.create_map().unwrap();
+    let a = map.allocate(0, 4 * P, true).unwrap();
+    map.wire(a, 4 * P, RW).unwrap();
+    map.protect(a, 4 * P, false, VmProt::WRITE).unwrap();
+    check(&vm, &[&map]);
+    let faults = vm.statistics().faults;
+    map.write_bytes(a, &[1; 4 * P as usize]).unwrap();
+    assert_eq!(vm.statistics().faults, faults);
+}

@@ -23,6 +23,8 @@ pub struct Page {
     pub prot: VmProt,
     pub max: VmProt,
     pub inherit: VmInherit,
+    /// How many wirings of this map cover the page (SPEC §7).
+    pub wired: u16,
 }
 
 impl Page {
@@ -32,6 +34,7 @@ impl Page {
             prot: VmProt::DEFAULT,
             max: VmProt::ALL,
             inherit: VmInherit::Copy,
+            wired: 0,
         }
     }
 }
@@ -170,6 +173,37 @@ impl Map {
         Ok(())
     }
 
+    /// SPEC §7's `wire`: `access` not empty adds a wiring to every page,
+    /// `NONE` takes one off; the checks in §7's order.
+    pub fn wire(&mut self, addr: u64, size: u64, access: VmProt) -> Result<(), KernError> {
+        if size == 0 {
+            return Ok(());
+        }
+        let (s, e) = round_out(addr, size).ok_or(KernError::InvalidArgument)?;
+        if !VmProt::ALL.contains(access) {
+            return Err(KernError::InvalidArgument);
+        }
+        if !user(s, e) || !self.covered(s, e) {
+            return Err(KernError::InvalidAddress);
+        }
+        if access.is_empty() {
+            if pages(s, e).any(|p| self.pages[&p].wired == 0) {
+                return Err(KernError::InvalidArgument);
+            }
+        } else if pages(s, e).any(|p| !self.pages[&p].prot.contains(access)) {
+            return Err(KernError::ProtectionFailure);
+        }
+        for p in pages(s, e) {
+            let pg = self.pages.get_mut(&p).unwrap();
+            pg.wired = if access.is_empty() {
+                pg.wired - 1
+            } else {
+                pg.wired + 1
+            };
+        }
+        Ok(())
+    }
+
     /// Checks a data range for `need`: `Ok(None)` for length 0.
     fn check_data(
         &self,
@@ -229,11 +263,14 @@ impl Map {
             match pg.inherit {
                 VmInherit::None => {}
                 VmInherit::Share => {
-                    child.pages.insert(p, pg.clone());
+                    let mut c = pg.clone();
+                    c.wired = 0;
+                    child.pages.insert(p, c);
                 }
                 VmInherit::Copy => {
                     let mut c = pg.clone();
                     c.data = Rc::new(RefCell::new(pg.data.borrow().clone()));
+                    c.wired = 0;
                     child.pages.insert(p, c);
                 }
             }
