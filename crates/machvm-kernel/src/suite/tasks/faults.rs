@@ -314,3 +314,32 @@ pub(super) fn nx_without_execute() -> Result<(), String> {
     refused(0, exec(), a, pf::P | pf::I, KernError::ProtectionFailure)?;
     check(&[&map])
 }
+
+/// SPEC §7 on the MMU: wired pages are resident and entered before any
+/// access, so loads and stores on any CPU take no page fault; unwired,
+/// they stay mapped (a translation is a cache) and the map verifies.
+pub(super) fn wired_pages_take_no_page_fault() -> Result<(), String> {
+    let _s = Session::new();
+    let map = new_map()?;
+    let a = map.allocate(0, 4 * PG, true).ctx("allocate")?;
+    map.wire(a, 4 * PG, VmProt::READ | VmProt::WRITE)
+        .ctx("wire")?;
+    ensure_eq!(map.region(a).ctx("region")?.wired_pages, 4, "wired pages");
+    let taken = trap::fault_counts().0;
+    for c in 0..smp::cpu_count() {
+        vm::switch_to(c, Some(&map));
+        for i in 0..4 {
+            let va = a + i * PG + 8 * c as u64;
+            wr(c, va, 0x3A11_0000 + i)?;
+            ensure_eq!(rd(c, va)?, 0x3A11_0000 + i, "cpu {c}, page {i}");
+        }
+    }
+    ensure_eq!(trap::fault_counts().0, taken, "page faults on wired pages");
+    map.wire(a, 4 * PG, VmProt::NONE).ctx("unwire")?;
+    ensure_eq!(
+        map.region(a).ctx("region")?.wired_pages,
+        0,
+        "wired after unwiring"
+    );
+    check(&[&map])
+}

@@ -55,6 +55,7 @@ pub const TESTS: &[Test] = &[
     test!(partial_deallocate_splits),
     test!(deallocate_across_page_tables),
     test!(nx_without_execute),
+    test!(wired_pages_take_no_page_fault),
     test!(vm_map_copy_is_copy_on_write),
     test!(vm_map_copy_src_destroy),
     test!(vm_map_copy_dst_alloc),
