@@ -184,16 +184,36 @@ pub(crate) fn workspace_root() -> PathBuf {
     dir.parent().map(|p| p.to_path_buf()).unwrap_or(dir)
 }
 
-/// Cargo's target directory: `$CARGO_TARGET_DIR` if set (a relative value
-/// taken from the workspace root, where xtask runs cargo), else
-/// `<root>/target`. xtask's own directories (`kernel`, `loom`, …) go
-/// under it.
+/// Cargo's target directory, as cargo itself resolves it
+/// (`CARGO_TARGET_DIR`, `CARGO_BUILD_TARGET_DIR`, `build.target-dir`, else
+/// `<root>/target`): asked of `cargo metadata` once. xtask's own
+/// directories (`kernel`, `loom`, …) go under it.
 pub(crate) fn target_dir() -> PathBuf {
-    let root = workspace_root();
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => root.join(dir),
-        _ => root.join("target"),
-    }
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| metadata_target_dir().unwrap_or_else(|| workspace_root().join("target")))
+        .clone()
+}
+
+/// `target_directory` from `cargo metadata`, run in the workspace root.
+fn metadata_target_dir() -> Option<PathBuf> {
+    let out = Command::new(env_cargo())
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(workspace_root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let json = String::from_utf8(out.stdout).ok()?;
+    let key = "\"target_directory\":\"";
+    let start = json.find(key)? + key.len();
+    let end = start + json[start..].find('"')?;
+    // Paths are plain here; cargo escapes only quotes and backslashes.
+    Some(PathBuf::from(json[start..end].replace("\\\\", "\\")))
 }
 
 /// [`target_dir`]`/<sub>` as a string, for a `--target-dir` argument.

@@ -47,6 +47,26 @@ const STAGES: &[Stage] = &[
         run: |_| clippy(&["-p", "machvm", "--no-default-features"]),
     },
     Stage {
+        name: "interop feature",
+        about: "the x86_64 interop feature: clippy, and its unit and doc tests",
+        run: |_| {
+            let crates = [
+                "-p",
+                "machvm-base",
+                "-p",
+                "machvm-frame",
+                "-p",
+                "machvm-map",
+            ];
+            let mut lint = crates.to_vec();
+            lint.extend(["-p", "machvm", "--all-targets", "--features", "x86_64"]);
+            let mut test = vec!["test"];
+            test.extend(crates);
+            test.extend(["--features", "x86_64"]);
+            clippy(&lint) && cargo(&test)
+        },
+    },
+    Stage {
         name: "host tests",
         about: "every test binary, even after a failure",
         run: |_| cargo(&["test", "--workspace", "--no-fail-fast"]),
@@ -233,14 +253,53 @@ fn loom(args: &[&str]) -> bool {
     cargo_env(&all, &[("RUSTFLAGS", "--cfg loom")])
 }
 
-/// `cargo package --workspace` (crates with `publish = false` are skipped).
+/// `cargo package --workspace`: every package (those with `publish = false`
+/// too, which are never published) packaged and built from its package.
 fn package() -> bool {
-    let mut args = vec!["package", "--workspace"];
+    // Cargo takes registry sources as immutable: a build of the same
+    // version from an earlier run would be reused as it is. A fresh
+    // target directory and unpacking each time, then.
+    forget_local_unpackings();
+    let dir = target_subdir("package");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut args = vec!["package", "--workspace", "--target-dir", &dir];
     if std::env::var_os("CI").is_none() && tree_is_dirty() {
         eprintln!("xtask test: the work tree has uncommitted changes: passing --allow-dirty");
         args.push("--allow-dirty");
     }
     cargo(&args)
+}
+
+/// Cargo verifies a package against the others unpacked from a temporary
+/// local registry into `$CARGO_HOME/registry/src/-<hash>/`, and reuses an
+/// unpacking of the same version from an earlier run: the verification
+/// would build stale sources. Those unpackings of this workspace's
+/// packages go first (only local registries' directories start with `-`).
+fn forget_local_unpackings() {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo")));
+    let Some(src) = home.map(|h| h.join("registry").join("src")) else {
+        return;
+    };
+    let ours = |name: &str| {
+        name.rsplit_once('-').is_some_and(|(pkg, version)| {
+            version.starts_with(|c: char| c.is_ascii_digit())
+                && (pkg == "xtask" || pkg == "machvm" || pkg.starts_with("machvm-"))
+        })
+    };
+    let local = std::fs::read_dir(&src).into_iter().flatten().flatten();
+    for registry in local.filter(|d| d.file_name().to_string_lossy().starts_with('-')) {
+        for unpacked in std::fs::read_dir(registry.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if ours(&unpacked.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_dir_all(unpacked.path());
+            }
+        }
+    }
 }
 
 /// True if `git status --porcelain` lists anything (false without git).

@@ -59,7 +59,7 @@ pub(crate) fn cow_fits<L: Locks>(
 ) -> bool {
     let at = dst + head;
     mid > 0
-        && at % PAGE_SIZE == 0
+        && at.is_multiple_of(PAGE_SIZE)
         && VaRange::round_out(at, mid)
             .is_some_and(|r| !d.shared_with_others(objs, r) && !d.wired_in(r))
 }

@@ -468,10 +468,10 @@ impl FrameAllocator {
     /// ([`with_locks`](FrameAllocator::with_locks) chooses others).
     /// Overlapping ranges are `InvalidArgument`.
     ///
-    /// On bare metal, `mem` is the kernel's direct map of RAM and `ranges`
-    /// are the usable regions of the firmware's memory map, less what the
-    /// kernel keeps for itself (its image, its heap). Metadata costs 32
-    /// bytes per frame managed (a [`VmPage`]), from the kernel heap.
+    /// On bare metal, `mem` is the kernel's direct map of the RAM it gives
+    /// machvm, and `ranges` the usable parts of it (the firmware's memory
+    /// map). Metadata costs 32 bytes per frame of the span (a [`VmPage`]),
+    /// from the kernel heap.
     ///
     /// ```no_run
     /// use core::ptr::NonNull;
@@ -480,17 +480,18 @@ impl FrameAllocator {
     ///
     /// // Where the boot code mapped all of RAM, [0, 512 MiB), read-write.
     /// const DIRECT_MAP: usize = 0xFFFF_8000_0000_0000;
-    /// let ram = 512u64 << 20;
-    /// let virt = NonNull::new(DIRECT_MAP as *mut u8).unwrap();
-    /// // SAFETY: [DIRECT_MAP, DIRECT_MAP + ram) maps [0, ram) read-write for
-    /// // the kernel's lifetime, and nothing writes RAM but through it (or
+    /// // The kernel's image, stack and heap lie below 16 MiB; machvm gets
+    /// // the rest.
+    /// let (lo, ram) = (16u64 << 20, 512u64 << 20);
+    /// let virt = NonNull::new((DIRECT_MAP + lo as usize) as *mut u8).unwrap();
+    /// // SAFETY: [lo, ram) is mapped read-write at DIRECT_MAP + lo for the
+    /// // kernel's lifetime, and nothing but this PhysMem touches it (or
     /// // atomically, as the MMU sets accessed and dirty bits).
-    /// let mem = unsafe { PhysMem::direct_map(virt, PhysAddr::new(0), ram) };
-    /// // Usable RAM from the memory map: low memory below the EBDA, and
-    /// // everything above the kernel image and heap (here 16 MiB).
+    /// let mem = unsafe { PhysMem::direct_map(virt, PhysAddr::new(lo), ram - lo) };
+    /// // What the memory map says is usable there (a hole at 256 MiB, say).
     /// let usable = [
-    ///     PhysAddr::new(0x1000)..PhysAddr::new(0x9_F000),
-    ///     PhysAddr::new(16 << 20)..PhysAddr::new(ram),
+    ///     PhysAddr::new(lo)..PhysAddr::new(256 << 20),
+    ///     PhysAddr::new(260 << 20)..PhysAddr::new(ram),
     /// ];
     /// let frames = FrameAllocator::new(mem, &usable)?;
     /// let table = frames.alloc(FrameUse::PageTable)?;

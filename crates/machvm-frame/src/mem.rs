@@ -93,7 +93,10 @@ impl PhysMem {
     /// `virt .. virt + len` must be mapped readable and writable for as long
     /// as the returned value lives, must map exactly the physical range
     /// `base .. base + len`, and must not be used by anything else except
-    /// through this `PhysMem` (or atomically, as the MMU does).
+    /// through this `PhysMem` (or atomically, as the MMU does). Its safe
+    /// methods take any covered address, so cover only memory that nothing
+    /// else touches: the RAM given to machvm, not the kernel's image, stack
+    /// or heap.
     ///
     /// Alignment is not part of the contract: word and page accesses check
     /// the host address they make, so a `virt` not aligned like `base`
@@ -152,7 +155,7 @@ impl PhysMem {
     fn word(&self, pa: PhysAddr) -> *mut u64 {
         let p = self.at(pa, 8);
         assert!(
-            (p as usize) % 8 == 0,
+            (p as usize).is_multiple_of(8),
             "misaligned physical word access at {:#x}",
             pa.as_u64()
         );
@@ -171,7 +174,7 @@ impl PhysMem {
         );
         let p = self.at(pa, PAGE_SIZE);
         assert!(
-            (p as usize) % 8 == 0,
+            (p as usize).is_multiple_of(8),
             "misaligned physical page at {:#x}",
             pa.as_u64()
         );
@@ -240,7 +243,7 @@ impl PhysMem {
         };
         let p = self.at(PhysAddr::new(first), end - first);
         assert!(
-            (p as usize) % 8 == 0,
+            (p as usize).is_multiple_of(8),
             "misaligned physical word access at {first:#x}"
         );
         (p.cast(), ((end - first) / 8) as usize)

@@ -121,7 +121,7 @@ impl<L: Locks> FrameAllocator<L> {
                     "frame {cur} on free list {k} is not a free head of order {k}"
                 ));
             }
-            if cur as usize % (1 << k) != 0 {
+            if !(cur as usize).is_multiple_of(1 << k) {
                 return Err(format!("free block {cur} misaligned for order {k}"));
             }
             if p.prev.load(Relaxed) != prev {

@@ -46,7 +46,10 @@ impl<'a, L: Locks> X86Frames<'a, L> {
 
 // SAFETY: `FrameAllocator::alloc` returns a frame that is free in the buddy
 // lists and its per-CPU caches and marks it in use before returning, so no
-// frame is handed out twice until `free` returns it.
+// frame is handed out twice until `free` returns it. The frames it manages
+// are those of the ranges given to it, inside its `PhysMem`, which
+// `PhysMem::direct_map`'s contract reserves to machvm: nothing else uses a
+// frame it hands out.
 unsafe impl<L: Locks> x86_64::structures::paging::FrameAllocator<Size4KiB> for X86Frames<'_, L> {
     fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
         let pa = self.frames.alloc(self.what).ok()?;
@@ -64,7 +67,8 @@ unsafe impl<L: Locks> x86_64::structures::paging::FrameAllocator<Size4KiB> for X
 impl<L: Locks> FrameDeallocator<Size4KiB> for X86Frames<'_, L> {
     /// Returns `frame` to machvm's allocator. A frame it never handed out
     /// (or already free) is refused and remembered for
-    /// [`FrameAllocator::verify`], as [`FrameAllocator::free`] does.
+    /// [`FrameAllocator::verify`], as [`FrameAllocator::free`] does (and
+    /// debug builds assert).
     ///
     /// # Safety
     /// As the trait says: `frame` is unused (nothing maps it any more).

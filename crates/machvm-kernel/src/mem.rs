@@ -137,8 +137,14 @@ pub(crate) fn init(info: &BootInfo) {
     let virt = NonNull::new(phys_to_virt(0) as *mut u8).expect("direct map base is not null");
     // SAFETY: the direct map covers physical [0, ram_end) read-write from
     // DIRECT_MAP_BASE for the kernel's whole life (boot tables plus the
-    // extension above), and the managed ranges exclude everything the kernel
-    // uses otherwise (image, heap, low memory).
+    // extension above). `direct_map` asks that nothing else touch what it
+    // covers; this kernel covers its image and heap as well, because it
+    // walks its boot page tables (`AtomicU64` statics in the image: only
+    // atomics touch them) through this `PhysMem`. Nothing here passes it an
+    // address of the image's other data, of the heap or of low memory, and
+    // the managed ranges exclude them all. Covering only machvm's RAM, as
+    // docs/kernel-guide.md does, would need another accessor for the boot
+    // tables.
     let mem = unsafe { PhysMem::direct_map(virt, PhysAddr::new(0), ram_end) };
     let fa =
         FrameAllocator::with_locks(mem, &ranges).expect("frame allocator rejected the memory map");

@@ -309,7 +309,7 @@ impl<'a, L: Locks> MapGuard<'a, L> {
             .checked_mul(PAGE_SIZE)
             .and_then(|bytes| at.checked_add(bytes))
             .ok_or(KernError::InvalidArgument)?;
-        if at % PAGE_SIZE != 0 || self.m.check_covered(at, end).is_err() {
+        if !at.is_multiple_of(PAGE_SIZE) || self.m.check_covered(at, end).is_err() {
             return Err(KernError::InvalidArgument);
         }
         // Wired pages stay: a copy stores its bytes into them instead.

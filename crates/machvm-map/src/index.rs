@@ -86,12 +86,13 @@ impl LookupIndex {
     /// The hint's successor (a sequential sweep), else a binary search.
     #[inline]
     fn lookup_flat(&mut self, va: u64) -> Option<(u64, u32)> {
-        if let Some((ns, ne, slot)) = self.flat_at(self.pos + 1) {
-            if ns <= va && va < ne {
-                self.pos += 1;
-                self.hint = (ns, ne, slot);
-                return Some((ns, slot));
-            }
+        if let Some((ns, ne, slot)) = self.flat_at(self.pos + 1)
+            && ns <= va
+            && va < ne
+        {
+            self.pos += 1;
+            self.hint = (ns, ne, slot);
+            return Some((ns, slot));
         }
         let i = self.search(va)?;
         let (s, e, slot) = self.flat_at(i)?;

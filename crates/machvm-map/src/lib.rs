@@ -77,6 +77,12 @@ pub use machvm_frame::X86Frames;
 pub use machvm_frame::{FrameAllocator, FrameUse, PhysMem};
 pub use machvm_object::{VmAudit, VmContext};
 pub use machvm_pmap::{Pmap, SoftPmap};
+#[cfg(feature = "x86_64")]
+pub use machvm_pmap_x86_64::{Mmu, X86Config, X86Pmap};
+/// The `x86_64` crate, re-exported (feature `x86_64`): its types are the
+/// ones machvm's conversions and [`X86Frames`] speak.
+#[cfg(feature = "x86_64")]
+pub use x86_64;
 
 use entry_set::Entries;
 use index::LookupIndex;

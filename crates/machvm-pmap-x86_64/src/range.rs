@@ -224,13 +224,13 @@ impl<L: Locks> X86Pmap<L> {
             let Some(s) = self.spaces.lock(pmap) else {
                 continue;
             };
-            if let Some((table, i, e, _)) = self.leaf_of(&s, va, pa) {
-                if e & bit != 0 {
-                    any = true;
-                    if clear {
-                        self.mem().fetch_and_u64(entry::slot(table, i), !bit);
-                        f.add_page(pmap, va);
-                    }
+            if let Some((table, i, e, _)) = self.leaf_of(&s, va, pa)
+                && e & bit != 0
+            {
+                any = true;
+                if clear {
+                    self.mem().fetch_and_u64(entry::slot(table, i), !bit);
+                    f.add_page(pmap, va);
                 }
             }
         }

@@ -198,14 +198,14 @@ impl<L: Locks> Pmap for X86Pmap<L> {
         let Some(mut s) = self.spaces.lock(pmap) else {
             return;
         };
-        if let Some((table, i, e, _)) = self.find_leaf(s.root, va.as_u64()) {
-            if (e & WIRED != 0) != wired {
-                self.store(table, i, e ^ WIRED);
-                if wired {
-                    s.wired += 1;
-                } else {
-                    s.wired -= 1;
-                }
+        if let Some((table, i, e, _)) = self.find_leaf(s.root, va.as_u64())
+            && (e & WIRED != 0) != wired
+        {
+            self.store(table, i, e ^ WIRED);
+            if wired {
+                s.wired += 1;
+            } else {
+                s.wired -= 1;
             }
         }
     }
@@ -213,10 +213,10 @@ impl<L: Locks> Pmap for X86Pmap<L> {
     fn activate(&self, pmap: PmapId, cpu: usize) {
         let cpu = cpu % 64;
         let mut current = self.current.lock();
-        if let Some(prev) = current[cpu].take() {
-            if let Some(mut s) = self.spaces.lock(PmapId(prev)) {
-                s.active &= !(1 << cpu);
-            }
+        if let Some(prev) = current[cpu].take()
+            && let Some(mut s) = self.spaces.lock(PmapId(prev))
+        {
+            s.active &= !(1 << cpu);
         }
         let Some(mut s) = self.spaces.lock(pmap) else {
             return;
@@ -226,10 +226,10 @@ impl<L: Locks> Pmap for X86Pmap<L> {
         drop(s);
         current[cpu] = Some(pmap.0);
         drop(current);
-        if let Some(mmu) = self.cfg.mmu {
-            if mmu.current_cpu() == cpu {
-                mmu.load_root(root);
-            }
+        if let Some(mmu) = self.cfg.mmu
+            && mmu.current_cpu() == cpu
+        {
+            mmu.load_root(root);
         }
     }
 

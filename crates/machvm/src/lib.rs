@@ -37,7 +37,7 @@ extern crate alloc;
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering::Relaxed;
 
-pub use machvm_base::sync::{Locks, SpinLocks, set_cpu_id};
+pub use machvm_base::sync::{Locks, SpinLocks, lock_api, set_cpu_id, spin};
 pub use machvm_base::{KernError, PAGE_SIZE, Violation, VmInherit, VmProt};
 pub use machvm_copy::{SMALL_COPY_BYTES, VmMapCopy, vm_copy, vm_map_copy, vm_read, vm_write};
 pub use machvm_frame::FrameRule;
@@ -285,9 +285,10 @@ pub mod kernel_guide {}
 #[doc = include_str!("../docs/SPEC.md")]
 pub mod spec {}
 
-/// The examples in README.md, compiled and run as doctests.
+/// The examples in the workspace's README.md (symlinked into the crate, so
+/// that the package holds it too), compiled and run as doctests.
 #[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
+#[doc = include_str!("../docs/workspace-README.md")]
 pub struct ReadmeDoctests;
 
 /// The examples in this crate's README.md, compiled and run as doctests.

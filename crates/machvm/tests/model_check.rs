@@ -562,7 +562,7 @@ impl World {
         self.peak.max_chain_depth = self.peak.max_chain_depth.max(a.max_chain_depth);
         self.peak.entries = self.peak.entries.max(a.entries);
         self.peak.resident_pages = self.peak.resident_pages.max(a.resident_pages);
-        if self.ops % 32 == 0 {
+        if self.ops.is_multiple_of(32) {
             self.vm
                 .verify()
                 .map_err(|e| TestCaseError::fail(format!("after {op:?}: {e}")))?;
@@ -649,7 +649,7 @@ fn run_starved(ops: &[(Op, u8)]) -> Result<(), TestCaseError> {
         let r = w.step(op);
         w.vm.context().frames().fail_nth_allocation(0);
         r?;
-        if w.shortages > 0 && w.ops % 8 == 0 {
+        if w.shortages > 0 && w.ops.is_multiple_of(8) {
             w.check_all()?;
         }
     }

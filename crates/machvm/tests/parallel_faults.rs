@@ -27,7 +27,7 @@ fn racing_faults_on_one_page_insert_exactly_one_frame() {
                 s.spawn(move || {
                     start.wait();
                     // Half the threads store their byte, half load first.
-                    if (t as u64 + round) % 2 == 0 {
+                    if (t as u64 + round).is_multiple_of(2) {
                         map.fault(a, Access::Read).unwrap();
                     }
                     map.write_bytes(a + t as u64 * 8, &[t as u8 + 1]).unwrap();

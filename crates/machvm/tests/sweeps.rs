@@ -535,7 +535,7 @@ fn r2_concurrent_reserve_stress() {
                     }
                 };
                 // copyout may have placed copies anywhere; keep the map small
-                if n % 16 == 0 {
+                if n.is_multiple_of(16) {
                     let _ = me.deallocate(A + 32 * P, 1 << 30);
                 }
             }

@@ -1,8 +1,8 @@
 //! Figures 2 and 3: one fault per page, through the façade (judged against
 //! Linux's trapped fault) and by the handler alone (informational).
 
+use super::ids;
 use super::*;
-use machvm_benches::ids;
 
 /// One kind of fault: its figure number, name, the ids of its façade and
 /// handler benchmarks, the probe's key, the published figure, and what

@@ -26,6 +26,9 @@ use crate::{env_cargo, workspace_root};
 mod criterion;
 mod faults;
 mod fmt;
+// The benchmark ids, shared with the criterion suite: `benches/src/ids.rs`
+// itself, through a symlink (so that each package holds its copy).
+pub(crate) mod ids;
 mod input;
 mod memory;
 mod report;

@@ -1,7 +1,7 @@
 //! The Markdown summary.
 
+use super::ids;
 use super::*;
-use machvm_benches::ids;
 
 /// The Markdown summary: the provenance, the main table, how the figures
 /// are taken, the small-copy and fork tables, and every median.
@@ -92,8 +92,11 @@ fn method(s: &mut String) {
         s,
         "\nHow the figures are taken: each copy, fork or fault starts from the same \
          state (the source resident and writable), restored untimed between iterations. \
-         A target is judged only in a full run, when both sides were measured in it \
-         and do the same work. Virtual copies move no byte: they are shown per call or \
+         A target is judged only in a full run, when both sides were measured in it. \
+         Judged rows compare the same work, except the fault rows (2, 3), whose \
+         targets set machvm's store through the façade, with no trap (the host \
+         backend has none), against Linux's trapped store: each says what its side \
+         includes. Virtual copies move no byte: they are shown per call or \
          per page, never in GB/s. Eager copy: the same `vm_map_copy` with the \
          destination 8 bytes off a page boundary, which forces bytes. Resident virtual \
          copy and machvm's `fork` per page write-protect the source's pages; Linux's \

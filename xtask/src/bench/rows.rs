@@ -1,11 +1,13 @@
 //! The report's rows: one per figure, and the small-copy crossover.
 //!
 //! A row is judged against its target only when both sides were measured
-//! in this run, in a full run, and do the same work; otherwise it is
-//! informational or says why it is not judged.
+//! in this run, in a full run; otherwise it is informational or says why it
+//! is not judged. Judged rows compare the same work, except the fault
+//! targets (machvm's façade store with no trap against Linux's trapped
+//! store), whose rows say what each side includes.
 
+use super::ids;
 use super::*;
-use machvm_benches::ids;
 
 /// Whether a row's target was judged.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,7 +1,7 @@
 //! Figure 8: zero-fill faults through the façade from one thread and two.
 
+use super::ids;
 use super::*;
-use machvm_benches::ids;
 
 /// One thread against two on two maps and on one map, and the control.
 pub(super) fn scaling_rows(i: &Input, rows: &mut Vec<Row>) {

@@ -1,7 +1,7 @@
 //! The copy plot (time against size), with the run's provenance.
 
+use super::ids;
 use super::*;
-use machvm_benches::ids;
 
 /// One plotted line: legend label and note, colour, dashed (Linux), and
 /// its (bytes, ns) points sorted by size.

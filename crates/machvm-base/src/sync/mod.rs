@@ -19,6 +19,10 @@ use lock_api::{RawMutex, RawRwLockUpgrade};
 
 pub mod model;
 
+/// The crates the lock family is built from, so that a kernel names the
+/// very versions machvm's [`Locks`] bounds use.
+pub use {lock_api, spin};
+
 /// A family of raw locks for every machvm layer.
 ///
 /// ```
