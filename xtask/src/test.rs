@@ -48,7 +48,7 @@ const STAGES: &[Stage] = &[
     },
     Stage {
         name: "interop feature",
-        about: "the x86_64 interop feature: clippy, and its unit and doc tests",
+        about: "features no other stage turns on: x86_64 interop, the pager's file store",
         run: |_| {
             let crates = [
                 "-p",
@@ -63,7 +63,8 @@ const STAGES: &[Stage] = &[
             let mut test = vec!["test"];
             test.extend(crates);
             test.extend(["--features", "x86_64"]);
-            clippy(&lint) && cargo(&test)
+            let pager = ["test", "-p", "machvm-pager", "--features", "std"];
+            clippy(&lint) && cargo(&test) && cargo(&pager)
         },
     },
     Stage {
@@ -141,6 +142,7 @@ const BARE_METAL_CRATES: &[&str] = &[
     "machvm-frame",
     "machvm-pmap",
     "machvm-pmap-x86_64",
+    "machvm-pager",
     "machvm-object",
     "machvm-map",
     "machvm-copy",
