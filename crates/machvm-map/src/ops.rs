@@ -117,8 +117,7 @@ impl<L: Locks> VmMap<L> {
         }
         let pm = self.0.ctx.pmap();
         // A wired entry whose translations this change raises, or drops
-        // (a pmap removes what it cannot make readable), is entered again:
-        // its tables first.
+        // (a pmap removes what it cannot make readable), is entered again.
         let new_prot = |en: &Entry| {
             if set_maximum {
                 en.protection & prot
@@ -126,12 +125,15 @@ impl<L: Locks> VmMap<L> {
                 prot
             }
         };
-        let raises_wired = m
+        // Tables only where a wired entry has no translations to replace
+        // (protection NONE): elsewhere its wired leaves keep their tables.
+        let wired: Vec<(u64, u64)> = m
             .overlapping(s, e)
-            .any(|(_, en)| en.wired_count > 0 && reenter(en.protection, new_prot(en)));
-        if raises_wired {
-            pm.reserve_tables(self.0.pmap, r)?;
-        }
+            .filter(|(_, en)| en.wired_count > 0 && en.protection.is_empty())
+            .filter(|(_, en)| !new_prot(en).is_empty())
+            .map(|(&a, en)| (a.max(s), en.end.min(e)))
+            .collect();
+        let tables = crate::wire::TableReservation::new(self, &wired)?;
         let mut objs = self.0.ctx.objects();
         m.clip_range(&mut objs, s, e);
         let mut flush = TlbFlush::none();
@@ -155,9 +157,7 @@ impl<L: Locks> VmMap<L> {
         for start in raised {
             self.reenter_wired(&m, &objs, start);
         }
-        if raises_wired {
-            pm.release_tables(self.0.pmap);
-        }
+        drop(tables);
         m.simplify(&mut objs, s, e);
         self.assert_consistent(&m, &objs);
         Ok(())

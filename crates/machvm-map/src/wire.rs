@@ -103,26 +103,31 @@ impl<L: Locks> VmMap<L> {
         {
             return Err(KernError::ResourceShortage);
         }
-        // Every frame first: a store's count over the range (wired parts
-        // need none), then the page tables the wired translations need.
-        let objs = self.0.ctx.objects();
-        let (mut objs, mut frames) = reserve(objs, |o| frames_in(m, o, s, e, true))?;
-        let pm = self.0.ctx.pmap();
-        pm.reserve_tables(self.0.pmap, r)?;
+        // The parts wired now (the rest only gains a level), then every
+        // frame and page table they take, before any change.
+        let fresh: Vec<(u64, u64)> = m
+            .overlapping(s, e)
+            .filter(|(_, en)| en.wired_count == 0)
+            .map(|(&a, en)| (a.max(s), en.end.min(e)))
+            .collect();
+        let count = |o: &Objects<'_, L>| {
+            fresh
+                .iter()
+                .map(|&(a, b)| frames_in(m, o, a, b, true))
+                .sum()
+        };
+        let (mut objs, mut frames) = reserve(self.0.ctx.objects(), count)?;
+        self.check_wire_room(m, &objs, &fresh)?;
+        let tables = TableReservation::new(self, &fresh)?;
         m.clip_range(&mut objs, s, e);
-        let mut fresh = Vec::new();
-        m.entries.for_each_mut(s..e, |start, en| {
-            en.wired_count += 1;
-            if en.wired_count == 1 {
-                fresh.push((start, en.end));
-            }
-        });
+        m.entries.for_each_mut(s..e, |_, en| en.wired_count += 1);
         let mut out = Ok(());
-        'pages: for (a, b) in fresh {
+        'pages: for &(a, b) in &fresh {
             for va in (a..b).step_by(PAGE_SIZE as usize) {
                 match self.fault_wire(m, &mut objs, va, &mut frames) {
                     Ok(pa) => {
-                        self.0.ctx.frames().wire(pa);
+                        let wired = self.0.ctx.frames().wire(pa);
+                        debug_assert!(wired, "no room to wire {pa:?} after the check");
                     }
                     Err(err) => {
                         // Unreachable with the frames and tables reserved.
@@ -133,11 +138,36 @@ impl<L: Locks> VmMap<L> {
                 }
             }
         }
-        pm.release_tables(self.0.pmap);
+        drop(tables);
         drop(frames);
         m.simplify(&mut objs, s, e);
         self.assert_consistent(m, &objs);
         out
+    }
+
+    /// `ResourceShortage` when a frame the `fresh` parts would wire again
+    /// (resident in the entry's own object) has its count of wirings full:
+    /// a count that wrapped would let the frame be freed while wired.
+    fn check_wire_room(
+        &self,
+        m: &MapInner,
+        objs: &Objects<'_, L>,
+        fresh: &[(u64, u64)],
+    ) -> Result<(), KernError> {
+        let frames = objs.context().frames();
+        for &(a, b) in fresh {
+            for (&start, en) in m.overlapping(a, b) {
+                let Some(h) = &en.object else { continue };
+                for va in (a.max(start)..b.min(en.end)).step_by(PAGE_SIZE as usize) {
+                    let f = objs.lookup(h, PageIndex::in_window(start, va));
+                    let full = f.filter(|f| f.depth == 0).and_then(|f| frames.page(f.pa));
+                    if full.is_some_and(|p| p.wire_count() == u16::MAX) {
+                        return Err(KernError::ResourceShortage);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// [`wire`](Self::wire) with `NONE`: one level off every page of `r`.
@@ -218,6 +248,31 @@ impl<L: Locks> VmMap<L> {
             }
         }
         Ok(())
+    }
+}
+
+/// Page tables set aside for entering translations in some ranges of one
+/// map (`Pmap::reserve_tables`), given back when dropped.
+pub(crate) struct TableReservation<'a, L: Locks> {
+    map: &'a VmMap<L>,
+}
+
+impl<'a, L: Locks> TableReservation<'a, L> {
+    /// Tables for `ranges` of `map` (none asked for an empty list).
+    /// `ResourceShortage`: nothing set aside.
+    pub(crate) fn new(map: &'a VmMap<L>, ranges: &[(u64, u64)]) -> Result<Self, KernError> {
+        let guard = TableReservation { map };
+        let pm = map.0.ctx.pmap();
+        for &(a, b) in ranges {
+            pm.reserve_tables(map.0.pmap, VaRange::covering(a, b))?;
+        }
+        Ok(guard)
+    }
+}
+
+impl<L: Locks> Drop for TableReservation<'_, L> {
+    fn drop(&mut self) {
+        self.map.0.ctx.pmap().release_tables(self.map.0.pmap);
     }
 }
 

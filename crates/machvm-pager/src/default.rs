@@ -3,7 +3,7 @@
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use machvm_base::sync::{Locks, Mutex, SpinLocks};
-use machvm_base::{KernError, PhysAddr, Violation};
+use machvm_base::{KernError, PAGE_SIZE, PhysAddr, Violation};
 use machvm_frame::PhysMem;
 
 use crate::slots::Slots;
@@ -70,10 +70,13 @@ impl<S: BackingStore, L: Locks> DefaultPager<S, L> {
     /// A slot from `credit` when given, else a free one.
     fn take_slot(&self, mut credit: Option<&mut SwapCredit<'_>>) -> Result<SwapSlot, PagerError> {
         let promised = credit.is_some();
-        if let Some(c) = credit.as_deref_mut()
-            && !c.spend()
-        {
-            return Err(PagerError::NoSpace);
+        if let Some(c) = credit.as_deref_mut() {
+            if !c.is_of(self) {
+                return Err(PagerError::ForeignCredit);
+            }
+            if !c.spend() {
+                return Err(PagerError::NoSpace);
+            }
         }
         let index = self.slots.lock().take(promised);
         let slot = index.and_then(|i| SwapSlot::new(u32::try_from(i + 1).ok()?));
@@ -125,8 +128,13 @@ impl<S: BackingStore, L: Locks> Pager for DefaultPager<S, L> {
         self.store.read_page(slot.index(), mem, dst);
     }
 
-    fn read(&self, slot: SwapSlot, mem: &PhysMem, offset: usize, buf: &mut [u8]) {
+    fn read(&self, slot: SwapSlot, mem: &PhysMem, offset: usize, buf: &mut [u8]) -> bool {
+        // Past the page lie another owner's bytes.
+        if offset.saturating_add(buf.len()) > PAGE_SIZE as usize {
+            return false;
+        }
         self.store.read_bytes(slot.index(), mem, offset, buf);
+        true
     }
 
     fn duplicate(

@@ -1,6 +1,7 @@
 //! Swap slots in a host file (feature `std`): slot `i` is the page at byte
-//! `i * PAGE_SIZE`. The file is sized at creation, so a write inside it
-//! does not find the file system full later.
+//! `i * PAGE_SIZE`. The file is sized at creation, but most file systems
+//! keep it sparse: a write can still find the file system full, and then
+//! fails as a `StoreError` and the pager keeps nothing.
 
 use std::fs::File;
 use std::io;

@@ -71,6 +71,8 @@ pub enum PagerError {
     NoSpace,
     /// The store could not write the page; nothing was kept.
     Store(StoreError),
+    /// The credit given was issued by another pager (nothing was taken).
+    ForeignCredit,
 }
 
 impl From<PagerError> for KernError {
@@ -118,8 +120,9 @@ pub trait Pager: Send + Sync {
     fn page_in(&self, slot: SwapSlot, mem: &PhysMem, dst: PhysAddr);
 
     /// Reads `buf.len()` bytes at byte `offset` of `slot` (a reader that
-    /// does not need the page resident).
-    fn read(&self, slot: SwapSlot, mem: &PhysMem, offset: usize, buf: &mut [u8]);
+    /// does not need the page resident). `false`, nothing read, when the
+    /// bytes do not all lie inside the page.
+    fn read(&self, slot: SwapSlot, mem: &PhysMem, offset: usize, buf: &mut [u8]) -> bool;
 
     /// A new slot holding a copy of `slot` (an eager copy of a page that is
     /// paged out), from `credit` when given.
@@ -161,6 +164,11 @@ impl<'a> SwapCredit<'a> {
     /// A credit of `left` slots of `pager` (for [`Pager`] implementations).
     pub fn new(pager: &'a dyn Pager, left: u64) -> SwapCredit<'a> {
         SwapCredit { pager, left }
+    }
+
+    /// True when `pager` issued this credit (a pager spends only its own).
+    pub fn is_of(&self, pager: &dyn Pager) -> bool {
+        core::ptr::addr_eq(self.pager as *const dyn Pager, pager as *const dyn Pager)
     }
 
     /// Slots still promised.

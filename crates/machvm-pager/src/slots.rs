@@ -1,7 +1,7 @@
 //! The default pager's slot table: a bitmap of the slots in use, with a
-//! next-fit rotor (consecutive page-outs take consecutive slots, so a file
-//! or disk sees sequential writes), and the count of slots promised to
-//! credits.
+//! rotor at the 64-slot word last taken from (next fit by word: page-outs
+//! fill a word before moving on, so a file or disk sees mostly sequential
+//! writes), and the count of slots promised to credits.
 
 use alloc::boxed::Box;
 use alloc::format;

@@ -73,14 +73,34 @@ fn pages_come_back_whole_from_every_store() {
             pager.page_in(slot, f.mem(), pa);
             assert_eq!(tag_of(&f, pa), tag);
             let mut word = [0u8; 8];
-            pager.read(slot, f.mem(), 4088, &mut word);
+            assert!(pager.read(slot, f.mem(), 4088, &mut word));
             assert_eq!(u64::from_ne_bytes(word), tag);
+            // Past the page lie another owner's bytes: refused.
+            assert!(!pager.read(slot, f.mem(), 4089, &mut word));
             f.free(pa);
             pager.forget(slot);
         }
         assert_eq!(pager.free_slots(), 8);
         pager.verify().unwrap();
     }
+}
+
+#[test]
+fn a_pager_spends_only_its_own_credits() {
+    let f = frames();
+    let a = DefaultPager::new(MemStore::new(4).unwrap()).unwrap();
+    let b = DefaultPager::new(MemStore::new(4).unwrap()).unwrap();
+    let pa = tagged(&f, 2);
+    let mut credit = a.reserve(1).unwrap();
+    let _theirs = b.reserve(4).unwrap();
+    assert_eq!(
+        b.page_out(f.mem(), pa, Some(&mut credit)),
+        Err(PagerError::ForeignCredit)
+    );
+    assert_eq!(credit.left(), 1);
+    a.page_out(f.mem(), pa, Some(&mut credit)).unwrap();
+    a.verify().unwrap();
+    b.verify().unwrap();
 }
 
 #[test]

@@ -45,8 +45,10 @@ impl<L: Locks> Pmap for X86Pmap<L> {
     }
 
     fn reserve_tables(&self, pmap: PmapId, range: VaRange) -> Result<(), KernError> {
+        // Frames one by one: a bound for a large range is far more than a
+        // wiring inside it takes, and is no size to ask the heap for.
         let n = tables_bound(range);
-        let mut got = Vec::with_capacity(n);
+        let mut got = Vec::new();
         for _ in 0..n {
             match self.alloc_table() {
                 Ok(t) => got.push(t),

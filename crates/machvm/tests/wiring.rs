@@ -371,3 +371,69 @@ fn a_wired_range_lowered_to_write_only_stays_entered() {
     map.write_bytes(a, &[1; 4 * P as usize]).unwrap();
     assert_eq!(vm.statistics().faults, faults);
 }
+
+/// Every free frame taken (a stand-in for memory full); returns them.
+fn hog(vm: &VmSystem) -> Vec<machvm::PhysAddr> {
+    let frames = vm.context().frames();
+    std::iter::from_fn(|| frames.alloc(FrameUse::Kernel).ok()).collect()
+}
+
+/// Found by review: the page tables were reserved for the whole range a
+/// call covered, so calls that enter nothing new failed with memory full
+/// (and a protect over a huge range asked the heap for half a GiB).
+#[test]
+fn calls_that_need_no_frame_succeed_with_memory_full() {
+    let vm = system(1 << 20);
+    let map = vm.create_map().unwrap();
+    let a = map.allocate(0, 1 << 32, true).unwrap();
+    map.wire(a + 4 * P, 2 * P, RW).unwrap();
+    let held = hog(&vm);
+    map.wire(a + 4 * P, 2 * P, VmProt::READ).unwrap();
+    map.protect(a, 1 << 32, false, VmProt::READ).unwrap();
+    map.protect(a, 1 << 32, false, RW).unwrap();
+    map.protect(a + 4 * P, 2 * P, false, VmProt::WRITE).unwrap();
+    map.protect(a + 4 * P, 2 * P, false, RW).unwrap();
+    map.wire(a + 4 * P, 2 * P, VmProt::NONE).unwrap();
+    let frames = vm.context().frames();
+    held.into_iter().for_each(|pa| frames.free(pa));
+    check(&vm, &[&map]);
+}
+
+/// Found by review: a frame's count of wirings is 16 bits, and a wiring
+/// that could not count went on as if it had. Now it is refused first.
+#[test]
+fn a_wiring_whose_frame_count_is_full_is_refused() {
+    let vm = system(1 << 20);
+    let map = vm.create_map().unwrap();
+    let a = map.allocate(0, P, true).unwrap();
+    map.inherit(a, P, VmInherit::Share).unwrap();
+    map.wire(a, P, RW).unwrap();
+    let sibling = map.fork().unwrap();
+    // Fill the shared frame's count as 65,534 more siblings would.
+    let frames = vm.context().frames();
+    let frame = frame_of(&vm, &map, a);
+    for _ in 1..u16::MAX {
+        assert!(frames.wire(frame));
+    }
+    snapshot(&vm, &sibling);
+    let before = snapshot(&vm, &sibling);
+    assert_eq!(sibling.wire(a, P, RW), Err(KernError::ResourceShortage));
+    assert_eq!(snapshot(&vm, &sibling), before);
+    assert_eq!(wired(&sibling, a), 0);
+    for _ in 1..u16::MAX {
+        frames.unwire(frame);
+    }
+    sibling.wire(a, P, RW).unwrap();
+    check(&vm, &[&map, &sibling]);
+}
+
+/// The frame the page at `va` of `map` is in (through the pmap's walker,
+/// as the MMU would translate it).
+fn frame_of(vm: &VmSystem, map: &VmMap, va: u64) -> machvm::PhysAddr {
+    use machvm::Access;
+    let pa =
+        vm.context()
+            .pmap()
+            .translate(map.pmap(), machvm::VirtAddr::new(va), Access::Read, true);
+    pa.expect("wired pages are entered")
+}
