@@ -70,6 +70,7 @@ pub const TESTS: &[Test] = &[
     test!(tlb_deallocate_invalidates_local),
     test!(tlb_clear_modify_rearms_dirty_bit),
     test!(tlb_protect_shootdown_remote),
+    test!(tlb_protect_of_wired_pages_remote),
     test!(tlb_deallocate_shootdown_remote),
     test!(tlb_fork_write_protects_remote),
     test!(tlb_cow_fault_shootdown_same_map),

@@ -315,3 +315,35 @@ pub(super) fn tlb_share_copy_up_reaches_remote_sharer() -> Result<(), String> {
     );
     check(&[&parent, &child, &third])
 }
+
+/// A wired range made read-only from cpu 0 stops taking stores on the cpu
+/// running it (its wired translations are lowered and shot down like any
+/// other), and made writable again takes them with no page fault (the
+/// wired pages are entered again at once).
+pub(super) fn tlb_protect_of_wired_pages_remote() -> Result<(), String> {
+    let other = other_cpu()?;
+    let _s = Session::new();
+    let map = new_map()?;
+    let a = map.allocate(0, 2 * PG, true).ctx("allocate")?;
+    map.wire(a, 2 * PG, VmProt::READ | VmProt::WRITE)
+        .ctx("wire")?;
+    vm::switch_to(other, Some(&map));
+    wr(other, a, 1)?;
+    map.protect(a, 2 * PG, false, VmProt::READ)
+        .ctx("protect READ")?;
+    refused(
+        other,
+        on(other, || trap::probe_write_u64(a, 2)),
+        a,
+        pf::P | pf::W,
+        KernError::ProtectionFailure,
+    )?;
+    map.protect(a, 2 * PG, false, VmProt::READ | VmProt::WRITE)
+        .ctx("protect back")?;
+    let taken = trap::fault_counts().0;
+    wr(other, a + PG, 3)?;
+    wr(other, a, 4)?;
+    ensure_eq!(trap::fault_counts().0, taken, "page faults after raising");
+    map.wire(a, 2 * PG, VmProt::NONE).ctx("unwire")?;
+    check(&[&map])
+}
