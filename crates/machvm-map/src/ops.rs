@@ -28,6 +28,23 @@ fn mgmt_range(addr: u64, size: u64) -> Result<Option<VaRange>, KernError> {
     Ok(Some(r))
 }
 
+/// [`mgmt_range`] for a call that takes a protection (`protect`, `wire`):
+/// bits outside `ALL` are `InvalidArgument`, checked after the arithmetic
+/// and before the map's bounds, as SPEC orders them.
+pub(crate) fn prot_range(addr: u64, size: u64, prot: VmProt) -> Result<Option<VaRange>, KernError> {
+    if size == 0 {
+        return Ok(None);
+    }
+    let r = VaRange::round_out(addr, size).ok_or(KernError::InvalidArgument)?;
+    if !VmProt::ALL.contains(prot) {
+        return Err(KernError::InvalidArgument);
+    }
+    if !r.is_user() {
+        return Err(KernError::InvalidAddress);
+    }
+    Ok(Some(r))
+}
+
 impl<L: Locks> VmMap<L> {
     /// `vm_allocate`: zero-filled memory of `size` bytes (rounded out) at
     /// `addr`, or with `anywhere` at the lowest free range at or above `addr`.
@@ -97,16 +114,9 @@ impl<L: Locks> VmMap<L> {
         set_maximum: bool,
         prot: VmProt,
     ) -> Result<(), KernError> {
-        if size == 0 {
+        let Some(r) = prot_range(addr, size, prot)? else {
             return Ok(());
-        }
-        let r = VaRange::round_out(addr, size).ok_or(KernError::InvalidArgument)?;
-        if !VmProt::ALL.contains(prot) {
-            return Err(KernError::InvalidArgument);
-        }
-        if !r.is_user() {
-            return Err(KernError::InvalidAddress);
-        }
+        };
         let (s, e) = (r.start().as_u64(), r.end().as_u64());
         let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         m.check_covered(s, e)?;

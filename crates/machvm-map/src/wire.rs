@@ -70,16 +70,9 @@ impl<L: Locks> VmMap<L> {
     /// # Ok::<(), machvm_map::KernError>(())
     /// ```
     pub fn wire(&self, addr: u64, size: u64, access: VmProt) -> Result<(), KernError> {
-        if size == 0 {
+        let Some(r) = crate::ops::prot_range(addr, size, access)? else {
             return Ok(());
-        }
-        let r = VaRange::round_out(addr, size).ok_or(KernError::InvalidArgument)?;
-        if !VmProt::ALL.contains(access) {
-            return Err(KernError::InvalidArgument);
-        }
-        if !r.is_user() {
-            return Err(KernError::InvalidAddress);
-        }
+        };
         let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         m.check_covered(r.start().as_u64(), r.end().as_u64())?;
         if access.is_empty() {
