@@ -98,8 +98,9 @@ pub struct FrameAllocator<L: Locks = SpinLocks> {
     free: AtomicU64,
     managed: u64,
     in_use: [AtomicU64; 3],
-    /// Object frames with a wiring, see `wire.rs`.
+    /// Object frames with a wiring, and wirings in all, see `wire.rs`.
     wired: AtomicU64,
+    wirings: AtomicU64,
     /// Fault injection: the n-th allocation from now fails (0: off).
     fail_countdown: AtomicU64,
     /// Run by the failing allocation before it fails (tests interleave
@@ -161,6 +162,7 @@ impl<L: Locks> FrameAllocator<L> {
             managed: 0,
             in_use: Default::default(),
             wired: AtomicU64::new(0),
+            wirings: AtomicU64::new(0),
             fail_countdown: AtomicU64::new(0),
             fail_hook: spin::Mutex::new(None),
             reserve_hooked: AtomicBool::new(false),

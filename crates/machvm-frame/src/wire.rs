@@ -24,11 +24,13 @@ impl<L: Locks> FrameAllocator<L> {
             .wire_count
             .fetch_update(Relaxed, Relaxed, |n| n.checked_add(1))
         {
-            Ok(0) => {
-                self.wired.fetch_add(1, Relaxed);
+            Ok(n) => {
+                self.wirings.fetch_add(1, Relaxed);
+                if n == 0 {
+                    self.wired.fetch_add(1, Relaxed);
+                }
                 true
             }
-            Ok(_) => true,
             Err(_) => {
                 self.bad_frees.fetch_add(1, Relaxed);
                 false
@@ -47,10 +49,12 @@ impl<L: Locks> FrameAllocator<L> {
             .wire_count
             .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
         {
-            Ok(1) => {
-                self.wired.fetch_sub(1, Relaxed);
+            Ok(n) => {
+                self.wirings.fetch_sub(1, Relaxed);
+                if n == 1 {
+                    self.wired.fetch_sub(1, Relaxed);
+                }
             }
-            Ok(_) => {}
             Err(_) => {
                 self.bad_frees.fetch_add(1, Relaxed);
             }
@@ -62,8 +66,14 @@ impl<L: Locks> FrameAllocator<L> {
         self.wired.load(Relaxed)
     }
 
+    /// Wirings over all frames (a frame wired twice counts twice).
+    pub fn wirings(&self) -> u64 {
+        self.wirings.load(Relaxed)
+    }
+
     /// The wired-frame counter equals the frames whose count is not 0,
-    /// and only object frames are wired.
+    /// the wirings counter their counts' sum, and only object frames are
+    /// wired.
     pub(crate) fn check_wired(&self) -> Result<(), alloc::string::String> {
         let mut n = 0;
         for (i, p) in self.pages.iter().enumerate() {
@@ -75,9 +85,16 @@ impl<L: Locks> FrameAllocator<L> {
             }
             n += 1;
         }
-        match self.wired_frames() {
-            w if w == n => Ok(()),
-            w => Err(alloc::format!("{n} frames wired, counter says {w}")),
+        if self.wired_frames() != n {
+            let w = self.wired_frames();
+            return Err(alloc::format!("{n} frames wired, counter says {w}"));
+        }
+        let sum: u64 = self.pages.iter().map(|p| u64::from(p.wire_count())).sum();
+        match self.wirings() {
+            w if w == sum => Ok(()),
+            w => Err(alloc::format!(
+                "frames count {sum} wirings, counter says {w}"
+            )),
         }
     }
 }

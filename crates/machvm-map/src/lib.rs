@@ -304,6 +304,12 @@ impl<L: Locks> AuditEntries for MapShared<L> {
         let objs = self.ctx.objects();
         audit.entries += m.entries.len() as u64;
         audit.mergeable_neighbours += m.mergeable_pairs(&objs);
+        audit.wired_entry_pages += m
+            .entries
+            .iter()
+            .filter(|(_, e)| e.wired_count > 0)
+            .map(|(&s, e)| e.pages(s))
+            .sum::<u64>();
     }
 }
 

@@ -91,6 +91,13 @@ pub struct VmAudit {
     pub mergeable_neighbours: u64,
     /// Objects in the longest chain.
     pub max_chain_depth: u64,
+    /// Pages of wired map entries over all live maps (SPEC §7), each
+    /// entry's pages once.
+    pub wired_entry_pages: u64,
+    /// Wirings the frames count (`FrameAllocator::wirings`): equal to
+    /// `wired_entry_pages` after every call, since each wired entry holds
+    /// one wiring on each frame of its window.
+    pub frame_wirings: u64,
 }
 
 /// A layer above the objects whose entries the audit counts: the map layer

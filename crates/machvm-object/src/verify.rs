@@ -209,6 +209,7 @@ impl<L: Locks> Objects<'_, L> {
         }
         a.unreachable_pages = a.resident_pages - a.reachable_pages;
         a.max_chain_depth = self.longest_chain();
+        a.frame_wirings = self.ctx.frames().wirings();
     }
 
     /// Objects in the longest chain, in O(objects): each object's depth is

@@ -559,6 +559,7 @@ impl World {
             op,
             a
         );
+        prop_assert_eq!(a.wired_entry_pages, a.frame_wirings, "after {:?}", op);
         self.peak.max_chain_depth = self.peak.max_chain_depth.max(a.max_chain_depth);
         self.peak.entries = self.peak.entries.max(a.entries);
         self.peak.resident_pages = self.peak.resident_pages.max(a.resident_pages);

@@ -437,3 +437,19 @@ fn frame_of(vm: &VmSystem, map: &VmMap, va: u64) -> machvm::PhysAddr {
             .translate(map.pmap(), machvm::VirtAddr::new(va), Access::Read, true);
     pa.expect("wired pages are entered")
 }
+
+#[test]
+fn the_audit_counts_each_wired_entry_once_on_each_frame() {
+    let vm = system(1 << 20);
+    let map = vm.create_map().unwrap();
+    let a = map.allocate(0, 4 * P, true).unwrap();
+    map.inherit(a, 4 * P, VmInherit::Share).unwrap();
+    map.wire(a, 4 * P, RW).unwrap();
+    map.wire(a, 2 * P, RW).unwrap();
+    let sibling = map.fork().unwrap();
+    sibling.wire(a + P, 2 * P, VmProt::READ).unwrap();
+    let audit = vm.audit();
+    // Nesting adds no wiring to a frame; a sibling's entry does.
+    assert_eq!((audit.wired_entry_pages, audit.frame_wirings), (6, 6));
+    check(&vm, &[&map, &sibling]);
+}

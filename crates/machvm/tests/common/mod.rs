@@ -15,6 +15,9 @@ pub fn check(vm: &VmSystem, maps: &[&VmMap]) {
         m.verify()
             .unwrap_or_else(|e| panic!("map invariant: {e}\n{m}"));
     }
+    // SPEC §7: each wired entry holds one wiring on each frame it covers.
+    let a = vm.audit();
+    assert_eq!(a.wired_entry_pages, a.frame_wirings, "wirings: {a:?}");
 }
 
 /// Every region of a map.
