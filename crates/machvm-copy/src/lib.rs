@@ -207,8 +207,8 @@ impl<L: Locks> VmMapCopy<L> {
                 return 0;
             };
             let mem = self.ctx.frames().mem();
-            match source.frame(objs, &self.spans, i, c.page.page_number()) {
-                Some(pa) => mem.copy(dst, pa + c.offset, c.len),
+            match source.page(objs, &self.spans, i, c.page.page_number()) {
+                Some(page) => objs.copy_bytes(page, c.offset, dst, c.len),
                 None => mem.write(dst, &ZEROS[..c.len]),
             }
             return c.len;

@@ -254,6 +254,14 @@ impl<L: Locks> FrameAllocator<L> {
         (i < self.pages.len()).then_some(i)
     }
 
+    /// The frame at index `index` of the span (`None` past its end): the
+    /// inverse of [`frame_index`](Self::frame_index), for scans over every
+    /// frame (the pageout clock).
+    #[inline]
+    pub fn frame_at(&self, index: usize) -> Option<PhysAddr> {
+        (index < self.pages.len()).then(|| self.pa_of(index))
+    }
+
     /// Number of frame indices in the span (managed frames and holes).
     #[inline]
     pub fn span_frames(&self) -> usize {

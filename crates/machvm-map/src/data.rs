@@ -71,7 +71,7 @@ impl<L: Locks> VmMap<L> {
         let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         check_access(&m, r, Access::Write)?;
         let missing = self.untranslatable(r, Access::Write);
-        let (mut objs, mut frames) = self.reserve_faults(&m, &missing, Access::Write)?;
+        let (mut objs, mut frames) = self.reserve_faults(&m, r, &missing, Access::Write)?;
         let mem = self.0.ctx.frames().mem();
         let moved = self.store_in(
             &mut m,
@@ -226,7 +226,7 @@ impl<L: Locks> VmMap<L> {
         access: Access,
     ) -> Result<Objects<'c, L>, KernError> {
         let missing = self.untranslatable(r, access);
-        let (mut objs, mut frames) = self.reserve_faults(m, &missing, access)?;
+        let (mut objs, mut frames) = self.reserve_faults(m, r, &missing, access)?;
         self.fault_pages(m, &mut objs, &missing, access, &mut frames)?;
         drop(frames);
         Ok(objs)
@@ -299,22 +299,30 @@ impl<L: Locks> VmMap<L> {
         pm.flush(flush);
     }
 
-    /// Locks the graph with every frame the faults of `missing` for
-    /// `access` can take reserved. One page needs at most one frame, taken
-    /// in one step that changes nothing when it fails: it reserves none.
+    /// Locks the graph with every frame the faults of `missing` (pages of
+    /// `r`) for `access` can take reserved. One page needs at most one
+    /// frame, taken in one step that changes nothing when it fails: it
+    /// reserves none. The whole of `r` is kept resident by the pageout
+    /// this may run: its translated pages are not faulted, so they must
+    /// stay translated.
     fn reserve_faults<'c>(
         &'c self,
         m: &MapInner,
+        r: VaRange,
         missing: &[u64],
         access: Access,
     ) -> Result<(Objects<'c, L>, FrameReservation<'c, L>), KernError> {
         let objs = self.0.ctx.objects();
         if missing.len() <= 1 {
+            keep_range(m, &objs, r);
             let frames = objs.on_demand();
             return Ok((objs, frames));
         }
         let write = access == Access::Write;
-        reserve(objs, |o| frames_for(m, o, missing, write))
+        reserve(objs, |o| {
+            keep_range(m, o, r);
+            frames_for(m, o, missing, write)
+        })
     }
 
     /// Faults in `vas` for `access`, new pages from `frames`.
@@ -362,15 +370,29 @@ pub fn reserve_settled<'c, L: Locks>(
 ) -> Result<(Objects<'c, L>, FrameReservation<'c, L>), KernError> {
     let ctx = objs.context();
     let mut frames = ctx.frames().reserve(0, FrameUse::Object)?;
-    let mut n = count(&objs);
+    let mut recount = |objs: &Objects<'c, L>| {
+        objs.clear_keep();
+        count(objs)
+    };
+    let mut n = recount(&objs);
     let mut settled = false;
+    // Other calls can take the frames pageout freed before this one
+    // reserves them; it pages out again, a bounded number of times.
+    let mut tries = 0;
     loop {
         let have = frames.remaining() as u64;
         let mut stale = false;
         if n > have {
+            objs.make_room(n - have)?;
             drop(objs);
-            frames.top_up(n - have)?;
+            let topped = frames.top_up(n - have);
             objs = ctx.objects();
+            tries += 1;
+            if let Err(e) = topped
+                && (ctx.pager().is_none() || tries > TOP_UP_TRIES)
+            {
+                return Err(e.into());
+            }
             stale = true;
         } else if settled {
             return Ok((objs, frames));
@@ -378,8 +400,23 @@ pub fn reserve_settled<'c, L: Locks>(
         stale |= settle(&mut objs);
         settled = true;
         if stale {
-            n = count(&objs);
+            n = recount(&objs);
         }
+    }
+}
+
+/// Times [`reserve_settled`] pages out and tries again when other calls
+/// took the frames it freed.
+const TOP_UP_TRIES: u32 = 8;
+
+/// Keeps the pages of `r` this map's entries show resident through the
+/// pageout the call's reservation may run (see `Objects::keep_window`).
+pub(crate) fn keep_range<L: Locks>(m: &MapInner, objs: &Objects<'_, L>, r: VaRange) {
+    let (s, t) = (r.start().as_u64(), r.end().as_u64());
+    for (&start, e) in m.overlapping(s, t) {
+        let Some(h) = &e.object else { continue };
+        let (lo, hi) = (s.max(start), t.min(e.end));
+        objs.keep_window(h, PageIndex::in_window(start, lo), (hi - lo) >> PAGE_SHIFT);
     }
 }
 
@@ -488,5 +525,16 @@ fn frame_at(
         let pa = hold.and_then(|h| objs.written_frame(h, idx));
         return pa.map(Some).ok_or(KernError::ProtectionFailure);
     }
-    Ok(hold.and_then(|h| objs.lookup(h, idx)).map(|f| f.pa))
+    match hold.and_then(|h| objs.lookup(h, idx)) {
+        None => Ok(None),
+        Some(f) => match f.frame() {
+            Some(pa) => Ok(Some(pa)),
+            // The MMU translated it, so it is resident: pageout removes every
+            // translation of a page before it goes (MapRule::TranslationsJustified).
+            None => {
+                debug_assert!(false, "a translated page at {va:#x} is paged out");
+                Err(KernError::Failure)
+            }
+        },
+    }
 }

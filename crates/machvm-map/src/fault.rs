@@ -122,6 +122,11 @@ impl<L: Locks> VmMap<L> {
             1,
             write,
         );
+        // With a pager, frames missing are paged out for (this page kept).
+        let have = frames.remaining() as u64;
+        if need > have {
+            objs.make_room(need - have)?;
+        }
         frames.ensure(need)?;
         let map = Holder::Direct { map: self.0.id };
         let pages = e.pages(start);

@@ -50,6 +50,7 @@ mod fault;
 mod fork;
 mod index;
 mod ops;
+mod pageout;
 #[cfg(test)]
 mod tests;
 mod verify;

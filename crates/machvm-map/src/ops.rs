@@ -17,7 +17,7 @@ use crate::{Entry, MapInner, RegionInfo, VmMap, page_range, release_entries};
 
 /// Validates a management call's range: `Ok(None)` for size 0, the rounded
 /// range otherwise.
-fn mgmt_range(addr: u64, size: u64) -> Result<Option<VaRange>, KernError> {
+pub(crate) fn mgmt_range(addr: u64, size: u64) -> Result<Option<VaRange>, KernError> {
     if size == 0 {
         return Ok(None);
     }

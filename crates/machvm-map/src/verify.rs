@@ -164,10 +164,10 @@ fn check_translation_justified<L: Locks>(
     let Some(found) = objs.lookup(h, page) else {
         return check_zero_translation(objs, h, page, va, t).map(|_| 0);
     };
-    if found.pa != t.pa {
+    if found.frame() != Some(t.pa) {
         return Err(format!(
             "translation of {va:?} to {:?}, chain holds {:?}",
-            t.pa, found.pa
+            t.pa, found.page
         ));
     }
     Ok(found.depth)

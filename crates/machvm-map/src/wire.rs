@@ -33,7 +33,7 @@ use alloc::vec::Vec;
 
 use machvm_base::sync::Locks;
 use machvm_base::{KernError, PAGE_SIZE, PageIndex, VaRange, VirtAddr, VmProt};
-use machvm_object::{Holder, Objects};
+use machvm_object::{Found, Holder, Objects, PageAt};
 
 use crate::data::{frames_in, reserve};
 use crate::{Entry, MapInner, VmMap};
@@ -153,7 +153,9 @@ impl<L: Locks> VmMap<L> {
                 let Some(h) = &en.object else { continue };
                 for va in (a.max(start)..b.min(en.end)).step_by(PAGE_SIZE as usize) {
                     let f = objs.lookup(h, PageIndex::in_window(start, va));
-                    let full = f.filter(|f| f.depth == 0).and_then(|f| frames.page(f.pa));
+                    let full = f
+                        .filter(|f| f.depth == 0)
+                        .and_then(|f| frames.page(f.frame()?));
                     if full.is_some_and(|p| p.wire_count() == u16::MAX) {
                         return Err(KernError::ResourceShortage);
                     }
@@ -199,11 +201,11 @@ impl<L: Locks> VmMap<L> {
             return;
         };
         for i in 0..e.pages(start) {
-            let Some(f) = objs.lookup(h, PageIndex::new(i)) else {
+            let Some(pa) = objs.lookup(h, PageIndex::new(i)).and_then(|f| f.frame()) else {
                 continue;
             };
             let va = VirtAddr::new(start + i * PAGE_SIZE);
-            match pm.enter(self.0.pmap, va, f.pa, e.protection, true) {
+            match pm.enter(self.0.pmap, va, pa, e.protection, true) {
                 Ok(flush) => pm.flush(flush),
                 // Unreachable with the tables reserved.
                 Err(err) => debug_assert!(false, "re-entering {va:?}: {err:?}"),
@@ -230,12 +232,13 @@ impl<L: Locks> VmMap<L> {
             for i in 0..e.pages(start) {
                 let va = start + i * PAGE_SIZE;
                 let f = objs.lookup(h, PageIndex::new(i)).filter(|f| f.depth == 0);
-                let f = f.ok_or(format!("wired page {va:#x} not resident in its object"))?;
-                if frames.page(f.pa).is_none_or(|p| p.wire_count() == 0) {
+                let pa = f.and_then(|f| f.frame());
+                let pa = pa.ok_or(format!("wired page {va:#x} not resident in its object"))?;
+                if frames.page(pa).is_none_or(|p| p.wire_count() == 0) {
                     return Err(format!("frame of wired page {va:#x} not wired"));
                 }
                 let t = pm.extract(self.0.pmap, VirtAddr::new(va));
-                if !e.protection.is_empty() && !t.is_some_and(|t| t.wired && t.pa == f.pa) {
+                if !e.protection.is_empty() && !t.is_some_and(|t| t.wired && t.pa == pa) {
                     return Err(format!("wired page {va:#x} not entered wired"));
                 }
             }
@@ -279,8 +282,11 @@ pub(crate) fn unwire_frames<L: Locks>(objs: &Objects<'_, L>, start: u64, e: &Ent
     };
     let frames = objs.context().frames();
     for i in 0..e.pages(start) {
-        match objs.lookup(h, PageIndex::new(i)) {
-            Some(f) if f.depth == 0 => frames.unwire(f.pa),
+        match objs.lookup(h, PageIndex::new(i)).filter(|f| f.depth == 0) {
+            Some(Found {
+                page: PageAt::Frame(pa),
+                ..
+            }) => frames.unwire(pa),
             _ => debug_assert!(
                 false,
                 "wired page {i} of {start:#x} not resident in its object"

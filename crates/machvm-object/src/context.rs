@@ -3,14 +3,16 @@
 
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use machvm_base::sync::{Locks, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, SpinLocks};
 use machvm_base::{KernError, PhysAddr, VmProt};
 use machvm_frame::{FrameAllocator, FrameReservation, FrameUse};
+use machvm_pager::Pager;
 use machvm_pmap::Pmap;
 
 use crate::graph::Graph;
+use crate::pageout::Keep;
 
 /// Shards of a [`Counter`]: CPUs beyond share.
 const COUNTER_SHARDS: usize = 16;
@@ -66,6 +68,10 @@ pub struct VmCounters {
     pub bypasses: Counter,
     /// Pages freed because nothing could reach them any more.
     pub reclaimed: Counter,
+    /// Pages read back from the pager (a fault on a paged-out page).
+    pub pageins: Counter,
+    /// Pages written to the pager to free their frames.
+    pub pageouts: Counter,
 }
 
 impl VmCounters {
@@ -98,6 +104,15 @@ pub struct VmAudit {
     /// `wired_entry_pages` after every call, since each wired entry holds
     /// one wiring on each frame of its window.
     pub frame_wirings: u64,
+    /// Object pages paged out to swap slots (SPEC §8): present, not
+    /// resident.
+    pub paged_out_pages: u64,
+    /// Paged-out pages no map entry or live copy can reach (0 after every
+    /// call: freeing an object frees its slots).
+    pub unreachable_paged_out: u64,
+    /// Swap slots in use in the context's pager (0 without one): equal to
+    /// `paged_out_pages` after every call, each slot held by one page.
+    pub swap_slots_in_use: u64,
 }
 
 /// A layer above the objects whose entries the audit counts: the map layer
@@ -124,6 +139,15 @@ pub struct VmContext<L: Locks = SpinLocks> {
     /// The frame every read of never-written memory maps (`None` when none
     /// was free at creation: such reads then zero-fill).
     zero: Option<PhysAddr>,
+    /// The default pager for anonymous memory (SPEC §8), if any: without
+    /// one nothing is ever paged out.
+    pager: Option<Arc<dyn Pager>>,
+    /// The pageout clock's hand: the frame index its next scan starts at
+    /// (moved only under the graph's exclusive lock).
+    pub(crate) hand: AtomicUsize,
+    /// Pages paged out so far: a caller that keeps frame addresses across
+    /// a point where pageout may run checks it did not move.
+    pub(crate) evictions: AtomicU64,
 }
 
 static NEXT_CONTEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -153,6 +177,40 @@ impl<L: Locks> VmContext<L> {
     /// assert_eq!(ctx.audit().resident_pages, 0);
     /// ```
     pub fn new(frames: Arc<FrameAllocator<L>>, pmap: Arc<dyn Pmap>) -> Arc<VmContext<L>> {
+        VmContext::build(frames, pmap, None)
+    }
+
+    /// A context whose anonymous memory pages out to `pager` when frames
+    /// run low (SPEC §8): calls that need frames page the least recently
+    /// used unwired pages out first, and a fault on a paged-out page pages
+    /// it back in. The pager must serve this context alone (its slots are
+    /// audited against the context's paged-out pages).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use machvm_frame::FrameAllocator;
+    /// use machvm_object::VmContext;
+    /// use machvm_pager::{DefaultPager, MemStore};
+    /// use machvm_pmap::SoftPmap;
+    ///
+    /// let frames = Arc::new(FrameAllocator::hosted(1 << 20).unwrap());
+    /// let swap = DefaultPager::new(MemStore::new(256).unwrap()).unwrap();
+    /// let ctx = VmContext::with_pager(frames, Arc::new(SoftPmap::new()), Arc::new(swap));
+    /// assert_eq!(ctx.pager().map(|p| p.free_slots()), Some(256));
+    /// ```
+    pub fn with_pager(
+        frames: Arc<FrameAllocator<L>>,
+        pmap: Arc<dyn Pmap>,
+        pager: Arc<dyn Pager>,
+    ) -> Arc<VmContext<L>> {
+        VmContext::build(frames, pmap, Some(pager))
+    }
+
+    fn build(
+        frames: Arc<FrameAllocator<L>>,
+        pmap: Arc<dyn Pmap>,
+        pager: Option<Arc<dyn Pager>>,
+    ) -> Arc<VmContext<L>> {
         let zero = frames.init_zero_frame();
         Arc::new(VmContext {
             zero,
@@ -163,7 +221,22 @@ impl<L: Locks> VmContext<L> {
             counters: VmCounters::default(),
             consistency_checks: AtomicBool::new(false),
             id: NEXT_CONTEXT_ID.fetch_add(1, Relaxed),
+            pager,
+            hand: AtomicUsize::new(0),
+            evictions: AtomicU64::new(0),
         })
+    }
+
+    /// The context's pager, if it pages.
+    #[inline]
+    pub fn pager(&self) -> Option<&dyn Pager> {
+        self.pager.as_deref()
+    }
+
+    /// Pages paged out so far (see [`Objects::evictions`]).
+    #[inline]
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Relaxed)
     }
 
     /// This context's id: unique among the contexts of this process, never
@@ -215,6 +288,7 @@ impl<L: Locks> VmContext<L> {
         Objects {
             ctx: self,
             g: machvm_base::sync::write::<L, _>(&self.graph),
+            keep: Keep::default(),
         }
     }
 
@@ -275,6 +349,8 @@ impl<L: Locks> core::fmt::Debug for VmContext<L> {
 pub struct Objects<'a, L: Locks = SpinLocks> {
     pub(crate) ctx: &'a VmContext<L>,
     pub(crate) g: RwLockWriteGuard<'a, L, Graph<L>>,
+    /// What this call's pageout must spare (see [`Objects::keep_window`]).
+    pub(crate) keep: Keep,
 }
 
 /// The object graph of a context, locked shared (see
@@ -332,6 +408,22 @@ impl<'a, L: Locks> Objects<'a, L> {
     }
 
     /// Frees an object page: every translation of it goes first, everywhere.
+    /// Gives a present page back: a frame is freed, a slot forgotten.
+    pub(crate) fn drop_page(&self, page: crate::PageAt) {
+        match page {
+            crate::PageAt::Frame(pa) => self.free_page(pa),
+            crate::PageAt::Swapped(slot) => self.forget_slot(slot),
+        }
+    }
+
+    /// Frees a swap slot whose page nothing holds any more.
+    pub(crate) fn forget_slot(&self, slot: machvm_pager::SwapSlot) {
+        match self.ctx.pager() {
+            Some(p) => p.forget(slot),
+            None => debug_assert!(false, "a swapped page without a pager"),
+        }
+    }
+
     pub(crate) fn free_page(&self, pa: PhysAddr) {
         self.unmap_everywhere(pa);
         self.set_owner(pa, 0, 0);

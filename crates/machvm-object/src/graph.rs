@@ -7,12 +7,12 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use machvm_base::sync::Locks;
 
-use machvm_base::{KernError, PageIndex, PhysAddr};
+use machvm_base::{KernError, PageIndex};
 use machvm_frame::FrameReservation;
 
 use crate::pagemap::PageMap;
 use crate::slots::Holders;
-use crate::{CowRef, Hold, Holder, HolderId, ObjectId, Objects};
+use crate::{CowRef, Hold, Holder, HolderId, ObjectId, Objects, PageAt};
 
 /// One holder record: who, and the window `[start, end)` (pages of the
 /// object held).
@@ -548,18 +548,19 @@ impl<L: Locks> Objects<'_, L> {
         frames: &mut FrameReservation<'_, L>,
     ) -> Result<Hold, KernError> {
         let (s, e) = self.window_raw(hold);
-        let src: Vec<(u64, PhysAddr)> = self.g.obj(hold.obj).pages.range(s, e);
+        let src: Vec<(u64, PageAt)> = self.g.obj(hold.obj).pages.range(s, e);
         let copy = self.create(e - s, holder);
         let id = copy.obj.0;
         let mut pages = BTreeMap::new();
-        for (o, pa) in src {
-            match self.fill_copy(frames, id, o - s, pa) {
+        for (o, page) in src {
+            // A paged-out page is read from its slot into the new frame.
+            match self.fill_from(frames, id, o - s, page) {
                 Ok(new) => {
-                    pages.insert(o - s, new);
+                    pages.insert(o - s, PageAt::Frame(new));
                 }
                 Err(err) => {
                     // Unreachable with a reservation from `cow_frames`.
-                    for (_, pa) in pages {
+                    for pa in pages.into_values().filter_map(PageAt::frame) {
                         self.free_unmapped(pa);
                     }
                     self.release(copy);

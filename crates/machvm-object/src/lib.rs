@@ -35,7 +35,10 @@
 //!   but other `Direct` ones (`Share` siblings): copy-on-write rests on it.
 //! - No object is held by exactly one shadow and nothing else (it would have
 //!   been collapsed into that shadow).
-//! - Every resident page is reachable.
+//! - Every present page (resident, or paged out to a swap slot) is
+//!   reachable.
+//! - Each paged-out page holds its own slot, and the pager has exactly
+//!   those in use.
 //!
 //! Locking: one lock per context guards the whole graph ([`VmContext::objects`]);
 //! it is taken after any map's lock and before the pmap's and the frame
@@ -49,7 +52,10 @@ extern crate alloc;
 mod context;
 mod graph;
 mod overwrite;
+mod page_at;
+mod pagein;
 mod pagemap;
+mod pageout;
 mod pages;
 mod reclaim;
 mod shared;
@@ -57,7 +63,9 @@ mod slots;
 mod verify;
 
 pub use context::{AuditEntries, Counter, Objects, SharedObjects, VmAudit, VmContext, VmCounters};
+pub use machvm_pager::{Pager, SwapSlot};
 pub use overwrite::{Produce, ProduceRun};
+pub use page_at::PageAt;
 pub use pages::{Found, PageLookup, Resolution, Resolved};
 pub use verify::ObjectRule;
 

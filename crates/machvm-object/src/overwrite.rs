@@ -13,7 +13,7 @@ use machvm_base::sync::Locks;
 use machvm_base::{KernError, PageIndex, PhysAddr};
 use machvm_frame::FrameReservation;
 
-use crate::{Hold, Holder, Objects, Resolved};
+use crate::{Hold, Holder, Objects, PageAt, Resolved};
 
 /// Writes the whole page at a frame, given the graph (to read a source
 /// through it).
@@ -63,8 +63,13 @@ impl<L: Locks> Objects<'_, L> {
         if !matches!(rec.kind, Holder::Direct { .. }) || o.backing.is_some() {
             return None;
         }
-        // The run's resident pages, in one walk of the page map.
-        let resident = o.pages.range(start, end);
+        // The run's resident pages, in one walk of the page map. A paged-out
+        // one is overwritten in a new frame: its slot goes once it is.
+        let (resident, swapped): (Vec<_>, Vec<_>) = o
+            .pages
+            .range(start, end)
+            .into_iter()
+            .partition(|(_, p)| p.frame().is_some());
         let absent = n - resident.len() as u64;
         if let Err(e) = frames.ensure(absent) {
             return Some(Err(e.into()));
@@ -76,7 +81,7 @@ impl<L: Locks> Objects<'_, L> {
         let mut resident = resident.into_iter().peekable();
         let mut made = Vec::with_capacity(absent as usize);
         for (i, off) in (start..end).enumerate() {
-            if let Some((_, pa)) = resident.next_if(|&(o, _)| o == off) {
+            if let Some((_, PageAt::Frame(pa))) = resident.next_if(|&(o, _)| o == off) {
                 produce(self, i as u64, pa);
                 continue;
             }
@@ -94,6 +99,9 @@ impl<L: Locks> Objects<'_, L> {
         }
         // Written, every one: now they may go in.
         self.g.obj_mut(hold.obj).pages.insert_sorted(made);
+        for (_, old) in swapped {
+            self.drop_page(old);
+        }
         Some(Ok(()))
     }
 }

@@ -1,5 +1,6 @@
-//! An object's resident pages, by offset, under a lock of their own, and
-//! the busy state of a page being filled (Mach's `busy`/`wanted`).
+//! An object's present pages (resident, or paged out: [`PageAt`]), by
+//! offset, under a lock of their own, and the busy state of a page being
+//! filled (Mach's `busy`/`wanted`).
 //!
 //! Under the graph's exclusive lock the map is reached through `&mut` and
 //! its lock is never taken. Under the graph's shared lock (the fault fast
@@ -29,6 +30,8 @@ use alloc::vec::Vec;
 
 use machvm_base::PhysAddr;
 
+use crate::PageAt;
+
 use machvm_base::sync::Locks;
 use machvm_base::sync::model::{Mutex, wait};
 
@@ -43,8 +46,8 @@ pub(crate) enum Probe {
     Absent,
     /// A page being filled: wait and look again.
     Busy,
-    /// A resident page.
-    Present(PhysAddr),
+    /// A present page.
+    Present(PageAt),
 }
 
 /// Offsets whose pages share a shard: 512 pages (2 MiB, the span of one
@@ -53,7 +56,7 @@ const CHUNK_SHIFT: u32 = 9;
 /// Shards of the largest objects.
 const MAX_SHARDS: usize = 8;
 
-/// Offset → frame (with [`BUSY`]), one shard's.
+/// Offset → page word ([`PageAt::encode`], with [`BUSY`]), one shard's.
 type Slots = BTreeMap<u64, u64>;
 
 /// One shard of a large object's pages, alone on its cache lines.
@@ -83,9 +86,9 @@ impl<L: Locks> PageMap<L> {
     }
 
     /// A map holding `pages`, for an object of `size` pages.
-    pub(crate) fn from_pages(size: u64, pages: BTreeMap<u64, PhysAddr>) -> PageMap<L> {
+    pub(crate) fn from_pages(size: u64, pages: BTreeMap<u64, PageAt>) -> PageMap<L> {
         let mut m = PageMap::for_size(size);
-        let pages = pages.into_iter().map(|(k, pa)| (k, pa.as_u64()));
+        let pages = pages.into_iter().map(|(k, p)| (k, p.encode()));
         match &mut m {
             PageMap::One(one) => *one.get_mut() = pages.collect(),
             PageMap::Sharded(_) => {
@@ -161,41 +164,47 @@ impl<L: Locks> PageMap<L> {
         match self.shard_of(off).lock().get(&off) {
             None => Probe::Absent,
             Some(&s) if s & BUSY != 0 => Probe::Busy,
-            Some(&s) => Probe::Present(PhysAddr::new(s)),
+            Some(&s) => Probe::Present(PageAt::decode(s)),
         }
     }
 
     /// The page at `off` (the exclusive lock's view: nothing is busy).
-    pub(crate) fn get(&self, off: u64) -> Option<PhysAddr> {
+    pub(crate) fn get(&self, off: u64) -> Option<PageAt> {
         match self.probe(off) {
             Probe::Present(pa) => Some(pa),
             Probe::Absent | Probe::Busy => None,
         }
     }
 
-    /// Whether a page is at `off`.
+    /// Whether a page is present at `off` (resident or paged out).
     pub(crate) fn contains(&self, off: u64) -> bool {
         self.shard_of(off).lock().contains_key(&off)
     }
 
-    /// Number of pages at offsets in `[lo, hi)`.
+    /// Number of pages present at offsets in `[lo, hi)`.
     pub(crate) fn count(&self, lo: u64, hi: u64) -> u64 {
         let n = self.locks(lo, hi).map(|l| l.lock().range(lo..hi).count());
         n.sum::<usize>() as u64
     }
 
+    /// Number of pages resident in frames at offsets in `[lo, hi)`.
+    pub(crate) fn count_resident(&self, lo: u64, hi: u64) -> u64 {
+        let frame = |s: &u64| matches!(PageAt::decode(*s), PageAt::Frame(_));
+        let n = self
+            .locks(lo, hi)
+            .map(|l| l.lock().range(lo..hi).filter(|(_, s)| frame(s)).count());
+        n.sum::<usize>() as u64
+    }
+
     /// The pages at offsets in `[lo, hi)`, in order.
-    pub(crate) fn range(&self, lo: u64, hi: u64) -> Vec<(u64, PhysAddr)> {
+    pub(crate) fn range(&self, lo: u64, hi: u64) -> Vec<(u64, PageAt)> {
         if hi <= lo {
             return Vec::new();
         }
         let mut v = Vec::new();
         for l in self.locks(lo, hi) {
             let m = l.lock();
-            v.extend(
-                m.range(lo..hi)
-                    .map(|(&k, &s)| (k, PhysAddr::new(s & !BUSY))),
-            );
+            v.extend(m.range(lo..hi).map(|(&k, &s)| (k, PageAt::decode(s))));
         }
         if let PageMap::Sharded(_) = self {
             v.sort_unstable_by_key(|&(k, _)| k); // offsets are unique
@@ -204,27 +213,30 @@ impl<L: Locks> PageMap<L> {
     }
 
     /// Every page, in order.
-    pub(crate) fn all(&self) -> Vec<(u64, PhysAddr)> {
+    pub(crate) fn all(&self) -> Vec<(u64, PageAt)> {
         self.range(0, u64::MAX)
     }
 
-    /// Number of pages.
+    /// Number of pages present.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.all_locks().map(|l| l.lock().len()).sum()
     }
 
-    /// True when no page is resident.
+    /// True when no page is present.
     pub(crate) fn is_empty(&self) -> bool {
         self.all_locks().all(|l| l.lock().is_empty())
     }
 
-    /// Inserts a resident page (exclusive lock).
-    pub(crate) fn insert(&mut self, off: u64, pa: PhysAddr) {
-        self.slots_mut(off).insert(off, pa.as_u64());
+    /// Puts a page at `off` (exclusive lock); returns what was there.
+    pub(crate) fn insert(&mut self, off: u64, page: PageAt) -> Option<PageAt> {
+        let old = self.slots_mut(off).insert(off, page.encode());
+        old.map(PageAt::decode)
     }
 
     /// Inserts resident pages, in ascending offset order (exclusive
-    /// lock): into an empty map in one bulk build, not a search each.
+    /// lock), replacing what was there: into an empty map in one bulk
+    /// build, not a search each.
     pub(crate) fn insert_sorted(&mut self, pages: Vec<(u64, PhysAddr)>) {
         let pages = pages.into_iter().map(|(k, pa)| (k, pa.as_u64()));
         match self {
@@ -244,12 +256,12 @@ impl<L: Locks> PageMap<L> {
     }
 
     /// Removes the page at `off` (exclusive lock).
-    pub(crate) fn remove(&mut self, off: u64) -> Option<PhysAddr> {
-        self.slots_mut(off).remove(&off).map(PhysAddr::new)
+    pub(crate) fn remove(&mut self, off: u64) -> Option<PageAt> {
+        self.slots_mut(off).remove(&off).map(PageAt::decode)
     }
 
     /// Takes every page out (exclusive lock), in no particular order.
-    pub(crate) fn take_all(&mut self) -> Vec<(u64, PhysAddr)> {
+    pub(crate) fn take_all(&mut self) -> Vec<(u64, PageAt)> {
         let maps: Vec<Slots> = match self {
             PageMap::One(one) => alloc::vec![core::mem::take(one.get_mut())],
             PageMap::Sharded(s) => s
@@ -259,7 +271,7 @@ impl<L: Locks> PageMap<L> {
         };
         maps.into_iter()
             .flatten()
-            .map(|(k, s)| (k, PhysAddr::new(s)))
+            .map(|(k, s)| (k, PageAt::decode(s)))
             .collect()
     }
 
@@ -273,17 +285,17 @@ impl<L: Locks> PageMap<L> {
                 Ok(())
             }
             Some(&s) if s & BUSY != 0 => Err(Probe::Busy),
-            Some(&s) => Err(Probe::Present(PhysAddr::new(s))),
+            Some(&s) => Err(Probe::Present(PageAt::decode(s))),
         }
     }
 
     /// What is at `off` once no fill of it is in flight: waits for a busy
     /// page's filler to publish or withdraw it.
-    pub(crate) fn settled(&self, off: u64) -> Option<PhysAddr> {
+    pub(crate) fn settled(&self, off: u64) -> Option<PageAt> {
         loop {
             match self.probe(off) {
                 Probe::Absent => return None,
-                Probe::Present(pa) => return Some(pa),
+                Probe::Present(p) => return Some(p),
                 Probe::Busy => wait::<L>(),
             }
         }
@@ -402,7 +414,7 @@ mod tests {
             let mut m = PageMap::<SpinLocks>::for_size(size);
             let mut model = BTreeMap::new();
             for off in spread(size) {
-                let pa = PhysAddr::new((off + 1) << 12);
+                let pa = PageAt::Frame(PhysAddr::new((off + 1) << 12));
                 m.insert(off, pa);
                 model.insert(off, pa);
             }
@@ -433,7 +445,7 @@ mod tests {
     fn a_page_in_another_chunks_shard_is_found_misplaced() {
         let mut m = PageMap::<SpinLocks>::for_size(4096);
         for off in (0..4096).step_by(97) {
-            m.insert(off, PhysAddr::new(0x1000));
+            m.insert(off, PageAt::Frame(PhysAddr::new(0x1000)));
         }
         assert_eq!(m.misplaced(), None);
         let PageMap::Sharded(s) = &mut m else {
@@ -460,7 +472,7 @@ mod tests {
             assert!(!m.any_busy());
             assert_eq!(
                 m.claim(off, PhysAddr::new(0x2000)),
-                Err(Probe::Present(PhysAddr::new(0x1000)))
+                Err(Probe::Present(PageAt::Frame(PhysAddr::new(0x1000))))
             );
         }
     }
@@ -487,7 +499,7 @@ mod loom_tests {
         fail: bool,
     ) -> Option<PhysAddr> {
         loop {
-            if let Some(pa) = m.settled(off) {
+            if let Some(PageAt::Frame(pa)) = m.settled(off) {
                 // A published page was filled completely.
                 assert_eq!(
                     fill.load(SeqCst),
@@ -537,7 +549,7 @@ mod loom_tests {
     fn two_faults_on_one_page_fill_it_once() {
         race(false, |m, off, a, b| {
             assert_eq!(a, b, "both faults use one page");
-            assert_eq!(m.all(), [(off, a.unwrap())]);
+            assert_eq!(m.all(), [(off, PageAt::Frame(a.unwrap()))]);
         });
     }
 
@@ -548,7 +560,7 @@ mod loom_tests {
             // or found the other's page published.
             assert_eq!(a, Some(PhysAddr::new(0x1000)));
             assert!(b.is_none() || b == a);
-            assert_eq!(m.all(), [(off, PhysAddr::new(0x1000))]);
+            assert_eq!(m.all(), [(off, PageAt::Frame(PhysAddr::new(0x1000)))]);
         });
     }
 }

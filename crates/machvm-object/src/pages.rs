@@ -2,7 +2,7 @@
 //! for an access (zero-fill, copy-up), counting the frames that would take,
 //! and moving bytes. Every chain walk is a loop.
 
-use alloc::collections::BTreeSet;
+use alloc::collections::BTreeMap;
 use machvm_base::sync::Locks;
 
 use machvm_base::{KernError, PAGE_SIZE, PageIndex, PhysAddr};
@@ -10,7 +10,7 @@ use machvm_frame::FrameReservation;
 
 use crate::graph::{Backing, Graph};
 use crate::overwrite::Produce;
-use crate::{Hold, Holder, ObjectId, Objects, VmContext, VmCounters};
+use crate::{Hold, Holder, ObjectId, Objects, PageAt, VmContext, VmCounters};
 
 /// Page lookups any view of the graph answers, locked exclusively
 /// ([`Objects`]) or shared ([`crate::SharedObjects`], where a page being
@@ -24,7 +24,7 @@ pub trait PageLookup {
     fn written_frame(&self, hold: &Hold, page: PageIndex) -> Option<PhysAddr> {
         self.lookup(hold, page)
             .filter(|f| f.depth == 0)
-            .map(|f| f.pa)
+            .and_then(|f| f.page.frame())
     }
 }
 
@@ -54,10 +54,19 @@ pub(crate) fn zero_frame_in<L: Locks>(
 /// Where a page lookup found its page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Found {
-    /// The frame.
-    pub pa: PhysAddr,
+    /// The page: resident, or paged out (a fault pages it in; a reader
+    /// takes its bytes from the store).
+    pub page: PageAt,
     /// 0 when found in the object held, n when n objects down its chain.
     pub depth: usize,
+}
+
+impl Found {
+    /// The frame, when the page is resident.
+    #[must_use]
+    pub fn frame(&self) -> Option<PhysAddr> {
+        self.page.frame()
+    }
 }
 
 /// What [`Objects::resolve`] did to produce the page.
@@ -88,25 +97,25 @@ pub struct Resolved {
     pub how: Resolution,
 }
 
-/// A page found below the top: its object, offset there and frame.
+/// A page found along a chain: its object, offset there and page.
 struct Below {
     obj: ObjectId,
     offset: u64,
-    pa: PhysAddr,
+    page: PageAt,
     depth: usize,
 }
 
 impl<L: Locks> Objects<'_, L> {
-    /// The first resident page at `off` of `obj` or below it.
+    /// The first present page at `off` of `obj` or below it.
     fn find(&self, obj: ObjectId, off: u64) -> Option<Below> {
         let (mut cur, mut off, mut depth) = (obj, off, 0);
         loop {
             let o = self.g.obj(cur);
-            if let Some(pa) = o.pages.get(off) {
+            if let Some(page) = o.pages.get(off) {
                 return Some(Below {
                     obj: cur,
                     offset: off,
-                    pa,
+                    page,
                     depth,
                 });
             }
@@ -125,7 +134,7 @@ impl<L: Locks> Objects<'_, L> {
     pub fn lookup(&self, hold: &Hold, page: PageIndex) -> Option<Found> {
         let off = self.offset_of(hold, page)?;
         self.find(hold.obj, off).map(|b| Found {
-            pa: b.pa,
+            page: b.page,
             depth: b.depth,
         })
     }
@@ -174,7 +183,7 @@ impl<L: Locks> Objects<'_, L> {
             // shadow); through a copy-on-write hold a store is refused.
             return Err(KernError::ProtectionFailure);
         }
-        let below = self.find(hold.obj, off);
+        let mut below = self.find(hold.obj, off);
         let zero = if write {
             None
         } else {
@@ -187,7 +196,17 @@ impl<L: Locks> Objects<'_, L> {
             (None, false, Some(_)) => Resolution::ZeroPage,
             (None, _, _) => Resolution::ZeroFilled,
         };
-        if let Some(pa) = below.as_ref().map(|b| b.pa).or(zero)
+        // A paged-out page mapped where it lies is paged in there first.
+        let mut paged_in = None;
+        if let Some(b) = below.as_mut()
+            && let PageAt::Swapped(slot) = b.page
+            && matches!(how, Resolution::Resident | Resolution::Backing)
+        {
+            let pa = self.page_in(frames, (b.obj, b.offset), slot)?;
+            b.page = PageAt::Frame(pa);
+            paged_in = Some(((b.obj, b.offset), slot, pa));
+        }
+        if let Some(pa) = below.as_ref().and_then(|b| b.page.frame()).or(zero)
             && matches!(
                 how,
                 Resolution::Resident | Resolution::Backing | Resolution::ZeroPage
@@ -200,7 +219,15 @@ impl<L: Locks> Objects<'_, L> {
                 p(self, pa);
             }
             let r = Resolved { pa, how };
-            map(r)?;
+            if let Err(e) = map(r) {
+                if let Some((at, slot, pa)) = paged_in {
+                    self.undo_page_in(at, slot, pa);
+                }
+                return Err(e);
+            }
+            if let Some((_, slot, _)) = paged_in {
+                self.commit_page_in(slot);
+            }
             return Ok(r);
         }
         let pa = match (&mut produce, &below) {
@@ -210,10 +237,13 @@ impl<L: Locks> Objects<'_, L> {
                 self.set_owner(pa, hold.obj.0, off);
                 pa
             }
-            (None, Some(b)) => self.fill_copy(frames, hold.obj.0, off, b.pa)?,
+            (None, Some(b)) => self.fill_from(frames, hold.obj.0, off, b.page)?,
             (None, None) => self.fill_zero(frames, hold.obj.0, off)?,
         };
-        self.g.obj_mut(hold.obj).pages.insert(off, pa);
+        self.g
+            .obj_mut(hold.obj)
+            .pages
+            .insert(off, PageAt::Frame(pa));
         let r = Resolved { pa, how };
         if let Err(e) = map(r) {
             self.g.obj_mut(hold.obj).pages.remove(off);
@@ -288,21 +318,25 @@ impl<L: Locks> Objects<'_, L> {
         let siblings = self
             .g
             .other_overlaps(hold.obj, hold.id, off, off + 1, |_| true);
-        if siblings {
-            self.unmap_everywhere(old.pa);
+        if siblings && let PageAt::Frame(pa) = old.page {
+            self.unmap_everywhere(pa);
         }
         if !self.visible(old.obj, old.offset) {
             self.g.obj_mut(old.obj).pages.remove(old.offset);
             VmCounters::bump(&self.ctx.counters.reclaimed);
-            self.free_page(old.pa);
+            self.drop_page(old.page);
         }
     }
 
     /// An upper bound on the frames resolving pages `[first, first + count)`
     /// of `hold`'s window for `write` (or, with no hold, of untouched
-    /// memory) would take. Concurrent calls only lower it while the
+    /// memory) would take: a page paged out costs one (its page-in, or the
+    /// copy-up that reads it). Concurrent calls only lower it while the
     /// caller's map stays locked: pages it sees cannot go, and sharers only
-    /// add pages.
+    /// add pages. The window is kept ([`keep_window`](Self::keep_window)),
+    /// for a read with the chain below it: this call's own pageout leaves
+    /// resident the pages the count found resident (a store's copy-up
+    /// reads a paged-out source from its slot, so only its top counts).
     pub fn frames_to_resolve(
         &self,
         hold: Option<&Hold>,
@@ -315,6 +349,7 @@ impl<L: Locks> Objects<'_, L> {
             let zero = !write && self.ctx.zero_frame().is_some();
             return if zero { 0 } else { count };
         };
+        self.keep_pages(hold, first, count, !write);
         let (s, _) = self.window_raw(hold);
         let first = first.get();
         if count == 1 {
@@ -330,12 +365,16 @@ impl<L: Locks> Objects<'_, L> {
     fn frames_for_runs(&self, hold: &Hold, lo: u64, count: u64, write: bool) -> u64 {
         let hi = lo + count;
         if !write {
+            let first = self.first_present(hold.obj, lo, hi);
+            let swapped = first.values().filter(|p| p.frame().is_none()).count() as u64;
             if self.zero_page_in(hold, lo, hi) {
-                return 0;
+                return swapped;
             }
-            return count - self.resident_in(hold.obj, lo, hi);
+            return count - first.len() as u64 + swapped;
         }
-        let resident = |a: u64, b: u64| self.g.obj(hold.obj).pages.count(a, b);
+        // Only a resident top page needs no frame: a paged-out one is paged
+        // in, one below is copied up (read from its slot if paged out).
+        let resident = |a: u64, b: u64| self.g.obj(hold.obj).pages.count_resident(a, b);
         if matches!(self.holder(hold), Holder::Direct { .. }) {
             return count - resident(lo, hi);
         }
@@ -356,18 +395,22 @@ impl<L: Locks> Objects<'_, L> {
             return false;
         }
         match hold.and_then(|h| self.lookup(h, page)) {
-            Some(f) => self.ctx.frames().mem().read(f.pa + offset, buf),
+            Some(f) => self.read_page(f.page, offset, buf),
             None => buf.fill(0),
         }
         true
     }
 
-    /// The frames the chain shows at pages `first ..` of `hold`'s window,
-    /// one per slot of `out` (`None`: nothing resident, zeros; also past
+    /// The pages the chain shows at pages `first ..` of `hold`'s window,
+    /// one per slot of `out` (`None`: nothing present, zeros; also past
     /// the window's end): one walk of the held object's pages, the objects
     /// below searched only for the pages it lacks. What a caller reading
-    /// many consecutive pages looks up once.
-    pub fn frames_of(&self, hold: &Hold, first: PageIndex, out: &mut [Option<PhysAddr>]) {
+    /// many consecutive pages looks up once ([`copy_bytes`] reads a
+    /// paged-out one from the store). Good while the graph stays locked
+    /// and [`evictions`](Self::evictions) does not move.
+    ///
+    /// [`copy_bytes`]: Self::copy_bytes
+    pub fn pages_of(&self, hold: &Hold, first: PageIndex, out: &mut [Option<PageAt>]) {
         out.fill(None);
         let (s, e) = self.window_raw(hold);
         let Some(lo) = s.checked_add(first.get()).filter(|&lo| lo < e) else {
@@ -381,7 +424,7 @@ impl<L: Locks> Objects<'_, L> {
         if let Some(b) = top.backing {
             for (k, slot) in out[..(hi - lo) as usize].iter_mut().enumerate() {
                 if slot.is_none() {
-                    *slot = self.find(b.obj, lo + k as u64 + b.offset).map(|f| f.pa);
+                    *slot = self.find(b.obj, lo + k as u64 + b.offset).map(|f| f.page);
                 }
             }
         }
@@ -398,19 +441,20 @@ impl<L: Locks> Objects<'_, L> {
             return false;
         };
         match self.g.obj(hold.obj).pages.get(off) {
-            Some(pa) => {
+            Some(PageAt::Frame(pa)) => {
                 self.ctx.frames().mem().write(pa + offset, data);
                 true
             }
-            None => false,
+            Some(PageAt::Swapped(_)) | None => false,
         }
     }
 
-    /// Number of offsets of `hold`'s window with a page resident anywhere
-    /// in its chain.
+    /// Number of offsets of `hold`'s window whose page, as the chain shows
+    /// it, is resident (paged-out pages not counted).
     pub fn resident(&self, hold: &Hold) -> u64 {
         let (s, e) = self.window_raw(hold);
-        self.resident_in(hold.obj, s, e)
+        let first = self.first_present(hold.obj, s, e);
+        first.values().filter(|p| p.frame().is_some()).count() as u64
     }
 
     /// Whether resolving page `off` (in pages of the held object) needs no
@@ -420,12 +464,14 @@ impl<L: Locks> Objects<'_, L> {
     /// [`frames_to_resolve`]: Self::frames_to_resolve
     fn resolved_in_place(&self, hold: &Hold, off: u64, write: bool) -> bool {
         let o = self.g.obj(hold.obj);
-        let here = o.pages.contains(off);
+        let top = o.pages.get(off);
         if !write {
-            return here
-                || self.resident_below(o.backing, off)
-                || self.zero_page_for(hold, off).is_some();
+            return match top.or_else(|| self.present_below(o.backing, off)) {
+                Some(page) => page.frame().is_some(),
+                None => self.zero_page_for(hold, off).is_some(),
+            };
         }
+        let here = matches!(top, Some(PageAt::Frame(_)));
         if here && !matches!(self.holder(hold), Holder::Direct { .. }) {
             // Copy-on-write pending: taken over only if nobody else sees it.
             return !o
@@ -436,18 +482,18 @@ impl<L: Locks> Objects<'_, L> {
         here
     }
 
-    /// Whether page `off` of the object above `backing` is resident
-    /// somewhere down the chain.
-    fn resident_below(&self, mut backing: Option<Backing>, mut off: u64) -> bool {
+    /// The first page present at page `off` of the object above
+    /// `backing`, down the chain.
+    fn present_below(&self, mut backing: Option<Backing>, mut off: u64) -> Option<PageAt> {
         while let Some(b) = backing {
             off += b.offset;
             let o = self.g.obj(b.obj);
-            if o.pages.contains(off) {
-                return true;
+            if let Some(page) = o.pages.get(off) {
+                return Some(page);
             }
             backing = o.backing;
         }
-        false
+        None
     }
 
     /// The runs of `hold`'s window (pages of the window, half-open) with
@@ -457,7 +503,7 @@ impl<L: Locks> Objects<'_, L> {
         let (s, e) = self.window_raw(hold);
         let mut runs = alloc::vec::Vec::new();
         let mut at = s;
-        for off in self.resident_set(hold.obj, s, e) {
+        for &off in self.first_present(hold.obj, s, e).keys() {
             if off > at {
                 runs.push((PageIndex::new(at - s), PageIndex::new(off - s)));
             }
@@ -469,24 +515,16 @@ impl<L: Locks> Objects<'_, L> {
         runs
     }
 
-    /// Number of offsets in `[lo, hi)` of `obj` with a page anywhere in its
-    /// chain.
-    fn resident_in(&self, obj: ObjectId, lo: u64, hi: u64) -> u64 {
-        self.resident_set(obj, lo, hi).len() as u64
-    }
-
-    /// The offsets in `[lo, hi)` of `obj` with a page anywhere in its chain.
-    fn resident_set(&self, obj: ObjectId, lo: u64, hi: u64) -> BTreeSet<u64> {
-        let mut seen = BTreeSet::new();
+    /// The first page present anywhere in `obj`'s chain at each offset of
+    /// `[lo, hi)` that has one.
+    fn first_present(&self, obj: ObjectId, lo: u64, hi: u64) -> BTreeMap<u64, PageAt> {
+        let mut seen = BTreeMap::new();
         let (mut cur, mut shift) = (Some(obj), 0u64);
         while let Some(id) = cur {
             let o = self.g.obj(id);
-            seen.extend(
-                o.pages
-                    .range(lo + shift, hi + shift)
-                    .into_iter()
-                    .map(|(k, _)| k - shift),
-            );
+            for (k, page) in o.pages.range(lo + shift, hi + shift) {
+                seen.entry(k - shift).or_insert(page);
+            }
             cur = o.backing.map(|b| {
                 shift += b.offset;
                 b.obj

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use machvm_base::sync::Locks;
 
 use crate::graph::{Backing, HolderRec};
-use crate::{Hold, Holder, ObjectId, Objects, VmCounters};
+use crate::{Hold, Holder, ObjectId, Objects, PageAt, VmCounters};
 
 /// A window `[start, end)` of `obj` that one holder stopped seeing.
 #[derive(Clone, Copy, Debug)]
@@ -101,11 +101,11 @@ impl<L: Locks> Objects<'_, L> {
                 .filter(|&k| !self.visible(cur, k))
                 .collect();
             let o = self.g.obj_mut(cur);
-            let pas: Vec<_> = dead.iter().filter_map(|&k| o.pages.remove(k)).collect();
+            let gone: Vec<_> = dead.iter().filter_map(|&k| o.pages.remove(k)).collect();
             let (size, backing) = (o.size, o.backing);
-            for pa in pas {
+            for page in gone {
                 VmCounters::bump(&self.ctx.counters.reclaimed);
-                self.free_page(pa);
+                self.drop_page(page);
             }
             let Some(b) = backing else { return };
             e = e.min(size);
@@ -113,14 +113,14 @@ impl<L: Locks> Objects<'_, L> {
         }
     }
 
-    /// Destroys an object nobody holds: its pages are freed and its
-    /// backing object loses its record.
+    /// Destroys an object nobody holds: its pages are freed (frames and
+    /// swap slots) and its backing object loses its record.
     fn destroy(&mut self, id: ObjectId, work: &mut Vec<Lost>) {
         let Some(mut o) = self.g.remove(id) else {
             return;
         };
-        for (_, pa) in o.pages.take_all() {
-            self.free_page(pa);
+        for (_, page) in o.pages.take_all() {
+            self.drop_page(page);
         }
         if let Some(b) = o.backing {
             work.push(self.drop_record(b));
@@ -140,7 +140,8 @@ impl<L: Locks> Objects<'_, L> {
 
     /// If `id` is held by exactly one shadow and nothing else, merges it
     /// into that shadow (`vm_object_collapse`): the shadow takes its pages
-    /// and stands on its backing object instead.
+    /// (a paged-out one as its slot, FreeBSD's swap-block transfer) and
+    /// stands on its backing object instead.
     fn collapse(&mut self, id: ObjectId, work: &mut Vec<Lost>) {
         let o = self.g.obj(id);
         if o.holders.len() != 1 {
@@ -157,15 +158,17 @@ impl<L: Locks> Objects<'_, L> {
         };
         VmCounters::bump(&self.ctx.counters.collapses);
         let top_size = self.g.obj(top).size;
-        for (off, pa) in b.pages.take_all() {
+        for (off, page) in b.pages.take_all() {
             let inside = off >= rec.start && off - rec.start < top_size;
             let t = self.g.obj_mut(top);
             if inside && !t.pages.contains(off - rec.start) {
-                t.pages.insert(off - rec.start, pa);
-                self.set_owner(pa, top.0, off - rec.start);
+                t.pages.insert(off - rec.start, page);
+                if let PageAt::Frame(pa) = page {
+                    self.set_owner(pa, top.0, off - rec.start);
+                }
             } else {
                 // Unreachable already (the graph frees such pages at once).
-                self.free_page(pa);
+                self.drop_page(page);
             }
         }
         self.g.obj_mut(top).backing = None;

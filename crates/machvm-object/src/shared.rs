@@ -6,8 +6,10 @@
 //! offset needs nothing else: faults on different objects run in parallel,
 //! and two on one page meet at the page map's busy slot (`pagemap.rs`).
 //! Everything else — creating an object, making a hold writable, copying a
-//! page up, a fill where a `Share` sibling sees the page — answers `None`,
-//! and the caller takes the exclusive path.
+//! page up, a fill where a `Share` sibling sees the page, a page paged out,
+//! frames under the low-water mark of a context that pages — answers
+//! `None`, and the caller takes the exclusive path (the only one that pages
+//! in or out).
 
 use machvm_base::sync::Locks;
 use machvm_base::{KernError, PageIndex, PhysAddr};
@@ -108,10 +110,14 @@ impl<L: Locks> SharedObjects<'_, L> {
         if write {
             return self.claim_step(hold, off);
         }
-        let (pa, how) = match self.find_settled(hold.obj, off) {
-            Some(f) if f.depth == 0 && direct => (f.pa, Resolution::Resident),
-            Some(f) => (f.pa, Resolution::Backing),
+        let (page, how) = match self.find_settled(hold.obj, off) {
+            Some(f) if f.depth == 0 && direct => (f.page, Resolution::Resident),
+            Some(f) => (f.page, Resolution::Backing),
             None => return Ok(self.zero_frame_for(hold, off).map(Step::Zero)),
+        };
+        // A paged-out page is paged in on the exclusive path.
+        let Some(pa) = page.frame() else {
+            return Ok(None);
         };
         Ok(Some(Step::Found(Resolved { pa, how })))
     }
@@ -137,22 +143,31 @@ impl<L: Locks> SharedObjects<'_, L> {
         let shared = self
             .g
             .other_overlaps(hold.obj, hold.id, off, off + 1, |_| true);
+        // A resident top page is stored to here; a paged-out one, a
+        // copy-up or a fill a sibling sees take the exclusive path.
+        let at_top = || top.pages.settled(off).map(|p| p.frame().map(resident));
         if below || shared {
-            // Only a page already at the top is stored to here; else a
-            // copy-up or a fill a sibling sees: the exclusive path.
-            return Ok(top.pages.settled(off).map(resident));
+            return Ok(at_top().flatten());
         }
+        let pages = self.ctx.pager().is_some();
         loop {
-            let pa = match self.ctx.frames().alloc(FrameUse::Object) {
-                Ok(pa) => pa,
-                // A page already there needs no frame.
-                Err(e) => {
-                    return top
-                        .pages
-                        .settled(off)
-                        .map(|pa| Some(resident(pa)))
-                        .ok_or(e.into());
+            let frames = self.ctx.frames();
+            // Under the low-water mark, frames are left to the calls that
+            // can page out to get more (and to their page tables).
+            let low = pages && frames.free_frames() <= self.ctx.low_water();
+            let pa = match frames.alloc(FrameUse::Object) {
+                Ok(pa) if !low => pa,
+                Ok(pa) => {
+                    frames.free(pa);
+                    return Ok(at_top().flatten());
                 }
+                // A page already there needs no frame; with a pager, the
+                // exclusive path makes room.
+                Err(e) => match at_top() {
+                    Some(step) => return Ok(step),
+                    None if pages => return Ok(None),
+                    None => return Err(e.into()),
+                },
             };
             let found = match top.pages.claim(off, pa) {
                 Ok(()) => return Ok(Some(Step::Claimed(pa))),
@@ -160,9 +175,9 @@ impl<L: Locks> SharedObjects<'_, L> {
                 Err(Probe::Busy | Probe::Absent) => None,
             };
             // Another fault of this hold filled it, or is filling it.
-            self.ctx.frames().free(pa);
-            if let Some(pa) = found.or_else(|| top.pages.settled(off)) {
-                return Ok(Some(resident(pa)));
+            frames.free(pa);
+            if let Some(page) = found.or_else(|| top.pages.settled(off)) {
+                return Ok(page.frame().map(resident));
             }
         }
     }
@@ -202,13 +217,14 @@ impl<L: Locks> SharedObjects<'_, L> {
         Ok(r)
     }
 
-    /// The first page at `off` of `obj` or below, waiting out fills.
+    /// The first page present at `off` of `obj` or below, waiting out
+    /// fills.
     fn find_settled(&self, obj: ObjectId, off: u64) -> Option<Found> {
         let (mut cur, mut off, mut depth) = (obj, off, 0);
         loop {
             let o = self.g.obj(cur);
-            if let Some(pa) = o.pages.settled(off) {
-                return Some(Found { pa, depth });
+            if let Some(page) = o.pages.settled(off) {
+                return Some(Found { page, depth });
             }
             let b = o.backing?;
             (cur, off, depth) = (b.obj, off + b.offset, depth + 1);

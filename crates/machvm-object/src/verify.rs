@@ -11,7 +11,7 @@ use machvm_base::Violation;
 use machvm_frame::FrameState;
 
 use crate::graph::Object;
-use crate::{Holder, ObjectId, Objects, VmAudit};
+use crate::{Holder, ObjectId, Objects, PageAt, VmAudit};
 
 /// The object graph's invariants, one per bullet at the top of the crate:
 /// what a [`Violation`] from [`Objects::verify`] names.
@@ -30,8 +30,11 @@ pub enum ObjectRule {
     DirectExclusive,
     /// No object is held by exactly one shadow and nothing else.
     Collapsed,
-    /// Every resident page is reachable.
+    /// Every present page (resident or paged out) is reachable.
     Reachable,
+    /// Every paged-out page's swap slot is named by no other page, and the
+    /// pager's slots in use are exactly the paged-out pages.
+    SwapOwned,
 }
 
 impl<L: Locks> Objects<'_, L> {
@@ -50,6 +53,32 @@ impl<L: Locks> Objects<'_, L> {
             Violation::check(DirectExclusive, check_direct_exclusive(id, o))?;
             Violation::check(Collapsed, check_collapsed(id, o))?;
             Violation::check(Reachable, self.check_reachable(id, o))?;
+        }
+        Violation::check(SwapOwned, self.check_swap())
+    }
+
+    /// Each slot a paged-out page names is named once, and the pager has
+    /// exactly those in use. O(paged-out pages · log).
+    fn check_swap(&self) -> Result<(), String> {
+        let mut slots = alloc::collections::BTreeSet::new();
+        for (id, o) in self.g.objects() {
+            for (off, page) in o.pages.all() {
+                if let PageAt::Swapped(slot) = page
+                    && !slots.insert(slot)
+                {
+                    return Err(format!("object {}: page {off}: {slot:?} named twice", id.0));
+                }
+            }
+        }
+        let used = self
+            .ctx
+            .pager()
+            .map_or(0, |p| p.total_slots() - p.free_slots());
+        if used != slots.len() as u64 {
+            return Err(format!(
+                "the pager has {used} slots in use, the graph names {}",
+                slots.len()
+            ));
         }
         Ok(())
     }
@@ -101,13 +130,14 @@ impl<L: Locks> Objects<'_, L> {
                 id.0
             ));
         }
-        for (off, pa) in o.pages.all() {
+        for (off, page) in o.pages.all() {
             if off >= o.size {
                 return Err(format!(
                     "object {}: page {off} beyond size {}",
                     id.0, o.size
                 ));
             }
+            let PageAt::Frame(pa) = page else { continue };
             let meta = frames
                 .page(pa)
                 .ok_or_else(|| format!("object {}: foreign frame {pa:?}", id.0))?;
@@ -203,11 +233,25 @@ impl<L: Locks> Objects<'_, L> {
     /// Fills in the object half of SPEC §6's audit.
     pub(crate) fn audit_into(&self, a: &mut VmAudit) {
         for (id, o) in self.g.objects() {
-            a.resident_pages += o.pages.len() as u64;
-            let pages = o.pages.all();
-            a.reachable_pages += pages.iter().filter(|&&(k, _)| self.visible(id, k)).count() as u64;
+            for (k, page) in o.pages.all() {
+                let seen = self.visible(id, k);
+                match page {
+                    PageAt::Frame(_) => {
+                        a.resident_pages += 1;
+                        a.reachable_pages += u64::from(seen);
+                    }
+                    PageAt::Swapped(_) => {
+                        a.paged_out_pages += 1;
+                        a.unreachable_paged_out += u64::from(!seen);
+                    }
+                }
+            }
         }
         a.unreachable_pages = a.resident_pages - a.reachable_pages;
+        a.swap_slots_in_use = self
+            .ctx
+            .pager()
+            .map_or(0, |p| p.total_slots() - p.free_slots());
         a.max_chain_depth = self.longest_chain();
         a.frame_wirings = self.ctx.frames().wirings();
     }

@@ -43,7 +43,12 @@ pub use machvm_copy::{SMALL_COPY_BYTES, VmMapCopy, vm_copy, vm_map_copy, vm_read
 pub use machvm_frame::FrameRule;
 pub use machvm_map::{Access, MapRule, RegionInfo, VmMap};
 pub use machvm_object::ObjectRule;
+pub use machvm_pager::PagerRule;
 pub use machvm_pmap::PmapRule;
+
+#[cfg(feature = "std")]
+pub use machvm_pager::FileStore;
+pub use machvm_pager::{BackingStore, DefaultPager, MemStore, Pager, RamDisk};
 
 pub use machvm_base::{PhysAddr, VirtAddr};
 pub use machvm_frame::{FrameAllocator, FrameUse, PhysMem};
@@ -86,10 +91,11 @@ impl<L: Locks> Clone for VmSystem<L> {
 pub struct VmStatistics {
     /// Frames free.
     pub free_count: u64,
-    /// Frames holding object pages that are not wired (Mach's active
-    /// queue; machvm has no pageout daemon, so nothing is inactive).
+    /// Frames holding object pages that are not wired (every pageable
+    /// page: machvm's pageout is a clock over the frames, not Mach's two
+    /// queues, so nothing is counted inactive).
     pub active_count: u64,
-    /// Frames on the inactive queue: always 0, there is no pageout daemon.
+    /// Frames on an inactive queue: always 0 (see `active_count`).
     pub inactive_count: u64,
     /// Frames wired: object pages some map wired (SPEC §7, each frame
     /// once), page-table pages and other kernel use (not the shared zero
@@ -99,10 +105,12 @@ pub struct VmStatistics {
     pub zero_fill_count: u64,
     /// Pages reactivated from the inactive queue: always 0 (no pageout).
     pub reactivations: u64,
-    /// Pages read from a pager: always 0 (anonymous memory only).
+    /// Pages read back from the pager: faults on paged-out pages (SPEC §8).
     pub pageins: u64,
-    /// Pages written to a pager: always 0 (anonymous memory only).
+    /// Pages written to the pager to free their frames.
     pub pageouts: u64,
+    /// Swap slots free in the pager (0 without one).
+    pub swap_free_pages: u64,
     /// Page faults handled.
     pub faults: u64,
     /// Pages copied for copy-on-write.
@@ -138,6 +146,58 @@ impl VmSystem {
     pub fn try_hosted(phys_bytes: u64) -> Result<VmSystem, KernError> {
         VmSystem::try_hosted_with_locks(phys_bytes)
     }
+
+    /// A system over `phys_bytes` of simulated RAM whose anonymous memory
+    /// pages out to `swap_bytes` of swap in host memory (SPEC §8; rounded
+    /// down to pages; 0: no swap, [`hosted`](Self::hosted)). When frames
+    /// run low, calls page out the least recently used unwired pages; a
+    /// later access pages them back in.
+    ///
+    /// ```
+    /// use machvm::VmSystem;
+    /// // 1 MiB of RAM, 4 MiB of swap: 2 MiB written reads back whole.
+    /// let vm = VmSystem::hosted_with_swap(1 << 20, 4 << 20);
+    /// let map = vm.create_map()?;
+    /// let a = map.allocate(0, 2 << 20, true)?;
+    /// let data: Vec<u8> = (0..2 << 20).map(|i: u32| (i % 251) as u8).collect();
+    /// for (k, part) in data.chunks(64 << 10).enumerate() {
+    ///     map.write_bytes(a + (k as u64) * (64 << 10), part)?;
+    /// }
+    /// let mut back = vec![0u8; 64 << 10];
+    /// for (k, part) in data.chunks(64 << 10).enumerate() {
+    ///     map.read_bytes(a + (k as u64) * (64 << 10), &mut back)?;
+    ///     assert!(back == part);
+    /// }
+    /// let s = vm.statistics();
+    /// assert!(s.pageouts > 0 && s.pageins > 0);
+    /// # Ok::<(), machvm::KernError>(())
+    /// ```
+    ///
+    /// # Panics
+    /// If the host cannot allocate the memory; use
+    /// [`try_hosted_with_swap`](Self::try_hosted_with_swap) to get an error.
+    #[cfg(feature = "hosted")]
+    pub fn hosted_with_swap(phys_bytes: u64, swap_bytes: u64) -> VmSystem {
+        match Self::try_hosted_with_swap(phys_bytes, swap_bytes) {
+            Ok(vm) => vm,
+            Err(e) => panic!("cannot allocate {phys_bytes} + {swap_bytes} bytes: {e}"),
+        }
+    }
+
+    /// [`hosted_with_swap`](Self::hosted_with_swap), reporting
+    /// `ResourceShortage` when the host cannot provide the memory.
+    #[cfg(feature = "hosted")]
+    pub fn try_hosted_with_swap(phys_bytes: u64, swap_bytes: u64) -> Result<VmSystem, KernError> {
+        let pages = swap_bytes / PAGE_SIZE;
+        if pages == 0 {
+            return VmSystem::try_hosted(phys_bytes);
+        }
+        let bytes = phys_bytes.max(MIN_HOSTED_BYTES);
+        let frames = Arc::new(FrameAllocator::hosted(bytes)?);
+        let pmap = Arc::new(X86Pmap::new(frames.clone(), Default::default())?);
+        let pager = Arc::new(DefaultPager::new(MemStore::new(pages)?)?);
+        Ok(VmSystem::with_pager(frames, pmap, pager))
+    }
 }
 
 impl<L: Locks> VmSystem<L> {
@@ -156,6 +216,28 @@ impl<L: Locks> VmSystem<L> {
         VmSystem {
             ctx: VmContext::new(frames, pmap),
         }
+    }
+
+    /// [`with_pmap`](Self::with_pmap) with a pager for anonymous memory
+    /// (SPEC §8): a kernel's [`DefaultPager`] over a [`RamDisk`] or a disk
+    /// of its own ([`BackingStore`]). The pager must serve this system
+    /// alone.
+    pub fn with_pager(
+        frames: Arc<FrameAllocator<L>>,
+        pmap: Arc<dyn Pmap>,
+        pager: Arc<dyn Pager>,
+    ) -> VmSystem<L> {
+        VmSystem {
+            ctx: VmContext::with_pager(frames, pmap, pager),
+        }
+    }
+
+    /// Pages out up to `target` pages, the least recently used unwired
+    /// ones (what a kernel's pageout daemon calls when it wants frames
+    /// before any call needs them). Returns how many went: 0 without a
+    /// pager.
+    pub fn pageout(&self, target: u64) -> u64 {
+        self.ctx.objects().pageout(target)
     }
 
     /// A new, empty task map (`vm_map_create`).
@@ -183,8 +265,9 @@ impl<L: Locks> VmSystem<L> {
                 - zero,
             zero_fill_count: c.zero_fill_count.load(Relaxed),
             reactivations: 0,
-            pageins: 0,
-            pageouts: 0,
+            pageins: c.pageins.load(Relaxed),
+            pageouts: c.pageouts.load(Relaxed),
+            swap_free_pages: self.ctx.pager().map_or(0, |p| p.free_slots()),
             faults: c.faults.load(Relaxed),
             cow_faults: c.cow_faults.load(Relaxed),
             lookups: c.lookups.load(Relaxed),
@@ -227,7 +310,11 @@ impl<L: Locks> VmSystem<L> {
             .frames()
             .verify()
             .map_err(SystemViolation::Frames)?;
-        self.ctx.pmap().verify().map_err(SystemViolation::Pmap)
+        self.ctx.pmap().verify().map_err(SystemViolation::Pmap)?;
+        match self.ctx.pager() {
+            Some(p) => p.verify().map_err(SystemViolation::Pager),
+            None => Ok(()),
+        }
     }
 
     /// Turns on or off the checks debug builds run after every change to
@@ -259,6 +346,8 @@ pub enum SystemViolation {
     Frames(Violation<FrameRule>),
     /// A rule of the pmap.
     Pmap(Violation<PmapRule>),
+    /// A rule of the pager.
+    Pager(Violation<PagerRule>),
 }
 
 impl core::fmt::Display for SystemViolation {
@@ -266,6 +355,7 @@ impl core::fmt::Display for SystemViolation {
         match self {
             SystemViolation::Frames(v) => write!(f, "frames: {v}"),
             SystemViolation::Pmap(v) => write!(f, "pmap: {v}"),
+            SystemViolation::Pager(v) => write!(f, "pager: {v}"),
         }
     }
 }

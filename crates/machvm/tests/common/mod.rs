@@ -18,6 +18,9 @@ pub fn check(vm: &VmSystem, maps: &[&VmMap]) {
     // SPEC §7: each wired entry holds one wiring on each frame it covers.
     let a = vm.audit();
     assert_eq!(a.wired_entry_pages, a.frame_wirings, "wirings: {a:?}");
+    // SPEC §8: a paged-out page is still reachable, and holds one slot.
+    assert_eq!(a.unreachable_paged_out, 0, "paged out: {a:?}");
+    assert_eq!(a.swap_slots_in_use, a.paged_out_pages, "slots: {a:?}");
 }
 
 /// Every region of a map.
