@@ -1,7 +1,8 @@
 //! `cargo xtask soak [--ops N] [--snapshots K]`: the differential model
 //! test (`crates/machvm/tests/model_check.rs`) for millions of operations,
 //! in release mode, with SPEC §6's audit checked after every operation,
-//! printing operations per second and the audit's peaks. `--snapshots K`
+//! printing operations per second and the audit's peaks. One world in
+//! four pages: tiny RAM and 1 MiB of swap (SPEC §8). `--snapshots K`
 //! keeps up to K `vm_read` snapshots alive at once (and makes snapshot
 //! operations eight times as likely), so that object chains grow.
 

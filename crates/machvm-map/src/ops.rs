@@ -143,8 +143,8 @@ impl<L: Locks> VmMap<L> {
             .filter(|(_, en)| !new_prot(en).is_empty())
             .map(|(&a, en)| (a.max(s), en.end.min(e)))
             .collect();
-        let tables = crate::wire::TableReservation::new(self, &wired)?;
         let mut objs = self.0.ctx.objects();
+        let tables = crate::wire::TableReservation::new(self, &mut objs, &wired)?;
         m.clip_range(&mut objs, s, e);
         let mut flush = TlbFlush::none();
         let mut raised = Vec::new();

@@ -111,7 +111,7 @@ impl<L: Locks> VmMap<L> {
         };
         let (mut objs, mut frames) = reserve(self.0.ctx.objects(), count)?;
         self.check_wire_room(m, &objs, &fresh)?;
-        let tables = TableReservation::new(self, &fresh)?;
+        let tables = TableReservation::new(self, &mut objs, &fresh)?;
         m.clip_range(&mut objs, s, e);
         m.entries.for_each_mut(s..e, |_, en| en.wired_count += 1);
         let mut out = Ok(());
@@ -254,11 +254,21 @@ pub(crate) struct TableReservation<'a, L: Locks> {
 }
 
 impl<'a, L: Locks> TableReservation<'a, L> {
-    /// Tables for `ranges` of `map` (none asked for an empty list).
-    /// `ResourceShortage`: nothing set aside.
-    pub(crate) fn new(map: &'a VmMap<L>, ranges: &[(u64, u64)]) -> Result<Self, KernError> {
-        let guard = TableReservation { map };
+    /// Tables for `ranges` of `map` (none asked for an empty list), room
+    /// made for them first in a system that pages. `ResourceShortage`:
+    /// nothing set aside (nor paged out).
+    pub(crate) fn new(
+        map: &'a VmMap<L>,
+        objs: &mut Objects<'_, L>,
+        ranges: &[(u64, u64)],
+    ) -> Result<Self, KernError> {
         let pm = map.0.ctx.pmap();
+        let need = ranges.iter();
+        let need: u64 = need
+            .map(|&(a, b)| pm.tables_for(VaRange::covering(a, b)))
+            .sum();
+        objs.make_room(need)?;
+        let guard = TableReservation { map };
         for &(a, b) in ranges {
             pm.reserve_tables(map.0.pmap, VaRange::covering(a, b))?;
         }

@@ -65,6 +65,10 @@ impl<L: Locks> Pmap for X86Pmap<L> {
         Ok(())
     }
 
+    fn tables_for(&self, range: VaRange) -> u64 {
+        tables_bound(range) as u64
+    }
+
     fn release_tables(&self, pmap: PmapId) {
         let reserved = self
             .spaces

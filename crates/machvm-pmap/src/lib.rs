@@ -471,6 +471,14 @@ pub trait Pmap: Send + Sync {
         Ok(())
     }
 
+    /// The frames [`reserve_tables`](Pmap::reserve_tables) of `range`
+    /// takes, so that a caller can make room for them first (a system that
+    /// pages frees frames before it reserves). The default: none.
+    fn tables_for(&self, range: VaRange) -> u64 {
+        let _ = range;
+        0
+    }
+
     /// Frees what [`reserve_tables`](Pmap::reserve_tables) set aside for
     /// `pmap` and no enter used; the end of the call that reserved them.
     fn release_tables(&self, pmap: PmapId) {

@@ -103,6 +103,14 @@ enum Op {
         i: usize,
         to: usize,
     },
+    /// `page_out` of a range (SPEC §8: nothing a task sees changes).
+    PageOut {
+        m: usize,
+        addr: u64,
+        size: u64,
+    },
+    /// `VmSystem::pageout` of everything pageable.
+    PageOutAll,
     CheckAll,
 }
 
@@ -156,6 +164,8 @@ fn op_weighted(snapshots: u32) -> impl Strategy<Value = Op> {
         3 => (m.clone(), addr(), size(), prop_oneof![4 => Just(0u8), 3 => Just(1u8), 3 => Just(3u8), 1 => 0..16u8])
             .prop_map(|(m, addr, size, access)| Op::Wire { m, addr, size, access }),
         2 => (m.clone(), addr()).prop_map(|(m, addr)| Op::Region { m, addr }),
+        2 => (m.clone(), addr(), size()).prop_map(|(m, addr, size)| Op::PageOut { m, addr, size }),
+        1 => Just(Op::PageOutAll),
         1 => Just(Op::CheckAll),
     ]
 }
@@ -188,7 +198,13 @@ struct World {
     /// Frame shortages seen (injected or natural); the call was then
     /// checked to have changed nothing.
     shortages: u64,
+    /// Swap slots the system pages to (0: none).
+    swap_pages: u64,
 }
+
+/// Free swap slots under which a paging world may run short: above it, a
+/// call the model does not refuse must not fail for lack of frames.
+const SWAP_SLACK: u64 = 64;
 
 /// Runs the machvm side; if it ran out of frames, the model side is skipped
 /// (a failed call must change nothing, which later checks confirm);
@@ -207,7 +223,12 @@ macro_rules! agree {
 
 impl World {
     fn new(phys: u64) -> World {
-        let vm = VmSystem::hosted(phys);
+        World::with_swap(phys, 0)
+    }
+
+    /// A world over `phys` bytes of RAM paging to `swap` bytes of swap.
+    fn with_swap(phys: u64, swap: u64) -> World {
+        let vm = VmSystem::hosted_with_swap(phys, swap);
         let mut w = World {
             vm,
             maps: vec![None; MAPS],
@@ -217,6 +238,7 @@ impl World {
             peak: VmAudit::default(),
             ops: 0,
             shortages: 0,
+            swap_pages: swap / P,
         };
         w.maps[0] = Some(w.vm.create_map().unwrap());
         w.model[0] = Some(model::Map::default());
@@ -242,7 +264,23 @@ impl World {
         }
     }
 
+    /// One operation; in a paging world with swap to spare and no page
+    /// wired, it must not fail for lack of frames (SPEC §8).
     fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
+        let (before, room) = (self.shortages, self.vm.statistics().swap_free_pages);
+        let wired = self.swap_pages > 0 && self.vm.audit().wired_entry_pages > 0;
+        self.step_inner(op)?;
+        let strict = self.swap_pages > 0 && room >= SWAP_SLACK && !wired;
+        prop_assert!(
+            !(strict && self.shortages > before),
+            "{:?} ran short with {} swap slots free",
+            op,
+            room
+        );
+        Ok(())
+    }
+
+    fn step_inner(&mut self, op: &Op) -> Result<(), TestCaseError> {
         self.ops += 1;
         if std::env::var_os("MODEL_TRACE").is_some() {
             eprintln!("{op:?}");
@@ -540,6 +578,17 @@ impl World {
                     model_to.copyout(&mc)
                 );
             }
+            Op::PageOut { m, addr, size } => {
+                let Some((a, b)) = self.pair(m) else {
+                    return Ok(());
+                };
+                let got = a.page_out(addr, size).map(|_| ());
+                prop_assert_eq!(got, b.page_out(addr, size), "{:?}", op);
+            }
+            Op::PageOutAll => {
+                let went = self.vm.pageout(u64::MAX);
+                prop_assert!(self.swap_pages > 0 || went == 0, "paged out with no swap");
+            }
             Op::CheckAll => self.check_all()?,
         }
         self.check_after(op)
@@ -560,6 +609,12 @@ impl World {
             a
         );
         prop_assert_eq!(a.wired_entry_pages, a.frame_wirings, "after {:?}", op);
+        prop_assert!(
+            a.unreachable_paged_out == 0 && a.swap_slots_in_use == a.paged_out_pages,
+            "after {:?}: {:?}",
+            op,
+            a
+        );
         self.peak.max_chain_depth = self.peak.max_chain_depth.max(a.max_chain_depth);
         self.peak.entries = self.peak.entries.max(a.entries);
         self.peak.resident_pages = self.peak.resident_pages.max(a.resident_pages);
@@ -626,6 +681,7 @@ impl World {
             start_free,
             "frames leaked after dropping every map"
         );
+        prop_assert_eq!(s.swap_free_pages, self.swap_pages, "slots leaked");
         self.vm
             .verify()
             .map_err(|v| TestCaseError::fail(v.to_string()))?;
@@ -640,6 +696,21 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     }
     w.finish()
 }
+
+/// The same sequences on a tiny system paging to swap (SPEC §8): RAM for a
+/// fraction of what the maps hold, so that most calls page.
+fn run_paging(ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut w = World::with_swap(PAGING_RAM, PAGING_SWAP);
+    for op in ops {
+        w.step(op)?;
+    }
+    w.finish()
+}
+
+/// A paging world's RAM (page tables, the zero frame and every map's
+/// pages share it) and swap.
+const PAGING_RAM: u64 = 96 * P;
+const PAGING_SWAP: u64 = 1 << 20;
 
 /// The same sequences on a tiny system where any call may run out of frames
 /// anywhere inside it, plus an allocator told to fail the k-th allocation.
@@ -670,6 +741,12 @@ proptest! {
         run(&ops)?;
     }
 
+    /// Paging: a tiny RAM and swap; every byte still agrees.
+    #[test]
+    fn machvm_agrees_with_the_model_when_paging(ops in proptest::collection::vec(op(), 400)) {
+        run_paging(&ops)?;
+    }
+
     /// Fault injection: k = 0 means no injected failure for that call.
     #[test]
     fn machvm_agrees_with_the_model_when_starved(
@@ -680,8 +757,8 @@ proptest! {
 }
 
 /// `cargo xtask soak --ops N [--snapshots K]`: millions of operations,
-/// alternating plain and starved worlds, reporting throughput and what the
-/// audit saw (SPEC §6 is checked after every operation). With
+/// alternating plain, paging and starved worlds, reporting throughput and
+/// what the audit saw (SPEC §6 is checked after every operation). With
 /// `MACHVM_SOAK_SNAPSHOTS=K`, up to K `vm_read` snapshots stay alive at once
 /// and snapshot operations are eight times as likely, so that chains grow.
 /// A divergence panics with the sequence that caused it (re-run the
@@ -709,11 +786,16 @@ fn soak() {
     );
     let start = std::time::Instant::now();
     let (mut ops, mut worlds, mut shortages, mut maps) = (0u64, 0u64, 0u64, 0u64);
+    let (mut pageouts, mut pageins) = (0u64, 0u64);
     let mut peak = VmAudit::default();
     while ops < total {
         worlds += 1;
         let starve = worlds % 4 == 0;
-        let mut w = World::new(if starve { 160 * P } else { 16 << 20 });
+        let mut w = match worlds % 4 {
+            0 => World::new(160 * P),
+            2 => World::with_swap(PAGING_RAM, PAGING_SWAP),
+            _ => World::new(16 << 20),
+        };
         if let Some(k) = keep {
             w.keep_max = k as usize;
         }
@@ -737,6 +819,8 @@ fn soak() {
         }
         ops += w.ops;
         shortages += w.shortages;
+        let s = w.vm.statistics();
+        (pageouts, pageins) = (pageouts + s.pageouts, pageins + s.pageins);
         peak.max_chain_depth = peak.max_chain_depth.max(w.peak.max_chain_depth);
         peak.entries = peak.entries.max(w.peak.entries);
         peak.resident_pages = peak.resident_pages.max(w.peak.resident_pages);
@@ -753,8 +837,14 @@ fn soak() {
         ops as f64 / secs
     );
     println!(
-        "soak audit after every operation: 0 unreachable pages, 0 mergeable neighbours; \
-         peaks: chain depth {}, entries {}, resident pages {}",
+        "soak audit after every operation: 0 unreachable pages, 0 mergeable neighbours, \
+         0 unreachable paged-out pages; peaks: chain depth {}, entries {}, resident pages {}",
         peak.max_chain_depth, peak.entries, peak.resident_pages
+    );
+    println!(
+        "soak paging worlds ({} KiB of RAM, {} KiB of swap): {pageouts} pages paged out, \
+         {pageins} paged in; no call failed for lack of frames with swap to spare",
+        PAGING_RAM >> 10,
+        PAGING_SWAP >> 10
     );
 }

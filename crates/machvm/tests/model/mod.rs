@@ -127,6 +127,19 @@ impl Map {
         Ok(())
     }
 
+    /// `page_out`'s checks (it changes nothing a task can see): those of
+    /// `deallocate`, then the range allocated without a hole.
+    pub fn page_out(&self, addr: u64, size: u64) -> Result<(), KernError> {
+        if size == 0 {
+            return Ok(());
+        }
+        let (s, e) = round_out(addr, size).ok_or(KernError::InvalidArgument)?;
+        if !user(s, e) || !self.covered(s, e) {
+            return Err(KernError::InvalidAddress);
+        }
+        Ok(())
+    }
+
     pub fn protect(
         &mut self,
         addr: u64,
