@@ -31,6 +31,7 @@ mod inject;
 #[allow(unsafe_code)]
 mod mem;
 mod page;
+mod queue;
 mod reserve;
 mod sync;
 mod verify;
@@ -54,6 +55,7 @@ pub use error::FrameError;
 pub use machvm_base::{KernError, PAGE_SHIFT, PAGE_SIZE, PageIndex, PhysAddr};
 pub use mem::{HOSTED_PHYS_BASE, PhysMem};
 pub use page::{FrameState, FrameUse, VmPage, page_flags};
+pub use queue::PageQueue;
 pub use reserve::FrameReservation;
 pub use verify::FrameRule;
 #[cfg(feature = "x86_64")]
@@ -114,6 +116,9 @@ pub struct FrameAllocator<L: Locks = SpinLocks> {
     zero: AtomicU64,
     /// The per-CPU caches, see `cache.rs`.
     caches: Box<[Cache<L>]>,
+    /// The page queues, see `queue.rs`, and whether they are on.
+    queues: Lock<L, queue::Queues>,
+    queues_on: AtomicBool,
 }
 
 impl<L: Locks> FrameAllocator<L> {
@@ -170,6 +175,8 @@ impl<L: Locks> FrameAllocator<L> {
             bad_frees: AtomicU64::new(0),
             zero: AtomicU64::new(0),
             caches: (0..CACHES).map(|_| Cache::new()).collect(),
+            queues: Lock::new(queue::Queues::new()),
+            queues_on: AtomicBool::new(false),
         };
         let mut managed = 0;
         for r in ranges {
@@ -400,6 +407,9 @@ impl<L: Locks> FrameAllocator<L> {
             }
         };
         let head = &self.pages[idx];
+        if head.flags() & (page_flags::ACTIVE | page_flags::INACTIVE) != 0 {
+            self.dequeue(pa);
+        }
         let what = match head.state() {
             FrameState::Object => FrameUse::Object,
             FrameState::PageTable => FrameUse::PageTable,

@@ -73,6 +73,10 @@ pub mod page_flags {
     pub const REFERENCED: u8 = 2;
     /// The object layer is filling or copying the page.
     pub const BUSY: u8 = 4;
+    /// On the active page queue (`queue.rs`; written under its lock).
+    pub const ACTIVE: u8 = 8;
+    /// On the inactive page queue.
+    pub const INACTIVE: u8 = 16;
 }
 
 /// Per-frame metadata, Mach's `vm_page`, in 32 bytes.

@@ -36,6 +36,9 @@ pub enum FrameRule {
     /// A frame is in a per-CPU cache iff its state is `Cached`, in one
     /// cache, once; each cache's count is its frames.
     Caches,
+    /// The page queues are well-formed lists of exactly the frames flagged
+    /// queued, each an unwired object frame (`queue.rs`).
+    Queues,
 }
 
 impl<L: Locks> FrameAllocator<L> {
@@ -45,6 +48,7 @@ impl<L: Locks> FrameAllocator<L> {
     /// lock it holds).
     pub fn verify(&self) -> Result<(), Violation<FrameRule>> {
         use FrameRule::*;
+        Violation::check(Queues, self.check_queues())?;
         // Caches before the buddy lock: the order refills take.
         let stacks: Vec<_> = self.caches.iter().map(|c| c.stack.lock()).collect();
         let b = self.buddy.lock();

@@ -28,6 +28,8 @@ impl<L: Locks> FrameAllocator<L> {
                 self.wirings.fetch_add(1, Relaxed);
                 if n == 0 {
                     self.wired.fetch_add(1, Relaxed);
+                    // A wired page is never paged out: off the queues.
+                    self.dequeue(pa);
                 }
                 true
             }
@@ -53,6 +55,7 @@ impl<L: Locks> FrameAllocator<L> {
                 self.wirings.fetch_sub(1, Relaxed);
                 if n == 1 {
                     self.wired.fetch_sub(1, Relaxed);
+                    self.enqueue(pa, crate::PageQueue::Active);
                 }
             }
             Err(_) => {

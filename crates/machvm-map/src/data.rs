@@ -70,8 +70,7 @@ impl<L: Locks> VmMap<L> {
         }
         let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         check_access(&m, r, Access::Write)?;
-        let missing = self.untranslatable(r, Access::Write);
-        let (mut objs, mut frames) = self.reserve_faults(&m, r, &missing, Access::Write)?;
+        let (mut objs, mut frames, missing) = self.reserve_faults(&m, r, Access::Write)?;
         let mem = self.0.ctx.frames().mem();
         let moved = self.store_in(
             &mut m,
@@ -183,8 +182,10 @@ impl<L: Locks> VmMap<L> {
         if !e.protection.contains(access.needs()) {
             return Err(KernError::ProtectionFailure);
         }
-        let mapped = pm.translate(self.0.pmap, va, access, true).is_ok();
+        // The graph first: pageout (another map's call) removes translations
+        // only under it, so what the walker answers holds while it is held.
         let mut objs = self.0.ctx.objects();
+        let mapped = pm.translate(self.0.pmap, va, access, true).is_ok();
         let pa = if mapped {
             frame_at(&m, &objs, va.as_u64(), access)?
         } else {
@@ -207,7 +208,9 @@ impl<L: Locks> VmMap<L> {
 
     /// The pages of `r` the pmap cannot translate for `access` now (the
     /// walker sets the others' referenced and modified bits, as the MMU
-    /// would).
+    /// would). Asked with the graph locked: pageout removes translations
+    /// of any map under the graph lock alone, so the answer holds only
+    /// while it is held.
     pub(crate) fn untranslatable(&self, r: VaRange, access: Access) -> Vec<u64> {
         let pm = self.0.ctx.pmap();
         r.iter_pages()
@@ -225,8 +228,7 @@ impl<L: Locks> VmMap<L> {
         r: VaRange,
         access: Access,
     ) -> Result<Objects<'c, L>, KernError> {
-        let missing = self.untranslatable(r, access);
-        let (mut objs, mut frames) = self.reserve_faults(m, r, &missing, access)?;
+        let (mut objs, mut frames, missing) = self.reserve_faults(m, r, access)?;
         self.fault_pages(m, &mut objs, &missing, access, &mut frames)?;
         drop(frames);
         Ok(objs)
@@ -299,30 +301,40 @@ impl<L: Locks> VmMap<L> {
         pm.flush(flush);
     }
 
-    /// Locks the graph with every frame the faults of `missing` (pages of
-    /// `r`) for `access` can take reserved. One page needs at most one
-    /// frame, taken in one step that changes nothing when it fails: it
-    /// reserves none. The whole of `r` is kept resident by the pageout
-    /// this may run: its translated pages are not faulted, so they must
-    /// stay translated.
+    /// Locks the graph with every frame the faults of the pages of `r`
+    /// the pmap cannot translate for `access` can take reserved, and
+    /// returns those pages (asked under the graph lock, again after every
+    /// time the reservation let go of it: another call's pageout may have
+    /// removed translations meanwhile). One page needs at most one frame,
+    /// taken in one step that changes nothing when it fails: it reserves
+    /// none. The whole of `r` is kept resident by the pageout this may
+    /// run: its translated pages are not faulted, so they must stay
+    /// translated.
+    #[allow(clippy::type_complexity)]
     fn reserve_faults<'c>(
         &'c self,
         m: &MapInner,
         r: VaRange,
-        missing: &[u64],
         access: Access,
-    ) -> Result<(Objects<'c, L>, FrameReservation<'c, L>), KernError> {
+    ) -> Result<(Objects<'c, L>, FrameReservation<'c, L>, Vec<u64>), KernError> {
         let objs = self.0.ctx.objects();
+        let missing = self.untranslatable(r, access);
         if missing.len() <= 1 {
             keep_range(m, &objs, r);
             let frames = objs.on_demand();
-            return Ok((objs, frames));
+            return Ok((objs, frames, missing));
         }
         let write = access == Access::Write;
-        reserve(objs, |o| {
+        // The first count uses the answer above; a recount asks again.
+        let (mut first, mut last) = (Some(missing), Vec::new());
+        let (objs, frames) = reserve(objs, |o| {
             keep_range(m, o, r);
-            frames_for(m, o, missing, write)
-        })
+            last = first
+                .take()
+                .unwrap_or_else(|| self.untranslatable(r, access));
+            frames_for(m, o, &last, write)
+        })?;
+        Ok((objs, frames, last))
     }
 
     /// Faults in `vas` for `access`, new pages from `frames`.

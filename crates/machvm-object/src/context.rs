@@ -3,7 +3,7 @@
 
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use machvm_base::sync::{Locks, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, SpinLocks};
 use machvm_base::{KernError, PhysAddr, VmProt};
@@ -72,6 +72,9 @@ pub struct VmCounters {
     pub pageins: Counter,
     /// Pages written to the pager to free their frames.
     pub pageouts: Counter,
+    /// Inactive pages found referenced by pageout and put back on the
+    /// active queue.
+    pub reactivations: Counter,
 }
 
 impl VmCounters {
@@ -142,9 +145,6 @@ pub struct VmContext<L: Locks = SpinLocks> {
     /// The default pager for anonymous memory (SPEC §8), if any: without
     /// one nothing is ever paged out.
     pager: Option<Arc<dyn Pager>>,
-    /// The pageout clock's hand: the frame index its next scan starts at
-    /// (moved only under the graph's exclusive lock).
-    pub(crate) hand: AtomicUsize,
     /// Pages paged out so far: a caller that keeps frame addresses across
     /// a point where pageout may run checks it did not move.
     pub(crate) evictions: AtomicU64,
@@ -212,6 +212,9 @@ impl<L: Locks> VmContext<L> {
         pager: Option<Arc<dyn Pager>>,
     ) -> Arc<VmContext<L>> {
         let zero = frames.init_zero_frame();
+        if pager.is_some() {
+            frames.enable_queues();
+        }
         Arc::new(VmContext {
             zero,
             frames,
@@ -222,7 +225,6 @@ impl<L: Locks> VmContext<L> {
             consistency_checks: AtomicBool::new(false),
             id: NEXT_CONTEXT_ID.fetch_add(1, Relaxed),
             pager,
-            hand: AtomicUsize::new(0),
             evictions: AtomicU64::new(0),
         })
     }
@@ -408,6 +410,12 @@ impl<'a, L: Locks> Objects<'a, L> {
     }
 
     /// Frees an object page: every translation of it goes first, everywhere.
+    /// Puts a page that just became resident in an object at the tail of
+    /// the active queue (nothing when the system does not page).
+    pub(crate) fn activate(&self, pa: PhysAddr) {
+        self.ctx.frames.enqueue(pa, machvm_frame::PageQueue::Active);
+    }
+
     /// Gives a present page back: a frame is freed, a slot forgotten.
     pub(crate) fn drop_page(&self, page: crate::PageAt) {
         match page {

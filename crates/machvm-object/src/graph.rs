@@ -569,6 +569,9 @@ impl<L: Locks> Objects<'_, L> {
             }
         }
         let size = self.g.obj(copy.obj).size;
+        for pa in pages.values().filter_map(|p| p.frame()) {
+            self.activate(pa);
+        }
         self.g.obj_mut(copy.obj).pages = PageMap::from_pages(size, pages);
         if let Some(b) = self.g.obj(hold.obj).backing {
             let rec = HolderRec {

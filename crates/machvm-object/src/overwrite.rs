@@ -98,6 +98,9 @@ impl<L: Locks> Objects<'_, L> {
             made.push((off, pa));
         }
         // Written, every one: now they may go in.
+        for &(_, pa) in &made {
+            self.activate(pa);
+        }
         self.g.obj_mut(hold.obj).pages.insert_sorted(made);
         for (_, old) in swapped {
             self.drop_page(old);

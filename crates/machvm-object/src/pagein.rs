@@ -34,9 +34,11 @@ impl<L: Locks> Objects<'_, L> {
         Ok(pa)
     }
 
-    /// The page paged in from `slot` is mapped: the slot goes.
-    pub(crate) fn commit_page_in(&self, slot: SwapSlot) {
+    /// The page paged in from `slot` to `pa` is mapped: the slot goes, the
+    /// page joins the active queue.
+    pub(crate) fn commit_page_in(&self, slot: SwapSlot, pa: PhysAddr) {
         self.forget_slot(slot);
+        self.activate(pa);
         VmCounters::bump(&self.ctx.counters.pageins);
     }
 

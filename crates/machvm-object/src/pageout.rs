@@ -1,12 +1,14 @@
 //! Pageout (SPEC §8): making room in RAM by writing unwired object pages
 //! to the context's pager and freeing their frames.
 //!
-//! Victims are chosen by a clock over the frames (4.3BSD's core-map clock,
-//! second chance by the pmap's referenced bits as Mach's
-//! `vm_pageout_scan` samples them): a referenced page loses its bit and is
-//! passed over once. That is the one decision here that reads the pmap,
-//! and it only chooses *which* page goes: a wrong answer costs time, never
-//! a byte.
+//! Victims come from the page queues (`machvm_frame::PageQueue`), as
+//! Mach's `vm_pageout_scan` takes them: new pages go to the tail of the
+//! active queue; the scan moves active pages not referenced since its last
+//! look to the inactive queue, and pages out from the inactive head, a
+//! page referenced meanwhile going back to the active queue (a second
+//! chance). The pmap's referenced bits are the one thing here read from
+//! the pmap, and they only choose *which* page goes: a wrong answer costs
+//! time, never a byte. Wired pages are on no queue.
 //!
 //! Rules:
 //! - Pageout runs only under the graph's exclusive lock: at a call's
@@ -32,17 +34,13 @@ use core::sync::atomic::Ordering::Relaxed;
 
 use machvm_base::sync::Locks;
 use machvm_base::{KernError, PageIndex, PhysAddr, VmProt};
-use machvm_frame::FrameState;
+use machvm_frame::{FrameState, PageQueue};
 use machvm_pmap::TlbFlush;
 
 use crate::{Hold, ObjectId, Objects, PageAt, VmContext};
 
 /// Pages one shootdown covers.
 const BATCH: usize = 32;
-
-/// Laps of the clock that honour referenced bits; one more takes any
-/// victim (CPUs may set the bits again as fast as the scan clears them).
-const KIND_LAPS: usize = 2;
 
 /// The windows of objects a call is about to use, which its own pageout
 /// spares: `(object, first, end, with the chain below)`. Recorded as the
@@ -132,7 +130,7 @@ impl<L: Locks> Objects<'_, L> {
             }
         }
         let wanted = need.saturating_add(m.high) - free;
-        let done = self.run_clock(&kept, wanted, required);
+        let done = self.scan(&kept, wanted, required);
         debug_assert!(done >= required, "pageout fell short: {done} of {required}");
         Ok(())
     }
@@ -144,7 +142,7 @@ impl<L: Locks> Objects<'_, L> {
             return 0;
         }
         self.clear_keep();
-        self.run_clock(&[], target, 0)
+        self.scan(&[], target, 0)
     }
 
     /// Pages out the page `hold`'s window shows at each of pages `[first,
@@ -163,6 +161,8 @@ impl<L: Locks> Objects<'_, L> {
                 victims.push(pa);
             }
         }
+        let frames = self.ctx.frames();
+        victims.iter().for_each(|&pa| frames.dequeue(pa));
         victims.chunks(BATCH).map(|b| self.evict(b)).sum()
     }
 
@@ -206,75 +206,124 @@ impl<L: Locks> Objects<'_, L> {
         (obj != 0 && here == Some(PageAt::Frame(pa))).then_some((id, off.get()))
     }
 
-    /// Evictable pages outside `kept`, counted up to `enough`.
+    /// Evictable pages outside `kept` on the queues, counted up to `enough`.
     fn evictable(&self, kept: &[(ObjectId, u64, u64)], enough: u64) -> u64 {
         let frames = self.ctx.frames();
         let mut n = 0;
-        for i in 0..frames.span_frames() {
-            let Some(pa) = frames.frame_at(i) else { break };
-            if let Some((obj, off)) = self.victim(pa)
-                && !Self::is_kept(kept, obj, off)
-            {
-                n += 1;
-                if n >= enough {
-                    break;
+        for q in [PageQueue::Inactive, PageQueue::Active] {
+            frames.for_each_queued(q, |pa| {
+                if let Some((obj, off)) = self.victim(pa)
+                    && !Self::is_kept(kept, obj, off)
+                {
+                    n += 1;
                 }
-            }
+                n < enough
+            });
         }
         n
     }
 
-    /// Runs the clock until `wanted` pages went, or it came round
-    /// [`KIND_LAPS`] times — and one lap more, taking referenced pages
-    /// too, while fewer than `required` went. Returns how many went.
-    fn run_clock(&mut self, kept: &[(ObjectId, u64, u64)], wanted: u64, required: u64) -> u64 {
+    /// Mach's `vm_pageout_scan`: ages the active queue into the inactive
+    /// one, then pages out from the inactive head until `wanted` pages
+    /// went — a referenced page there goes back to the active queue (a
+    /// second chance), a kept one to the tail. While fewer than `required`
+    /// went, a last pass takes any unkept page, referenced or not (CPUs
+    /// may set the bits again as fast as the scan clears them). Returns how
+    /// many went.
+    fn scan(&mut self, kept: &[(ObjectId, u64, u64)], wanted: u64, required: u64) -> u64 {
         let ctx = self.ctx;
-        let span = ctx.frames().span_frames();
-        let pm = ctx.pmap();
+        let (frames, pm) = (ctx.frames(), ctx.pmap());
+        let mut cleared = TlbFlush::none();
+        let queued = frames.queue_len(PageQueue::Active) + frames.queue_len(PageQueue::Inactive);
+        let target = wanted.max(queued / 3);
+        self.age_active(kept, target, &mut cleared);
         let mut done = 0;
         let mut batch = Vec::with_capacity(BATCH);
-        let mut cleared = TlbFlush::none();
-        for lap in 0..=KIND_LAPS {
-            let goal = if lap < KIND_LAPS { wanted } else { required };
-            for _ in 0..span {
-                if done + batch.len() as u64 >= goal {
-                    break;
-                }
-                let i = ctx.hand.load(Relaxed) % span.max(1);
-                ctx.hand.store(i + 1, Relaxed);
-                let Some(pa) = ctx.frames().frame_at(i) else {
-                    continue;
-                };
-                let Some((obj, off)) = self.victim(pa) else {
-                    continue;
-                };
-                if Self::is_kept(kept, obj, off) {
-                    continue;
-                }
-                if lap < KIND_LAPS && pm.is_referenced(pa) {
-                    cleared.merge(pm.clear_reference(pa));
-                    continue;
-                }
+        for _ in 0..frames.queue_len(PageQueue::Inactive) {
+            if done + batch.len() as u64 >= wanted {
+                break;
+            }
+            let Some(pa) = frames.queue_head(PageQueue::Inactive) else {
+                break;
+            };
+            let kept_here = self
+                .victim(pa)
+                .is_none_or(|(o, off)| Self::is_kept(kept, o, off));
+            if kept_here {
+                frames.enqueue(pa, PageQueue::Inactive);
+            } else if pm.is_referenced(pa) {
+                cleared.merge(pm.clear_reference(pa));
+                frames.enqueue(pa, PageQueue::Active);
+                ctx.counters.reactivations.bump();
+            } else {
+                frames.dequeue(pa);
                 batch.push(pa);
                 if batch.len() == BATCH {
                     done += self.evict(&batch);
                     batch.clear();
                 }
             }
-            done += self.evict(&batch);
-            batch.clear();
-            if done >= wanted || (lap + 1 >= KIND_LAPS && done >= required) {
-                break;
-            }
         }
+        done += self.evict(&batch);
         pm.flush(cleared);
+        if done < required {
+            done += self.force(kept, required - done);
+        }
         done
     }
 
-    /// Pages out `victims` (evictable, distinct): every translation goes
-    /// under one shootdown, then each page is written to a slot and its
-    /// frame freed. A page the pager cannot take stays resident (it is
-    /// faulted back in on use). Returns how many went.
+    /// Moves active pages not referenced since the last look to the
+    /// inactive queue, until it holds `target`; referenced ones lose the
+    /// bit and go round again. One lap of the active queue at most.
+    fn age_active(&self, kept: &[(ObjectId, u64, u64)], target: u64, cleared: &mut TlbFlush) {
+        let (frames, pm) = (self.ctx.frames(), self.ctx.pmap());
+        for _ in 0..frames.queue_len(PageQueue::Active) {
+            if frames.queue_len(PageQueue::Inactive) >= target {
+                return;
+            }
+            let Some(pa) = frames.queue_head(PageQueue::Active) else {
+                return;
+            };
+            let kept_here = self
+                .victim(pa)
+                .is_none_or(|(o, off)| Self::is_kept(kept, o, off));
+            if !kept_here && pm.is_referenced(pa) {
+                cleared.merge(pm.clear_reference(pa));
+            }
+            let to = match kept_here || pm.is_referenced(pa) {
+                true => PageQueue::Active,
+                false => PageQueue::Inactive,
+            };
+            frames.enqueue(pa, to);
+        }
+    }
+
+    /// Pages out up to `n` unkept pages, referenced or not, inactive ones
+    /// first. Returns how many went.
+    fn force(&mut self, kept: &[(ObjectId, u64, u64)], n: u64) -> u64 {
+        let frames = self.ctx.frames();
+        let mut victims = Vec::new();
+        for q in [PageQueue::Inactive, PageQueue::Active] {
+            frames.for_each_queued(q, |pa| {
+                if let Some((o, off)) = self.victim(pa)
+                    && !Self::is_kept(kept, o, off)
+                {
+                    victims.push(pa);
+                }
+                (victims.len() as u64) < n
+            });
+        }
+        for &pa in &victims {
+            frames.dequeue(pa);
+        }
+        victims.chunks(BATCH).map(|b| self.evict(b)).sum()
+    }
+
+    /// Pages out `victims` (evictable, distinct, taken off the queues):
+    /// every translation goes under one shootdown, then each page is
+    /// written to a slot and its frame freed. A page the pager cannot take
+    /// stays resident, back on the active queue (it is faulted back in on
+    /// use). Returns how many went.
     fn evict(&mut self, victims: &[PhysAddr]) -> u64 {
         let ctx = self.ctx;
         let Some(pager) = ctx.pager() else {
@@ -297,6 +346,7 @@ impl<L: Locks> Objects<'_, L> {
                 continue;
             };
             let Ok(slot) = pager.page_out(mem, pa, None) else {
+                ctx.frames().enqueue(pa, PageQueue::Active);
                 continue;
             };
             self.g.obj_mut(obj).pages.insert(off, PageAt::Swapped(slot));

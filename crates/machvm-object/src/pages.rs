@@ -225,8 +225,8 @@ impl<L: Locks> Objects<'_, L> {
                 }
                 return Err(e);
             }
-            if let Some((_, slot, _)) = paged_in {
-                self.commit_page_in(slot);
+            if let Some((_, slot, pa)) = paged_in {
+                self.commit_page_in(slot, pa);
             }
             return Ok(r);
         }
@@ -250,6 +250,7 @@ impl<L: Locks> Objects<'_, L> {
             self.free_unmapped(pa);
             return Err(e);
         }
+        self.activate(pa);
         match below {
             Some(b) => {
                 VmCounters::bump(&counters.hits);

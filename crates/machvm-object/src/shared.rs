@@ -213,6 +213,7 @@ impl<L: Locks> SharedObjects<'_, L> {
             return Err(e);
         }
         pages.publish(off);
+        frames.enqueue(pa, machvm_frame::PageQueue::Active);
         VmCounters::bump(&self.ctx.counters.zero_fill_count);
         Ok(r)
     }

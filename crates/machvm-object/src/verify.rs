@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use machvm_base::sync::Locks;
 
 use machvm_base::Violation;
-use machvm_frame::FrameState;
+use machvm_frame::{FrameState, PageQueue};
 
 use crate::graph::Object;
 use crate::{Holder, ObjectId, Objects, PageAt, VmAudit};
@@ -35,6 +35,9 @@ pub enum ObjectRule {
     /// Every paged-out page's swap slot is named by no other page, and the
     /// pager's slots in use are exactly the paged-out pages.
     SwapOwned,
+    /// With the page queues on (a system that pages), the queued frames
+    /// are exactly the resident unwired pages.
+    Queued,
 }
 
 impl<L: Locks> Objects<'_, L> {
@@ -54,7 +57,35 @@ impl<L: Locks> Objects<'_, L> {
             Violation::check(Collapsed, check_collapsed(id, o))?;
             Violation::check(Reachable, self.check_reachable(id, o))?;
         }
-        Violation::check(SwapOwned, self.check_swap())
+        Violation::check(SwapOwned, self.check_swap())?;
+        Violation::check(Queued, self.check_queued())
+    }
+
+    /// Every resident unwired page is on a queue, and the queues hold
+    /// nothing else (as many frames as there are such pages).
+    fn check_queued(&self) -> Result<(), String> {
+        let frames = self.ctx.frames();
+        if !frames.queues_on() {
+            return Ok(());
+        }
+        let mut pageable = 0u64;
+        for (id, o) in self.g.objects() {
+            for (off, page) in o.pages.all() {
+                let PageAt::Frame(pa) = page else { continue };
+                if frames.page(pa).is_some_and(|p| p.wire_count() != 0) {
+                    continue;
+                }
+                if frames.queue_of(pa).is_none() {
+                    return Err(format!("object {}: page {off} on no queue", id.0));
+                }
+                pageable += 1;
+            }
+        }
+        let queued = frames.queue_len(PageQueue::Active) + frames.queue_len(PageQueue::Inactive);
+        if queued != pageable {
+            return Err(format!("{queued} frames queued, {pageable} pageable pages"));
+        }
+        Ok(())
     }
 
     /// Each slot a paged-out page names is named once, and the pager has

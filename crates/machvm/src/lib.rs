@@ -51,7 +51,7 @@ pub use machvm_pager::FileStore;
 pub use machvm_pager::{BackingStore, DefaultPager, MemStore, Pager, RamDisk};
 
 pub use machvm_base::{PhysAddr, VirtAddr};
-pub use machvm_frame::{FrameAllocator, FrameUse, PhysMem};
+pub use machvm_frame::{FrameAllocator, FrameUse, PageQueue, PhysMem};
 pub use machvm_object::{VmAudit, VmContext};
 pub use machvm_pmap::{CpuSet, Pmap};
 #[cfg(any(feature = "hosted", feature = "x86_64"))]
@@ -91,11 +91,12 @@ impl<L: Locks> Clone for VmSystem<L> {
 pub struct VmStatistics {
     /// Frames free.
     pub free_count: u64,
-    /// Frames holding object pages that are not wired (every pageable
-    /// page: machvm's pageout is a clock over the frames, not Mach's two
-    /// queues, so nothing is counted inactive).
+    /// Frames holding object pages that are not wired: with a pager, the
+    /// active queue (pages in use; new pages go there); without one, every
+    /// such frame (no page ages).
     pub active_count: u64,
-    /// Frames on an inactive queue: always 0 (see `active_count`).
+    /// Frames on the inactive queue: pages pageout found unreferenced, its
+    /// next candidates (0 without a pager).
     pub inactive_count: u64,
     /// Frames wired: object pages some map wired (SPEC §7, each frame
     /// once), page-table pages and other kernel use (not the shared zero
@@ -103,7 +104,8 @@ pub struct VmStatistics {
     pub wire_count: u64,
     /// Pages zero-filled on demand.
     pub zero_fill_count: u64,
-    /// Pages reactivated from the inactive queue: always 0 (no pageout).
+    /// Inactive pages pageout found referenced and put back on the active
+    /// queue.
     pub reactivations: u64,
     /// Pages read back from the pager: faults on paged-out pages (SPEC §8).
     pub pageins: u64,
@@ -254,17 +256,14 @@ impl<L: Locks> VmSystem<L> {
         let zero = u64::from(self.ctx.zero_frame().is_some());
         VmStatistics {
             free_count: f.free_frames(),
-            // Read apart from the wired count: a wiring in between must not wrap.
-            active_count: f
-                .frames_in_use(FrameUse::Object)
-                .saturating_sub(f.wired_frames()),
-            inactive_count: 0,
+            active_count: self.active_frames(),
+            inactive_count: f.queue_len(PageQueue::Inactive),
             wire_count: f.wired_frames()
                 + f.frames_in_use(FrameUse::PageTable)
                 + f.frames_in_use(FrameUse::Kernel)
                 - zero,
             zero_fill_count: c.zero_fill_count.load(Relaxed),
-            reactivations: 0,
+            reactivations: c.reactivations.load(Relaxed),
             pageins: c.pageins.load(Relaxed),
             pageouts: c.pageouts.load(Relaxed),
             swap_free_pages: self.ctx.pager().map_or(0, |p| p.free_slots()),
@@ -274,6 +273,18 @@ impl<L: Locks> VmSystem<L> {
             hits: c.hits.load(Relaxed),
             total_pages: f.total_frames() - zero,
         }
+    }
+
+    /// Pageable object frames not on the inactive queue: the active queue
+    /// in a system that pages, else every unwired object frame.
+    fn active_frames(&self) -> u64 {
+        let f = self.ctx.frames();
+        if f.queues_on() {
+            return f.queue_len(PageQueue::Active);
+        }
+        // Read apart from the wired count: a wiring in between must not wrap.
+        f.frames_in_use(FrameUse::Object)
+            .saturating_sub(f.wired_frames())
     }
 
     /// SPEC §6: what the system holds — resident pages, how many of them

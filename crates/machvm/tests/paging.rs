@@ -340,3 +340,61 @@ fn page_out_checks_its_range_like_deallocate() {
     assert_eq!(vm.statistics().pageins, 4);
     check(&vm, &[&map]);
 }
+
+/// A store of several pages asked the walker which pages it must fault
+/// before it locked the graph; another map's pageout then took a page it
+/// had found translated, and the store failed with `ProtectionFailure`
+/// (found by the concurrency test). The pageout is forced into the window
+/// where the store's reservation has the graph unlocked.
+#[test]
+fn a_pageout_by_another_map_during_a_stores_reservation_loses_nothing() {
+    let vm = system(2 * MIB, 2 * MIB);
+    let parent = vm.create_map().unwrap();
+    let a = parent.allocate(0, 8 * P, true).unwrap();
+    parent.inherit(a, 8 * P, VmInherit::Share).unwrap();
+    let child = parent.fork().unwrap();
+    parent.write_bytes(a, &[1u8; 8 * P as usize]).unwrap();
+    // Two pages the store must fault (so it reserves), six it finds mapped.
+    assert_eq!(parent.page_out(a + 6 * P, 2 * P), Ok(2));
+    let sibling = child.clone();
+    vm.context().frames().before_next_reserve(move || {
+        assert_eq!(sibling.page_out(a, 6 * P), Ok(6));
+    });
+    let data = pattern(3, 3, 8 * P as usize);
+    parent.write_bytes(a, &data).unwrap();
+    assert!(
+        vm.audit().paged_out_pages == 0,
+        "the store paged its pages back in"
+    );
+    let mut back = vec![0u8; data.len()];
+    child.read_bytes(a, &mut back).unwrap();
+    assert!(back == data);
+    check(&vm, &[&parent, &child]);
+}
+
+#[test]
+fn pageout_takes_unreferenced_pages_and_gives_referenced_ones_a_second_chance() {
+    let vm = system(8 * MIB, 8 * MIB);
+    let map = vm.create_map().unwrap();
+    let a = map.allocate(0, 64 * P, true).unwrap();
+    map.write_bytes(a, &[7u8; 64 * P as usize]).unwrap();
+    assert_eq!(vm.statistics().active_count, 64);
+    // One page goes; a third of the queue is aged to inactive meanwhile.
+    assert_eq!(vm.pageout(1), 1);
+    let s = vm.statistics();
+    assert_eq!((s.active_count, s.inactive_count), (43, 20));
+    // A load of page 5 (inactive) sets its referenced bit: the next scan
+    // puts it back on the active queue and takes the pages around it.
+    let mut b = [0u8; 8];
+    map.read_bytes(a + 5 * P, &mut b).unwrap();
+    assert_eq!(vm.pageout(20), 20);
+    let s = vm.statistics();
+    assert_eq!(s.reactivations, 1, "{s:?}");
+    assert_eq!(map.page_out(a + 5 * P, P), Ok(1), "page 5 stayed resident");
+    assert_eq!(map.page_out(a, 22 * P), Ok(0), "pages 0..22 but 5 went");
+    assert_eq!(vm.audit().paged_out_pages, 22);
+    check(&vm, &[&map]);
+    let mut all = vec![0u8; 64 * P as usize];
+    map.read_bytes(a, &mut all).unwrap();
+    assert!(all.iter().all(|&x| x == 7));
+}

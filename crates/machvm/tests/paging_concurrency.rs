@@ -1,9 +1,11 @@
 //! Paging under concurrency (SPEC §8): threads faulting, storing, copying
 //! and snapshotting — in private ranges and in ranges `Share` siblings see
 //! — while another thread pages out without pause and RAM is a fraction of
-//! what they hold. Bounded in iterations, not time; at the end every byte
-//! is what its last writer wrote, every invariant holds, and dropping
-//! everything gives back every frame and slot.
+//! what they hold. Bounded in iterations, not time; halfway, every thread
+//! meets the pager at a barrier while it pages out everything, so paging
+//! happens whatever the scheduler does. At the end every byte is what its
+//! last writer wrote, every invariant holds, and dropping everything gives
+//! back every frame and slot.
 
 mod common;
 
@@ -53,16 +55,21 @@ fn threads_fault_and_copy_while_another_pages_out() {
     let child = parent.fork().unwrap();
     let slices = OWN / SLICE;
     let start = Barrier::new(THREADS as usize + 1);
+    let half = Barrier::new(THREADS as usize + 1);
     let last = std::thread::scope(|s| {
         let workers: Vec<_> = (0..THREADS)
             .map(|t| {
-                let (vm, parent, child, start) = (&vm, &parent, &child, &start);
+                let (vm, parent, child, start, half) = (&vm, &parent, &child, &start, &half);
                 s.spawn(move || {
                     let base = own + t * OWN;
                     // Last round each slice was written in (or copied to).
                     let mut last = vec![None; slices as usize];
                     start.wait();
                     for r in 0..ROUNDS {
+                        if r == ROUNDS / 2 {
+                            half.wait();
+                            half.wait();
+                        }
                         let k = (r * 7 + t) % slices;
                         parent
                             .write_bytes(base + k * SLICE, &pattern(t, k, r))
@@ -108,10 +115,17 @@ fn threads_fault_and_copy_while_another_pages_out() {
                 })
             })
             .collect();
-        let (vm, parent, child, start) = (&vm, &parent, &child, &start);
+        let (vm, parent, child, start, half) = (&vm, &parent, &child, &start, &half);
         let pager = s.spawn(move || {
             start.wait();
             for i in 0..ROUNDS * 4 {
+                if i == ROUNDS * 2 {
+                    half.wait();
+                    let all = parent.page_out(own, THREADS * OWN).unwrap();
+                    assert!(all > 0, "halfway, pages to page out");
+                    child.page_out(shared, THREADS * SLICE).unwrap();
+                    half.wait();
+                }
                 vm.pageout(64);
                 let t = i % THREADS;
                 parent
