@@ -1,5 +1,5 @@
-//! machvm's criterion suite: the copy, fault, parallel, lookup, fork and small-copy
-//! groups (the memory figures come from the `machvm-footprint` binary). Run it with `cargo xtask bench`, which
+//! machvm's criterion suite: the copy, fault, parallel, lookup, fork, small-copy
+//! and paging groups (the memory figures come from the `machvm-footprint` binary). Run it with `cargo xtask bench`, which
 //! reads the medians and writes `target/machvm-bench/summary.md`.
 //!
 //! Every figure is the host x86_64 backend over simulated RAM, through the
@@ -15,6 +15,11 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, measurement::WallTime};
 use machvm::{Access, PAGE_SIZE, SMALL_COPY_BYTES, VmMap, VmSystem, vm_map_copy, vm_read};
 use machvm_benches::{Lcg, Profile, distinct_entries, ids, pages_of, ram_for, touch};
+
+// Under `vm/`, not beside this file: cargo would take `benches/*.rs` for a
+// bench target of its own.
+#[path = "vm/paging.rs"]
+mod paging;
 
 /// Sizes at or above this are sampled flat (a few long iterations).
 const LARGE: u64 = 16 << 20;
@@ -510,5 +515,14 @@ fn small_copy(c: &mut Criterion) {
     eprintln!("machvm-bench: SMALL_COPY_BYTES = {SMALL_COPY_BYTES}");
 }
 
-criterion::criterion_group!(benches, copy, faults, parallel, lookup, fork, small_copy);
+criterion::criterion_group!(
+    benches,
+    copy,
+    faults,
+    parallel,
+    lookup,
+    fork,
+    small_copy,
+    paging::paging
+);
 criterion::criterion_main!(benches);

@@ -55,6 +55,27 @@ pub const TRANSFER: &str = "transfer";
 /// The transfer and what copy-on-write defers.
 pub const CYCLE: &str = "cycle";
 
+/// Paging (SPEC §8), per page, on a system with swap
+/// (`VmSystem::hosted_with_swap`, the default pager over `MemStore`).
+pub const PAGING: &str = "paging";
+/// The first 1-byte `write_bytes` to a page that `VmMap::page_out` paged
+/// out: a page-in fault through the façade.
+pub const PAGEIN_FAULT: &str = "pagein_fault";
+/// The first 1-byte `write_bytes` to a never-touched page of the same
+/// system: a zero-fill fault through the façade.
+pub const PAGING_ZERO_FILL: &str = "zero_fill_fault";
+/// `VmMap::page_out` of a resident range, per page; the parameter is the
+/// range's pages.
+pub const PAGEOUT: &str = "pageout";
+/// `PhysMem::copy_page` of one frame to another: the page copy.
+pub const COPY_PAGE: &str = "copy_page";
+/// `Pager::page_in` of the default pager over `MemStore`: one slot read
+/// into one frame, the store's part of a page-in.
+pub const STORE_READ: &str = "store_read";
+/// `Pager::page_out` of the default pager over `MemStore`: one frame
+/// written to a new slot, the store's part of a pageout.
+pub const STORE_WRITE: &str = "store_write";
+
 /// `group/function/parameter`.
 pub fn full(group: &str, function: &str, param: impl core::fmt::Display) -> String {
     format!("{group}/{function}/{param}")
@@ -98,6 +119,7 @@ mod tests {
         assert_eq!(full(FORK, FORK, fork_param(1, 0)), "fork/fork/n1_m0");
         assert_eq!(lookup_fn(true, LOOKUP_PATTERNS[0]), "machvm_random");
         assert_eq!(small_copy_fn(CYCLE, false), "cycle_bytes");
+        assert_eq!(plain(PAGING, PAGEIN_FAULT), "paging/pagein_fault");
         assert!(full(COPY, MEMCPY, 1).starts_with(&prefix(COPY, MEMCPY)));
     }
 }

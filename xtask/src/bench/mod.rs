@@ -31,6 +31,7 @@ mod fmt;
 pub(crate) mod ids;
 mod input;
 mod memory;
+mod paging;
 mod report;
 mod rows;
 mod scaling;
@@ -41,6 +42,7 @@ use faults::*;
 use fmt::*;
 use input::*;
 use memory::*;
+use paging::*;
 use report::*;
 use rows::*;
 use scaling::*;
@@ -374,6 +376,39 @@ mod tests {
         // The handler row is beside it, against the façade, unjudged.
         assert!(s.contains("handler alone"), "{s}");
         assert!(s.contains("| 0.833 | — | — |"), "{s}");
+    }
+
+    #[test]
+    fn paging_rows_are_information_with_their_ratios() {
+        let mut i = input(&[
+            ("paging/pagein_fault", 900.0),
+            ("paging/zero_fill_fault", 300.0),
+            ("paging/pageout/1024", 600.0),
+            ("paging/copy_page", 200.0),
+            ("paging/store_read", 250.0),
+            ("paging/store_write", 400.0),
+        ]);
+        for quick in [false, true] {
+            i.quick = quick;
+            let s = summary(&i);
+            let rows: Vec<&str> = s.lines().filter(|l| l.starts_with("| 9. ")).collect();
+            assert_eq!(rows.len(), 5, "{s}");
+            assert!(rows.iter().all(|r| r.ends_with("| — | — |")), "{s}");
+            for ratio in ["| 3.000 |", "| 4.500 |", "| 1.250 |", "| 2.000 |"] {
+                assert!(rows.iter().any(|r| r.contains(ratio)), "{ratio}: {s}");
+            }
+            assert!(
+                rows.iter()
+                    .any(|r| r.contains("`VmMap::page_out` of 1024 resident pages")),
+                "{s}"
+            );
+        }
+        // Without the copy baseline, only the zero-fill comparison stands.
+        let i = input(&[
+            ("paging/pagein_fault", 900.0),
+            ("paging/zero_fill_fault", 300.0),
+        ]);
+        assert_eq!(summary(&i).matches("| 9. ").count(), 1);
     }
 
     #[test]

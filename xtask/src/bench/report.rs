@@ -112,7 +112,17 @@ fn method(s: &mut String) {
          *suggests* is the size below it rounded down to a power of two (0: only \
          sub-page copies as bytes). Per-frame metadata: the heap a hosted system takes \
          per frame of RAM besides the RAM (two sizes, differenced), split into the \
-         frame allocator's (`VmPage`) and the x86_64 pmap's (its reverse-map head)."
+         frame allocator's (`VmPage`) and the x86_64 pmap's (its reverse-map head). \
+         Paging (9): per page, on a system with swap in host memory (the default pager \
+         over `MemStore`) and RAM to spare, so nothing pages out on its own while timed; \
+         every row is information (SPEC §8 sets no target). The page-in fault is a 1-byte \
+         `write_bytes` to a page `VmMap::page_out` paged out in the untimed set-up (its \
+         slot still warm in the caches), the zero-fill fault the same store to a \
+         never-touched page of the same system; pageout is one `VmMap::page_out` of a \
+         resident, written range, divided by its pages; the store rows are the pager \
+         alone on memory of its own. The page copy is `PhysMem::copy_page` over as many \
+         distinct pages as a round faults: a fault or a pageout moves the same 4 KiB \
+         and does more, so those ratios compare different work."
     );
 }
 

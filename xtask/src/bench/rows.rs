@@ -92,6 +92,7 @@ pub(super) fn main_rows(i: &Input) -> Vec<Row> {
     crossover_rows(i, threshold, &mut rows);
     memory_rows(i, &mut rows);
     scaling_rows(i, &mut rows);
+    paging_rows(i, &mut rows);
     if i.quick {
         rows = rows
             .into_iter()
