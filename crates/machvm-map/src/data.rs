@@ -419,7 +419,7 @@ pub fn reserve_settled<'c, L: Locks>(
 
 /// Times [`reserve_settled`] pages out and tries again when other calls
 /// took the frames it freed.
-const TOP_UP_TRIES: u32 = 8;
+const TOP_UP_TRIES: u32 = 32;
 
 /// Keeps the pages of `r` this map's entries show resident through the
 /// pageout the call's reservation may run (see `Objects::keep_window`).

@@ -122,11 +122,19 @@ impl<L: Locks> VmMap<L> {
             1,
             write,
         );
-        // With a pager, frames missing are paged out for (this page kept).
+        // With a pager, the frames missing, and the page tables a fault that
+        // must be entered could take, are paged out for (this page kept)
+        // before anything changes.
         let have = frames.remaining() as u64;
-        if need > have {
-            objs.make_room(need - have)?;
-        }
+        let tables = match (enter, &mode) {
+            (Enter::Required, Mode::Fault) => {
+                ctx.pmap().tables_missing(self.0.pmap, VirtAddr::new(page))
+            }
+            // A wiring reserved its tables; a data call's translation is a
+            // cache it may leave unentered.
+            _ => 0,
+        };
+        objs.make_room(need.saturating_sub(have) + tables)?;
         frames.ensure(need)?;
         let map = Holder::Direct { map: self.0.id };
         let pages = e.pages(start);

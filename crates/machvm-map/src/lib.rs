@@ -224,7 +224,7 @@ impl<L: Locks> Clone for VmMap<L> {
 impl<L: Locks> VmMap<L> {
     /// An empty map with its own pmap.
     pub fn new(ctx: &Arc<VmContext<L>>) -> Result<VmMap<L>, KernError> {
-        let pmap = ctx.pmap().create()?;
+        let pmap = Self::new_pmap(ctx)?;
         let map = Arc::new(MapShared {
             id: NEXT_MAP_ID.fetch_add(1, Relaxed),
             ctx: ctx.clone(),
@@ -234,6 +234,22 @@ impl<L: Locks> VmMap<L> {
         let weak: alloc::sync::Weak<dyn AuditEntries> = Arc::downgrade(&map) as _;
         ctx.register_audit(weak);
         Ok(VmMap(map))
+    }
+
+    /// A pmap for a new map. In a system that pages, room is made for its
+    /// root table first, and made again (up to 32 times) when
+    /// other calls took the frames freed before the table was allocated.
+    fn new_pmap(ctx: &Arc<VmContext<L>>) -> Result<PmapId, KernError> {
+        let mut tries = 0;
+        loop {
+            ctx.objects().make_room(1)?;
+            match ctx.pmap().create() {
+                Err(KernError::ResourceShortage) if ctx.pager().is_some() && tries < 32 => {
+                    tries += 1;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Unique id; maps are locked in increasing id order.

@@ -109,7 +109,17 @@ impl<L: Locks> VmMap<L> {
                 .map(|&(a, b)| frames_in(m, o, a, b, true))
                 .sum()
         };
-        let (mut objs, mut frames) = reserve(self.0.ctx.objects(), count)?;
+        // Room for the frames and the page tables at once, before anything
+        // is reserved: a wiring that cannot have both pages nothing out.
+        let pm = self.0.ctx.pmap();
+        let tables = fresh
+            .iter()
+            .map(|&(a, b)| pm.tables_for(VaRange::covering(a, b)));
+        let tables: u64 = tables.sum();
+        let mut objs = self.0.ctx.objects();
+        let need = count(&objs) + tables;
+        objs.make_room(need)?;
+        let (mut objs, mut frames) = reserve(objs, count)?;
         self.check_wire_room(m, &objs, &fresh)?;
         let tables = TableReservation::new(self, &mut objs, &fresh)?;
         m.clip_range(&mut objs, s, e);

@@ -71,6 +71,11 @@ impl<L: Locks> Objects<'_, L> {
             .into_iter()
             .partition(|(_, p)| p.frame().is_some());
         let absent = n - resident.len() as u64;
+        // A store that reserved nothing (one page to fault) pages out here.
+        let have = frames.remaining() as u64;
+        if let Err(e) = self.make_room(absent.saturating_sub(have)) {
+            return Some(Err(e));
+        }
         if let Err(e) = frames.ensure(absent) {
             return Some(Err(e.into()));
         }

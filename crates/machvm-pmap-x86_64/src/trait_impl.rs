@@ -69,6 +69,19 @@ impl<L: Locks> Pmap for X86Pmap<L> {
         tables_bound(range) as u64
     }
 
+    fn tables_missing(&self, pmap: PmapId, va: VirtAddr) -> u64 {
+        let Some(root) = self.root(pmap) else {
+            return 0;
+        };
+        let s = crate::entry::walk(self.frames.mem(), root, va);
+        match (s.pte.is_present(), s.level) {
+            (false, level) => u64::from(level - 1),
+            (true, 1) => 0,
+            // A large leaf: demoted into a new table.
+            (true, _) => 1,
+        }
+    }
+
     fn release_tables(&self, pmap: PmapId) {
         let reserved = self
             .spaces

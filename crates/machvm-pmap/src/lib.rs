@@ -479,6 +479,15 @@ pub trait Pmap: Send + Sync {
         0
     }
 
+    /// The page-table frames entering a translation of `va` in `pmap` now
+    /// would take (tables missing on its walk, or one to demote a large
+    /// leaf in the way): exact while nothing else enters or removes in
+    /// `pmap` (its map locked, pageout shut out). The default: none.
+    fn tables_missing(&self, pmap: PmapId, va: VirtAddr) -> u64 {
+        let _ = (pmap, va);
+        0
+    }
+
     /// Frees what [`reserve_tables`](Pmap::reserve_tables) set aside for
     /// `pmap` and no enter used; the end of the call that reserved them.
     fn release_tables(&self, pmap: PmapId) {
