@@ -4,7 +4,8 @@
 //! Usable RAM is the map's type-1 regions above 1 MiB minus the kernel image.
 //! From it the kernel first carves (below 4 GiB, where the boot direct map
 //! reaches) the page directories that extend the direct map past 4 GiB, then
-//! the heap; every remaining page goes to the frame allocator. Low memory
+//! the heap, then a RAM disk machvm's default pager keeps swap slots in
+//! (SPEC §8); every remaining page goes to the frame allocator. Low memory
 //! (below 1 MiB) is never managed: the AP trampoline uses it.
 
 use alloc::sync::Arc;
@@ -21,6 +22,8 @@ use crate::pvh::{BootInfo, E820_RAM};
 
 const MAX_RANGES: usize = 64;
 const MIB: u64 = 1 << 20;
+/// The RAM disk's size: 4,096 swap slots.
+const RAM_DISK: u64 = 16 * MIB;
 
 /// Where boot put things, for reports.
 #[derive(Clone, Copy, Debug)]
@@ -29,6 +32,8 @@ pub struct Layout {
     pub kernel: (u64, u64),
     /// Physical range of the heap.
     pub heap: (u64, u64),
+    /// Physical range of the RAM disk machvm pages to.
+    pub ram_disk: (u64, u64),
     /// One past the highest RAM byte (the direct map covers `[0, ram_end)`).
     pub ram_end: u64,
     /// Bytes of RAM in the memory map.
@@ -126,6 +131,11 @@ pub(crate) fn init(info: &BootInfo) {
     let heap = avail
         .carve(heap_len, 2 * MIB, ram_end)
         .expect("not enough RAM for the kernel heap");
+    // The RAM disk: frames the allocator never manages, inside the direct
+    // map (so `PhysMem` reaches them), a swap slot each.
+    let disk = avail
+        .carve(RAM_DISK, 4096, ram_end)
+        .expect("not enough RAM for the RAM disk");
     // SAFETY: carved from free RAM, mapped by the direct map, used by nothing
     // else from now on, page aligned.
     unsafe { crate::heap::init(phys_to_virt(heap) as usize, heap_len as usize) };
@@ -152,6 +162,7 @@ pub(crate) fn init(info: &BootInfo) {
     LAYOUT.call_once(|| Layout {
         kernel,
         heap: (heap, heap + heap_len),
+        ram_disk: (disk, disk + RAM_DISK),
         ram_end,
         ram_total,
         extra_pds,

@@ -15,12 +15,12 @@
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use machvm::{Access, KernError};
+use machvm::{Access, DefaultPager, KernError, RamDisk};
 use machvm_base::{PhysAddr, USER_MAX, VirtAddr};
 use machvm_pmap::{CpuSet, Pmap, TLB_FLUSH_BATCH};
 use machvm_pmap_x86_64::{Mmu, X86Config};
 
-use crate::locks::{VmMap, VmSystem, X86Pmap};
+use crate::locks::{KernelLocks, VmMap, VmSystem, X86Pmap};
 
 use crate::smp::{self, MAX_CPUS};
 use crate::trap::{self, pf};
@@ -72,7 +72,9 @@ static VM: spin::Once<KernelVm> = spin::Once::new();
 
 /// The VM system, built on first use over [`mem::frames`] with an
 /// [`X86Pmap`] whose roots share the kernel half and whose shootdowns go
-/// through [`KERNEL_MMU`]. Panics if the pmap cannot be built (no heap).
+/// through [`KERNEL_MMU`], paging anonymous memory to the RAM disk boot
+/// carved ([`mem::Layout::ram_disk`]) through machvm's default pager.
+/// Panics if the pmap or the pager cannot be built (no heap).
 pub fn vm() -> &'static KernelVm {
     VM.call_once(|| {
         let frames = Arc::clone(mem::frames());
@@ -81,7 +83,10 @@ pub fn vm() -> &'static KernelVm {
             mmu: Some(&KERNEL_MMU),
         };
         let pmap = Arc::new(X86Pmap::new(frames.clone(), cfg).expect("machvm pmap"));
-        let system = VmSystem::with_pmap(frames, pmap.clone());
+        let (s, e) = mem::layout().ram_disk;
+        let disk = RamDisk::new(PhysAddr::new(s), (e - s) / 4096).expect("RAM disk");
+        let pager = DefaultPager::<_, KernelLocks>::with_locks(disk).expect("default pager");
+        let system = VmSystem::with_pager(frames, pmap.clone(), Arc::new(pager));
         KernelVm { system, pmap }
     })
 }

@@ -112,6 +112,8 @@ pub(super) fn frame_allocator_excludes_kernel() -> Result<(), String> {
         ((l.kernel.1 - 1) & !4095, "kernel image end"),
         (l.heap.0, "heap start"),
         (l.heap.1 - 4096, "heap end"),
+        (l.ram_disk.0, "RAM disk start"),
+        (l.ram_disk.1 - 4096, "RAM disk end"),
         (0x8000, "AP trampoline"),
     ] {
         ensure!(
@@ -120,7 +122,9 @@ pub(super) fn frame_allocator_excludes_kernel() -> Result<(), String> {
         );
     }
     let managed = frames().total_frames() * 4096;
-    let excluded = (1 << 20) + (l.kernel.1 - l.kernel.0) + (l.heap.1 - l.heap.0) + (64 << 10);
+    let disk = l.ram_disk.1 - l.ram_disk.0;
+    let excluded =
+        (1 << 20) + (l.kernel.1 - l.kernel.0) + (l.heap.1 - l.heap.0) + disk + (64 << 10);
     ensure!(
         managed + excluded >= l.ram_total,
         "only {managed:#x} of {:#x} bytes of RAM managed",

@@ -36,6 +36,7 @@ mod faults;
 mod fixtures;
 mod fork;
 mod stress;
+mod swap;
 mod tlb;
 
 use copy::*;
@@ -43,6 +44,7 @@ use faults::*;
 use fixtures::*;
 use fork::*;
 use stress::*;
+use swap::*;
 use tlb::*;
 
 /// The machvm suite.
@@ -78,6 +80,10 @@ pub const TESTS: &[Test] = &[
     test!(tlb_copy_overwrite_reaches_remote_destination),
     test!(tlb_share_copy_up_reaches_remote_sharer),
     test!(smp_stress_shared_map),
+    test!(paged_out_page_faults_back_in),
+    test!(pageout_shoots_down_a_remote_tlb),
+    test!(stores_race_pageouts_on_another_cpu),
+    test!(pressure_pages_to_the_ram_disk),
     test!(frames_return_when_maps_go),
 ];
 
