@@ -398,3 +398,37 @@ fn pageout_takes_unreferenced_pages_and_gives_referenced_ones_a_second_chance() 
     map.read_bytes(a, &mut all).unwrap();
     assert!(all.iter().all(|&x| x == 7));
 }
+
+/// The same working set through a swap file (`FileStore`) instead of host
+/// memory: the pager is the store's user, nothing else changes.
+#[test]
+fn a_swap_file_serves_as_well_as_host_memory() {
+    use std::sync::Arc;
+    let path = std::env::temp_dir().join(format!("machvm-paging-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    std::fs::remove_file(&path).unwrap(); // the open file lives on
+    let store = machvm_pager::FileStore::new(file, 32 * MIB / P).unwrap();
+    let frames = Arc::new(machvm::FrameAllocator::hosted(4 * MIB).unwrap());
+    let pmap = Arc::new(machvm::X86Pmap::new(frames.clone(), Default::default()).unwrap());
+    let pager = Arc::new(machvm::DefaultPager::new(store).unwrap());
+    let vm = VmSystem::with_pager(frames, pmap, pager);
+    vm.set_consistency_checks(true);
+    let empty = room(&vm);
+    let map = vm.create_map().unwrap();
+    let a = map.allocate(0, 16 * MIB, true).unwrap();
+    write_chunks(&map, a, 16 * MIB, 6, |_| true);
+    let child = map.fork().unwrap();
+    write_chunks(&child, a, 16 * MIB, 8, |k| k % 4 == 0);
+    assert_chunks(&map, a, 16 * MIB, |_| 6);
+    assert_chunks(&child, a, 16 * MIB, |k| if k % 4 == 0 { 8 } else { 6 });
+    assert!(vm.statistics().pageouts >= 12 * MIB / P);
+    check(&vm, &[&map, &child]);
+    drop((map, child));
+    assert_eq!(room(&vm), empty);
+}
