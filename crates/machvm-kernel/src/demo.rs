@@ -38,6 +38,7 @@ pub const CHAPTERS: &[(&str, Chapter)] = &[
     ("vm_map_copy A -> B: copy-on-write", tasks::copy),
     ("fork: share, copy, none", tasks::fork),
     ("a shootdown machvm asked for", tasks::shootdown),
+    ("pageout: pages to the RAM disk and back", tasks::pageout),
     ("teardown", tasks::teardown),
 ];
 

@@ -72,6 +72,10 @@ pub(super) fn closing(start: &Counters) {
         more(2),
     );
     println!(
+        "paging        {} pages paged out to the RAM disk, {} paged back in; {} of its slots free at the end",
+        stats.pageouts, stats.pageins, stats.swap_free_pages
+    );
+    println!(
         "TLB           {} shootdown requests served by other CPUs; {} IPIs taken (shootdowns and cross-CPU calls)",
         end.flushes - start.flushes,
         end.ipis - start.ipis

@@ -78,6 +78,7 @@ enum Seen {
     ZeroFill,
     Copied,
     Resident,
+    PagedIn,
     Refused,
     Other,
 }
@@ -87,7 +88,7 @@ enum Seen {
 struct Tally {
     accesses: u64,
     faults: u64,
-    seen: [u64; 7],
+    seen: [u64; 8],
 }
 
 impl Tally {
@@ -104,6 +105,7 @@ impl core::fmt::Display for Tally {
             (Seen::ZeroFrame, "mapped the shared zero frame"),
             (Seen::Copied, "copied on write"),
             (Seen::Resident, "mapped a resident page"),
+            (Seen::PagedIn, "paged in from the RAM disk"),
             (Seen::Refused, "refused"),
             (Seen::Other, "other"),
         ];
@@ -164,6 +166,10 @@ fn explain(c: usize, va: u64, faults: u64, before: &Stats, after: &Stats) -> (Se
         Outcome::Resolved if after.zero_fill_count > before.zero_fill_count => {
             (Seen::ZeroFill, "machvm zero-filled a frame".to_string())
         }
+        Outcome::Resolved if after.pageins > before.pageins => (
+            Seen::PagedIn,
+            "machvm paged the page in from the RAM disk (one read, no zero-fill)".to_string(),
+        ),
         Outcome::Resolved => match translation(c, va) {
             Some((pa, prot)) if Some(pa) == zero_frame() => (
                 Seen::ZeroFrame,
@@ -231,7 +237,7 @@ pub(super) fn setup() -> String {
         return "failed: no task maps".into();
     };
     println!(
-        "VmSystem::with_pmap over the kernel's {} frames; X86Pmap roots copy PML4[256..512],",
+        "VmSystem::with_pager over the kernel's {} frames and a RAM-disk pager; X86Pmap roots copy PML4[256..512],",
         sys().statistics().total_pages
     );
     println!("its shootdowns go to KernelMmu::invalidate (IPIs); page faults go to vm_fault.");
@@ -403,6 +409,38 @@ pub(super) fn shootdown() -> String {
     format!(
         "protect and deallocate on cpu0 reached cpu1's TLB with {} IPIs; cpu1: {t}",
         protect_ipis + dealloc_ipis
+    )
+}
+
+/// Pageout: A's first pages go to the RAM disk, their translations with
+/// them, and loads bring them back through page faults.
+pub(super) fn pageout() -> String {
+    let Some((a, _, _)) = maps() else {
+        return "skipped: no task maps".into();
+    };
+    let mut t = Tally::default();
+    run(0, "A", &a);
+    let was = [TEXT, TEXT + PG].map(|va| touch(&mut t, 0, va, None).unwrap_or(0));
+    let s0 = sys().statistics();
+    let n = a.page_out(TEXT, 2 * PG).unwrap_or(0);
+    println!(
+        "cpu0: A.page_out({TEXT:#x}, 8 KiB) = {n}: written to the RAM disk, frames freed; translation of {TEXT:#x} now {:?}",
+        translation(0, TEXT)
+    );
+    let now = [TEXT, TEXT + PG].map(|va| touch(&mut t, 0, va, None).unwrap_or(0));
+    let s1 = sys().statistics();
+    let same = if now == was {
+        "the bytes stored before"
+    } else {
+        "NOT the bytes stored before"
+    };
+    println!(
+        "pageouts {} -> {}, pageins {} -> {}, swap slots free {}",
+        s0.pageouts, s1.pageouts, s0.pageins, s1.pageins, s1.swap_free_pages
+    );
+    format!(
+        "{n} pages paged out and {} paged back in by page faults, holding {same}; cpu0: {t}",
+        s1.pageins - s0.pageins
     )
 }
 
