@@ -46,7 +46,13 @@ impl<L: Locks> VmMap<L> {
         }
         let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         check_access(&m, r, Access::Read)?;
-        let objs = self.fault_in(&mut m, r, Access::Read)?;
+        let objs = match self.fault_in(&mut m, r, Access::Read) {
+            // Too many pages to page in at once: read them where they are.
+            Err(KernError::ResourceShortage) if self.0.ctx.pager().is_some() => {
+                return self.read_through_objects(&m, addr, buf);
+            }
+            other => other?,
+        };
         let moved = for_each_page_piece(&m, addr, buf.len(), |h, page, off, at, n| {
             objs.read(h, page, off, &mut buf[at..at + n])
         });
@@ -70,7 +76,13 @@ impl<L: Locks> VmMap<L> {
         }
         let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         check_access(&m, r, Access::Write)?;
-        let (mut objs, mut frames, missing) = self.reserve_faults(&m, r, Access::Write)?;
+        let (mut objs, mut frames, missing) = match self.reserve_faults(&m, r, Access::Write) {
+            // More pages than RAM holds at once: in rounds, if swap holds them.
+            Err(KernError::ResourceShortage) if self.0.ctx.pager().is_some() => {
+                return self.write_in_rounds(&mut m, addr, data);
+            }
+            other => other?,
+        };
         let mem = self.0.ctx.frames().mem();
         let moved = self.store_in(
             &mut m,
@@ -311,7 +323,7 @@ impl<L: Locks> VmMap<L> {
     /// run: its translated pages are not faulted, so they must stay
     /// translated.
     #[allow(clippy::type_complexity)]
-    fn reserve_faults<'c>(
+    pub(crate) fn reserve_faults<'c>(
         &'c self,
         m: &MapInner,
         r: VaRange,

@@ -51,6 +51,7 @@ mod fork;
 mod index;
 mod ops;
 mod pageout;
+mod rounds;
 #[cfg(test)]
 mod tests;
 mod verify;

@@ -135,6 +135,26 @@ impl<L: Locks> Objects<'_, L> {
         Ok(())
     }
 
+    /// Whether a call making `total` new pages can page its way through
+    /// in rounds of `round` pages when it cannot have them all resident at
+    /// once: RAM and swap together hold them (with the high-water margin
+    /// left for page tables), and its first round can be given room by
+    /// paging out what it does not use (its kept windows spared; each
+    /// later round may page out the rounds before it). `false` without a
+    /// pager.
+    pub fn can_page_through(&self, total: u64, round: u64) -> bool {
+        let Some(pager) = self.ctx.pager() else {
+            return false;
+        };
+        let frames = self.ctx.frames();
+        let free = frames.free_frames();
+        let m = marks(frames.total_frames());
+        let room = free.saturating_add(pager.free_slots());
+        let short = round.saturating_sub(free);
+        total.saturating_add(m.high) <= room
+            && (short == 0 || self.evictable(&self.kept_windows(), short) >= short)
+    }
+
     /// Pages out up to `target` pages, the least recently used first (what
     /// a kernel's pageout daemon calls). Returns how many went.
     pub fn pageout(&mut self, target: u64) -> u64 {

@@ -432,3 +432,49 @@ fn a_swap_file_serves_as_well_as_host_memory() {
     drop((map, child));
     assert_eq!(room(&vm), empty);
 }
+
+/// SPEC §8: a call bigger than RAM pages its way through in rounds: one
+/// `write_bytes` of 40 MiB and one `read_bytes` of it with 8 MiB of RAM.
+/// Bigger than RAM and swap together, it fails before any byte moves.
+#[test]
+fn one_store_and_one_load_bigger_than_ram_page_through() {
+    let vm = system(8 * MIB, 64 * MIB);
+    let empty = room(&vm);
+    let map = vm.create_map().unwrap();
+    let a = map.allocate(0, 41 * MIB, true).unwrap();
+    let mut data = Vec::with_capacity(40 * MIB as usize);
+    for k in 0..40 * MIB / CHUNK {
+        data.extend(pattern(k, 11, CHUNK as usize));
+    }
+    map.write_bytes(a + 123, &data).unwrap();
+    check(&vm, &[&map]);
+    let mut back = vec![0u8; data.len()];
+    map.read_bytes(a + 123, &mut back).unwrap();
+    assert!(back == data, "40 MiB read back in one call");
+    let mut edge = [1u8; 123];
+    map.read_bytes(a, &mut edge).unwrap();
+    assert!(
+        edge.iter().all(|&b| b == 0),
+        "bytes before the store untouched"
+    );
+    drop(map);
+    assert_eq!(room(&vm), empty);
+
+    let small = system(2 * MIB, 2 * MIB);
+    let map = small.create_map().unwrap();
+    let a = map.allocate(0, 8 * MIB, true).unwrap();
+    let before = (room(&small), small.statistics().pageouts);
+    assert_eq!(
+        map.write_bytes(a, &vec![5u8; 8 * MIB as usize]),
+        Err(KernError::ResourceShortage)
+    );
+    assert_eq!(
+        (room(&small), small.statistics().pageouts),
+        before,
+        "nothing moved"
+    );
+    let mut b = vec![9u8; MIB as usize];
+    map.read_bytes(a + 3 * MIB, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 0));
+    check(&small, &[&map]);
+}
