@@ -194,10 +194,13 @@ impl<L: Locks> VmMap<L> {
         if !e.protection.contains(access.needs()) {
             return Err(KernError::ProtectionFailure);
         }
-        // The graph first: pageout (another map's call) removes translations
-        // only under it, so what the walker answers holds while it is held.
+        // With a pager, the graph first: pageout (another map's call)
+        // removes translations only under it, so what the walker answers
+        // holds while it is held. Without one, only this map's calls do.
+        let paging = self.0.ctx.pager().is_some();
+        let early = (!paging).then(|| pm.translate(self.0.pmap, va, access, true).is_ok());
         let mut objs = self.0.ctx.objects();
-        let mapped = pm.translate(self.0.pmap, va, access, true).is_ok();
+        let mapped = early.unwrap_or_else(|| pm.translate(self.0.pmap, va, access, true).is_ok());
         let pa = if mapped {
             frame_at(&m, &objs, va.as_u64(), access)?
         } else {
@@ -329,8 +332,13 @@ impl<L: Locks> VmMap<L> {
         r: VaRange,
         access: Access,
     ) -> Result<(Objects<'c, L>, FrameReservation<'c, L>, Vec<u64>), KernError> {
+        // Without a pager nothing but this map's own calls (shut out by
+        // its lock) removes its translations: ask before the graph lock,
+        // not holding it exclusively over a walk per page.
+        let paging = self.0.ctx.pager().is_some();
+        let early = (!paging).then(|| self.untranslatable(r, access));
         let objs = self.0.ctx.objects();
-        let missing = self.untranslatable(r, access);
+        let missing = early.unwrap_or_else(|| self.untranslatable(r, access));
         if missing.len() <= 1 {
             keep_range(m, &objs, r);
             let frames = objs.on_demand();
@@ -436,6 +444,9 @@ const TOP_UP_TRIES: u32 = 32;
 /// Keeps the pages of `r` this map's entries show resident through the
 /// pageout the call's reservation may run (see `Objects::keep_window`).
 pub(crate) fn keep_range<L: Locks>(m: &MapInner, objs: &Objects<'_, L>, r: VaRange) {
+    if objs.context().pager().is_none() {
+        return;
+    }
     let (s, t) = (r.start().as_u64(), r.end().as_u64());
     for (&start, e) in m.overlapping(s, t) {
         let Some(h) = &e.object else { continue };

@@ -126,8 +126,9 @@ impl<L: Locks> VmMap<L> {
         // must be entered could take, are paged out for (this page kept)
         // before anything changes.
         let have = frames.remaining() as u64;
+        let pages = ctx.pager().is_some();
         let tables = match (enter, &mode) {
-            (Enter::Required, Mode::Fault) => {
+            (Enter::Required, Mode::Fault) if pages => {
                 ctx.pmap().tables_missing(self.0.pmap, VirtAddr::new(page))
             }
             // A wiring reserved its tables; a data call's translation is a
@@ -223,6 +224,11 @@ impl<L: Locks> VmMap<L> {
         let write = access == Access::Write;
         let r = objs.resolve(hold, idx, write, |r| self.enter_resolved(r, how));
         let r = r.transpose()?;
+        // Out of frames (a page table) with a pager: the exclusive path
+        // pages out for it. Nothing changed here.
+        if r == Err(KernError::ResourceShortage) && self.0.ctx.pager().is_some() {
+            return None;
+        }
         VmCounters::bump(&self.0.ctx.counters.faults);
         Some(r.map(|r| r.pa))
     }

@@ -88,8 +88,15 @@ impl<L: Locks> VmMap<L> {
     /// On `ResourceShortage` nothing has changed.
     pub fn fork(&self) -> Result<VmMap<L>, KernError> {
         let ctx = self.context().clone();
-        let child = VmMap::new(&ctx)?;
         let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
+        if ctx.pager().is_some() {
+            // Room for the eager copies and the child's root table at once:
+            // a fork that cannot have both pages nothing out.
+            let mut objs = ctx.objects();
+            let need = eager_frames(&m, &objs) + 1;
+            objs.make_room(need)?;
+        }
+        let child = VmMap::new(&ctx)?;
         let objs = ctx.objects();
         let (mut objs, mut frames) =
             reserve_settled(objs, |o| eager_settle(&m, o), |o| eager_frames(&m, o))?;

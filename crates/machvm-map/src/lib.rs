@@ -243,7 +243,9 @@ impl<L: Locks> VmMap<L> {
     fn new_pmap(ctx: &Arc<VmContext<L>>) -> Result<PmapId, KernError> {
         let mut tries = 0;
         loop {
-            ctx.objects().make_room(1)?;
+            if ctx.pager().is_some() {
+                ctx.objects().make_room(1)?;
+            }
             match ctx.pmap().create() {
                 Err(KernError::ResourceShortage) if ctx.pager().is_some() && tries < 32 => {
                     tries += 1;

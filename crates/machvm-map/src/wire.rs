@@ -117,8 +117,10 @@ impl<L: Locks> VmMap<L> {
             .map(|&(a, b)| pm.tables_for(VaRange::covering(a, b)));
         let tables: u64 = tables.sum();
         let mut objs = self.0.ctx.objects();
-        let need = count(&objs) + tables;
-        objs.make_room(need)?;
+        if self.0.ctx.pager().is_some() {
+            let need = count(&objs) + tables;
+            objs.make_room(need)?;
+        }
         let (mut objs, mut frames) = reserve(objs, count)?;
         self.check_wire_room(m, &objs, &fresh)?;
         let tables = TableReservation::new(self, &mut objs, &fresh)?;

@@ -86,6 +86,10 @@ impl<L: Locks> Objects<'_, L> {
     /// [`keep_window`](Self::keep_window), and the pages below the window
     /// down the chain (what reads resolve to).
     pub(crate) fn keep_pages(&self, hold: &Hold, first: PageIndex, count: u64, chain: bool) {
+        // Nothing pages out without a pager: nothing to record.
+        if self.ctx.pager().is_none() {
+            return;
+        }
         let (s, e) = self.window_raw(hold);
         let lo = s.saturating_add(first.get()).min(e);
         let hi = lo.saturating_add(count).min(e);

@@ -3,7 +3,9 @@
 //! map's pageout ran inside its reservation; one-page loads and stores
 //! racing the pageout daemon; stores that reserved nothing never paging
 //! out; a wiring or fault that failed for page tables after paging out;
-//! a map's root table and a fork's never paged out for.
+//! a map's root table and a fork's never paged out for; (second review)
+//! a fault on the shared path needing a page table failing at once; a
+//! fork failing for its eager copies after paging out for its root table.
 
 mod common;
 
@@ -231,4 +233,70 @@ fn one_page_loads_and_stores_race_the_pageout_daemon() {
     for r in results {
         assert_eq!(r, Ok(Ok(())));
     }
+}
+
+/// No frame free, every object page pageable, swap nearly empty. A load
+/// from an untouched page of an entry that already has an object goes the
+/// shared fast path (the zero frame), whose pmap step needs a new page
+/// table: the enter fails with NoTableFrame and, with Enter::Required, the
+/// fault answers ResourceShortage at once — the shared path never falls
+/// back to the exclusive path, which would page one page out for the
+/// table. SPEC §8: a call RAM + swap can hold must not fail.
+#[test]
+fn a_shared_path_fault_that_needs_a_page_table_pages_out_for_it() {
+    let vm = VmSystem::hosted_with_swap(256 * P, 256 * P);
+    let map = vm.create_map().unwrap();
+    // One entry over two 2 MiB page-table spans.
+    let a = map.allocate(0x20_0000, 1024 * P, false).unwrap();
+    let n = wire_until_full(&vm, &map, a, 500);
+    let free = vm.statistics().free_count;
+    assert!(n > 0 && free < 4, "{:?}", vm.statistics());
+    if free > 0 {
+        map.write_bytes(a + n * P, &vec![0x5a; (free * P) as usize])
+            .unwrap();
+    }
+    map.wire(a, n * P, VmProt::NONE).unwrap();
+    let s = vm.statistics();
+    assert_eq!(s.free_count, 0, "{s:?}");
+    // The second span has no page table yet; the entry has its object.
+    let far = a + 0x20_0000;
+    let read = map.fault(far, Access::Read);
+    // The same page's store goes the exclusive path (no frame for the
+    // claim), which pages out for the frame and the table: it succeeds.
+    let write = map.fault(far, Access::Write);
+    assert_eq!((read, write), (Ok(()), Ok(())), "{:?}", vm.statistics());
+}
+
+/// fork makes room for the child's root table (new_pmap, 1b4e4fc) before
+/// it counts the wired pages it must copy at once. When that copy cannot
+/// be had (RAM + swap too small), fork fails with ResourceShortage — after
+/// new_pmap already paged pages out: swap_free_pages and free_count
+/// changed, against "On ResourceShortage nothing has changed" (fork's own
+/// doc) and SPEC §8.
+#[test]
+fn a_fork_that_fails_for_its_eager_copies_pages_nothing_out() {
+    let vm = VmSystem::hosted_with_swap(256 * P, 16 * P);
+    let map = vm.create_map().unwrap();
+    let a = map.allocate(0x20_0000, 512 * P, false).unwrap();
+    let n = wire_until_full(&vm, &map, a, 500);
+    let free = vm.statistics().free_count;
+    assert!(n > 100 && free < 4, "{:?}", vm.statistics());
+    if free > 0 {
+        map.write_bytes(a + n * P, &vec![0x5a; (free * P) as usize])
+            .unwrap();
+    }
+    // A few pages become pageable; still no frame free.
+    map.wire(a + (n - 12) * P, 12 * P, VmProt::NONE).unwrap();
+    let s = vm.statistics();
+    assert_eq!(s.free_count, 0, "{s:?}");
+    let before = (s.free_count, s.swap_free_pages, s.pageouts);
+    // The child must copy ~n - 12 wired pages now: far more than RAM + swap.
+    let r = map.fork().map(|_| ());
+    let s = vm.statistics();
+    assert_eq!(r, Err(machvm::KernError::ResourceShortage));
+    assert_eq!(
+        (s.free_count, s.swap_free_pages, s.pageouts),
+        before,
+        "the failed fork paged out / changed free frames: {s:?}"
+    );
 }
