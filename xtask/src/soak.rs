@@ -2,7 +2,8 @@
 //! test (`crates/machvm/tests/model_check.rs`) for millions of operations,
 //! in release mode, with SPEC §6's audit checked after every operation,
 //! printing operations per second and the audit's peaks. One world in
-//! four pages: tiny RAM and 1 MiB of swap (SPEC §8). `--snapshots K`
+//! four pages: tiny RAM and 1 MiB of swap (SPEC §8), half of them with
+//! injected allocation failures too. `--snapshots K`
 //! keeps up to K `vm_read` snapshots alive at once (and makes snapshot
 //! operations eight times as likely), so that object chains grow.
 
