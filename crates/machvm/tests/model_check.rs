@@ -885,8 +885,7 @@ fn soak() {
     println!(
         "soak paging worlds ({} KiB of RAM, {} KiB of swap; half also starved): {pageouts} pages paged out, \
          {pageins} paged in; no call failed for want of frames with swap to spare (injected \
-         failures apart) and
-         none that ran short had paged out",
+         failures apart) and none that ran short had paged out",
         PAGING_RAM >> 10,
         PAGING_SWAP >> 10
     );
