@@ -14,7 +14,10 @@ use crate::{Layout, VmMapCopy};
 
 /// With `dst_alloc`: the allocated parts of `r` must be writable
 /// (`ProtectionFailure`); returns the holes to allocate.
-fn dst_holes<L: Locks>(d: &MapGuard<'_, L>, r: VaRange) -> Result<Vec<VaRange>, KernError> {
+pub(crate) fn dst_holes<L: Locks>(
+    d: &MapGuard<'_, L>,
+    r: VaRange,
+) -> Result<Vec<VaRange>, KernError> {
     let mut holes = Vec::new();
     let mut at = r.start();
     for (part, prot) in d.allocated(r) {
@@ -29,12 +32,12 @@ fn dst_holes<L: Locks>(d: &MapGuard<'_, L>, r: VaRange) -> Result<Vec<VaRange>, 
 }
 
 /// One `vm_map_copy` with its arguments, once they are validated.
-struct CopyArgs {
-    dst_addr: u64,
-    len: u64,
-    src_addr: u64,
-    dst_alloc: bool,
-    src_destroy: bool,
+pub(crate) struct CopyArgs {
+    pub(crate) dst_addr: u64,
+    pub(crate) len: u64,
+    pub(crate) src_addr: u64,
+    pub(crate) dst_alloc: bool,
+    pub(crate) src_destroy: bool,
 }
 
 /// `vm_map_copy(dst_map, src_map, dst_addr, len, src_addr, dst_alloc,
@@ -125,7 +128,7 @@ pub fn vm_map_copy<L: Locks>(
         src_destroy,
     };
     let mut maps = MapPair::lock(src_map, dst_map);
-    let result = copy_locked(&mut maps, (sr, dr), &args);
+    let result = copy_locked(&mut maps, (sr, dr), &args, true);
     if src_map.context().consistency_checks() {
         let objs = src_map.context().objects();
         let (s, d) = maps.both();
@@ -136,11 +139,14 @@ pub fn vm_map_copy<L: Locks>(
 }
 
 /// The body of [`vm_map_copy`] with the maps locked; `sr` and `dr` are the
-/// source and destination pages.
-fn copy_locked<L: Locks>(
+/// source and destination pages. With `rounds`, a copy whose frames a
+/// system that pages cannot have all at once goes in rounds instead
+/// (`rounds.rs`).
+pub(crate) fn copy_locked<L: Locks>(
     maps: &mut MapPair<'_, L>,
     (sr, dr): (VaRange, VaRange),
     a: &CopyArgs,
+    rounds: bool,
 ) -> Result<(), KernError> {
     let ctx = maps.src().map().context().clone();
     // Declared before the graph guard, so that on a panic the guard goes
@@ -157,11 +163,17 @@ fn copy_locked<L: Locks>(
         Vec::new()
     };
     let same = maps.is_same_map();
-    let (mut objs, mut frames) = reserve_settled(
+    let reserved = reserve_settled(
         objs,
         |o| copyin_settle(s, o, a.src_addr, a.len),
         |o| copyin_frames(s, o, a.src_addr, a.len) + copy_dest_frames(d, o, a, same),
-    )?;
+    );
+    let (mut objs, mut frames) = match reserved {
+        Err(KernError::ResourceShortage) if rounds && ctx.pager().is_some() => {
+            return crate::rounds::copy_in_rounds(maps, (sr, dr), a);
+        }
+        other => other?,
+    };
     let copy = slot.insert(copyin(
         maps.src(),
         &mut objs,
@@ -193,7 +205,7 @@ fn copy_locked<L: Locks>(
 /// the pages the copy-in is about to make copy-on-write need a frame each.
 /// By ranges, not pages: O(entries and resident pages), whatever the
 /// length.
-fn copy_dest_frames<L: Locks>(
+pub(crate) fn copy_dest_frames<L: Locks>(
     d: &MapGuard<'_, L>,
     objs: &Objects<'_, L>,
     a: &CopyArgs,

@@ -31,6 +31,7 @@
 extern crate alloc;
 
 mod calls;
+mod rounds;
 mod source;
 mod steps;
 

@@ -478,3 +478,86 @@ fn one_store_and_one_load_bigger_than_ram_page_through() {
     assert!(b.iter().all(|&x| x == 0));
     check(&small, &[&map]);
 }
+
+/// A `vm_map_copy` that moves more bytes than RAM holds (unaligned: every
+/// page copied now) pages its way through in rounds: between two maps with
+/// `dst_alloc` and `src_destroy`, and within one map overlapping both
+/// ways, as `memmove`. Too big for RAM and swap, it changes nothing.
+#[test]
+fn copies_bigger_than_ram_page_through_in_memmove_order() {
+    let vm = system(4 * MIB, 64 * MIB);
+    let empty = room(&vm);
+    let src = vm.create_map().unwrap();
+    let dst = vm.create_map().unwrap();
+    let len = 16 * MIB;
+    let a = src.allocate(0, len + MIB, true).unwrap();
+    write_chunks(&src, a, len, 21, |_| true);
+    let mut want = Vec::with_capacity(len as usize);
+    for k in 0..len / CHUNK {
+        want.extend(pattern(k, 21, CHUNK as usize));
+    }
+    let read = |m: &VmMap, at: u64, n: u64| {
+        let mut b = vec![0u8; n as usize];
+        for (i, part) in b.chunks_mut(CHUNK as usize).enumerate() {
+            m.read_bytes(at + i as u64 * CHUNK, part).unwrap();
+        }
+        b
+    };
+    // Between maps: unaligned by 100 bytes, the destination allocated,
+    // the source destroyed after.
+    vm_map_copy(
+        &dst,
+        &src,
+        0x1000_0000 + 100,
+        len - 300,
+        a + 200,
+        true,
+        false,
+    )
+    .unwrap();
+    check(&vm, &[&src, &dst]);
+    assert!(read(&dst, 0x1000_0000 + 100, len - 300) == want[200..len as usize - 100]);
+    // Within one map, overlapping: up by 3 pages and 5 bytes (copied from
+    // the end), then back down (from the start).
+    let shift = 3 * P + 5;
+    vm_map_copy(&src, &src, a + shift, len - shift, a, false, false).unwrap();
+    assert!(
+        read(&src, a + shift, len - shift) == want[..(len - shift) as usize],
+        "memmove up"
+    );
+    vm_map_copy(&src, &src, a, len - shift, a + shift, false, false).unwrap();
+    assert!(
+        read(&src, a, len - shift) == want[..(len - shift) as usize],
+        "memmove down"
+    );
+    check(&vm, &[&src, &dst]);
+    // src_destroy, in rounds too.
+    let b = 0x3000_0000 + 7;
+    let now = read(&src, a + 9, len - P);
+    vm_map_copy(&dst, &src, b, len - P, a + 9, true, true).unwrap();
+    assert!(
+        read(&dst, b, len - P) == now,
+        "copied, then the source destroyed"
+    );
+    assert!(src.region(a).is_err() || src.region(a).unwrap().start >= a + len);
+    check(&vm, &[&src, &dst]);
+    drop((src, dst));
+    assert_eq!(room(&vm), empty);
+
+    let small = system(2 * MIB, 2 * MIB);
+    let (s, d) = (small.create_map().unwrap(), small.create_map().unwrap());
+    let a = s.allocate(0, 8 * MIB, true).unwrap();
+    write_chunks(&s, a, MIB, 1, |_| true);
+    let before = (room(&small), small.statistics().pageouts);
+    assert_eq!(
+        vm_map_copy(&d, &s, 0x1000_0000 + 1, 8 * MIB - 1, a, true, true),
+        Err(KernError::ResourceShortage)
+    );
+    assert_eq!(
+        (room(&small), small.statistics().pageouts),
+        before,
+        "nothing moved"
+    );
+    assert!(d.region(0).is_err(), "no destination allocated");
+    check(&small, &[&s, &d]);
+}
