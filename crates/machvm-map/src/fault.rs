@@ -116,12 +116,8 @@ impl<L: Locks> VmMap<L> {
         let write = access == Access::Write || matches!(mode, Mode::Wire);
         // The frame first, before anything changes: the one step that can
         // run out then comes before every other.
-        let need = objs.frames_to_resolve(
-            e.object.as_ref(),
-            PageIndex::in_window(start, page),
-            1,
-            write,
-        );
+        let idx = PageIndex::in_window(start, page);
+        let mut need = objs.frames_to_resolve(e.object.as_ref(), idx, 1, write);
         // With a pager, the frames missing, and the page tables a fault that
         // must be entered could take, are paged out for (this page kept)
         // before anything changes.
@@ -135,7 +131,16 @@ impl<L: Locks> VmMap<L> {
             // cache it may leave unentered.
             _ => 0,
         };
-        objs.make_room(need.saturating_sub(have) + tables)?;
+        if let Err(err) = objs.make_room(need.saturating_sub(have) + tables) {
+            // RAM and swap both full: a paged-out page may still come in by
+            // trading places with a resident one.
+            let h = e.object.as_ref();
+            let lone = tables == 0 && need.saturating_sub(have) == 1;
+            if !(lone && h.is_some_and(|h| objs.exchange_in(h, idx, write))) {
+                return Err(err);
+            }
+            need = objs.frames_to_resolve(e.object.as_ref(), idx, 1, write);
+        }
         frames.ensure(need)?;
         let map = Holder::Direct { map: self.0.id };
         let pages = e.pages(start);

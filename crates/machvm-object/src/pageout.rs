@@ -190,6 +190,92 @@ impl<L: Locks> Objects<'_, L> {
         victims.chunks(BATCH).map(|b| self.evict(b)).sum()
     }
 
+    /// With RAM and swap both full, brings page `page` of `hold`'s window,
+    /// paged out, into a victim's frame by trading places: the victim's
+    /// bytes go to the page's slot (one store exchange, the victim's
+    /// translations removed and shot down first). No frame and no slot is
+    /// needed. Only where the page is then all the access needs (a load, or
+    /// a store to the held object's own page): `false`, nothing done,
+    /// otherwise or with no unkept victim.
+    pub fn exchange_in(&mut self, hold: &Hold, page: PageIndex, write: bool) -> bool {
+        let ctx = self.ctx;
+        let Some(pager) = ctx.pager() else {
+            return false;
+        };
+        let Some(off) = self.window_offset(hold, page) else {
+            return false;
+        };
+        let Some((obj, at, slot, depth)) = self.swapped_at(hold.obj, off) else {
+            return false;
+        };
+        let direct = matches!(self.holder(hold), crate::Holder::Direct { .. });
+        if write && !(depth == 0 && direct) {
+            return false;
+        }
+        let kept = self.kept_windows();
+        let frames = ctx.frames();
+        let mut victim = None;
+        for q in [PageQueue::Inactive, PageQueue::Active] {
+            frames.for_each_queued(q, |pa| {
+                victim = self
+                    .victim(pa)
+                    .filter(|&(o, k)| !Self::is_kept(&kept, o, k))
+                    .map(|v| (pa, v));
+                victim.is_none()
+            });
+            if victim.is_some() {
+                break;
+            }
+        }
+        let Some((pa, (vobj, voff))) = victim else {
+            return false;
+        };
+        frames.dequeue(pa);
+        let pm = ctx.pmap();
+        pm.flush(pm.page_protect(pa, VmProt::NONE));
+        if pager.exchange(slot, frames.mem(), pa).is_err() {
+            frames.enqueue(pa, PageQueue::Active);
+            return false;
+        }
+        self.g
+            .obj_mut(vobj)
+            .pages
+            .insert(voff, PageAt::Swapped(slot));
+        self.set_owner(pa, obj.0, at);
+        self.g.obj_mut(obj).pages.insert(at, PageAt::Frame(pa));
+        self.activate(pa);
+        ctx.counters.pageouts.bump();
+        ctx.counters.pageins.bump();
+        ctx.evictions.fetch_add(1, Relaxed);
+        true
+    }
+
+    /// The first page present at `off` of `obj` or below, when it is paged
+    /// out: its object, offset there, slot and depth.
+    fn swapped_at(
+        &self,
+        obj: ObjectId,
+        off: u64,
+    ) -> Option<(ObjectId, u64, machvm_pager::SwapSlot, usize)> {
+        let (mut cur, mut off, mut depth) = (obj, off, 0);
+        loop {
+            let o = self.g.obj(cur);
+            match o.pages.get(off) {
+                Some(PageAt::Swapped(slot)) => return Some((cur, off, slot, depth)),
+                Some(PageAt::Frame(_)) => return None,
+                None => {}
+            }
+            let b = o.backing?;
+            (cur, off, depth) = (b.obj, off + b.offset, depth + 1);
+        }
+    }
+
+    /// The object offset of page `page` of `hold`'s window, if inside it.
+    fn window_offset(&self, hold: &Hold, page: PageIndex) -> Option<u64> {
+        let (s, e) = self.window_raw(hold);
+        s.checked_add(page.get()).filter(|&o| o < e)
+    }
+
     /// The kept windows and the chains below them, sorted.
     fn kept_windows(&self) -> Vec<(ObjectId, u64, u64)> {
         let mut out = Vec::new();

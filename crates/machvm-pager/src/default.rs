@@ -153,6 +153,12 @@ impl<S: BackingStore, L: Locks> Pager for DefaultPager<S, L> {
         }
     }
 
+    fn exchange(&self, slot: SwapSlot, mem: &PhysMem, pa: PhysAddr) -> Result<(), PagerError> {
+        self.store
+            .exchange_page(slot.index(), mem, pa)
+            .map_err(PagerError::Store)
+    }
+
     fn forget(&self, slot: SwapSlot) {
         if !self.slots.lock().give_back(slot.index()) {
             self.bad_forgets.fetch_add(1, Relaxed);

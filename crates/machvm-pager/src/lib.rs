@@ -137,6 +137,15 @@ pub trait Pager: Send + Sync {
     /// or the page it held was rewritten.
     fn forget(&self, slot: SwapSlot);
 
+    /// Trades contents between `slot` and the frame at `pa`: the slot now
+    /// holds the frame's page and the frame the slot's (SPEC §8's page-in
+    /// with RAM and swap both full). On an error neither changed. The
+    /// default refuses.
+    fn exchange(&self, slot: SwapSlot, mem: &PhysMem, pa: PhysAddr) -> Result<(), PagerError> {
+        let _ = (slot, mem, pa);
+        Err(PagerError::Store(StoreError))
+    }
+
     /// Slots neither in use nor promised.
     fn free_slots(&self) -> u64;
 

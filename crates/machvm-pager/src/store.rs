@@ -35,6 +35,18 @@ pub trait BackingStore: Send + Sync {
 
     /// Copies slot `from` to slot `to`.
     fn copy_page(&self, from: u64, to: u64, mem: &PhysMem) -> Result<(), StoreError>;
+
+    /// Trades contents: slot `index` gets the page at `frame`, and the
+    /// frame the slot's page (a page-in needing no free frame and no free
+    /// slot). On an error neither changed. The default goes through a
+    /// page-sized buffer on the heap.
+    fn exchange_page(&self, index: u64, mem: &PhysMem, frame: PhysAddr) -> Result<(), StoreError> {
+        let mut slot = alloc::vec![0u8; PAGE_SIZE as usize];
+        self.read_bytes(index, mem, 0, &mut slot);
+        self.write_page(index, mem, frame)?;
+        mem.write(frame, &slot);
+        Ok(())
+    }
 }
 
 /// Slots in host memory: the store `VmSystem`'s hosted swap uses. Pages

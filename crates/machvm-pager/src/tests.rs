@@ -86,6 +86,29 @@ fn pages_come_back_whole_from_every_store() {
 }
 
 #[test]
+fn an_exchange_trades_a_slot_and_a_frame_in_every_store() {
+    let f = frames();
+    let disk = f.alloc_order(3, FrameUse::Kernel).unwrap();
+    let mem = DefaultPager::new(MemStore::new(8).unwrap()).unwrap();
+    let ram = DefaultPager::new(RamDisk::new(disk, 8).unwrap()).unwrap();
+    let pagers: [&dyn Pager; 2] = [&mem, &ram];
+    for pager in pagers {
+        let a = tagged(&f, 0xA);
+        let slot = pager.page_out(f.mem(), a, None).unwrap();
+        let b = tagged(&f, 0xB);
+        pager.exchange(slot, f.mem(), b).unwrap();
+        assert_eq!(tag_of(&f, b), 0xA, "the frame holds the slot's page");
+        pager.page_in(slot, f.mem(), a);
+        assert_eq!(tag_of(&f, a), 0xB, "the slot holds the frame's page");
+        assert_eq!(pager.free_slots(), 7, "no slot taken or given");
+        pager.forget(slot);
+        f.free(a);
+        f.free(b);
+        pager.verify().unwrap();
+    }
+}
+
+#[test]
 fn a_pager_spends_only_its_own_credits() {
     let f = frames();
     let a = DefaultPager::new(MemStore::new(4).unwrap()).unwrap();
@@ -213,6 +236,12 @@ fn a_file_store_keeps_pages_in_its_file() {
     f.mem().zero_page(pa);
     pager.page_in(copy, f.mem(), pa);
     assert_eq!(tag_of(&f, pa), 5);
+    // An exchange through the file: the slot and the frame trade pages.
+    let b = tagged(&f, 6);
+    pager.exchange(slot, f.mem(), b).unwrap();
+    assert_eq!(tag_of(&f, b), 5);
+    pager.page_in(slot, f.mem(), pa);
+    assert_eq!(tag_of(&f, pa), 6);
     pager.forget(slot);
     pager.forget(copy);
     pager.verify().unwrap();

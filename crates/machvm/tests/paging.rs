@@ -561,3 +561,43 @@ fn copies_bigger_than_ram_page_through_in_memmove_order() {
     assert!(d.region(0).is_err(), "no destination allocated");
     check(&small, &[&s, &d]);
 }
+
+/// With RAM and swap both full, a paged-out page can still be read, and
+/// stored to in place: it trades places with a resident page (one store
+/// exchange), taking no frame and no slot.
+#[test]
+fn with_ram_and_swap_full_a_paged_out_page_trades_places() {
+    let vm = system(2 * MIB, MIB);
+    let map = vm.create_map().unwrap();
+    let a = map.allocate(0, 8 * MIB, true).unwrap();
+    let byte = |p: u64| (p % 250) as u8 + 1;
+    // Fill, a page at a time, until a page no longer fits.
+    let mut pages = 0;
+    while map
+        .write_bytes(a + pages * P, &[byte(pages); P as usize])
+        .is_ok()
+    {
+        pages += 1;
+    }
+    let s = vm.statistics();
+    assert_eq!(s.swap_free_pages, 0, "{s:?}");
+    // A paged-out page: page_out of it finds nothing resident.
+    let p = (0..pages)
+        .find(|&p| map.page_out(a + p * P, P) == Ok(0))
+        .expect("a paged-out page");
+    let before = (vm.statistics().free_count, vm.statistics().swap_free_pages);
+    let mut b = [0u8; 8];
+    map.read_bytes(a + p * P + 8, &mut b).unwrap();
+    assert_eq!(b, [byte(p); 8]);
+    map.write_bytes(a + p * P, &[0xEE; 8]).unwrap();
+    let after = (vm.statistics().free_count, vm.statistics().swap_free_pages);
+    assert_eq!(after, before, "no frame or slot taken");
+    check(&vm, &[&map]);
+    // Every page still holds its bytes.
+    for q in (0..pages).filter(|&q| q != p) {
+        let mut b = [0u8; 1];
+        map.read_bytes(a + q * P + 100, &mut b).unwrap();
+        assert_eq!(b[0], byte(q), "page {q}");
+    }
+    check(&vm, &[&map]);
+}
