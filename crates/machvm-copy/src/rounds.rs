@@ -49,15 +49,17 @@ pub(crate) fn copy_in_rounds<L: Locks>(
 ) -> Result<(), KernError> {
     let ctx = maps.src().map().context().clone();
     let same = maps.is_same_map();
-    let round = (ctx.frames().total_frames() / 4).max(16);
-    {
+    let round = {
         let objs = ctx.objects();
         let (s, d) = maps.both();
-        let need = copyin_frames(s, &objs, a.src_addr, a.len) + copy_dest_frames(d, &objs, a, same);
-        if !objs.can_page_through(need, round.min(need)) {
-            return Err(KernError::ResourceShortage);
-        }
-    }
+        // Every destination page counted as new: a round may page out a
+        // later round's destination, which then comes back to be written.
+        let dest = copy_dest_frames(d, &objs, a, same).max(dr.pages());
+        let need = copyin_frames(s, &objs, a.src_addr, a.len) + dest;
+        let most = (ctx.frames().total_frames() / 4).max(1);
+        objs.page_through_round(need, most)
+            .ok_or(KernError::ResourceShortage)?
+    };
     let holes = match a.dst_alloc {
         true => dst_holes(maps.dst(), dr)?,
         false => Vec::new(),

@@ -39,10 +39,17 @@ impl<L: Locks> VmMap<L> {
             return Ok(());
         };
         if r.pages() == 1 {
-            return self.in_one_page(r, Access::Read, |mem, pa| match pa {
+            let got = self.in_one_page(r, Access::Read, |mem, pa| match pa {
                 Some(pa) => mem.read(pa + (addr & PAGE_MASK), buf),
                 None => buf.fill(0),
             });
+            if got != Err(KernError::ResourceShortage) || self.0.ctx.pager().is_none() {
+                return got;
+            }
+            // Not even one frame to page the page in: read it where it is.
+            let m = machvm_base::sync::write::<L, _>(&self.0.inner);
+            check_access(&m, r, Access::Read)?;
+            return self.read_through_objects(&m, addr, buf);
         }
         let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         check_access(&m, r, Access::Read)?;
@@ -76,7 +83,7 @@ impl<L: Locks> VmMap<L> {
         }
         let mut m = machvm_base::sync::write::<L, _>(&self.0.inner);
         check_access(&m, r, Access::Write)?;
-        let (mut objs, mut frames, missing) = match self.reserve_faults(&m, r, Access::Write) {
+        let (mut objs, mut frames, missing) = match self.reserve_faults(&m, (r, r), Access::Write) {
             // More pages than RAM holds at once: in rounds, if swap holds them.
             Err(KernError::ResourceShortage) if self.0.ctx.pager().is_some() => {
                 return self.write_in_rounds(&mut m, addr, data);
@@ -243,7 +250,7 @@ impl<L: Locks> VmMap<L> {
         r: VaRange,
         access: Access,
     ) -> Result<Objects<'c, L>, KernError> {
-        let (mut objs, mut frames, missing) = self.reserve_faults(m, r, access)?;
+        let (mut objs, mut frames, missing) = self.reserve_faults(m, (r, r), access)?;
         self.fault_pages(m, &mut objs, &missing, access, &mut frames)?;
         drop(frames);
         Ok(objs)
@@ -329,7 +336,7 @@ impl<L: Locks> VmMap<L> {
     pub(crate) fn reserve_faults<'c>(
         &'c self,
         m: &MapInner,
-        r: VaRange,
+        (r, keep): (VaRange, VaRange),
         access: Access,
     ) -> Result<(Objects<'c, L>, FrameReservation<'c, L>, Vec<u64>), KernError> {
         // Without a pager nothing but this map's own calls (shut out by
@@ -340,7 +347,7 @@ impl<L: Locks> VmMap<L> {
         let objs = self.0.ctx.objects();
         let missing = early.unwrap_or_else(|| self.untranslatable(r, access));
         if missing.len() <= 1 {
-            keep_range(m, &objs, r);
+            keep_range(m, &objs, keep);
             let frames = objs.on_demand();
             return Ok((objs, frames, missing));
         }
@@ -348,7 +355,7 @@ impl<L: Locks> VmMap<L> {
         // The first count uses the answer above; a recount asks again.
         let (mut first, mut last) = (Some(missing), Vec::new());
         let (objs, frames) = reserve(objs, |o| {
-            keep_range(m, o, r);
+            keep_range(m, o, keep);
             last = first
                 .take()
                 .unwrap_or_else(|| self.untranslatable(r, access));
@@ -441,8 +448,11 @@ pub fn reserve_settled<'c, L: Locks>(
 /// took the frames it freed.
 const TOP_UP_TRIES: u32 = 32;
 
-/// Keeps the pages of `r` this map's entries show resident through the
-/// pageout the call's reservation may run (see `Objects::keep_window`).
+/// Keeps the pages of `r` this map's entries write directly resident
+/// through the pageout the call's reservation may run (see
+/// `Objects::keep_window`): a store writes them in place, where the walker
+/// found them. Pages only read, or copied up from, need not stay: reads
+/// and copy-ups take a paged-out page from its slot.
 pub(crate) fn keep_range<L: Locks>(m: &MapInner, objs: &Objects<'_, L>, r: VaRange) {
     if objs.context().pager().is_none() {
         return;
@@ -450,6 +460,9 @@ pub(crate) fn keep_range<L: Locks>(m: &MapInner, objs: &Objects<'_, L>, r: VaRan
     let (s, t) = (r.start().as_u64(), r.end().as_u64());
     for (&start, e) in m.overlapping(s, t) {
         let Some(h) = &e.object else { continue };
+        if !matches!(objs.holder(h), machvm_object::Holder::Direct { .. }) {
+            continue;
+        }
         let (lo, hi) = (s.max(start), t.min(e.end));
         objs.keep_window(h, PageIndex::in_window(start, lo), (hi - lo) >> PAGE_SHIFT);
     }

@@ -3,8 +3,11 @@
 //! call does not use, the earlier rounds included) while its bytes move.
 //!
 //! A store checks first, with the graph locked, that RAM and swap hold all
-//! its new pages and that its first round can be given room; otherwise it
-//! fails with `ResourceShortage` before any byte moves. Only another call
+//! its new pages, and sizes its rounds by what can be freed (a quarter of
+//! RAM at most); otherwise it fails with `ResourceShortage` before any byte
+//! moves. Each round keeps the pages the rest of the store writes in place
+//! resident (so no later round finds them paged out and needs slots the
+//! check did not count); the rounds before it may go. Only another call
 //! taking the room meanwhile can make a later round fail. A load that
 //! cannot fault its pages in reads them through the objects instead: a
 //! paged-out page's bytes come from its slot.
@@ -20,7 +23,7 @@ use crate::{MapInner, VmMap};
 /// Pages a round covers at most: a quarter of RAM, so that the round and
 /// its page tables fit beside what the system keeps resident.
 fn round_pages<L: Locks>(objs: &Objects<'_, L>) -> u64 {
-    (objs.context().frames().total_frames() / 4).max(16)
+    (objs.context().frames().total_frames() / 4).max(1)
 }
 
 impl<L: Locks> VmMap<L> {
@@ -39,11 +42,8 @@ impl<L: Locks> VmMap<L> {
             keep_range(m, &objs, r);
             let missing = self.untranslatable(r, Access::Write);
             let need = frames_for(m, &objs, &missing, true);
-            let round = round_pages(&objs);
-            if !objs.can_page_through(need, round.min(need)) {
-                return Err(KernError::ResourceShortage);
-            }
-            round
+            objs.page_through_round(need, round_pages(&objs))
+                .ok_or(KernError::ResourceShortage)?
         };
         let mem = self.0.ctx.frames().mem();
         let end = addr + data.len() as u64;
@@ -53,7 +53,9 @@ impl<L: Locks> VmMap<L> {
             let stop = ((at >> PAGE_SHIFT) + round) << PAGE_SHIFT;
             let stop = stop.min(end);
             let rr = VaRange::of_data(at, stop - at)?.ok_or(KernError::InvalidArgument)?;
-            let (mut objs, mut frames, missing) = self.reserve_faults(m, rr, Access::Write)?;
+            let rest = VaRange::of_data(at, end - at)?.ok_or(KernError::InvalidArgument)?;
+            let (mut objs, mut frames, missing) =
+                self.reserve_faults(m, (rr, rest), Access::Write)?;
             let base = (at - addr) as usize;
             self.store_in(
                 m,

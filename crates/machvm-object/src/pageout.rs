@@ -139,24 +139,24 @@ impl<L: Locks> Objects<'_, L> {
         Ok(())
     }
 
-    /// Whether a call making `total` new pages can page its way through
-    /// in rounds of `round` pages when it cannot have them all resident at
-    /// once: RAM and swap together hold them (with the high-water margin
-    /// left for page tables), and its first round can be given room by
-    /// paging out what it does not use (its kept windows spared; each
-    /// later round may page out the rounds before it). `false` without a
-    /// pager.
-    pub fn can_page_through(&self, total: u64, round: u64) -> bool {
-        let Some(pager) = self.ctx.pager() else {
-            return false;
-        };
+    /// The round (at most `most` pages) in which a call making `total` new
+    /// pages can page its way through when it cannot have them all
+    /// resident at once: as many pages as are free or can be paged out
+    /// outside its kept windows (each later round may page out the rounds
+    /// before it). `None` without a pager, when RAM and swap together
+    /// cannot hold the pages (the high-water margin left for page tables),
+    /// or when not one page can be had.
+    pub fn page_through_round(&self, total: u64, most: u64) -> Option<u64> {
+        let pager = self.ctx.pager()?;
         let frames = self.ctx.frames();
         let free = frames.free_frames();
         let m = marks(frames.total_frames());
-        let room = free.saturating_add(pager.free_slots());
-        let short = round.saturating_sub(free);
-        total.saturating_add(m.high) <= room
-            && (short == 0 || self.evictable(&self.kept_windows(), short) >= short)
+        if total.saturating_add(m.high) > free.saturating_add(pager.free_slots()) {
+            return None;
+        }
+        let want = most.min(total).max(1);
+        let room = free + self.evictable(&self.kept_windows(), want.saturating_sub(free));
+        Some(want.min(room)).filter(|&r| r > 0)
     }
 
     /// Pages out up to `target` pages, the least recently used first (what

@@ -53,6 +53,8 @@ impl<L: Locks> SharedObjects<'_, L> {
         if write && !direct {
             return Ok(None);
         }
+        // Counted once the page is mapped: a fault that fails here may be
+        // taken again by the exclusive path, which counts it then.
         let counters = &self.ctx.counters;
         let mut map = Some(map);
         loop {
@@ -62,11 +64,12 @@ impl<L: Locks> SharedObjects<'_, L> {
             let r = match step {
                 Step::Found(r) => r,
                 Step::Claimed(pa) => {
-                    VmCounters::bump(&counters.lookups);
                     let Some(map) = map.take() else {
                         return Ok(None);
                     };
-                    return self.fill(hold.obj, off, pa, map).map(Some);
+                    let r = self.fill(hold.obj, off, pa, map)?;
+                    VmCounters::bump(&counters.lookups);
+                    return Ok(Some(r));
                 }
                 Step::Zero(zero) => {
                     let r = Resolved {
@@ -79,8 +82,9 @@ impl<L: Locks> SharedObjects<'_, L> {
                     let pages = &self.g.obj(hold.obj).pages;
                     match pages.while_absent(off, || map.take().map(|m| m(r))) {
                         Some(Some(done)) => {
+                            done?;
                             VmCounters::bump(&counters.lookups);
-                            return done.map(|()| Some(r));
+                            return Ok(Some(r));
                         }
                         Some(None) => return Ok(None),
                         // A page appeared meanwhile: look again.
@@ -88,12 +92,12 @@ impl<L: Locks> SharedObjects<'_, L> {
                     }
                 }
             };
-            VmCounters::bump(&counters.lookups);
-            VmCounters::bump(&counters.hits);
             let Some(map) = map.take() else {
                 return Ok(None);
             };
             map(r)?;
+            VmCounters::bump(&counters.lookups);
+            VmCounters::bump(&counters.hits);
             return Ok(Some(r));
         }
     }
