@@ -117,30 +117,13 @@ impl<L: Locks> VmMap<L> {
         // The frame first, before anything changes: the one step that can
         // run out then comes before every other.
         let idx = PageIndex::in_window(start, page);
-        let mut need = objs.frames_to_resolve(e.object.as_ref(), idx, 1, write);
-        // With a pager, the frames missing, and the page tables a fault that
-        // must be entered could take, are paged out for (this page kept)
-        // before anything changes.
-        let have = frames.remaining() as u64;
-        let pages = ctx.pager().is_some();
         let tables = match (enter, &mode) {
-            (Enter::Required, Mode::Fault) if pages => {
-                ctx.pmap().tables_missing(self.0.pmap, VirtAddr::new(page))
-            }
+            (Enter::Required, Mode::Fault) => self.tables_to_enter(page),
             // A wiring reserved its tables; a data call's translation is a
             // cache it may leave unentered.
             _ => 0,
         };
-        if let Err(err) = objs.make_room(need.saturating_sub(have) + tables) {
-            // RAM and swap both full: a paged-out page may still come in by
-            // trading places with a resident one.
-            let h = e.object.as_ref();
-            let lone = tables == 0 && need.saturating_sub(have) == 1;
-            if !(lone && h.is_some_and(|h| objs.exchange_in(h, idx, write))) {
-                return Err(err);
-            }
-            need = objs.frames_to_resolve(e.object.as_ref(), idx, 1, write);
-        }
+        let need = room_for_fault(objs, e.object.as_ref(), (idx, write), frames, tables)?;
         frames.ensure(need)?;
         let map = Holder::Direct { map: self.0.id };
         let pages = e.pages(start);
@@ -180,6 +163,19 @@ impl<L: Locks> VmMap<L> {
             m.simplify(objs, start, end);
         }
         r.map(|r| r.pa)
+    }
+
+    /// The page tables entering `page` would take, in a system that pages
+    /// (without one nothing is paged out for them, so nothing is asked).
+    fn tables_to_enter(&self, page: u64) -> u64 {
+        match self.0.ctx.pager() {
+            Some(_) => self
+                .0
+                .ctx
+                .pmap()
+                .tables_missing(self.0.pmap, VirtAddr::new(page)),
+            None => 0,
+        }
     }
 
     /// The fault fast path (shared map and graph locks): a fault that
@@ -348,4 +344,28 @@ enum Made {
     Nothing,
     TookOver,
     Shadow,
+}
+
+/// The frames a fault on page `idx` of `hold`'s window takes, with room
+/// made for them and for `tables` page tables first in a system that pages
+/// (this page kept), before anything changes. With RAM and swap both full,
+/// a paged-out page may still come in by trading places with a resident
+/// one (`Objects::exchange_in`).
+fn room_for_fault<L: Locks>(
+    objs: &mut Objects<'_, L>,
+    hold: Option<&machvm_object::Hold>,
+    (idx, write): (PageIndex, bool),
+    frames: &FrameReservation<'_, L>,
+    tables: u64,
+) -> Result<u64, KernError> {
+    let need = objs.frames_to_resolve(hold, idx, 1, write);
+    let short = need.saturating_sub(frames.remaining() as u64);
+    let Err(err) = objs.make_room(short + tables) else {
+        return Ok(need);
+    };
+    let lone = tables == 0 && short == 1;
+    if !(lone && hold.is_some_and(|h| objs.exchange_in(h, idx, write))) {
+        return Err(err);
+    }
+    Ok(objs.frames_to_resolve(hold, idx, 1, write))
 }

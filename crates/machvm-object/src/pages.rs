@@ -105,6 +105,18 @@ struct Below {
     depth: usize,
 }
 
+impl Below {
+    /// The zero frame, as a page to map (in no object).
+    fn zero(pa: PhysAddr) -> Below {
+        Below {
+            obj: ObjectId(0),
+            offset: 0,
+            page: PageAt::Frame(pa),
+            depth: 0,
+        }
+    }
+}
+
 impl<L: Locks> Objects<'_, L> {
     /// The first present page at `off` of `obj` or below it.
     fn find(&self, obj: ObjectId, off: u64) -> Option<Below> {
@@ -183,7 +195,7 @@ impl<L: Locks> Objects<'_, L> {
             // shadow); through a copy-on-write hold a store is refused.
             return Err(KernError::ProtectionFailure);
         }
-        let mut below = self.find(hold.obj, off);
+        let below = self.find(hold.obj, off);
         let zero = if write {
             None
         } else {
@@ -196,39 +208,12 @@ impl<L: Locks> Objects<'_, L> {
             (None, false, Some(_)) => Resolution::ZeroPage,
             (None, _, _) => Resolution::ZeroFilled,
         };
-        // A paged-out page mapped where it lies is paged in there first.
-        let mut paged_in = None;
-        if let Some(b) = below.as_mut()
-            && let PageAt::Swapped(slot) = b.page
-            && matches!(how, Resolution::Resident | Resolution::Backing)
-        {
-            let pa = self.page_in(frames, (b.obj, b.offset), slot)?;
-            b.page = PageAt::Frame(pa);
-            paged_in = Some(((b.obj, b.offset), slot, pa));
-        }
-        if let Some(pa) = below.as_ref().and_then(|b| b.page.frame()).or(zero)
-            && matches!(
-                how,
-                Resolution::Resident | Resolution::Backing | Resolution::ZeroPage
-            )
-        {
-            if how != Resolution::ZeroPage {
-                VmCounters::bump(&counters.hits);
-            }
-            if let Some(p) = produce {
-                p(self, pa);
-            }
-            let r = Resolved { pa, how };
-            if let Err(e) = map(r) {
-                if let Some((at, slot, pa)) = paged_in {
-                    self.undo_page_in(at, slot, pa);
-                }
-                return Err(e);
-            }
-            if let Some((_, slot, pa)) = paged_in {
-                self.commit_page_in(slot, pa);
-            }
-            return Ok(r);
+        if matches!(
+            how,
+            Resolution::Resident | Resolution::Backing | Resolution::ZeroPage
+        ) {
+            let at = below.or_else(|| zero.map(Below::zero));
+            return self.map_in_place(at, how, frames, produce, map);
         }
         let pa = match (&mut produce, &below) {
             (Some(p), _) => {
@@ -258,6 +243,45 @@ impl<L: Locks> Objects<'_, L> {
                 self.after_copy_up(hold, off, b);
             }
             None => VmCounters::bump(&counters.zero_fill_count),
+        }
+        Ok(r)
+    }
+
+    /// The page `at` (where it lies, or the zero frame) for `how`, handed
+    /// to `map` — after `produce` wrote it whole, if given. A paged-out page
+    /// is paged in where it lies first, and goes back to its slot if `map`
+    /// fails (frames and slots as they were).
+    fn map_in_place(
+        &mut self,
+        at: Option<Below>,
+        how: Resolution,
+        frames: &mut FrameReservation<'_, L>,
+        produce: Option<Produce<'_, L>>,
+        map: impl FnOnce(Resolved) -> Result<(), KernError>,
+    ) -> Result<Resolved, KernError> {
+        let at = at.ok_or(KernError::Failure)?;
+        let (pa, paged_in) = match at.page {
+            PageAt::Frame(pa) => (pa, None),
+            PageAt::Swapped(slot) => {
+                let pa = self.page_in(frames, (at.obj, at.offset), slot)?;
+                (pa, Some(slot))
+            }
+        };
+        if how != Resolution::ZeroPage {
+            VmCounters::bump(&self.ctx.counters.hits);
+        }
+        if let Some(p) = produce {
+            p(self, pa);
+        }
+        let r = Resolved { pa, how };
+        if let Err(e) = map(r) {
+            if let Some(slot) = paged_in {
+                self.undo_page_in((at.obj, at.offset), slot, pa);
+            }
+            return Err(e);
+        }
+        if let Some(slot) = paged_in {
+            self.commit_page_in(slot, pa);
         }
         Ok(r)
     }

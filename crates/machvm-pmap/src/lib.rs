@@ -472,19 +472,14 @@ pub trait Pmap: Send + Sync {
     }
 
     /// The frames [`reserve_tables`](Pmap::reserve_tables) of `range`
-    /// takes, so that a caller can make room for them first (a system that
-    /// pages frees frames before it reserves). The default: none.
-    fn tables_for(&self, range: VaRange) -> u64 {
-        let _ = range;
+    /// takes (a system that pages makes room first). Default: none.
+    fn tables_for(&self, _range: VaRange) -> u64 {
         0
     }
 
-    /// The page-table frames entering a translation of `va` in `pmap` now
-    /// would take (tables missing on its walk, or one to demote a large
-    /// leaf in the way): exact while nothing else enters or removes in
-    /// `pmap` (its map locked, pageout shut out). The default: none.
-    fn tables_missing(&self, pmap: PmapId, va: VirtAddr) -> u64 {
-        let _ = (pmap, va);
+    /// The table frames entering `va` in `pmap` takes now (missing on its
+    /// walk, or one to demote a large leaf). Default: none.
+    fn tables_missing(&self, _pmap: PmapId, _va: VirtAddr) -> u64 {
         0
     }
 
