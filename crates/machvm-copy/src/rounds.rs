@@ -57,7 +57,11 @@ pub(crate) fn copy_in_rounds<L: Locks>(
         let dest = copy_dest_frames(d, &objs, a, same).max(dr.pages());
         let need = copyin_frames(s, &objs, a.src_addr, a.len) + dest;
         let most = (ctx.frames().total_frames() / 4).max(1);
-        objs.page_through_round(need, most)
+        let round = objs.page_through_round(need, most);
+        // A round copies in as much as it writes at most (a wired or
+        // shared source is copied at once): half the room each.
+        round
+            .map(|r| (r / 2).max(1))
             .ok_or(KernError::ResourceShortage)?
     };
     let holes = match a.dst_alloc {
@@ -67,6 +71,31 @@ pub(crate) fn copy_in_rounds<L: Locks>(
     for &h in &holes {
         maps.dst().insert_zero_fill(h)?;
     }
+    let copied = copy_parts(maps, a, round, same);
+    if let Err(e) = copied {
+        // Only another call taking the room can fail a round: give the
+        // destination's new pages back.
+        let mut objs = ctx.objects();
+        for &h in &holes {
+            maps.dst().remove(&mut objs, h);
+        }
+        return Err(e);
+    }
+    if a.src_destroy {
+        let mut objs = ctx.objects();
+        maps.src().remove(&mut objs, sr);
+    }
+    Ok(())
+}
+
+/// The rounds of [`copy_in_rounds`]: each part of `round` pages at most an
+/// ordinary copy, in `memmove` order.
+fn copy_parts<L: Locks>(
+    maps: &mut MapPair<'_, L>,
+    a: &CopyArgs,
+    round: u64,
+    same: bool,
+) -> Result<(), KernError> {
     // memmove: from the end when the destination lies above an
     // overlapping source in the same map.
     let backward = same && a.dst_addr > a.src_addr && a.src_addr + a.len > a.dst_addr;
@@ -83,10 +112,6 @@ pub(crate) fn copy_in_rounds<L: Locks>(
             VaRange::of_data(part.dst_addr, n)?.ok_or(KernError::InvalidArgument)?,
         );
         copy_locked(maps, ranges, &part, false)?;
-    }
-    if a.src_destroy {
-        let mut objs = ctx.objects();
-        maps.src().remove(&mut objs, sr);
     }
     Ok(())
 }

@@ -153,6 +153,9 @@ impl<L: Locks> VmMap<L> {
             Mode::Overwrite(p) => objs.resolve_overwrite(hold, idx, frames, p, enter),
             Mode::Fault | Mode::Wire => objs.resolve(hold, idx, write, frames, enter),
         };
+        // The page stays resident for the rest of the call (a store writes
+        // it next), whatever the call's own pageout does meanwhile.
+        objs.keep_window(hold, idx, 1);
         if r.is_err() {
             // With the frame ensured, only the pmap step fails here: undo
             // what this fault made, so that it changes nothing.

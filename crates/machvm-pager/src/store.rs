@@ -38,14 +38,12 @@ pub trait BackingStore: Send + Sync {
 
     /// Trades contents: slot `index` gets the page at `frame`, and the
     /// frame the slot's page (a page-in needing no free frame and no free
-    /// slot). On an error neither changed. The default goes through a
-    /// page-sized buffer on the heap.
+    /// slot). On an error neither changed. Only a store whose writes
+    /// cannot fail part-way may: the default refuses (a write that failed
+    /// half-way through the slot would lose the page it held).
     fn exchange_page(&self, index: u64, mem: &PhysMem, frame: PhysAddr) -> Result<(), StoreError> {
-        let mut slot = alloc::vec![0u8; PAGE_SIZE as usize];
-        self.read_bytes(index, mem, 0, &mut slot);
-        self.write_page(index, mem, frame)?;
-        mem.write(frame, &slot);
-        Ok(())
+        let _ = (index, mem, frame);
+        Err(StoreError)
     }
 }
 
@@ -112,6 +110,16 @@ impl BackingStore for MemStore {
         }
         Ok(())
     }
+
+    fn exchange_page(&self, index: u64, mem: &PhysMem, frame: PhysAddr) -> Result<(), StoreError> {
+        for (i, w) in self.slot(index).iter().enumerate() {
+            let at = frame + i as u64 * 8;
+            let page = mem.load_u64(at);
+            mem.store_u64(at, w.load(Relaxed));
+            w.store(page, Relaxed);
+        }
+        Ok(())
+    }
 }
 
 impl core::fmt::Debug for MemStore {
@@ -168,6 +176,17 @@ impl BackingStore for RamDisk {
 
     fn copy_page(&self, from: u64, to: u64, mem: &PhysMem) -> Result<(), StoreError> {
         mem.copy_page(self.frame(to), self.frame(from));
+        Ok(())
+    }
+
+    fn exchange_page(&self, index: u64, mem: &PhysMem, frame: PhysAddr) -> Result<(), StoreError> {
+        let slot = self.frame(index);
+        for i in 0..PAGE_SIZE / 8 {
+            let (a, b) = (slot + i * 8, frame + i * 8);
+            let (x, y) = (mem.load_u64(a), mem.load_u64(b));
+            mem.store_u64(a, y);
+            mem.store_u64(b, x);
+        }
         Ok(())
     }
 }

@@ -236,12 +236,13 @@ fn a_file_store_keeps_pages_in_its_file() {
     f.mem().zero_page(pa);
     pager.page_in(copy, f.mem(), pa);
     assert_eq!(tag_of(&f, pa), 5);
-    // An exchange through the file: the slot and the frame trade pages.
+    // A file's write can fail part-way (a full disk): it refuses to trade
+    // a slot's page for a frame's, and neither changes.
     let b = tagged(&f, 6);
-    pager.exchange(slot, f.mem(), b).unwrap();
-    assert_eq!(tag_of(&f, b), 5);
+    assert!(pager.exchange(slot, f.mem(), b).is_err());
+    assert_eq!(tag_of(&f, b), 6);
     pager.page_in(slot, f.mem(), pa);
-    assert_eq!(tag_of(&f, pa), 6);
+    assert_eq!(tag_of(&f, pa), 5);
     pager.forget(slot);
     pager.forget(copy);
     pager.verify().unwrap();
