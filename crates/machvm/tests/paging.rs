@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{P, check};
+use common::{P, check, noise, room};
 use machvm::{KernError, VmInherit, VmMap, VmProt, VmSystem, vm_map_copy, vm_read};
 
 const MIB: u64 = 1 << 20;
@@ -23,16 +23,7 @@ fn system(ram: u64, swap: u64) -> VmSystem {
 
 /// Chunk `k`'s bytes under `seed`: distinct for every chunk and seed.
 fn pattern(k: u64, seed: u64, len: usize) -> Vec<u8> {
-    let mut x =
-        (k + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed.wrapping_mul(0xD6E8_FEB8_6659_FD93);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    noise((k + 1) ^ seed.wrapping_mul(0xD6E8_FEB8_6659_FD93), len)
 }
 
 /// Writes chunk `k` of `[a, a + len)` under `seed`, for every `k` that
@@ -63,12 +54,6 @@ fn assert_chunks_from(map: &VmMap, a: u64, len: u64, first: u64, seed: impl Fn(u
         let want = pattern(first + k, seed(first + k), CHUNK as usize);
         assert!(buf == want, "chunk {k} changed");
     }
-}
-
-/// Free frames and free swap slots.
-fn room(vm: &VmSystem) -> (u64, u64) {
-    let s = vm.statistics();
-    (s.free_count, s.swap_free_pages)
 }
 
 #[test]

@@ -22,15 +22,10 @@ const ROUNDS: u64 = 150;
 
 /// The bytes thread `t` writes to slice `s` in round `r`.
 fn pattern(t: u64, s: u64, r: u64) -> Vec<u8> {
-    let mut x = (t + 1) * 0x9E37_79B9 + s * 0x85EB_CA6B + r * 0xC2B2_AE35 + 1;
-    (0..SLICE)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::noise(
+        (t + 1) * 0x9E37_79B9 + s * 0x85EB_CA6B + r * 0xC2B2_AE35,
+        SLICE as usize,
+    )
 }
 
 /// Reads `len` bytes at `addr`.

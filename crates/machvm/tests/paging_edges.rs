@@ -13,15 +13,7 @@ use common::{P, check};
 use machvm::{KernError, VmSystem, vm_map_copy};
 
 fn pat(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::noise(seed, len)
 }
 
 fn get(map: &machvm::VmMap, a: u64, len: usize) -> Vec<u8> {

@@ -9,27 +9,31 @@
 
 mod common;
 
-use common::P;
+use common::{P, room, wire_until_full};
 use machvm::{Access, KernError, VmProt, VmSystem};
 
 const RW: VmProt = VmProt::READ.union(VmProt::WRITE);
 
-fn room(vm: &VmSystem) -> (u64, u64) {
-    let s = vm.statistics();
-    (s.free_count, s.swap_free_pages)
-}
-
-/// Wires pages one at a time from `a` until no frame is free; returns how
-/// many were wired.
-fn wire_until_full(vm: &VmSystem, map: &machvm::VmMap, a: u64, max: u64) -> u64 {
-    let mut i = 0;
-    while vm.statistics().free_count > 0 && i < max {
-        if map.wire(a + i * P, P, RW).is_err() {
-            break;
-        }
-        i += 1;
+/// A system of 256 frames and `swap` pages of swap whose RAM is all
+/// wired from `a` on (a map's entry there) but for the last free frames,
+/// which hold pageable pages written in one call (nothing paged out for
+/// them): no frame free. Returns the system, the map, `a` and the pages
+/// wired.
+fn ram_full(swap: u64, pages: u64) -> (VmSystem, machvm::VmMap, u64, u64) {
+    let vm = VmSystem::hosted_with_swap(256 * P, swap * P);
+    vm.set_consistency_checks(true);
+    let map = vm.create_map().unwrap();
+    let a = map.allocate(0x20_0000, pages * P, false).unwrap();
+    let n = wire_until_full(&vm, &map, a, 500);
+    let free = vm.statistics().free_count;
+    assert!(n > 100 && free < 4, "{:?}", vm.statistics());
+    if free > 0 {
+        map.write_bytes(a + n * P, &vec![0x5a; (free * P) as usize])
+            .unwrap();
     }
-    i
+    let s = vm.statistics();
+    assert_eq!((s.free_count, s.pageouts), (0, 0), "{s:?}");
+    (vm, map, a, n)
 }
 
 /// RAM is all wired except one pageable page; wiring a page at an address
@@ -38,21 +42,8 @@ fn wire_until_full(vm: &VmSystem, map: &machvm::VmMap, a: u64, max: u64) -> u64 
 /// paged out, free_count and swap_free_pages as before.
 #[test]
 fn a_wire_that_fails_for_page_tables_pages_nothing_out() {
-    let vm = VmSystem::hosted_with_swap(256 * P, 64 * P);
-    vm.set_consistency_checks(true);
-    let map = vm.create_map().unwrap();
     // Everything in one 2 MiB table's span.
-    let a = map.allocate(0x20_0000, 512 * P, false).unwrap();
-    // One pageable page, then wire the rest of RAM.
-    let n = wire_until_full(&vm, &map, a, 500);
-    // The last frames go to three pageable pages, written in one call
-    // (nothing evictable yet, so nothing is paged out for them).
-    let free = vm.statistics().free_count;
-    assert!(n > 0 && free > 0 && free < 4, "{:?}", vm.statistics());
-    map.write_bytes(a + n * P, &vec![0x5a; (free * P) as usize])
-        .unwrap();
-    assert_eq!(vm.statistics().free_count, 0, "{:?}", vm.statistics());
-    assert_eq!(vm.statistics().pageouts, 0);
+    let (vm, map, _, _) = ram_full(64, 512);
     // A far range: new PDPT/PD/PT needed.
     let far = 0x4000_0000_0000u64;
     map.allocate(far, P, false).unwrap();
@@ -69,19 +60,7 @@ fn a_wire_that_fails_for_page_tables_pages_nothing_out() {
 /// The same through the fault handler (Enter::Required).
 #[test]
 fn a_fault_that_fails_for_page_tables_pages_nothing_out() {
-    let vm = VmSystem::hosted_with_swap(256 * P, 64 * P);
-    vm.set_consistency_checks(true);
-    let map = vm.create_map().unwrap();
-    let a = map.allocate(0x20_0000, 512 * P, false).unwrap();
-    let n = wire_until_full(&vm, &map, a, 500);
-    // The last frames go to three pageable pages, written in one call
-    // (nothing evictable yet, so nothing is paged out for them).
-    let free = vm.statistics().free_count;
-    assert!(n > 0 && free > 0 && free < 4, "{:?}", vm.statistics());
-    map.write_bytes(a + n * P, &vec![0x5a; (free * P) as usize])
-        .unwrap();
-    assert_eq!(vm.statistics().free_count, 0, "{:?}", vm.statistics());
-    assert_eq!(vm.statistics().pageouts, 0);
+    let (vm, map, _, _) = ram_full(64, 512);
     let far = 0x4000_0000_0000u64;
     map.allocate(far, P, false).unwrap();
     let before = (room(&vm), vm.statistics().pageouts);
@@ -100,15 +79,7 @@ fn a_fault_that_fails_for_page_tables_pages_nothing_out() {
 /// RAM and store together cannot hold the pages plus their tables).
 #[test]
 fn create_map_and_fork_page_out_for_their_table() {
-    let vm = VmSystem::hosted_with_swap(256 * P, 256 * P);
-    vm.set_consistency_checks(true);
-    let map = vm.create_map().unwrap();
-    let a = map.allocate(0x20_0000, 512 * P, false).unwrap();
-    let n = wire_until_full(&vm, &map, a, 500);
-    let free = vm.statistics().free_count;
-    assert!(n > 0 && free > 0 && free < 4, "{:?}", vm.statistics());
-    map.write_bytes(a + n * P, &vec![0x5a; (free * P) as usize])
-        .unwrap();
+    let (vm, map, a, n) = ram_full(256, 512);
     // Unwired: every object page is pageable now, and no frame is free.
     map.wire(a, n * P, VmProt::NONE).unwrap();
     let s = vm.statistics();
@@ -244,17 +215,8 @@ fn one_page_loads_and_stores_race_the_pageout_daemon() {
 /// table. SPEC §8: a call RAM + swap can hold must not fail.
 #[test]
 fn a_shared_path_fault_that_needs_a_page_table_pages_out_for_it() {
-    let vm = VmSystem::hosted_with_swap(256 * P, 256 * P);
-    let map = vm.create_map().unwrap();
     // One entry over two 2 MiB page-table spans.
-    let a = map.allocate(0x20_0000, 1024 * P, false).unwrap();
-    let n = wire_until_full(&vm, &map, a, 500);
-    let free = vm.statistics().free_count;
-    assert!(n > 0 && free < 4, "{:?}", vm.statistics());
-    if free > 0 {
-        map.write_bytes(a + n * P, &vec![0x5a; (free * P) as usize])
-            .unwrap();
-    }
+    let (vm, map, a, n) = ram_full(256, 1024);
     map.wire(a, n * P, VmProt::NONE).unwrap();
     let s = vm.statistics();
     assert_eq!(s.free_count, 0, "{s:?}");
@@ -275,16 +237,7 @@ fn a_shared_path_fault_that_needs_a_page_table_pages_out_for_it() {
 /// doc) and SPEC §8.
 #[test]
 fn a_fork_that_fails_for_its_eager_copies_pages_nothing_out() {
-    let vm = VmSystem::hosted_with_swap(256 * P, 16 * P);
-    let map = vm.create_map().unwrap();
-    let a = map.allocate(0x20_0000, 512 * P, false).unwrap();
-    let n = wire_until_full(&vm, &map, a, 500);
-    let free = vm.statistics().free_count;
-    assert!(n > 100 && free < 4, "{:?}", vm.statistics());
-    if free > 0 {
-        map.write_bytes(a + n * P, &vec![0x5a; (free * P) as usize])
-            .unwrap();
-    }
+    let (vm, map, a, n) = ram_full(16, 512);
     // A few pages become pageable; still no frame free.
     map.wire(a + (n - 12) * P, 12 * P, VmProt::NONE).unwrap();
     let s = vm.statistics();

@@ -96,15 +96,7 @@ fn a_store_in_rounds_never_fails_after_writing_some_bytes_page_tables() {
 }
 
 fn pat(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::noise(seed, len)
 }
 
 /// Writes `data` at `a` in calls of at most 16 pages (never the rounds path).
@@ -301,14 +293,10 @@ fn a_store_over_a_forked_range_bigger_than_free_ram_pages_through() {
 #[test]
 fn a_shared_path_fallback_counts_one_lookup_per_fault() {
     use machvm::{Access, VmProt};
-    let rw = VmProt::READ.union(VmProt::WRITE);
     let vm = VmSystem::hosted_with_swap(256 * P, 256 * P);
     let map = vm.create_map().unwrap();
     let a = map.allocate(0x20_0000, 1024 * P, false).unwrap();
-    let mut n = 0;
-    while vm.statistics().free_count > 0 && n < 500 && map.wire(a + n * P, P, rw).is_ok() {
-        n += 1;
-    }
+    let n = common::wire_until_full(&vm, &map, a, 500);
     let free = vm.statistics().free_count;
     if free > 0 {
         map.write_bytes(a + n * P, &vec![0x5a; (free * P) as usize])

@@ -114,3 +114,34 @@ pub fn system() -> VmSystem {
     vm.set_consistency_checks(true);
     vm
 }
+
+/// `len` bytes of xorshift noise from `seed`: distinct seeds give distinct
+/// bytes, so a page found in the wrong place shows.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Free frames and free swap slots.
+pub fn room(vm: &VmSystem) -> (u64, u64) {
+    let s = vm.statistics();
+    (s.free_count, s.swap_free_pages)
+}
+
+/// Wires pages of `map` one at a time from `a` (at most `max`) until no
+/// frame is free; returns how many were wired.
+pub fn wire_until_full(vm: &VmSystem, map: &VmMap, a: u64, max: u64) -> u64 {
+    let rw = machvm::VmProt::READ | machvm::VmProt::WRITE;
+    let mut i = 0;
+    while vm.statistics().free_count > 0 && i < max && map.wire(a + i * P, P, rw).is_ok() {
+        i += 1;
+    }
+    i
+}
