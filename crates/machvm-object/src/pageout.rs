@@ -210,10 +210,16 @@ impl<L: Locks> Objects<'_, L> {
         let Some(pager) = ctx.pager() else {
             return false;
         };
-        let Some(off) = self.window_offset(hold, page) else {
-            return false;
-        };
-        let Some((obj, at, slot, depth)) = self.swapped_at(hold.obj, off) else {
+        let found = self
+            .offset_of(hold, page)
+            .and_then(|off| self.find(hold.obj, off));
+        let Some(crate::pages::Below {
+            obj,
+            offset: at,
+            page: PageAt::Swapped(slot),
+            depth,
+        }) = found
+        else {
             return false;
         };
         let direct = matches!(self.holder(hold), crate::Holder::Direct { .. });
@@ -256,32 +262,6 @@ impl<L: Locks> Objects<'_, L> {
         ctx.counters.pageins.bump();
         ctx.evictions.fetch_add(1, Relaxed);
         true
-    }
-
-    /// The first page present at `off` of `obj` or below, when it is paged
-    /// out: its object, offset there, slot and depth.
-    fn swapped_at(
-        &self,
-        obj: ObjectId,
-        off: u64,
-    ) -> Option<(ObjectId, u64, machvm_pager::SwapSlot, usize)> {
-        let (mut cur, mut off, mut depth) = (obj, off, 0);
-        loop {
-            let o = self.g.obj(cur);
-            match o.pages.get(off) {
-                Some(PageAt::Swapped(slot)) => return Some((cur, off, slot, depth)),
-                Some(PageAt::Frame(_)) => return None,
-                None => {}
-            }
-            let b = o.backing?;
-            (cur, off, depth) = (b.obj, off + b.offset, depth + 1);
-        }
-    }
-
-    /// The object offset of page `page` of `hold`'s window, if inside it.
-    fn window_offset(&self, hold: &Hold, page: PageIndex) -> Option<u64> {
-        let (s, e) = self.window_raw(hold);
-        s.checked_add(page.get()).filter(|&o| o < e)
     }
 
     /// The kept windows and the chains below them, sorted.

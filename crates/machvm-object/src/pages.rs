@@ -98,11 +98,11 @@ pub struct Resolved {
 }
 
 /// A page found along a chain: its object, offset there and page.
-struct Below {
-    obj: ObjectId,
-    offset: u64,
-    page: PageAt,
-    depth: usize,
+pub(crate) struct Below {
+    pub(crate) obj: ObjectId,
+    pub(crate) offset: u64,
+    pub(crate) page: PageAt,
+    pub(crate) depth: usize,
 }
 
 impl Below {
@@ -119,7 +119,7 @@ impl Below {
 
 impl<L: Locks> Objects<'_, L> {
     /// The first present page at `off` of `obj` or below it.
-    fn find(&self, obj: ObjectId, off: u64) -> Option<Below> {
+    pub(crate) fn find(&self, obj: ObjectId, off: u64) -> Option<Below> {
         let (mut cur, mut off, mut depth) = (obj, off, 0);
         loop {
             let o = self.g.obj(cur);
@@ -137,7 +137,7 @@ impl<L: Locks> Objects<'_, L> {
     }
 
     /// The object offset of page `page` of `hold`'s window, if inside it.
-    fn offset_of(&self, hold: &Hold, page: PageIndex) -> Option<u64> {
+    pub(crate) fn offset_of(&self, hold: &Hold, page: PageIndex) -> Option<u64> {
         let (s, e) = self.window_raw(hold);
         s.checked_add(page.get()).filter(|&o| o < e)
     }
