@@ -721,23 +721,6 @@ fn run_paging(ops: &[Op]) -> Result<(), TestCaseError> {
     w.finish()
 }
 
-/// Paging and fault injection together: a call that fails, for an
-/// injected failure or for want of room, changes nothing — swap included.
-fn run_paging_starved(ops: &[(Op, u8)]) -> Result<(), TestCaseError> {
-    let mut w = World::with_swap(PAGING_RAM, PAGING_SWAP);
-    for (op, k) in ops {
-        w.injecting = *k != 0;
-        w.vm.context().frames().fail_nth_allocation(u64::from(*k));
-        let r = w.step(op);
-        w.vm.context().frames().fail_nth_allocation(0);
-        r?;
-        if w.shortages > 0 && w.ops.is_multiple_of(8) {
-            w.check_all()?;
-        }
-    }
-    w.finish()
-}
-
 /// A paging world's RAM (page tables, the zero frame and every map's
 /// pages share it) and swap.
 const PAGING_RAM: u64 = 96 * P;
@@ -746,7 +729,18 @@ const PAGING_SWAP: u64 = 1 << 20;
 /// The same sequences on a tiny system where any call may run out of frames
 /// anywhere inside it, plus an allocator told to fail the k-th allocation.
 fn run_starved(ops: &[(Op, u8)]) -> Result<(), TestCaseError> {
-    let mut w = World::new(160 * P);
+    run_injected(World::new(160 * P), ops)
+}
+
+/// Paging and fault injection together: a call that fails, for an
+/// injected failure or for want of room, changes nothing — swap included.
+fn run_paging_starved(ops: &[(Op, u8)]) -> Result<(), TestCaseError> {
+    run_injected(World::with_swap(PAGING_RAM, PAGING_SWAP), ops)
+}
+
+/// Runs `ops` in `w`, each with its k-th allocation made to fail (0:
+/// none), checking every page now and then once calls ran short.
+fn run_injected(mut w: World, ops: &[(Op, u8)]) -> Result<(), TestCaseError> {
     for (op, k) in ops {
         w.injecting = *k != 0;
         w.vm.context().frames().fail_nth_allocation(u64::from(*k));

@@ -557,13 +557,7 @@ fn with_ram_and_swap_full_a_paged_out_page_trades_places() {
     let a = map.allocate(0, 8 * MIB, true).unwrap();
     let byte = |p: u64| (p % 250) as u8 + 1;
     // Fill, a page at a time, until a page no longer fits.
-    let mut pages = 0;
-    while map
-        .write_bytes(a + pages * P, &[byte(pages); P as usize])
-        .is_ok()
-    {
-        pages += 1;
-    }
+    let pages = common::fill_until_short(&map, a, byte);
     let s = vm.statistics();
     assert_eq!(s.swap_free_pages, 0, "{s:?}");
     // A paged-out page: page_out of it finds nothing resident.

@@ -323,18 +323,8 @@ impl machvm::BackingStore for ShortWriteStore {
 /// the victim's bytes.
 #[test]
 fn exchange_with_a_store_write_that_fails_part_way_loses_the_page() {
-    use std::sync::Arc;
     use std::sync::atomic::Ordering::Relaxed;
-    let swap = 16u64;
-    let store = ShortWriteStore {
-        bytes: std::sync::Mutex::new(vec![0u8; (swap * P) as usize]),
-        pages: swap,
-        fail: std::sync::atomic::AtomicBool::new(false),
-    };
-    let frames = Arc::new(machvm::FrameAllocator::hosted(256 * P).unwrap());
-    let pmap = Arc::new(machvm::X86Pmap::new(frames.clone(), Default::default()).unwrap());
-    let pager = Arc::new(machvm::DefaultPager::new(store).unwrap());
-    let vm = VmSystem::with_pager(frames, pmap, pager.clone());
+    let (vm, pager) = short_write_system(16);
     vm.set_consistency_checks(true);
     let map = vm.create_map().unwrap();
     let a = map.allocate(0, 400 * P, true).unwrap();
@@ -368,6 +358,25 @@ fn exchange_with_a_store_write_that_fails_part_way_loses_the_page() {
     );
 }
 
+/// A system of 256 frames paging to a [`ShortWriteStore`] of `swap` pages.
+fn short_write_system(
+    swap: u64,
+) -> (
+    VmSystem,
+    std::sync::Arc<machvm::DefaultPager<ShortWriteStore>>,
+) {
+    use std::sync::Arc;
+    let store = ShortWriteStore {
+        bytes: std::sync::Mutex::new(vec![0u8; (swap * P) as usize]),
+        pages: swap,
+        fail: std::sync::atomic::AtomicBool::new(false),
+    };
+    let frames = Arc::new(machvm::FrameAllocator::hosted(256 * P).unwrap());
+    let pmap = Arc::new(machvm::X86Pmap::new(frames.clone(), Default::default()).unwrap());
+    let pager = Arc::new(machvm::DefaultPager::new(store).unwrap());
+    (VmSystem::with_pager(frames, pmap, pager.clone()), pager)
+}
+
 fn pager_store(p: &machvm::DefaultPager<ShortWriteStore>) -> &ShortWriteStore {
     p.store()
 }
@@ -384,13 +393,7 @@ fn full_ram_and_swap_whole_page_store_in_a_two_page_store() {
     let map = vm.create_map().unwrap();
     let a = map.allocate(0, 8 << 20, true).unwrap();
     let byte = |p: u64| (p % 250) as u8 + 1;
-    let mut pages = 0;
-    while map
-        .write_bytes(a + pages * P, &[byte(pages); P as usize])
-        .is_ok()
-    {
-        pages += 1;
-    }
+    let pages = common::fill_until_short(&map, a, byte);
     assert_eq!(vm.statistics().swap_free_pages, 0);
     // A paged-out page whose next page is resident and mapped.
     let resident = |q: u64| {
@@ -424,18 +427,8 @@ fn full_ram_and_swap_whole_page_store_in_a_two_page_store() {
 /// error, not panic.
 #[test]
 fn a_store_whose_writes_fail_does_not_panic_pageout() {
-    use std::sync::Arc;
     use std::sync::atomic::Ordering::Relaxed;
-    let swap = 64u64;
-    let store = ShortWriteStore {
-        bytes: std::sync::Mutex::new(vec![0u8; (swap * P) as usize]),
-        pages: swap,
-        fail: std::sync::atomic::AtomicBool::new(false),
-    };
-    let frames = Arc::new(machvm::FrameAllocator::hosted(256 * P).unwrap());
-    let pmap = Arc::new(machvm::X86Pmap::new(frames.clone(), Default::default()).unwrap());
-    let pager = Arc::new(machvm::DefaultPager::new(store).unwrap());
-    let vm = VmSystem::with_pager(frames, pmap, pager.clone());
+    let (vm, pager) = short_write_system(64);
     let map = vm.create_map().unwrap();
     let a = map.allocate(0, 400 * P, true).unwrap();
     pager_store(&pager).fail.store(true, Relaxed);

@@ -145,3 +145,16 @@ pub fn wire_until_full(vm: &VmSystem, map: &VmMap, a: u64, max: u64) -> u64 {
     }
     i
 }
+
+/// Stores page after page from `a`, page `p` all `byte(p)`, until a store
+/// fails (RAM and swap full); returns how many went in.
+pub fn fill_until_short(map: &VmMap, a: u64, byte: impl Fn(u64) -> u8) -> u64 {
+    let mut pages = 0;
+    while map
+        .write_bytes(a + pages * P, &[byte(pages); P as usize])
+        .is_ok()
+    {
+        pages += 1;
+    }
+    pages
+}
