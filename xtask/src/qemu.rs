@@ -293,7 +293,9 @@ fn summary(line: &str) -> Option<(u64, u64)> {
 /// serial console to stdout, and kills it at the timeout.
 fn boot(qemu: &Path, elf: &Path, append: &str, o: &Opts) -> std::io::Result<Outcome> {
     let mut cmd = Command::new(qemu);
-    cmd.args(["-accel", "tcg", "-machine", "pc", "-cpu", "qemu64"])
+    // SMEP and SMAP: the kernel turns both on and refuses to run without.
+    cmd.args(["-accel", "tcg", "-machine", "pc"])
+        .args(["-cpu", "qemu64,+smep,+smap"])
         .args(["-smp", &o.smp.to_string(), "-m", &o.memory])
         .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
         .args([

@@ -4,7 +4,7 @@
 
 use x86_64::instructions::port::{Port, PortWriteOnly};
 use x86_64::instructions::{hlt, interrupts, tlb};
-use x86_64::registers::control::{Cr0, Cr2, Cr3, Cr3Flags, Cr4};
+use x86_64::registers::control::{Cr0, Cr2, Cr3, Cr3Flags, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::Efer;
 use x86_64::structures::paging::PhysFrame;
 
@@ -36,6 +36,60 @@ pub fn current_cr3() -> u64 {
 #[inline]
 pub fn read_cr4() -> u64 {
     Cr4::read_raw()
+}
+
+/// `CR4.SMEP`: ring 0 cannot fetch instructions from user pages.
+pub const CR4_SMEP: u64 = Cr4Flags::SUPERVISOR_MODE_EXECUTION_PROTECTION.bits();
+/// `CR4.SMAP`: ring 0 cannot touch user pages unless `RFLAGS.AC` is set.
+pub const CR4_SMAP: u64 = Cr4Flags::SUPERVISOR_MODE_ACCESS_PREVENTION.bits();
+/// `RFLAGS.AC`: with SMAP on, the kernel may touch user pages (`stac`).
+pub const RFLAGS_AC: u64 = 1 << 18;
+
+/// True when the CPU has SMEP and SMAP (CPUID leaf 7, EBX bits 7 and 20).
+pub fn has_smep_smap() -> bool {
+    // Leaf 0 gives the highest basic leaf, checked before leaf 7 is read.
+    if core::arch::x86_64::__cpuid(0).eax < 7 {
+        return false;
+    }
+    let ebx = core::arch::x86_64::__cpuid_count(7, 0).ebx;
+    ebx & (1 << 7) != 0 && ebx & (1 << 20) != 0
+}
+
+/// Turns SMEP and SMAP on for this CPU. Ends the run (with a hint) on a CPU
+/// without them: the user-access routines' `stac` would be undefined there.
+pub fn enable_smep_smap() {
+    if !has_smep_smap() {
+        crate::serial::print_fatal(format_args!(
+            "\n*** this CPU lacks SMEP/SMAP: run QEMU with -cpu qemu64,+smep,+smap\n"
+        ));
+        qemu_exit(false);
+    }
+    // SAFETY: the kernel's own pages never have the U bit (boot tables and
+    // `paging` set it only in task maps), so neither bit stops kernel code.
+    unsafe {
+        Cr4::update(|f| {
+            f.insert(
+                Cr4Flags::SUPERVISOR_MODE_EXECUTION_PROTECTION
+                    | Cr4Flags::SUPERVISOR_MODE_ACCESS_PREVENTION,
+            )
+        })
+    };
+}
+
+/// Runs `f` with SMEP off on this CPU (interrupts must be off, as in every
+/// kernel path here), for the probe that executes task code on purpose.
+pub(crate) fn without_smep<R>(f: impl FnOnce() -> R) -> R {
+    let smep = Cr4Flags::SUPERVISOR_MODE_EXECUTION_PROTECTION;
+    let on = Cr4::read().contains(smep);
+    // SAFETY: clearing SMEP only lets ring 0 fetch from user pages, which the
+    // caller does on purpose; it is restored below.
+    unsafe { Cr4::update(|c| c.remove(smep)) };
+    let r = f();
+    if on {
+        // SAFETY: restores the bit cleared above.
+        unsafe { Cr4::update(|c| c.insert(smep)) };
+    }
+    r
 }
 
 /// `IA32_EFER`.

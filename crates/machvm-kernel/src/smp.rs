@@ -306,6 +306,7 @@ pub(crate) fn init_bsp() {
     trap::load_cpu_tables(0);
     set_gs_base(0);
     trap::load_idt();
+    cpu::enable_smep_smap();
 }
 
 /// After memory is up: enables the boot CPU's LAPIC and masks the PIC.
@@ -399,6 +400,7 @@ extern "C" fn ap_entry(idx: u64) -> ! {
     trap::load_cpu_tables(idx);
     set_gs_base(idx);
     trap::load_idt();
+    cpu::enable_smep_smap();
     lapic_init_local();
     CPUS[idx].online.store(true, Ordering::Release);
     loop {

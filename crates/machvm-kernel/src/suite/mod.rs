@@ -13,8 +13,9 @@
 //! CPU back on the kernel's CR3 (deactivating any machvm pmap), so a failing
 //! test cannot poison the next.
 //!
-//! Suites: `platform` (the MMU, traps and IPIs with hand-built page tables)
-//! and `machvm` ([`tasks`]: machvm's task maps on the real MMU).
+//! Suites: `platform` (the MMU, traps and IPIs with hand-built page tables),
+//! `machvm` ([`tasks`]: machvm's task maps on the real MMU) and `user`
+//! ([`user`]: ring 3, SMEP and SMAP).
 
 use alloc::string::String;
 
@@ -22,6 +23,7 @@ use crate::{cpu, paging, smp, trap, vm};
 
 pub mod platform;
 pub mod tasks;
+pub mod user;
 
 /// A test's body.
 pub type TestFn = fn() -> Result<(), String>;
@@ -75,7 +77,11 @@ macro_rules! ensure_eq {
 }
 
 /// Every suite, run in order: `(name, tests)`.
-pub const SUITES: &[(&str, &[Test])] = &[("platform", platform::TESTS), ("machvm", tasks::TESTS)];
+pub const SUITES: &[(&str, &[Test])] = &[
+    ("platform", platform::TESTS),
+    ("machvm", tasks::TESTS),
+    ("user", user::TESTS),
+];
 
 /// Puts the machine back in its base state between tests.
 fn reset_after_test() {

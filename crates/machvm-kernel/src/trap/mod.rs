@@ -122,6 +122,7 @@ machvm_isr_common:
     push %rbx
     push %rax
     mov %rsp, %rdi
+    clac
     cld
     call {dispatch}
     pop %rax
@@ -147,11 +148,17 @@ machvm_isr_common:
     options(att_syntax)
 );
 
-// The probes: each faulting instruction is followed by its recovery point
-// (the `ret`). On success rdx = 0 and rax = the value; on a refused fault
-// the handler sets rax = CR2 and rdx = error code | bit 63, then resumes at
-// the recovery point. `machvm_probe_exec` calls the target: a fetch fault
-// there is recognised by the return address on the stack.
+// The probes: each faulting instruction is followed by its recovery point.
+// On success rdx = 0 and rax = the value; on a refused fault the handler
+// sets rax = CR2 and rdx = error code | bit 63, then resumes at the recovery
+// point. `machvm_probe_exec` calls the target: a fetch fault there is
+// recognised by the return address on the stack.
+//
+// SMAP: each probe sets RFLAGS.AC (`stac`) just before its access and
+// clears it (`clac`) at the recovery point, which both paths reach; the
+// entry stub clears AC for the handler and `iretq` restores it. The
+// `_unchecked` and `_smep` probes leave AC clear on purpose: they show that
+// SMAP and SMEP stop a kernel access outside the user-access routines.
 global_asm!(
     r#"
     .pushsection .text.machvm_probe, "ax", @progbits
@@ -159,45 +166,73 @@ global_asm!(
 machvm_probe_read_u8:
     xor %eax, %eax
     xor %edx, %edx
+    stac
 .Lprobe_r8:
     movzbl (%rdi), %eax
 .Lprobe_r8_fix:
+    clac
     ret
 
     .global machvm_probe_read_u64
 machvm_probe_read_u64:
     xor %eax, %eax
     xor %edx, %edx
+    stac
 .Lprobe_r64:
     mov (%rdi), %rax
 .Lprobe_r64_fix:
+    clac
     ret
 
     .global machvm_probe_write_u8
 machvm_probe_write_u8:
     xor %eax, %eax
     xor %edx, %edx
+    stac
 .Lprobe_w8:
     mov %sil, (%rdi)
 .Lprobe_w8_fix:
+    clac
     ret
 
     .global machvm_probe_write_u64
 machvm_probe_write_u64:
     xor %eax, %eax
     xor %edx, %edx
+    stac
 .Lprobe_w64:
     mov %rsi, (%rdi)
 .Lprobe_w64_fix:
+    clac
     ret
 
     .global machvm_probe_exec
 machvm_probe_exec:
     xor %eax, %eax
     xor %edx, %edx
+    stac
     call *%rdi
     .global machvm_probe_exec_ret
 machvm_probe_exec_ret:
+    clac
+    ret
+
+    .global machvm_probe_exec_smep
+machvm_probe_exec_smep:
+    xor %eax, %eax
+    xor %edx, %edx
+    call *%rdi
+    .global machvm_probe_exec_smep_ret
+machvm_probe_exec_smep_ret:
+    ret
+
+    .global machvm_probe_read_u8_unchecked
+machvm_probe_read_u8_unchecked:
+    xor %eax, %eax
+    xor %edx, %edx
+.Lprobe_r8u:
+    movzbl (%rdi), %eax
+.Lprobe_r8u_fix:
     ret
     .popsection
 
@@ -209,6 +244,7 @@ machvm_probe_table:
     .quad .Lprobe_r64, .Lprobe_r64_fix
     .quad .Lprobe_w8, .Lprobe_w8_fix
     .quad .Lprobe_w64, .Lprobe_w64_fix
+    .quad .Lprobe_r8u, .Lprobe_r8u_fix
     .popsection
 "#,
     options(att_syntax)
@@ -224,13 +260,16 @@ const PROBE_FAULT: u64 = 1 << 63;
 
 unsafe extern "C" {
     static machvm_isr_stubs: u8;
-    static machvm_probe_table: [[u64; 2]; 4];
+    static machvm_probe_table: [[u64; 2]; 5];
     static machvm_probe_exec_ret: u8;
+    static machvm_probe_exec_smep_ret: u8;
     fn machvm_probe_read_u8(addr: u64) -> RawProbe;
     fn machvm_probe_read_u64(addr: u64) -> RawProbe;
     fn machvm_probe_write_u8(addr: u64, val: u8) -> RawProbe;
     fn machvm_probe_write_u64(addr: u64, val: u64) -> RawProbe;
     fn machvm_probe_exec(addr: u64) -> RawProbe;
+    fn machvm_probe_exec_smep(addr: u64) -> RawProbe;
+    fn machvm_probe_read_u8_unchecked(addr: u64) -> RawProbe;
 }
 
 // ------------------------------------------------------------ dispatch --
@@ -302,14 +341,27 @@ fn page_fault(f: &mut TrapFrame) {
     let cr2 = cpu::read_cr2();
     let err = f.error_code;
     PAGE_FAULTS.fetch_add(1, Relaxed);
-    if page_fault_hook().is_some_and(|hook| hook(cr2, err)) {
+    if !smap_violation(f, cr2) && page_fault_hook().is_some_and(|hook| hook(cr2, err)) {
         return;
     }
     if recover(f, cr2, err) {
         RECOVERED.fetch_add(1, Relaxed);
         return;
     }
+    if smap_violation(f, cr2) {
+        fatal(
+            f,
+            "SMAP/SMEP: ring 0 touched user memory outside the user-access routines",
+        );
+    }
     fatal(f, "page fault not resolved by the hook, outside a probe");
+}
+
+/// A ring-0 fault on a user address with `RFLAGS.AC` clear: the kernel
+/// reached user memory without `stac`, so SMAP (or SMEP) refused it. machvm
+/// never sees it: resolving it would retry the same refused access.
+fn smap_violation(f: &TrapFrame, cr2: u64) -> bool {
+    f.cs & 3 == 0 && cr2 < USER_MAX && f.rflags & cpu::RFLAGS_AC == 0
 }
 
 /// Sends a refused fault inside a probe to the probe's recovery point.
@@ -324,12 +376,15 @@ fn recover(f: &mut TrapFrame, cr2: u64, err: u64) -> bool {
             return true;
         }
     }
-    let exec_ret = &raw const machvm_probe_exec_ret as u64;
+    let exec_rets = [
+        &raw const machvm_probe_exec_ret as u64,
+        &raw const machvm_probe_exec_smep_ret as u64,
+    ];
     if err & pf::I != 0 && f.rip == cr2 {
         // SAFETY: a fetch fault right after `call` leaves the return address
         // on the (kernel) stack the call pushed it to.
         let ret = unsafe { (f.rsp as *const u64).read() };
-        if ret == exec_ret {
+        if let Some(&exec_ret) = exec_rets.iter().find(|&&r| r == ret) {
             f.rsp += 8;
             f.rip = exec_ret;
             f.rax = cr2;

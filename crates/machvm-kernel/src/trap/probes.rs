@@ -131,8 +131,33 @@ pub fn probe_write_u64(addr: u64, val: u64) -> Result<(), PageFaultInfo> {
 /// side effects (put a `ret`, byte 0xC3, there).
 pub unsafe fn probe_exec(addr: u64) -> Result<(), PageFaultInfo> {
     check_target(addr, 1);
+    // SMEP forbids ring 0 to fetch from a user page at all; this probe is
+    // about the page's own NX and presence, so it lifts SMEP for the call.
     // SAFETY: the caller guarantees what runs there; a fetch fault recovers.
-    finish(unsafe { machvm_probe_exec(addr) }).map(|_| ())
+    finish(crate::cpu::without_smep(|| unsafe {
+        machvm_probe_exec(addr)
+    }))
+    .map(|_| ())
+}
+
+/// [`probe_exec`] with SMEP left on: a call into a user page must fault
+/// (present, fetch) even when the page is executable.
+///
+/// # Safety
+/// As [`probe_exec`]: should SMEP be off, the code at `addr` runs.
+pub unsafe fn probe_exec_smep(addr: u64) -> Result<(), PageFaultInfo> {
+    check_target(addr, 1);
+    // SAFETY: the caller guarantees what runs there; a fetch fault recovers.
+    finish(unsafe { machvm_probe_exec_smep(addr) }).map(|_| ())
+}
+
+/// [`probe_read_u8`] without `stac`: the kernel touching a user page outside
+/// the user-access routines, which SMAP must refuse (a present-page fault
+/// that machvm never sees).
+pub fn probe_read_u8_unchecked(addr: u64) -> Result<u8, PageFaultInfo> {
+    check_target(addr, 1);
+    // SAFETY: as in probe_read_u8.
+    finish(unsafe { machvm_probe_read_u8_unchecked(addr) }).map(|v| v as u8)
 }
 
 /// Copies `buf.len()` bytes from virtual `va` with probes (a `copyin`): the

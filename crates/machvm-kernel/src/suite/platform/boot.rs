@@ -17,6 +17,8 @@ pub(super) fn cpu_features_enabled() -> Result<(), String> {
             efer & cpu::EFER_NXE != 0,
             "cpu {c}: EFER.NXE clear: NX ignored"
         );
+        ensure!(cr4 & cpu::CR4_SMEP != 0, "cpu {c}: CR4.SMEP clear");
+        ensure!(cr4 & cpu::CR4_SMAP != 0, "cpu {c}: CR4.SMAP clear");
     }
     ensure!(
         !cpu::interrupts_enabled(),
