@@ -64,6 +64,8 @@ pub mod mem;
 #[cfg(target_os = "none")]
 pub mod paging;
 #[cfg(target_os = "none")]
+pub mod proc;
+#[cfg(target_os = "none")]
 pub mod pvh;
 #[cfg(target_os = "none")]
 pub mod serial;
@@ -73,6 +75,8 @@ mod shootdown;
 pub mod smp;
 #[cfg(target_os = "none")]
 pub mod suite;
+#[cfg(target_os = "none")]
+pub mod timer;
 #[cfg(target_os = "none")]
 pub mod trap;
 #[cfg(target_os = "none")]
@@ -98,6 +102,7 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
     mem::init(info);
     paging::init_kernel_half(smp::lapic_phys());
     smp::init_bsp_lapic();
+    timer::calibrate();
     let low_ok = info
         .regions()
         .iter()

@@ -19,7 +19,6 @@ pub use crate::shootdown::{flush_local, flushes_served, serve_flush, shootdown};
 use machvm_frame::FrameUse;
 
 use x86_64::VirtAddr;
-use x86_64::instructions::interrupts;
 use x86_64::instructions::port::PortWriteOnly;
 use x86_64::registers::model_specific::{ApicBase, GsBase};
 
@@ -63,6 +62,12 @@ pub struct PerCpu {
     pub(crate) flush_pending: AtomicBool,
     pub(crate) flush_done: AtomicBool,
     pub(crate) flushes_served: AtomicU64,
+    /// Top of the trap stack (the syscall stub loads RSP from here).
+    pub(crate) trap_top: AtomicU64,
+    /// The user RSP while the syscall stub builds its frame.
+    pub(crate) user_rsp: AtomicU64,
+    /// The idle context's RSP while this CPU runs a task.
+    pub(crate) idle_rsp: AtomicU64,
 }
 
 impl PerCpu {
@@ -83,6 +88,9 @@ impl PerCpu {
             flush_pending: AtomicBool::new(false),
             flush_done: AtomicBool::new(false),
             flushes_served: AtomicU64::new(0),
+            trap_top: AtomicU64::new(0),
+            user_rsp: AtomicU64::new(0),
+            idle_rsp: AtomicU64::new(0),
         }
     }
 }
@@ -155,12 +163,12 @@ pub(crate) fn lapic_phys() -> u64 {
     ApicBase::read().0.start_address().as_u64()
 }
 
-fn lapic_read(reg: u64) -> u32 {
+pub(crate) fn lapic_read(reg: u64) -> u32 {
     // SAFETY: LAPIC registers are 32-bit MMIO in the (uncached) direct map.
     unsafe { ((LAPIC.load(Ordering::Relaxed) + reg) as *const u32).read_volatile() }
 }
 
-fn lapic_write(reg: u64, v: u32) {
+pub(crate) fn lapic_write(reg: u64, v: u32) {
     // SAFETY: as in lapic_read.
     unsafe { ((LAPIC.load(Ordering::Relaxed) + reg) as *mut u32).write_volatile(v) }
 }
@@ -175,6 +183,7 @@ fn lapic_init_local() {
     lapic_write(LAPIC_TPR, 0);
     lapic_write(LAPIC_SVR, 0x100 | u32::from(SPURIOUS_VECTOR));
     lapic_write(LAPIC_ESR, 0);
+    crate::timer::init_local();
 }
 
 /// Signals end of interrupt to this CPU's local APIC.
@@ -307,6 +316,7 @@ pub(crate) fn init_bsp() {
     set_gs_base(0);
     trap::load_idt();
     cpu::enable_smep_smap();
+    trap::init_syscalls(0);
 }
 
 /// After memory is up: enables the boot CPU's LAPIC and masks the PIC.
@@ -401,17 +411,23 @@ extern "C" fn ap_entry(idx: u64) -> ! {
     set_gs_base(idx);
     trap::load_idt();
     cpu::enable_smep_smap();
+    trap::init_syscalls(idx);
     lapic_init_local();
     CPUS[idx].online.store(true, Ordering::Release);
-    loop {
-        serve_flush();
-        poll_mailbox();
-        // `sti; hlt` wakes on the next interrupt without a lost wake-up
-        // window (the interrupt shadow of `sti` covers `hlt`); handlers
-        // run with interrupts off, and so does the loop.
-        interrupts::enable_and_hlt();
-        interrupts::disable();
-    }
+    // Runs tasks, serves calls and shootdowns, halts when there is nothing
+    // to do (`sti; hlt`: the interrupt shadow of `sti` covers `hlt`, so no
+    // wake-up is lost; handlers run with interrupts off).
+    crate::proc::idle_loop(&|| false);
+    unreachable!("an AP's idle loop never ends")
+}
+
+/// Wakes CPU `cpu` from its idle halt (or makes it look at the run queue at
+/// its next return to a task).
+pub(crate) fn send_resched(cpu: usize) {
+    lapic_icr(
+        CPUS[cpu].apic_id.load(Ordering::Relaxed),
+        u32::from(trap::RESCHED_VECTOR) | 0x4000,
+    );
 }
 
 // --------------------------------------------------------------- calls --

@@ -209,27 +209,38 @@ pub fn install_fault_hook() {
 /// there, which loads CR3, and deactivates the previous one.
 pub fn switch_to(c: usize, map: Option<&VmMap>) {
     install_fault_hook();
-    let pmap = &vm().pmap;
-    let old = smp::run_on(c, || {
-        let slot = &SLOTS[c];
-        let mut cur = slot.map.lock();
-        match map {
-            Some(m) => pmap.activate(m.pmap(), c),
-            None => {
-                // The kernel CR3 first: once deactivated, the pmap's
-                // shootdowns no longer reach this CPU.
-                // SAFETY: the kernel PML4 maps the kernel half.
-                unsafe { cpu::load_cr3(paging::kernel_pml4_pa()) };
-                if let Some(m) = cur.as_ref() {
-                    pmap.deactivate(m.pmap(), c);
-                }
-            }
-        }
-        *slot.last.lock() = None;
-        core::mem::replace(&mut *cur, map.cloned())
-    });
+    assert!(
+        crate::proc::running_on(c).is_none(),
+        "switch_to: cpu {c} runs a task"
+    );
+    let old = smp::run_on(c, || activate_local(map));
     // Dropped here, not in the IPI handler: it may be the map's last handle.
     drop(old);
+}
+
+/// Makes `map` (or none: the kernel CR3) the one this CPU runs, as
+/// [`switch_to`] does for any CPU; returns the map it ran before, which the
+/// caller drops outside every lock (it may be the last handle).
+#[must_use = "drop the old map outside every lock"]
+pub fn activate_local(map: Option<&VmMap>) -> Option<VmMap> {
+    let c = smp::current_cpu();
+    let pmap = &vm().pmap;
+    let slot = &SLOTS[c];
+    let mut cur = slot.map.lock();
+    match map {
+        Some(m) => pmap.activate(m.pmap(), c),
+        None => {
+            // The kernel CR3 first: once deactivated, the pmap's
+            // shootdowns no longer reach this CPU.
+            // SAFETY: the kernel PML4 maps the kernel half.
+            unsafe { cpu::load_cr3(paging::kernel_pml4_pa()) };
+            if let Some(m) = cur.as_ref() {
+                pmap.deactivate(m.pmap(), c);
+            }
+        }
+    }
+    *slot.last.lock() = None;
+    core::mem::replace(&mut *cur, map.cloned())
 }
 
 /// Every CPU back on the kernel CR3, running no map (nothing to do before

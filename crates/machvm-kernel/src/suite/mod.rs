@@ -85,6 +85,8 @@ pub const SUITES: &[(&str, &[Test])] = &[
 
 /// Puts the machine back in its base state between tests.
 fn reset_after_test() {
+    // Tasks first: their CPUs go back to their idle loops.
+    crate::proc::kill_all_and_reap();
     // Deactivates machvm pmaps too, should a test have left one running.
     vm::release_all();
     trap::set_page_fault_hook(None);

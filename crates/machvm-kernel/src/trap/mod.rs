@@ -25,11 +25,13 @@ use crate::cpu;
 use crate::paging::WINDOW_BASE;
 use crate::smp::{self, MAX_CPUS};
 
+mod entry;
 mod probes;
 mod tables;
 
+pub(crate) use entry::{enter_user, init_syscalls, resume_idle};
 pub use probes::*;
-pub(crate) use tables::{load_cpu_tables, load_idt};
+pub(crate) use tables::{load_cpu_tables, load_idt, trap_stack_top};
 
 /// Vector of the cross-CPU call IPI.
 pub const IPI_VECTOR: u8 = 0xF0;
@@ -43,6 +45,18 @@ pub const KERNEL_CS: u16 = 0x08;
 /// Kernel data selector.
 pub const KERNEL_DS: u16 = 0x10;
 const TSS_SEL: u16 = 0x18;
+/// User data selector (RPL 3): `SYSRET`'s SS is `STAR[63:48] + 8`.
+pub const USER_DS: u16 = 0x28 | 3;
+/// User code selector (RPL 3): `SYSRET`'s 64-bit CS is `STAR[63:48] + 16`.
+pub const USER_CS: u16 = 0x30 | 3;
+/// The pseudo-vector a `syscall` entry carries in its [`TrapFrame`] (above
+/// every IDT vector).
+pub const SYSCALL_VECTOR: u64 = 0x100;
+/// Vector of the local APIC timer (the scheduler's quantum).
+pub const TIMER_VECTOR: u8 = 0xEE;
+/// Vector of the wake-up IPI sent to an idle CPU when a task becomes
+/// runnable.
+pub const RESCHED_VECTOR: u8 = 0xF1;
 
 /// Page-fault error-code bits.
 pub mod pf {
@@ -58,9 +72,10 @@ pub mod pf {
     pub const I: u64 = 1 << 4;
 }
 
-/// The registers saved on a trap, in stack order.
+/// The registers saved on a trap, in stack order. A task's saved user
+/// context is one of these.
 #[repr(C)]
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 #[allow(missing_docs)]
 pub struct TrapFrame {
     pub rax: u64,
@@ -85,6 +100,17 @@ pub struct TrapFrame {
     pub rflags: u64,
     pub rsp: u64,
     pub ss: u64,
+}
+
+// The stubs below push exactly this many bytes; 176 keeps the Rust call
+// 16-byte aligned.
+const _: () = assert!(size_of::<TrapFrame>() == 176);
+
+impl TrapFrame {
+    /// The frame came from ring 3.
+    pub fn from_user(&self) -> bool {
+        self.cs & 3 == 3
+    }
 }
 
 global_asm!(
@@ -121,10 +147,18 @@ machvm_isr_common:
     push %rcx
     push %rbx
     push %rax
+    testb $3, 144(%rsp)
+    jz 1f
+    swapgs
+1:
+    .global machvm_trap_entered
+machvm_trap_entered:
     mov %rsp, %rdi
     clac
     cld
     call {dispatch}
+    .global machvm_trap_return
+machvm_trap_return:
     pop %rax
     pop %rbx
     pop %rcx
@@ -141,6 +175,10 @@ machvm_isr_common:
     pop %r14
     pop %r15
     add $16, %rsp
+    testb $3, 8(%rsp)
+    jz 2f
+    swapgs
+2:
     iretq
     .popsection
 "#,
@@ -226,6 +264,18 @@ machvm_probe_exec_smep:
 machvm_probe_exec_smep_ret:
     ret
 
+    .global machvm_copy_user
+machvm_copy_user:
+    mov %rdx, %rcx
+    xor %eax, %eax
+    xor %edx, %edx
+    stac
+.Lcopy_user:
+    rep movsb
+.Lcopy_user_fix:
+    clac
+    ret
+
     .global machvm_probe_read_u8_unchecked
 machvm_probe_read_u8_unchecked:
     xor %eax, %eax
@@ -245,6 +295,7 @@ machvm_probe_table:
     .quad .Lprobe_w8, .Lprobe_w8_fix
     .quad .Lprobe_w64, .Lprobe_w64_fix
     .quad .Lprobe_r8u, .Lprobe_r8u_fix
+    .quad .Lcopy_user, .Lcopy_user_fix
     .popsection
 "#,
     options(att_syntax)
@@ -260,7 +311,7 @@ const PROBE_FAULT: u64 = 1 << 63;
 
 unsafe extern "C" {
     static machvm_isr_stubs: u8;
-    static machvm_probe_table: [[u64; 2]; 5];
+    static machvm_probe_table: [[u64; 2]; 6];
     static machvm_probe_exec_ret: u8;
     static machvm_probe_exec_smep_ret: u8;
     fn machvm_probe_read_u8(addr: u64) -> RawProbe;
@@ -270,6 +321,7 @@ unsafe extern "C" {
     fn machvm_probe_exec(addr: u64) -> RawProbe;
     fn machvm_probe_exec_smep(addr: u64) -> RawProbe;
     fn machvm_probe_read_u8_unchecked(addr: u64) -> RawProbe;
+    fn machvm_copy_user(dst: u64, src: u64, len: u64) -> RawProbe;
 }
 
 // ------------------------------------------------------------ dispatch --
@@ -317,10 +369,17 @@ extern "C" fn trap_dispatch(frame: *mut TrapFrame) {
     // SAFETY: the common stub passes its own stack frame, live until we
     // return, and nothing else refers to it.
     let f = unsafe { &mut *frame };
+    let user = f.from_user();
     match f.vector {
+        14 if user => crate::proc::user_page_fault(f, cpu::read_cr2()),
         14 => page_fault(f),
         8 => fatal(f, "double fault (on its IST stack)"),
+        // NMI and machine check stay fatal whoever was running.
+        v if v < 32 && user && v != 2 && v != 18 => crate::proc::user_exception(f),
         v if v < 32 => fatal(f, NAMES[v as usize]),
+        SYSCALL_VECTOR => crate::proc::syscall(f),
+        v if v == u64::from(TIMER_VECTOR) => crate::proc::on_timer(f),
+        v if v == u64::from(RESCHED_VECTOR) => smp::lapic_eoi(),
         v if v == u64::from(IPI_VECTOR) => {
             smp::handle_ipi();
             smp::lapic_eoi();
@@ -334,6 +393,9 @@ extern "C" fn trap_dispatch(frame: *mut TrapFrame) {
             UNEXPECTED.fetch_add(1, Relaxed);
             smp::lapic_eoi();
         }
+    }
+    if user {
+        crate::proc::return_to_user(f);
     }
 }
 

@@ -178,6 +178,21 @@ pub fn copy_out(va: u64, data: &[u8]) -> Result<(), PageFaultInfo> {
     Ok(())
 }
 
+/// Copies `len` bytes from `src` to `dst` with `rep movsb` under `stac`: the
+/// kernel's user-copy primitive. A fault machvm resolves (zero fill, copy
+/// on write, page-in) lets the copy go on where it stopped; a refused one
+/// ends it and is returned.
+///
+/// # Safety
+/// Exactly one of the two ranges is task memory (the lower half, checked
+/// by the caller against `USER_MAX` with overflow); the other is kernel
+/// memory valid for the access and not otherwise borrowed.
+pub(crate) unsafe fn copy_user(dst: u64, src: u64, len: u64) -> Result<(), PageFaultInfo> {
+    // SAFETY: as the caller guarantees; a fault in the task's range recovers
+    // through the probe table.
+    finish(unsafe { machvm_copy_user(dst, src, len) }).map(|_| ())
+}
+
 /// Formats a probe result for test messages.
 pub fn describe<T: core::fmt::Debug>(r: &Result<T, PageFaultInfo>) -> String {
     match r {

@@ -19,11 +19,12 @@ const IST_NMI: u16 = 1;
 
 static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
 
-/// A CPU's TSS and its GDT (null, code, data, TSS), built once by the CPU
-/// itself at bring-up and never changed after.
+/// A CPU's TSS and its GDT (null, kernel code, kernel data, TSS, user data,
+/// user code: the order `STAR` needs), built once by the CPU itself at
+/// bring-up and never changed after.
 struct CpuTables {
     tss: spin::Once<TaskStateSegment>,
-    gdt: spin::Once<GlobalDescriptorTable<5>>,
+    gdt: spin::Once<GlobalDescriptorTable<7>>,
 }
 
 static TABLES: [CpuTables; MAX_CPUS] = [const {
@@ -43,6 +44,23 @@ struct IstStack([u8; IST_STACK]);
 /// takes a reference to them, only their addresses.
 static mut IST_STACKS: [[IstStack; 2]; MAX_CPUS] =
     [const { [const { IstStack([0; IST_STACK]) }; 2] }; MAX_CPUS];
+
+/// A CPU's trap stack: where every entry from ring 3 (interrupt, exception,
+/// `syscall`) lands, through `TSS.RSP0` or the syscall stub.
+pub(crate) const TRAP_STACK: usize = 128 * 1024;
+
+#[repr(C, align(16))]
+struct TrapStack([u8; TRAP_STACK]);
+
+/// Trap stacks, one per CPU, used only by their CPU and only through their
+/// top address; Rust never takes a reference to them.
+static mut TRAP_STACKS: [TrapStack; MAX_CPUS] = [const { TrapStack([0; TRAP_STACK]) }; MAX_CPUS];
+
+/// The top of CPU `cpu`'s trap stack (16-aligned).
+pub(crate) fn trap_stack_top(cpu: usize) -> u64 {
+    assert!(cpu < MAX_CPUS, "cpu {cpu} out of range");
+    &raw mut TRAP_STACKS as u64 + ((cpu + 1) * TRAP_STACK) as u64
+}
 
 /// The entry stub of vector `v` (16 bytes each, from `machvm_isr_stubs`).
 fn stub(v: u8) -> VirtAddr {
@@ -122,6 +140,7 @@ pub(crate) fn load_cpu_tables(cpu: usize) {
             let end = ist + top * IST_STACK as u64;
             tss.interrupt_stack_table[usize::from(slot)] = VirtAddr::new(end);
         }
+        tss.privilege_stack_table[0] = VirtAddr::new(trap_stack_top(cpu));
         tss
     });
     let gdt = t.gdt.call_once(|| {
@@ -129,10 +148,12 @@ pub(crate) fn load_cpu_tables(cpu: usize) {
         let code = gdt.append(Descriptor::kernel_code_segment());
         let data = gdt.append(Descriptor::kernel_data_segment());
         let tss = gdt.append(Descriptor::tss_segment(tss));
+        let udata = gdt.append(Descriptor::user_data_segment());
+        let ucode = gdt.append(Descriptor::user_code_segment());
         assert_eq!(
-            (code.0, data.0, tss.0),
-            (KERNEL_CS, KERNEL_DS, TSS_SEL),
-            "GDT layout differs from the boot GDT's"
+            (code.0, data.0, tss.0, udata.0, ucode.0),
+            (KERNEL_CS, KERNEL_DS, TSS_SEL, USER_DS, USER_CS),
+            "GDT layout differs from the boot GDT's and STAR's"
         );
         gdt
     });

@@ -4,15 +4,18 @@
 use alloc::format;
 use alloc::string::String;
 
-use machvm::{KernError, PAGE_SIZE, VmProt};
+use machvm::{Access, KernError, PAGE_SIZE, VmProt};
 
 use crate::locks::VmMap;
+use crate::proc::{self, ExitStatus};
 use crate::suite::Test;
 use crate::trap::{self, pf};
-use crate::{cpu, ensure, ensure_eq, smp, test, vm};
+use crate::{cpu, ensure, ensure_eq, mem, smp, test, vm};
 
+mod raw;
 mod smap;
 
+use raw::*;
 use smap::*;
 
 /// The user-mode suite, in order.
@@ -20,6 +23,11 @@ pub const TESTS: &[Test] = &[
     test!(smep_smap_on_every_cpu),
     test!(smap_faults_unchecked_kernel_access),
     test!(smep_faults_kernel_fetch_from_user_page),
+    test!(raw_task_exits_with_its_code),
+    test!(traps_kill_only_the_task),
+    test!(refused_faults_name_address_and_access),
+    test!(user_faults_resolved_by_machvm),
+    test!(spinners_are_preempted_and_killed),
 ];
 
 const PG: u64 = PAGE_SIZE;
@@ -59,4 +67,8 @@ fn verify(map: &VmMap) -> Result<(), String> {
         .system
         .verify()
         .map_err(|e| format!("VmSystem::verify(): {e}"))
+}
+
+fn free_frames() -> u64 {
+    mem::frames().free_frames()
 }

@@ -1,0 +1,62 @@
+//! Making tasks: from raw code (tests of the trap paths) and, in `loader`,
+//! from ELF images.
+
+use machvm::{PAGE_SIZE, VmProt};
+
+use super::*;
+use crate::trap::{USER_CS, USER_DS};
+use crate::vm;
+
+/// The top of every task's stack.
+pub const USER_STACK_TOP: u64 = 0x7fff_ffff_0000;
+/// The size of every task's stack.
+pub const USER_STACK_SIZE: u64 = 256 * 1024;
+
+/// Where [`spawn_code`] puts its code.
+pub const CODE_BASE: u64 = 0x40_0000;
+
+/// The first user context: `rip`, the top of the stack, `rdi = arg`,
+/// interrupts on.
+pub(crate) fn first_frame(rip: u64, arg: u64) -> TrapFrame {
+    TrapFrame {
+        rip,
+        rsp: USER_STACK_TOP - 8,
+        rdi: arg,
+        cs: u64::from(USER_CS),
+        ss: u64::from(USER_DS),
+        rflags: 0x202,
+        ..TrapFrame::default()
+    }
+}
+
+/// Maps the user stack: [`USER_STACK_SIZE`] bytes of `rw-` below
+/// [`USER_STACK_TOP`], never executable.
+pub(crate) fn map_stack(map: &VmMap) -> Result<(), KernError> {
+    let base = USER_STACK_TOP - USER_STACK_SIZE;
+    map.allocate(base, USER_STACK_SIZE, false)?;
+    map.protect(base, USER_STACK_SIZE, true, VmProt::DEFAULT)?;
+    map.protect(base, USER_STACK_SIZE, false, VmProt::DEFAULT)
+}
+
+/// Queues a task and wakes an idle CPU for it.
+pub(crate) fn start(name: &'static str, parent: Pid, map: VmMap, frame: TrapFrame) -> Pid {
+    vm::install_fault_hook();
+    let pid = SCHED.lock().insert(new_task(name, parent, map, frame));
+    kick_idle();
+    pid
+}
+
+/// Starts a task (child of the kernel) whose text is `code`, `r-x` at
+/// [`CODE_BASE`], with a stack and `rdi = arg`. For tests of the trap
+/// paths that need a few exact instructions.
+pub fn spawn_code(code: &[u8], arg: u64) -> Result<Pid, KernError> {
+    let map = vm::vm().system.create_map()?;
+    let len = (code.len() as u64).div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;
+    map.allocate(CODE_BASE, len, false)?;
+    map.write_bytes(CODE_BASE, code)?;
+    let rx = VmProt::READ | VmProt::EXECUTE;
+    map.protect(CODE_BASE, len, true, rx)?;
+    map.protect(CODE_BASE, len, false, rx)?;
+    map_stack(&map)?;
+    Ok(start("code", 0, map, first_frame(CODE_BASE, arg)))
+}
