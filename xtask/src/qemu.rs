@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::install::{ensure_qemu, ensure_target};
-use crate::{cargo, target_dir, target_subdir};
+use crate::{cargo, cargo_env, target_dir, target_subdir};
 
 /// The kernel's target triple.
 pub(crate) const TARGET: &str = "x86_64-unknown-none";
@@ -171,7 +171,10 @@ fn build_and_run(args: &[String], task: Task) -> bool {
     let Some(qemu) = ensure_qemu() else {
         return false;
     };
-    let Some(elf) = build_kernel(opts.skip_invlpg) else {
+    let Some(user_bins) = build_user() else {
+        return false;
+    };
+    let Some(elf) = build_kernel(opts.skip_invlpg, &user_bins) else {
         return false;
     };
     launch(&qemu, &elf, &opts)
@@ -367,8 +370,33 @@ fn boot(qemu: &Path, elf: &Path, append: &str, o: &Opts) -> std::io::Result<Outc
     })
 }
 
-/// Builds the kernel and returns its ELF.
-fn build_kernel(skip_invlpg: bool) -> Option<PathBuf> {
+/// Builds the user programs (`crates/machvm-user-programs`) the kernel
+/// embeds, into the kernel's target directory; returns their directory,
+/// for the kernel build's `MACHVM_USER_BINS`. Never from the kernel's
+/// `build.rs`: a nested cargo would wait on the outer build's locks.
+pub(crate) fn build_user() -> Option<String> {
+    let dir = target_subdir("kernel");
+    let args = [
+        "build",
+        "-p",
+        "machvm-user-programs",
+        "--release",
+        "--target",
+        TARGET,
+        "--target-dir",
+        &dir,
+    ];
+    if !cargo(&args) {
+        eprintln!("xtask: building the user programs failed");
+        return None;
+    }
+    let bins = target_dir().join(format!("kernel/{TARGET}/release"));
+    Some(bins.to_string_lossy().into_owned())
+}
+
+/// Builds the kernel, embedding the user programs of `user_bins`, and
+/// returns its ELF.
+fn build_kernel(skip_invlpg: bool, user_bins: &str) -> Option<PathBuf> {
     let dir = target_subdir("kernel");
     let mut args = vec![
         "build",
@@ -383,7 +411,7 @@ fn build_kernel(skip_invlpg: bool) -> Option<PathBuf> {
     if skip_invlpg {
         args.extend(["--features", "skip-invlpg"]);
     }
-    if !cargo(&args) {
+    if !cargo_env(&args, &[("MACHVM_USER_BINS", user_bins)]) {
         eprintln!("xtask: building the kernel failed");
         return None;
     }
@@ -403,6 +431,10 @@ pub(crate) fn clippy_kernel() -> bool {
             "clippy",
             "-p",
             "machvm-kernel",
+            "-p",
+            "machvm-user",
+            "-p",
+            "machvm-user-programs",
             "--release",
             "--target",
             TARGET,

@@ -147,6 +147,7 @@ const BARE_METAL_CRATES: &[&str] = &[
     "machvm-map",
     "machvm-copy",
     "machvm",
+    "machvm-user",
 ];
 
 /// `--features` of the bare-metal rustdoc stage (all crates are built with

@@ -71,6 +71,27 @@ impl KernError {
         self as u32
     }
 
+    /// The error of a numeric `kern_return_t`, or `None` for 0 (success)
+    /// and codes machvm does not know.
+    ///
+    /// ```
+    /// use machvm_base::KernError;
+    /// assert_eq!(KernError::from_code(2), Some(KernError::ProtectionFailure));
+    /// assert_eq!(KernError::from_code(0), None);
+    /// assert_eq!(KernError::from_code(99), None);
+    /// ```
+    pub const fn from_code(code: u64) -> Option<KernError> {
+        Some(match code {
+            1 => KernError::InvalidAddress,
+            2 => KernError::ProtectionFailure,
+            3 => KernError::NoSpace,
+            4 => KernError::InvalidArgument,
+            5 => KernError::Failure,
+            6 => KernError::ResourceShortage,
+            _ => return None,
+        })
+    }
+
     /// Mach's name for the code.
     pub const fn name(self) -> &'static str {
         match self {
@@ -216,6 +237,10 @@ mod tests {
         assert_eq!(KernError::InvalidArgument.code(), 4);
         assert_eq!(KernError::Failure.code(), 5);
         assert_eq!(KernError::ResourceShortage.code(), 6);
+        for code in 1..=6 {
+            let e = KernError::from_code(code).unwrap();
+            assert_eq!(u64::from(e.code()), code);
+        }
     }
 
     #[test]

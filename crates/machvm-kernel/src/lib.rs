@@ -58,6 +58,8 @@ pub mod demo;
 #[cfg(target_os = "none")]
 pub mod heap;
 #[cfg(target_os = "none")]
+pub mod images;
+#[cfg(target_os = "none")]
 pub mod locks;
 #[cfg(target_os = "none")]
 pub mod mem;
