@@ -142,5 +142,6 @@ pub fn kill_all_and_reap() -> usize {
     run_until(|| (0..smp::cpu_count()).all(|c| running_on(c).is_none()));
     let zombies = core::mem::take(&mut SCHED.lock().tasks);
     drop(zombies);
+    clear_ports();
     n
 }

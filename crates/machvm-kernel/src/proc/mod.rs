@@ -32,17 +32,23 @@ use crate::smp::{self, MAX_CPUS};
 use crate::trap::TrapFrame;
 
 mod exit;
+mod ipc;
+mod loader;
 mod sched;
 mod spawn;
 mod syscall;
 mod traps;
 mod usercopy;
+mod vmcalls;
 
 pub(crate) use exit::{exit_current, kill_current};
 pub use exit::{kill_all_and_reap, wait_exit};
+pub(crate) use ipc::clear_ports;
+pub use ipc::{destroy_port, queued};
+pub use loader::{LoadError, load};
 pub use sched::{idle_loop, run_until};
 pub(crate) use sched::{on_timer, return_to_user};
-pub use spawn::{CODE_BASE, USER_STACK_SIZE, USER_STACK_TOP, spawn_code};
+pub use spawn::{CODE_BASE, USER_STACK_SIZE, USER_STACK_TOP, spawn, spawn_code, spawn_image};
 pub(crate) use syscall::dispatch as syscall;
 pub(crate) use traps::{user_exception, user_page_fault};
 
@@ -205,6 +211,16 @@ impl Sched {
         pid
     }
 
+    /// Blocks `pid` (the caller, still on its CPU) on `w`.
+    pub(crate) fn block(&mut self, pid: Pid, w: Wait) {
+        if let Some(t) = self.tasks.get_mut(&pid)
+            && t.state == State::Runnable
+            && !t.kill
+        {
+            t.state = State::Blocked(w);
+        }
+    }
+
     /// Wakes `pid` if it waits for something `matches` accepts. A task still
     /// on its CPU (it blocked but has not been switched out) just carries on.
     pub(crate) fn wake(&mut self, pid: Pid, matches: impl Fn(Wait) -> bool) -> bool {
@@ -263,6 +279,11 @@ pub(crate) fn kick_idle() {
 /// A task's state, if it exists.
 pub fn state_of(pid: Pid) -> Option<State> {
     SCHED.lock().tasks.get(&pid).map(|t| t.state)
+}
+
+/// A task's parent, if it exists.
+pub fn parent_of(pid: Pid) -> Option<Pid> {
+    SCHED.lock().tasks.get(&pid).map(|t| t.parent)
 }
 
 /// A task's counters, if it exists.

@@ -3,14 +3,12 @@
 
 use machvm::{PAGE_SIZE, VmProt};
 
+pub use machvm_user::abi::{USER_STACK_SIZE, USER_STACK_TOP};
+
+use super::loader::{self, LoadError};
 use super::*;
 use crate::trap::{USER_CS, USER_DS};
 use crate::vm;
-
-/// The top of every task's stack.
-pub const USER_STACK_TOP: u64 = 0x7fff_ffff_0000;
-/// The size of every task's stack.
-pub const USER_STACK_SIZE: u64 = 256 * 1024;
 
 /// Where [`spawn_code`] puts its code.
 pub const CODE_BASE: u64 = 0x40_0000;
@@ -59,4 +57,21 @@ pub fn spawn_code(code: &[u8], arg: u64) -> Result<Pid, KernError> {
     map.protect(CODE_BASE, len, false, rx)?;
     map_stack(&map)?;
     Ok(start("code", 0, map, first_frame(CODE_BASE, arg)))
+}
+
+/// Starts the embedded user program `name` (child of the kernel) with
+/// `rdi = arg`: its ELF image loaded into a fresh map, and a stack.
+pub fn spawn(name: &'static str, arg: u64) -> Result<Pid, LoadError> {
+    let image = crate::images::image(name).ok_or(LoadError::Format(
+        "no such program embedded (build the kernel through cargo xtask)",
+    ))?;
+    spawn_image(name, image, arg)
+}
+
+/// Starts a task from the ELF `image`.
+pub fn spawn_image(name: &'static str, image: &[u8], arg: u64) -> Result<Pid, LoadError> {
+    let map = vm::vm().system.create_map()?;
+    let entry = loader::load(&map, image)?;
+    map_stack(&map)?;
+    Ok(start(name, 0, map, first_frame(entry, arg)))
 }

@@ -1,17 +1,31 @@
-//! The system-call table. Arguments come in `rdi, rsi, rdx, r10, r8, r9`;
-//! the result goes out as `rax` = `kern_return_t` (0 or a [`KernError`]
-//! code) and `rdx` = the value.
+//! The system-call table (numbers and semantics: `machvm_user::abi`).
+//! Arguments come in `rdi, rsi, rdx, r10, r8, r9`; the result goes out as
+//! `rax` = `kern_return_t` (0 or a [`KernError`] code) and `rdx` = the value.
+//!
+//! Every call follows one discipline: copy the arguments in, call machvm
+//! with no scheduler lock held, copy the results out. A user pointer is
+//! checked before anything changes, so a bad one returns `InvalidAddress`
+//! and the call has done nothing.
 
+use machvm_user::abi::{VmStatsAbi, WaitStatus, nr};
+
+use super::usercopy::{self, Plain};
 use super::*;
 use crate::trap::TrapFrame;
+
+// SAFETY: `repr(C)` structs of `u64`/`u32` fields with no padding (their
+// sizes are asserted in the ABI crate).
+unsafe impl Plain for WaitStatus {}
+// SAFETY: as above.
+unsafe impl Plain for VmStatsAbi {}
 
 /// What a call did.
 pub(crate) enum Ret {
     /// Finished: `Ok(value)` or the error.
     Done(Result<u64, KernError>),
-    /// Must wait: the task blocks and makes the call again when woken.
-    #[expect(dead_code, reason = "the blocking calls come with the ABI crate")]
-    Block(Wait),
+    /// Must wait: the call marked the task blocked, under the lock that
+    /// orders it against its waker; it makes the call again when woken.
+    Blocked,
     /// The task is gone (exit); the frame already holds the next task's.
     Gone,
 }
@@ -29,7 +43,7 @@ pub(crate) fn dispatch(f: &mut TrapFrame) {
             f.rax = code;
             f.rdx = value;
         }
-        Ret::Block(w) => block(f, w),
+        Ret::Blocked => rewind(f),
         Ret::Gone => {}
     }
 }
@@ -43,32 +57,46 @@ fn count_call() {
     }
 }
 
-/// Blocks the caller on `w`, rewinding RIP onto its `syscall` (2 bytes) so
-/// that it makes the call again when woken.
-fn block(f: &mut TrapFrame, w: Wait) {
+/// Rewinds RIP onto the blocked caller's `syscall` (2 bytes), so that it
+/// makes the call again when woken; nothing else of the call happened.
+fn rewind(f: &mut TrapFrame) {
     f.rip -= 2;
-    let pid = current();
-    if let Some(t) = SCHED.lock().tasks.get_mut(&pid) {
-        t.state = State::Blocked(w);
-    }
     kick_idle();
 }
 
-fn call(f: &mut TrapFrame, nr: u64, a: [u64; 6]) -> Ret {
-    match nr {
-        0 => {
+fn call(f: &mut TrapFrame, n: u64, a: [u64; 6]) -> Ret {
+    use super::{ipc, vmcalls};
+    let done = Ret::Done;
+    match n {
+        nr::EXIT => {
             exit_current(f, ExitStatus::Exited(a[0]));
             Ret::Gone
         }
-        1 => Ret::Done(console_write(a[0], a[1])),
-        2 => {
+        nr::CONSOLE_WRITE => done(console_write(a[0], a[1])),
+        nr::YIELD => {
             sched::yield_now();
-            Ret::Done(Ok(0))
+            done(Ok(0))
         }
-        5 => Ret::Done(Ok(current())),
-        6 => Ret::Done(Ok(smp::current_cpu() as u64)),
-        _ => Ret::Done(Err(KernError::InvalidArgument)),
+        nr::FORK => done(fork(f)),
+        nr::WAIT => wait(a[0], a[1]),
+        nr::GETPID => done(Ok(current())),
+        nr::GETCPU => done(Ok(smp::current_cpu() as u64)),
+        nr::STATS => done(stats_out(a[0])),
+        nr::VM_ALLOCATE..=nr::VM_WIRE => done(vmcalls::call(n, a)),
+        nr::PORT_CREATE..=nr::PORT_DESTROY => ipc::call(n, a),
+        _ => done(Err(KernError::InvalidArgument)),
     }
+}
+
+/// The running task's map (a handle: the caller uses it with no lock).
+pub(crate) fn my_map() -> Result<VmMap, KernError> {
+    let pid = current();
+    SCHED
+        .lock()
+        .tasks
+        .get(&pid)
+        .and_then(|t| t.map.clone())
+        .ok_or(KernError::Failure)
 }
 
 /// `CONSOLE_WRITE(ptr, len)`: copied in and printed 512 bytes at a time.
@@ -86,4 +114,89 @@ fn console_write(ptr: u64, len: u64) -> Result<u64, KernError> {
         done += n as u64;
     }
     Ok(len)
+}
+
+/// `FORK()`: the child gets `map.fork()` and the caller's registers, with
+/// 0 for its result; the parent gets the child's pid.
+fn fork(f: &TrapFrame) -> Result<u64, KernError> {
+    let parent = current();
+    let child_map = my_map()?.fork()?;
+    let mut frame = *f;
+    frame.rax = 0;
+    frame.rdx = 0;
+    let name = SCHED.lock().tasks.get(&parent).map_or("task", |t| t.name);
+    Ok(spawn::start(name, parent, child_map, frame))
+}
+
+/// `WAIT(pid, status_ptr)`: the status slot is written (zeros) before
+/// anything is reaped, so a bad pointer reaps nothing.
+fn wait(pid: u64, status_ptr: u64) -> Ret {
+    if let Err(e) = usercopy::write(status_ptr, &WaitStatus::default()) {
+        return Ret::Done(Err(e));
+    }
+    let me = current();
+    let reaped = {
+        let mut s = SCHED.lock();
+        let r = exit::reap(&mut s, me, pid);
+        if let Ok(None) = r {
+            // Under the same lock as the look: an exit cannot slip between.
+            s.block(me, Wait::Child(pid));
+        }
+        r
+    };
+    match reaped {
+        Err(e) => Ret::Done(Err(e)),
+        Ok(None) => Ret::Blocked,
+        Ok(Some((child, st))) => {
+            let out = usercopy::write(status_ptr, &wait_status(child, st));
+            Ret::Done(out.map(|()| child))
+        }
+    }
+}
+
+/// The ABI form of an exit status.
+pub(crate) fn wait_status(pid: Pid, st: ExitStatus) -> WaitStatus {
+    let mut w = WaitStatus {
+        pid,
+        ..WaitStatus::default()
+    };
+    match st {
+        ExitStatus::Exited(code) => w.code = code,
+        ExitStatus::Fault {
+            addr,
+            access,
+            error,
+        } => {
+            w.kind = WaitStatus::FAULT;
+            w.access = match access {
+                Access::Read => 1,
+                Access::Write => 2,
+                Access::Execute => 4,
+            };
+            w.code = u64::from(error.code());
+            w.addr = addr;
+        }
+        ExitStatus::Trap { vector, rip } => {
+            w.kind = WaitStatus::TRAP;
+            w.code = vector;
+            w.addr = rip;
+        }
+        ExitStatus::Killed => w.kind = WaitStatus::KILLED,
+    }
+    w
+}
+
+/// `STATS(ptr)`: the machine's VM counters.
+fn stats_out(ptr: u64) -> Result<u64, KernError> {
+    let s = crate::vm::vm().system.statistics();
+    let out = VmStatsAbi {
+        free_count: s.free_count,
+        zero_fill_count: s.zero_fill_count,
+        faults: s.faults,
+        cow_faults: s.cow_faults,
+        pageins: s.pageins,
+        pageouts: s.pageouts,
+        wire_count: s.wire_count,
+    };
+    usercopy::write(ptr, &out).map(|()| 0)
 }

@@ -4,7 +4,9 @@
 use alloc::format;
 use alloc::string::String;
 
-use machvm::{Access, KernError, PAGE_SIZE, VmProt};
+use machvm::{Access, KernError, PAGE_SIZE, VmProt, VmStatistics};
+use machvm_user::abi::USER_TEXT_START;
+use machvm_user::abi::scenario::{self as s, arg};
 
 use crate::locks::VmMap;
 use crate::proc::{self, ExitStatus};
@@ -12,10 +14,18 @@ use crate::suite::Test;
 use crate::trap::{self, pf};
 use crate::{cpu, ensure, ensure_eq, mem, smp, test, vm};
 
+mod ipc;
+mod loader;
+mod programs;
 mod raw;
+mod sched;
 mod smap;
 
+use ipc::*;
+use loader::*;
+use programs::*;
 use raw::*;
+use sched::*;
 use smap::*;
 
 /// The user-mode suite, in order.
@@ -23,11 +33,35 @@ pub const TESTS: &[Test] = &[
     test!(smep_smap_on_every_cpu),
     test!(smap_faults_unchecked_kernel_access),
     test!(smep_faults_kernel_fetch_from_user_page),
+    test!(loader_maps_segments_with_protections),
+    test!(loader_rejects_bad_images),
     test!(raw_task_exits_with_its_code),
     test!(traps_kill_only_the_task),
     test!(refused_faults_name_address_and_access),
     test!(user_faults_resolved_by_machvm),
     test!(spinners_are_preempted_and_killed),
+    test!(hello_exits_with_its_code),
+    test!(touched_pages_are_zero_filled),
+    test!(write_to_text_kills_only_that_task),
+    test!(exec_from_data_kills),
+    test!(unmapped_access_names_address),
+    test!(syscalls_reject_bad_pointers),
+    test!(vm_calls_round_trip),
+    test!(vm_read_write_copy),
+    test!(vm_map_copy_into_child),
+    test!(fork_cow_isolation_both_ways),
+    test!(fork_share_inheritance),
+    test!(fork_none_inheritance),
+    test!(wait_reaps_and_orphans),
+    test!(ool_message_is_a_snapshot),
+    test!(ool_src_destroy),
+    test!(ool_copyout_keeps_page_offset),
+    test!(ool_64mib_moves_without_copy),
+    test!(port_queue_is_bounded),
+    test!(round_robin_needs_preemption),
+    test!(every_cpu_runs_tasks),
+    test!(preempted_task_shot_down_by_another_cpu),
+    test!(sixty_four_processes_return_every_frame),
 ];
 
 const PG: u64 = PAGE_SIZE;
@@ -71,4 +105,25 @@ fn verify(map: &VmMap) -> Result<(), String> {
 
 fn free_frames() -> u64 {
     mem::frames().free_frames()
+}
+
+fn stats() -> VmStatistics {
+    vm::vm().system.statistics()
+}
+
+/// Runs `utest` with `scenario` and `param` to its end.
+fn utest(scenario: u64, param: u64) -> Result<ExitStatus, String> {
+    let pid =
+        proc::spawn("utest", arg(scenario, param)).map_err(|e| format!("spawn utest: {e}"))?;
+    proc::wait_exit(pid).ok_or(format!("utest pid {pid} vanished"))
+}
+
+/// `utest` with `scenario` must exit 0 (else: the number of its failed
+/// check), leaving the scheduler consistent.
+fn passes(scenario: u64, param: u64, what: &str) -> Result<(), String> {
+    match utest(scenario, param)? {
+        ExitStatus::Exited(0) => proc::verify(),
+        ExitStatus::Exited(n) => Err(format!("{what}: failed check {n}")),
+        other => Err(format!("{what}: {other:?}")),
+    }
 }
