@@ -1,6 +1,7 @@
 //! The narrated demo (`-append demo`, `cargo xtask qemu`): tells what the
 //! platform did at boot, then shows machvm at work on the real MMU (task
-//! maps, demand paging, `vm_map_copy`, copy-on-write, fork, shootdowns).
+//! maps, demand paging, `vm_map_copy`, copy-on-write, fork, shootdowns),
+//! then as the memory system of ring-3 processes (`init`).
 //! With `-append platform` (`cargo xtask qemu --append platform`) it also
 //! shows the bare platform: traps, a stale TLB entry, a raw address space.
 //!
@@ -12,6 +13,7 @@
 
 mod summary;
 mod tasks;
+mod user;
 
 use alloc::format;
 use alloc::string::String;
@@ -40,6 +42,7 @@ pub const CHAPTERS: &[(&str, Chapter)] = &[
     ("a shootdown machvm asked for", tasks::shootdown),
     ("pageout: pages to the RAM disk and back", tasks::pageout),
     ("teardown", tasks::teardown),
+    ("user mode: init and its processes", user::init),
 ];
 
 /// The bare platform's chapters, told after [`CHAPTERS`] with `platform` on

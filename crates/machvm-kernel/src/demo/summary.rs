@@ -3,7 +3,7 @@
 
 use machvm_frame::FrameUse;
 
-use crate::{heap, mem, smp, trap, vm};
+use crate::{heap, mem, proc, smp, timer, trap, vm};
 
 /// The kernel's counters at one moment.
 pub(super) struct Counters {
@@ -16,6 +16,8 @@ pub(super) struct Counters {
     ipis: u64,
     flushes: u64,
     allocations: u64,
+    procs: proc::ProcStats,
+    ticks: u64,
 }
 
 impl Counters {
@@ -33,6 +35,8 @@ impl Counters {
             ipis: cpus.clone().map(smp::ipis_taken).sum(),
             flushes: cpus.map(smp::flushes_served).sum(),
             allocations: heap::stats().total_allocations,
+            procs: proc::stats(),
+            ticks: timer::ticks(),
         }
     }
 }
@@ -79,6 +83,18 @@ pub(super) fn closing(start: &Counters) {
         "TLB           {} shootdown requests served by other CPUs; {} IPIs taken (shootdowns and cross-CPU calls)",
         end.flushes - start.flushes,
         end.ipis - start.ipis
+    );
+    let (p, q) = (&start.procs, &end.procs);
+    println!(
+        "processes     {} created, {} exited, {} killed; {} system calls; {} switches, {} of them preemptions by {} timer interrupts; {} KiB sent out of line",
+        q.created - p.created,
+        q.exited - p.exited,
+        q.killed - p.killed,
+        q.syscalls - p.syscalls,
+        q.switches - p.switches,
+        q.preemptions - p.preemptions,
+        end.ticks - start.ticks,
+        (q.ool_bytes - p.ool_bytes) >> 10
     );
     let h = heap::stats();
     println!(

@@ -371,7 +371,6 @@ extern "C" fn trap_dispatch(frame: *mut TrapFrame) {
     let f = unsafe { &mut *frame };
     let user = f.from_user();
     match f.vector {
-        14 if user => crate::proc::user_page_fault(f, cpu::read_cr2()),
         14 => page_fault(f),
         8 => fatal(f, "double fault (on its IST stack)"),
         // NMI and machine check stay fatal whoever was running.
@@ -403,6 +402,10 @@ fn page_fault(f: &mut TrapFrame) {
     let cr2 = cpu::read_cr2();
     let err = f.error_code;
     PAGE_FAULTS.fetch_add(1, Relaxed);
+    if f.from_user() {
+        crate::proc::user_page_fault(f, cr2);
+        return;
+    }
     if !smap_violation(f, cr2) && page_fault_hook().is_some_and(|hook| hook(cr2, err)) {
         return;
     }

@@ -105,7 +105,10 @@ pub(super) fn loader_rejects_bad_images() -> Result<(), String> {
         ),
     ];
     for (what, bad) in cases {
-        ensure!(bad.as_ptr() as usize % 8 == 0, "{what}: copy not 8-aligned");
+        ensure!(
+            (bad.as_ptr() as usize).is_multiple_of(8),
+            "{what}: copy not 8-aligned"
+        );
         let map = new_map()?;
         let free = free_frames();
         match proc::load(&map, &bad) {

@@ -62,6 +62,7 @@ pub const TESTS: &[Test] = &[
     test!(every_cpu_runs_tasks),
     test!(preempted_task_shot_down_by_another_cpu),
     test!(sixty_four_processes_return_every_frame),
+    test!(init_demo_runs),
 ];
 
 const PG: u64 = PAGE_SIZE;

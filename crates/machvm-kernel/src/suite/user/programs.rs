@@ -138,3 +138,25 @@ pub(super) fn sixty_four_processes_return_every_frame() -> Result<(), String> {
         .map_err(|e| format!("VmSystem::verify(): {e}"))?;
     proc::verify()
 }
+
+/// The demo's `init`: a fork tree, a pipeline of out-of-line messages
+/// (one of 64 MiB), a child killed for writing its text, the statistics.
+pub(super) fn init_demo_runs() -> Result<(), String> {
+    let pid = proc::spawn("init", 0).map_err(|e| format!("spawn init: {e}"))?;
+    let killed = proc::stats().killed;
+    match proc::wait_exit(pid) {
+        Some(ExitStatus::Exited(0)) => {}
+        other => {
+            return Err(format!(
+                "init: {other:?} (a nonzero exit names its chapter)"
+            ));
+        }
+    }
+    proc::run_until(|| proc::pids().is_empty());
+    ensure_eq!(
+        proc::stats().killed - killed,
+        1,
+        "processes killed (the crasher)"
+    );
+    proc::verify()
+}
