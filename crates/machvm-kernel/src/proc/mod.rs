@@ -48,7 +48,9 @@ pub use ipc::{destroy_port, queued};
 pub use loader::{LoadError, load};
 pub use sched::{idle_loop, run_until};
 pub(crate) use sched::{on_timer, return_to_user};
-pub use spawn::{CODE_BASE, USER_STACK_SIZE, USER_STACK_TOP, spawn, spawn_code, spawn_image};
+pub use spawn::{
+    CODE_BASE, USER_STACK_SIZE, USER_STACK_TOP, spawn, spawn_code, spawn_code_in, spawn_image,
+};
 pub(crate) use syscall::dispatch as syscall;
 pub(crate) use traps::{user_exception, user_page_fault};
 

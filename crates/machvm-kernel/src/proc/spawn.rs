@@ -48,7 +48,14 @@ pub(crate) fn start(name: &'static str, parent: Pid, map: VmMap, frame: TrapFram
 /// [`CODE_BASE`], with a stack and `rdi = arg`. For tests of the trap
 /// paths that need a few exact instructions.
 pub fn spawn_code(code: &[u8], arg: u64) -> Result<Pid, KernError> {
-    let map = vm::vm().system.create_map()?;
+    spawn_code_in(&vm::vm().system.create_map()?, code, arg)
+}
+
+/// [`spawn_code`] in a fork of `base` (its ranges inherited as their
+/// inheritance says: a `Share` range is shared with `base` and every other
+/// fork of it). `base` must not hold [`CODE_BASE`] or the stack.
+pub fn spawn_code_in(base: &VmMap, code: &[u8], arg: u64) -> Result<Pid, KernError> {
+    let map = base.fork()?;
     let len = (code.len() as u64).div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;
     map.allocate(CODE_BASE, len, false)?;
     map.write_bytes(CODE_BASE, code)?;

@@ -97,12 +97,6 @@ pub const SPIN_PREEMPT: u64 = 23;
 /// param = n CPUs: n children over a `Share` page at [`SHARED_PAGE`] mark
 /// `GETCPU()` repeatedly until every CPU below n is marked.
 pub const EVERY_CPU: u64 = 24;
-/// param = k children over a `Share` page at [`SHARED_PAGE`], child i
-/// running `loop { P[i] += 1 }` (u64 slots, no system call) until killed;
-/// the parent waits for all and exits 0 if each ended `FAULT`, access W,
-/// code 2, addr `SHARED_PAGE + 8 i`. The kernel makes the page read-only in
-/// the children's maps.
-pub const SHOOTDOWN_SPIN: u64 = 25;
 /// A fork tree of 64 processes (each node forks 6, 5, ... levels below
 /// it), each dirtying a copy-on-write page and counting itself in a
 /// `Share` page. Exits [`FORK_TREE_EXIT`] (the descendants reaped), or

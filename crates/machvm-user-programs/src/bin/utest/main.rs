@@ -49,7 +49,6 @@ fn main(arg: u64) -> u64 {
         s::WAIT_ORPHANS => fork::wait_orphans(),
         s::SPIN_PREEMPT => sched::spin_preempt(param),
         s::EVERY_CPU => sched::every_cpu(param),
-        s::SHOOTDOWN_SPIN => sched::shootdown_spin(param),
         s::FORK_TREE => return sched::fork_tree(),
         _ => Err(100),
     };

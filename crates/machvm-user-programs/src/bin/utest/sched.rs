@@ -70,21 +70,6 @@ pub fn every_cpu(n: u64) -> Result<(), u64> {
     fork_all(n, marker, |st, _| exited(st, 0))
 }
 
-/// [`scenario::SHOOTDOWN_SPIN`]: `k` children each incrementing their
-/// slot until killed by the write the kernel makes read-only.
-pub fn shootdown_spin(k: u64) -> Result<(), u64> {
-    let counter = |page: Mem, i: u64| loop {
-        page.wr(8 * i, page.rd(8 * i) + 1);
-    };
-    let killed = |st: &WaitStatus, i: u64| {
-        st.kind == WaitStatus::FAULT
-            && st.access == 2
-            && st.code == 2
-            && st.addr == scenario::SHARED_PAGE + 8 * i
-    };
-    fork_all(k, counter, killed)
-}
-
 /// Levels below the root of the fork tree: 2^6 = 64 processes.
 const TREE_LEVELS: u64 = 6;
 
