@@ -124,7 +124,10 @@ pub fn kill_all_and_reap() -> usize {
         let pids: Vec<Pid> = s.tasks.keys().copied().collect();
         let mut maps = Vec::new();
         for &pid in &pids {
-            let t = s.tasks.get_mut(&pid).expect("listed");
+            // A dead child goes with its parent (`finish` removes it).
+            let Some(t) = s.tasks.get_mut(&pid) else {
+                continue;
+            };
             t.kill = true;
             t.orphan = true;
             if t.on_cpu.is_none() && !matches!(t.state, State::Zombie(_)) {

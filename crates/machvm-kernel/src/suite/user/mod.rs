@@ -40,6 +40,7 @@ pub const TESTS: &[Test] = &[
     test!(refused_faults_name_address_and_access),
     test!(user_faults_resolved_by_machvm),
     test!(spinners_are_preempted_and_killed),
+    test!(kill_takes_a_blocked_parent_and_its_zombie),
     test!(hello_exits_with_its_code),
     test!(touched_pages_are_zero_filled),
     test!(write_to_text_kills_only_that_task),

@@ -105,3 +105,36 @@ pub(super) fn spinners_are_preempted_and_killed() -> Result<(), String> {
     ensure!(proc::pids().is_empty(), "tasks left: {:?}", proc::pids());
     proc::verify()
 }
+
+/// A parent blocked in `PORT_RECV` with a dead, unreaped child: the kernel's
+/// kill takes both (the child goes with its parent) without tripping on the
+/// child it already removed.
+pub(super) fn kill_takes_a_blocked_parent_and_its_zombie() -> Result<(), String> {
+    let code = [
+        0xB8, 3, 0, 0, 0, 0x0F, 0x05, // fork
+        0x48, 0x85, 0xD2, // test %rdx, %rdx
+        0x75, 0x06, // jnz parent
+        0x31, 0xC0, 0x31, 0xFF, 0x0F, 0x05, // child: exit(0)
+        0xB8, 30, 0, 0, 0, 0xBF, 1, 0, 0, 0, 0x0F, 0x05, // port_create(1)
+        0x48, 0x89, 0xD7, 0x31, 0xF6, 0x31, 0xD2, // rdi = port, no buffer
+        0x4C, 0x8D, 0x54, 0x24, 0xC0, // lea -64(%rsp), %r10: the info
+        0xB8, 32, 0, 0, 0, 0x0F, 0x05, // port_recv: blocks
+        0x0F, 0x0B, // ud2
+    ];
+    let parent = ctx(proc::spawn_code(&code, 0), "spawn")?;
+    let child = || {
+        proc::pids()
+            .into_iter()
+            .find(|&p| proc::parent_of(p) == Some(parent))
+    };
+    let ready = || {
+        matches!(
+            proc::state_of(parent),
+            Some(proc::State::Blocked(proc::Wait::Recv(_)))
+        ) && child().is_some_and(|c| matches!(proc::state_of(c), Some(proc::State::Zombie(_))))
+    };
+    proc::run_until(ready);
+    ensure_eq!(proc::kill_all_and_reap(), 2, "tasks killed");
+    ensure!(proc::pids().is_empty(), "tasks left: {:?}", proc::pids());
+    proc::verify()
+}
