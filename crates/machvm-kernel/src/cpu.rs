@@ -4,7 +4,7 @@
 
 use x86_64::instructions::port::{Port, PortWriteOnly};
 use x86_64::instructions::{hlt, interrupts, tlb};
-use x86_64::registers::control::{Cr0, Cr2, Cr3, Cr3Flags, Cr4, Cr4Flags};
+use x86_64::registers::control::{Cr0, Cr0Flags, Cr2, Cr3, Cr3Flags, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::Efer;
 use x86_64::structures::paging::PhysFrame;
 
@@ -72,6 +72,20 @@ pub fn enable_smep_smap() {
                 Cr4Flags::SUPERVISOR_MODE_EXECUTION_PROTECTION
                     | Cr4Flags::SUPERVISOR_MODE_ACCESS_PREVENTION,
             )
+        })
+    };
+}
+
+/// Makes every x87, MMX and SSE instruction fault on this CPU: CR0.EM and
+/// MP set (x87 and MMX raise `#NM`), CR4.OSFXSR left clear (SSE raises
+/// `#UD`). The kernel and its programs are soft-float and tasks have no
+/// FPU state to switch, so a task that uses the FPU is killed rather than
+/// left to read another task's registers.
+pub fn deny_fpu() {
+    // SAFETY: nothing in the kernel uses the FPU (the target is soft-float).
+    unsafe {
+        Cr0::update(|f| {
+            f.insert(Cr0Flags::EMULATE_COPROCESSOR | Cr0Flags::MONITOR_COPROCESSOR);
         })
     };
 }

@@ -316,6 +316,7 @@ pub(crate) fn init_bsp() {
     set_gs_base(0);
     trap::load_idt();
     cpu::enable_smep_smap();
+    cpu::deny_fpu();
     trap::init_syscalls(0);
 }
 
@@ -411,6 +412,7 @@ extern "C" fn ap_entry(idx: u64) -> ! {
     set_gs_base(idx);
     trap::load_idt();
     cpu::enable_smep_smap();
+    cpu::deny_fpu();
     trap::init_syscalls(idx);
     lapic_init_local();
     CPUS[idx].online.store(true, Ordering::Release);

@@ -30,13 +30,15 @@ pub mod nr {
     /// `WAIT` sees [`WaitStatus::EXITED`](super::WaitStatus::EXITED).
     pub const EXIT: u64 = 0;
     /// `CONSOLE_WRITE(ptr, len) -> bytes written`: writes the bytes to the
-    /// kernel console (all of them on success).
+    /// kernel console (all of them on success); at most 64 KiB per call
+    /// (`InvalidArgument` beyond).
     pub const CONSOLE_WRITE: u64 = 1;
     /// `YIELD()`: lets other runnable tasks run first.
     pub const YIELD: u64 = 2;
     /// `FORK() -> pid`: a child with a copy of the caller's map (each range
     /// per its inheritance: Share, Copy-on-write, None) and registers; the
-    /// parent gets the child's pid, the child 0.
+    /// parent gets the child's pid, the child 0. `ResourceShortage` when
+    /// the kernel holds its most tasks (512, zombies included).
     pub const FORK: u64 = 3;
     /// `WAIT(pid, status_ptr) -> pid`: reaps the child `pid` (0: any
     /// child) once it has ended, writing its
@@ -94,14 +96,17 @@ pub mod nr {
     /// wired per task (`ResourceShortage` beyond).
     pub const VM_WIRE: u64 = 19;
     /// `PORT_CREATE(capacity) -> port`: a port queuing at most `capacity`
-    /// messages (1 or more, `InvalidArgument` for 0). Port names are
-    /// global: a forked child uses its parent's ports as they are.
+    /// messages (1 to 64, `InvalidArgument` otherwise; `ResourceShortage`
+    /// when 256 ports exist). Port names are global: a forked child uses
+    /// its parent's ports as they are. A port dies with the task that
+    /// created it, with its queued messages.
     pub const PORT_CREATE: u64 = 30;
     /// `PORT_SEND(port, desc_ptr)`: sends the message a
     /// [`MsgDesc`](super::MsgDesc) describes; blocks while the queue is
     /// full. The out-of-line range travels as a copy-on-write snapshot
     /// taken by the send (with `SRC_DESTROY`, the sender's range is
-    /// deallocated).
+    /// deallocated). `ResourceShortage` when 4096 messages are queued or
+    /// being sent over all ports.
     pub const PORT_SEND: u64 = 31;
     /// `PORT_RECV(port, buf_ptr, buf_len, info_ptr)`: takes the oldest
     /// message (blocks while none is queued), copies its inline bytes to
@@ -151,6 +156,16 @@ pub const USER_STACK_TOP: u64 = 0x7fff_ffff_0000;
 pub const USER_STACK_SIZE: u64 = 256 * 1024;
 /// Most inline bytes in one message.
 pub const MAX_INLINE: u64 = 256;
+/// Most messages one port may queue (`PORT_CREATE`'s capacity).
+pub const MAX_PORT_CAPACITY: u64 = 64;
+/// Most ports at once, over every task.
+pub const MAX_PORTS: u64 = 256;
+/// Most messages queued or being sent at once, over every port.
+pub const MAX_MESSAGES: u64 = 4096;
+/// Most tasks at once, zombies included (`FORK` beyond: shortage).
+pub const MAX_TASKS: u64 = 512;
+/// Most bytes one `CONSOLE_WRITE` prints.
+pub const CONSOLE_MAX: u64 = 64 * 1024;
 /// The first address above user memory (`machvm_base::USER_MAX`): a
 /// range ending above it is `InvalidAddress`.
 pub const USER_MAX: u64 = machvm_base::USER_MAX;

@@ -12,17 +12,21 @@ use crate::vm;
 /// Order: the CPU leaves the task's address space first, then the task
 /// becomes a zombie and its map comes out under the lock, and the map (its
 /// last handle: machvm frees its pages and tables) is dropped after the
-/// lock is released.
+/// lock is released; then the ports the task created go, with the
+/// messages (and the frames their copies hold) queued on them.
 pub(crate) fn exit_current(f: &mut TrapFrame, status: ExitStatus) {
     let cpu = smp::current_cpu();
     let old = vm::activate_local(None);
-    let map = {
+    let (pid, map) = {
         let mut s = SCHED.lock();
         let pid = CURRENT[cpu].swap(0, Ordering::AcqRel);
-        finish(&mut s, pid, status)
+        (pid, finish(&mut s, pid, status))
     };
     drop(old);
     drop(map);
+    if pid != 0 {
+        ipc::drop_ports_of(pid);
+    }
     kick_idle();
     sched::schedule(f);
 }
@@ -143,7 +147,11 @@ pub fn kill_all_and_reap() -> usize {
         }
     }
     run_until(|| (0..smp::cpu_count()).all(|c| running_on(c).is_none()));
-    let zombies = core::mem::take(&mut SCHED.lock().tasks);
+    let zombies = {
+        let mut s = SCHED.lock();
+        s.runq.clear();
+        core::mem::take(&mut s.tasks)
+    };
     drop(zombies);
     clear_ports();
     n

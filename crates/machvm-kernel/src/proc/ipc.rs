@@ -12,15 +12,24 @@
 //! Blocking follows the scheduler's rule: a sender to a full port or a
 //! receiver on an empty one joins the port's waiters and is marked blocked
 //! under the port lock — the lock its waker takes — so no wake-up is lost;
-//! woken, it makes the call again. Lock order: the port table, then
-//! [`SCHED`]. Neither is held across machvm or a user copy, and messages
-//! (which hold copies) are dropped outside both.
+//! woken, it makes the call again. Every change wakes *all* waiters of its
+//! kind (a message queued, taken or put back; room made): a woken task
+//! that cannot use the change (a buffer too small, a bad pointer) blocks
+//! again or fails without stranding one that could. Lock order: the port
+//! table, then [`SCHED`]. Neither is held across machvm or a user copy,
+//! and messages (which hold copies) are dropped outside both.
+//!
+//! Limits keep a task from exhausting the kernel heap: `abi::MAX_PORTS`
+//! ports, `abi::MAX_MESSAGES` messages queued or being sent (beyond
+//! either: `ResourceShortage`), each port's queue allocated at creation. A
+//! port dies with the task that created it (Mach's receive right), so the
+//! frames its messages hold come back when that task ends.
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
-use arrayvec::ArrayVec;
 
 use machvm::{PAGE_SIZE, VmMapCopy};
-use machvm_user::abi::{MAX_INLINE, MsgDesc, RecvInfo, nr};
+use machvm_user::abi::{self, MAX_INLINE, MsgDesc, RecvInfo, nr};
 
 use super::syscall::{Ret, my_map};
 use super::usercopy::{self, Plain};
@@ -33,16 +42,18 @@ unsafe impl Plain for MsgDesc {}
 // SAFETY: as above.
 unsafe impl Plain for RecvInfo {}
 
-/// Most messages a port may queue.
-const MAX_CAPACITY: u64 = 1024;
+const MAX_PORTS: usize = abi::MAX_PORTS as usize;
+const MAX_MESSAGES: usize = abi::MAX_MESSAGES as usize;
 
 struct Message {
     sender: Pid,
-    inline: ArrayVec<u8, { MAX_INLINE as usize }>,
+    inline: Box<[u8]>,
     ool: Option<VmMapCopy<KernelLocks>>,
 }
 
 struct Port {
+    /// The task that created it; the port goes when it ends.
+    owner: Pid,
     capacity: usize,
     queue: VecDeque<Message>,
     /// Sends under way: counted against the capacity before the snapshot.
@@ -54,11 +65,14 @@ struct Port {
 struct Ports {
     ports: BTreeMap<u64, Port>,
     next: u64,
+    /// Messages queued or reserved, over every port.
+    messages: usize,
 }
 
 static PORTS: SchedLock<Ports> = SchedLock::new(Ports {
     ports: BTreeMap::new(),
     next: 1,
+    messages: 0,
 });
 
 /// The port call `n` with arguments `a`.
@@ -73,32 +87,38 @@ pub(crate) fn call(n: u64, a: [u64; 6]) -> Ret {
 }
 
 fn create(capacity: u64) -> Result<u64, KernError> {
-    if !(1..=MAX_CAPACITY).contains(&capacity) {
+    if !(1..=abi::MAX_PORT_CAPACITY).contains(&capacity) {
         return Err(KernError::InvalidArgument);
     }
+    // Every allocation the queue will need, made now: a full queue never
+    // grows, and a failure here is a clean `ResourceShortage`.
+    let mut queue = VecDeque::new();
+    queue
+        .try_reserve_exact(capacity as usize)
+        .map_err(|_| KernError::ResourceShortage)?;
     let mut p = PORTS.lock();
+    if p.ports.len() >= MAX_PORTS {
+        return Err(KernError::ResourceShortage);
+    }
     let name = p.next;
     p.next += 1;
-    p.ports.insert(
-        name,
-        Port {
-            capacity: capacity as usize,
-            queue: VecDeque::new(),
-            reserved: 0,
-            recv_waiters: VecDeque::new(),
-            send_waiters: VecDeque::new(),
-        },
-    );
+    let port = Port {
+        owner: current(),
+        capacity: capacity as usize,
+        queue,
+        reserved: 0,
+        recv_waiters: VecDeque::new(),
+        send_waiters: VecDeque::new(),
+    };
+    p.ports.insert(name, port);
     Ok(name)
 }
 
-/// Wakes the first of `waiters` still waiting for `w`.
-fn wake_one(waiters: &mut VecDeque<Pid>, w: Wait) {
+/// Wakes every one of `waiters` still waiting for `w`.
+fn wake_all(waiters: &mut VecDeque<Pid>, w: Wait) {
     let mut s = SCHED.lock();
-    while let Some(pid) = waiters.pop_front() {
-        if s.wake(pid, |x| x == w) {
-            break;
-        }
+    for pid in waiters.drain(..) {
+        s.wake(pid, |x| x == w);
     }
 }
 
@@ -106,6 +126,9 @@ fn wake_one(waiters: &mut VecDeque<Pid>, w: Wait) {
 fn wait_on(waiters: &mut VecDeque<Pid>, w: Wait) -> Ret {
     let me = current();
     if !waiters.contains(&me) {
+        if waiters.try_reserve(1).is_err() {
+            return Ret::Done(Err(KernError::ResourceShortage));
+        }
         waiters.push_back(me);
     }
     SCHED.lock().block(me, w);
@@ -120,28 +143,37 @@ fn send(name: u64, desc_ptr: u64) -> Ret {
 }
 
 /// Copies the descriptor and the inline bytes in and checks them.
-fn prepare(desc_ptr: u64) -> Result<(MsgDesc, ArrayVec<u8, { MAX_INLINE as usize }>), KernError> {
+fn prepare(desc_ptr: u64) -> Result<(MsgDesc, Box<[u8]>), KernError> {
     let desc: MsgDesc = usercopy::read(desc_ptr)?;
     if desc.inline_len > MAX_INLINE || desc.flags & !MsgDesc::SRC_DESTROY != 0 {
         return Err(KernError::InvalidArgument);
     }
     usercopy::check_range(desc.ool_addr, desc.ool_len)?;
-    let mut inline = ArrayVec::new();
-    inline.extend(core::iter::repeat_n(0, desc.inline_len as usize));
+    let n = desc.inline_len as usize;
+    let mut inline = Vec::new();
+    inline
+        .try_reserve_exact(n)
+        .map_err(|_| KernError::ResourceShortage)?;
+    inline.resize(n, 0);
     usercopy::copy_in(&mut inline, desc.inline_ptr)?;
-    Ok((desc, inline))
+    Ok((desc, inline.into_boxed_slice()))
 }
 
-fn send_message(name: u64, desc: MsgDesc, inline: ArrayVec<u8, { MAX_INLINE as usize }>) -> Ret {
+fn send_message(name: u64, desc: MsgDesc, inline: Box<[u8]>) -> Ret {
     {
         let mut p = PORTS.lock();
+        let total = p.messages;
         let Some(port) = p.ports.get_mut(&name) else {
             return Ret::Done(Err(KernError::InvalidArgument));
         };
         if port.queue.len() + port.reserved >= port.capacity {
             return wait_on(&mut port.send_waiters, Wait::Send(name));
         }
+        if total >= MAX_MESSAGES {
+            return Ret::Done(Err(KernError::ResourceShortage));
+        }
         port.reserved += 1;
+        p.messages += 1;
     }
     let ool = match snapshot(&desc) {
         Ok(ool) => ool,
@@ -181,6 +213,7 @@ fn snapshot(desc: &MsgDesc) -> Result<Option<VmMapCopy<KernelLocks>>, KernError>
 fn unreserve(name: u64, msg: Option<Message>) -> Result<(), KernError> {
     let mut p = PORTS.lock();
     let Some(port) = p.ports.get_mut(&name) else {
+        // Destroyed meanwhile: its count went with it.
         drop(p);
         drop(msg);
         return Err(KernError::InvalidArgument);
@@ -188,10 +221,14 @@ fn unreserve(name: u64, msg: Option<Message>) -> Result<(), KernError> {
     port.reserved -= 1;
     match msg {
         Some(m) => {
+            // Within the capacity reserved at creation: no allocation.
             port.queue.push_back(m);
-            wake_one(&mut port.recv_waiters, Wait::Recv(name));
+            wake_all(&mut port.recv_waiters, Wait::Recv(name));
         }
-        None => wake_one(&mut port.send_waiters, Wait::Send(name)),
+        None => {
+            wake_all(&mut port.send_waiters, Wait::Send(name));
+            p.messages -= 1;
+        }
     }
     Ok(())
 }
@@ -208,7 +245,10 @@ fn recv(name: u64, buf: u64, buf_len: u64, info_ptr: u64) -> Ret {
             return Ret::Done(Err(KernError::InvalidArgument));
         };
         match port.queue.pop_front() {
-            Some(m) => m,
+            Some(m) => {
+                p.messages -= 1;
+                m
+            }
             None => return wait_on(&mut port.recv_waiters, Wait::Recv(name)),
         }
     };
@@ -245,7 +285,7 @@ fn deliver(
     drop(msg);
     let mut p = PORTS.lock();
     if let Some(port) = p.ports.get_mut(&name) {
-        wake_one(&mut port.send_waiters, Wait::Send(name));
+        wake_all(&mut port.send_waiters, Wait::Send(name));
     }
     drop(p);
     usercopy::write(info_ptr, &info).map(|()| 0)
@@ -268,11 +308,20 @@ fn place_ool(msg: &mut Message) -> Result<(u64, u64), KernError> {
     })
 }
 
+/// Puts a message the receiver could not take back at the queue's head
+/// and wakes the other receivers for it. If a sender took its slot
+/// meanwhile (or the port is gone), the message is dropped: its bytes were
+/// a snapshot, and the receiver's call fails.
 fn requeue(name: u64, msg: Message) {
     let mut p = PORTS.lock();
+    let total = p.messages;
     match p.ports.get_mut(&name) {
-        Some(port) => port.queue.push_front(msg),
-        None => {
+        Some(port) if port.queue.len() + port.reserved < port.capacity && total < MAX_MESSAGES => {
+            port.queue.push_front(msg);
+            wake_all(&mut port.recv_waiters, Wait::Recv(name));
+            p.messages += 1;
+        }
+        _ => {
             drop(p);
             drop(msg);
         }
@@ -281,33 +330,57 @@ fn requeue(name: u64, msg: Message) {
 
 /// `PORT_DESTROY`: the port, its messages and its waiters' waits end.
 fn destroy(name: u64) -> Result<(), KernError> {
-    let port = PORTS
-        .lock()
-        .ports
-        .remove(&name)
-        .ok_or(KernError::InvalidArgument)?;
-    wake_all(&port, name);
+    let port = remove(&mut PORTS.lock(), name).ok_or(KernError::InvalidArgument)?;
     drop(port);
     Ok(())
 }
 
-fn wake_all(port: &Port, name: u64) {
-    let mut s = SCHED.lock();
-    for &pid in &port.recv_waiters {
-        s.wake(pid, |w| w == Wait::Recv(name));
-    }
-    for &pid in &port.send_waiters {
-        s.wake(pid, |w| w == Wait::Send(name));
-    }
+/// Takes port `name` out of the table, its messages uncounted and its
+/// waiters woken; the caller drops it outside the lock.
+fn remove(p: &mut Ports, name: u64) -> Option<Port> {
+    let mut port = p.ports.remove(&name)?;
+    p.messages -= port.queue.len() + port.reserved;
+    wake_all(&mut port.recv_waiters, Wait::Recv(name));
+    wake_all(&mut port.send_waiters, Wait::Send(name));
+    Some(port)
+}
+
+/// Destroys the ports task `pid` created (at its exit).
+pub(crate) fn drop_ports_of(pid: Pid) {
+    let gone: Vec<Port> = {
+        let mut p = PORTS.lock();
+        let names: Vec<u64> = p
+            .ports
+            .iter()
+            .filter(|(_, port)| port.owner == pid)
+            .map(|(&n, _)| n)
+            .collect();
+        names
+            .into_iter()
+            .filter_map(|n| remove(&mut p, n))
+            .collect()
+    };
+    drop(gone);
 }
 
 /// Drops every port and its messages (the suite's reset).
 pub(crate) fn clear_ports() {
-    let ports = core::mem::take(&mut PORTS.lock().ports);
-    for (name, port) in &ports {
-        wake_all(port, *name);
-    }
-    drop(ports);
+    let gone: Vec<Port> = {
+        let mut p = PORTS.lock();
+        let names: Vec<u64> = p.ports.keys().copied().collect();
+        names
+            .into_iter()
+            .filter_map(|n| remove(&mut p, n))
+            .collect()
+    };
+    drop(gone);
+}
+
+/// Creates a port owned by the kernel (it outlives every task; the
+/// suite's reset drops it), for tests that pass it to raw-code tasks.
+pub fn create_port(capacity: u64) -> Result<u64, KernError> {
+    debug_assert_eq!(current(), 0, "a task's ports are made by PORT_CREATE");
+    create(capacity)
 }
 
 /// Destroys port `name` from the kernel (its waiters' calls fail).

@@ -19,6 +19,7 @@
 //! Lock order: `ipc`'s ports, then [`SCHED`]. Neither is held across a
 //! machvm call, a user copy, or the drop of a map or a copy.
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
 use alloc::string::String;
@@ -44,7 +45,7 @@ mod vmcalls;
 pub(crate) use exit::{exit_current, kill_current};
 pub use exit::{kill_all_and_reap, wait_exit};
 pub(crate) use ipc::clear_ports;
-pub use ipc::{destroy_port, queued};
+pub use ipc::{create_port, destroy_port, queued};
 pub use loader::{LoadError, load};
 pub use sched::{idle_loop, run_until};
 pub(crate) use sched::{on_timer, return_to_user};
@@ -170,6 +171,10 @@ pub struct Sched {
     pub(crate) stats: ProcStats,
 }
 
+/// Most tasks that may exist at once (zombies included): `fork` beyond it
+/// is `ResourceShortage`.
+pub const MAX_TASKS: usize = machvm_user::abi::MAX_TASKS as usize;
+
 /// A lock whose wait answers shootdowns, like machvm's.
 pub type SchedLock<T> = spin::mutex::SpinMutex<T, ServeShootdowns>;
 
@@ -203,14 +208,25 @@ impl Sched {
         pid
     }
 
-    /// Adds a runnable task and queues it.
-    pub(crate) fn insert(&mut self, mut task: Task) -> Pid {
+    /// Adds a runnable task and queues it. Refused (the task handed back,
+    /// for its map to be dropped outside the lock) when [`MAX_TASKS`] exist
+    /// or its parent is gone or being killed: a fork under way when the
+    /// kernel kills every task must not leave a child behind.
+    pub(crate) fn insert(&mut self, mut task: Task) -> Result<Pid, Box<Task>> {
+        let parent_dying = task.parent != 0
+            && self
+                .tasks
+                .get(&task.parent)
+                .is_none_or(|p| p.kill || matches!(p.state, State::Zombie(_)));
+        if parent_dying || self.tasks.len() >= MAX_TASKS {
+            return Err(Box::new(task));
+        }
         let pid = self.new_pid();
         task.pid = pid;
         self.tasks.insert(pid, task);
         self.runq.push_back(pid);
         self.stats.created += 1;
-        pid
+        Ok(pid)
     }
 
     /// Blocks `pid` (the caller, still on its CPU) on `w`.

@@ -11,6 +11,8 @@
 
 use core::sync::atomic::Ordering;
 
+use machvm_base::USER_MAX;
+
 use super::*;
 use crate::trap::{self, TrapFrame};
 use crate::{timer, vm};
@@ -106,6 +108,21 @@ fn put_back(s: &mut Sched, cpu: usize, f: &TrapFrame) {
 /// the next one (rewriting `*f`), or go idle (not returning). A task asked
 /// to die dies here.
 pub(crate) fn return_to_user(f: &mut TrapFrame) {
+    carry_on(f);
+    // `iretq` to a non-canonical RIP faults in ring 0 on real CPUs, after
+    // the user GS is swapped in: a task whose next instruction would be at
+    // or above `USER_MAX` (a `syscall` in the last two bytes of the user
+    // half) dies here instead, and so does every such next one.
+    while f.from_user() && f.rip >= USER_MAX {
+        let status = ExitStatus::Trap {
+            vector: 13,
+            rip: f.rip,
+        };
+        exit_current(f, status);
+    }
+}
+
+fn carry_on(f: &mut TrapFrame) {
     let cpu = smp::current_cpu();
     let pid = CURRENT[cpu].load(Ordering::Acquire);
     let kill = SCHED.lock().tasks.get(&pid).is_none_or(|t| t.kill);

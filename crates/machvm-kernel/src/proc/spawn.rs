@@ -36,12 +36,27 @@ pub(crate) fn map_stack(map: &VmMap) -> Result<(), KernError> {
     map.protect(base, USER_STACK_SIZE, false, VmProt::DEFAULT)
 }
 
-/// Queues a task and wakes an idle CPU for it.
-pub(crate) fn start(name: &'static str, parent: Pid, map: VmMap, frame: TrapFrame) -> Pid {
+/// Queues a task and wakes an idle CPU for it; `ResourceShortage` if the
+/// scheduler refuses it (too many tasks, or its parent is dying).
+pub(crate) fn start(
+    name: &'static str,
+    parent: Pid,
+    map: VmMap,
+    frame: TrapFrame,
+) -> Result<Pid, KernError> {
     vm::install_fault_hook();
-    let pid = SCHED.lock().insert(new_task(name, parent, map, frame));
-    kick_idle();
-    pid
+    let inserted = SCHED.lock().insert(new_task(name, parent, map, frame));
+    match inserted {
+        Ok(pid) => {
+            kick_idle();
+            Ok(pid)
+        }
+        // Dropped here, outside the lock: its map's last handle.
+        Err(task) => {
+            drop(task);
+            Err(KernError::ResourceShortage)
+        }
+    }
 }
 
 /// Starts a task (child of the kernel) whose text is `code`, `r-x` at
@@ -63,7 +78,7 @@ pub fn spawn_code_in(base: &VmMap, code: &[u8], arg: u64) -> Result<Pid, KernErr
     map.protect(CODE_BASE, len, true, rx)?;
     map.protect(CODE_BASE, len, false, rx)?;
     map_stack(&map)?;
-    Ok(start("code", 0, map, first_frame(CODE_BASE, arg)))
+    start("code", 0, map, first_frame(CODE_BASE, arg))
 }
 
 /// Starts the embedded user program `name` (child of the kernel) with
@@ -80,5 +95,5 @@ pub fn spawn_image(name: &'static str, image: &[u8], arg: u64) -> Result<Pid, Lo
     let map = vm::vm().system.create_map()?;
     let entry = loader::load(&map, image)?;
     map_stack(&map)?;
-    Ok(start(name, 0, map, first_frame(entry, arg)))
+    Ok(start(name, 0, map, first_frame(entry, arg))?)
 }

@@ -7,7 +7,7 @@
 //! checked before anything changes, so a bad one returns `InvalidAddress`
 //! and the call has done nothing.
 
-use machvm_user::abi::{VmStatsAbi, WaitStatus, nr};
+use machvm_user::abi::{CONSOLE_MAX, VmStatsAbi, WaitStatus, nr};
 
 use super::usercopy::{self, Plain};
 use super::*;
@@ -99,21 +99,56 @@ pub(crate) fn my_map() -> Result<VmMap, KernError> {
         .ok_or(KernError::Failure)
 }
 
-/// `CONSOLE_WRITE(ptr, len)`: copied in and printed 512 bytes at a time.
+/// `CONSOLE_WRITE(ptr, len)`: at most [`CONSOLE_MAX`] bytes (the kernel
+/// is not preemptible: one call must not hold a CPU for long), copied in
+/// and printed 512 bytes at a time. A character split between two chunks
+/// is carried over, not mangled.
 fn console_write(ptr: u64, len: u64) -> Result<u64, KernError> {
     usercopy::check_range(ptr, len)?;
-    let mut buf = [0u8; 512];
-    let mut done = 0;
+    if len > CONSOLE_MAX {
+        return Err(KernError::InvalidArgument);
+    }
+    let mut buf = [0u8; 512 + 3];
+    let (mut done, mut carry) = (0u64, 0usize);
     while done < len {
-        let n = (len - done).min(buf.len() as u64) as usize;
-        usercopy::copy_in(&mut buf[..n], ptr + done)?;
-        crate::print!(
-            "{}",
-            core::str::from_utf8(&buf[..n]).unwrap_or("<non-UTF-8 bytes>")
-        );
+        let n = (len - done).min(512) as usize;
+        usercopy::copy_in(&mut buf[carry..carry + n], ptr + done)?;
         done += n as u64;
+        let filled = carry + n;
+        let printed = print_utf8(&buf[..filled], done == len);
+        buf.copy_within(printed..filled, 0);
+        carry = filled - printed;
     }
     Ok(len)
+}
+
+/// Prints `bytes` as UTF-8, each invalid sequence as U+FFFD; returns how
+/// many it consumed: all of them, unless they end inside a character and
+/// more follow (`last` false), which is left for the next chunk.
+fn print_utf8(bytes: &[u8], last: bool) -> usize {
+    let mut at = 0;
+    while at < bytes.len() {
+        let e = match core::str::from_utf8(&bytes[at..]) {
+            Ok(s) => {
+                crate::print!("{s}");
+                break;
+            }
+            Err(e) => e,
+        };
+        let good = at + e.valid_up_to();
+        let valid = core::str::from_utf8(&bytes[at..good]).unwrap_or_default();
+        crate::print!("{valid}");
+        match e.error_len() {
+            None if !last => return good,
+            None => break,
+            Some(bad) => at = good + bad,
+        }
+        crate::print!("\u{FFFD}");
+    }
+    if at < bytes.len() && last && core::str::from_utf8(&bytes[at..]).is_err() {
+        crate::print!("\u{FFFD}");
+    }
+    bytes.len()
 }
 
 /// `FORK()`: the child gets `map.fork()` and the caller's registers, with
@@ -125,7 +160,7 @@ fn fork(f: &TrapFrame) -> Result<u64, KernError> {
     frame.rax = 0;
     frame.rdx = 0;
     let name = SCHED.lock().tasks.get(&parent).map_or("task", |t| t.name);
-    Ok(spawn::start(name, parent, child_map, frame))
+    spawn::start(name, parent, child_map, frame)
 }
 
 /// `WAIT(pid, status_ptr)`: the status slot is written (zeros) before

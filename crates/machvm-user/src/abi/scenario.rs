@@ -103,6 +103,12 @@ pub const EVERY_CPU: u64 = 24;
 /// 200 + the failed check.
 pub const FORK_TREE: u64 = 26;
 
+/// param = seed: 3000 system calls with hostile numbers and arguments
+/// (kernel, unmapped, overflowing and non-canonical pointers, huge sizes,
+/// bad descriptors, foreign pids, ports destroyed under waiters), forking
+/// up to two generations. Exits 0 if it lives through them; a refused
+/// access may kill it. The kernel must neither panic nor hang.
+pub const FUZZ: u64 = 27;
 /// The root of [`FORK_TREE`] exits with this: 63 descendants.
 pub const FORK_TREE_EXIT: u64 = 63;
 /// The address [`READ_UNMAPPED`] reads.

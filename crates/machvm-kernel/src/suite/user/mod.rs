@@ -5,6 +5,7 @@ use alloc::format;
 use alloc::string::String;
 
 use machvm::{Access, KernError, PAGE_SIZE, VmProt, VmStatistics};
+use machvm_base::USER_MAX;
 use machvm_user::abi::USER_TEXT_START;
 use machvm_user::abi::scenario::{self as s, arg};
 
@@ -18,6 +19,7 @@ mod ipc;
 mod loader;
 mod programs;
 mod raw;
+mod regressions;
 mod sched;
 mod smap;
 
@@ -25,6 +27,7 @@ use ipc::*;
 use loader::*;
 use programs::*;
 use raw::*;
+use regressions::*;
 use sched::*;
 use smap::*;
 
@@ -64,6 +67,15 @@ pub const TESTS: &[Test] = &[
     test!(preempted_task_shot_down_by_another_cpu),
     test!(sixty_four_processes_return_every_frame),
     test!(init_demo_runs),
+    test!(syscall_returning_to_noncanonical_rip_kills),
+    test!(syscall_with_trap_flag_set),
+    test!(requeued_message_wakes_the_next_receiver),
+    test!(ports_cannot_exhaust_the_kernel_heap),
+    test!(ports_die_with_their_creator),
+    test!(kill_during_fork_kills_the_child),
+    test!(no_task_escapes_the_kill),
+    test!(fpu_instructions_kill_the_task),
+    test!(syscall_fuzzer),
 ];
 
 const PG: u64 = PAGE_SIZE;
@@ -105,7 +117,10 @@ fn verify(map: &VmMap) -> Result<(), String> {
         .map_err(|e| format!("VmSystem::verify(): {e}"))
 }
 
+/// Free frames, the VM system built first (on first use it takes its
+/// zero frame).
 fn free_frames() -> u64 {
+    let _ = vm::vm();
     mem::frames().free_frames()
 }
 

@@ -12,6 +12,8 @@ mod faults;
 #[cfg(target_os = "none")]
 mod fork;
 #[cfg(target_os = "none")]
+mod fuzz;
+#[cfg(target_os = "none")]
 mod ipc;
 #[cfg(target_os = "none")]
 mod sched;
@@ -50,6 +52,7 @@ fn main(arg: u64) -> u64 {
         s::SPIN_PREEMPT => sched::spin_preempt(param),
         s::EVERY_CPU => sched::every_cpu(param),
         s::FORK_TREE => return sched::fork_tree(),
+        s::FUZZ => fuzz::fuzz(param),
         _ => Err(100),
     };
     r.err().unwrap_or(0)
