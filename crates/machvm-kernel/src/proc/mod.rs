@@ -52,8 +52,10 @@ pub(crate) use sched::{on_timer, return_to_user};
 pub use spawn::{
     CODE_BASE, USER_STACK_SIZE, USER_STACK_TOP, spawn, spawn_code, spawn_code_in, spawn_image,
 };
+pub use syscall::HEAP_RESERVE;
 pub(crate) use syscall::dispatch as syscall;
 pub(crate) use traps::{user_exception, user_page_fault};
+pub use vmcalls::MAX_MAP_ENTRIES;
 
 /// A process id; 0 is the kernel.
 pub type Pid = u64;

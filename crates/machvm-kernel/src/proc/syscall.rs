@@ -64,9 +64,32 @@ fn rewind(f: &mut TrapFrame) {
     kick_idle();
 }
 
+/// Kernel heap a call that allocates must leave free: below it the call
+/// is `ResourceShortage`, so the heap never runs out under a task (an
+/// allocation failure would end the kernel). One call allocates well
+/// under this (a map is capped at `vmcalls::MAX_MAP_ENTRIES` entries).
+pub const HEAP_RESERVE: usize = 4 << 20;
+
+/// True for calls that may allocate kernel heap (maps, entries, objects,
+/// copies, ports, messages, tasks).
+fn allocates(n: u64) -> bool {
+    matches!(
+        n,
+        nr::FORK | nr::VM_ALLOCATE..=nr::VM_WIRE | nr::PORT_CREATE..=nr::PORT_RECV
+    )
+}
+
+fn heap_low() -> bool {
+    let h = crate::heap::stats();
+    h.managed.saturating_sub(h.in_use) < HEAP_RESERVE
+}
+
 fn call(f: &mut TrapFrame, n: u64, a: [u64; 6]) -> Ret {
     use super::{ipc, vmcalls};
     let done = Ret::Done;
+    if allocates(n) && heap_low() {
+        return done(Err(KernError::ResourceShortage));
+    }
     match n {
         nr::EXIT => {
             exit_current(f, ExitStatus::Exited(a[0]));

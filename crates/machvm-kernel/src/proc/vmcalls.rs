@@ -17,9 +17,18 @@ unsafe impl Plain for RegionInfoAbi {}
 /// Most bytes a task may have wired.
 const WIRE_LIMIT: u64 = 1 << 20;
 
+/// Most entries a task's map may hold before the calls that can add
+/// entries are `ResourceShortage` (Linux's `vm.max_map_count`): entries
+/// live in the kernel heap.
+pub const MAX_MAP_ENTRIES: usize = 4096;
+
 /// The VM call `n` with arguments `a`.
 pub(crate) fn call(n: u64, a: [u64; 6]) -> Result<u64, KernError> {
     let map = my_map()?;
+    let adds_entries = !matches!(n, nr::VM_DEALLOCATE | nr::VM_REGION);
+    if adds_entries && map.entry_count() >= MAX_MAP_ENTRIES {
+        return Err(KernError::ResourceShortage);
+    }
     match n {
         nr::VM_ALLOCATE => map.allocate(a[0], a[1], flag(a[2])?),
         nr::VM_DEALLOCATE => map.deallocate(a[0], a[1]).map(|()| 0),

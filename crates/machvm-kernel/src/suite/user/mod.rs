@@ -76,6 +76,7 @@ pub const TESTS: &[Test] = &[
     test!(no_task_escapes_the_kill),
     test!(fpu_instructions_kill_the_task),
     test!(syscall_fuzzer),
+    test!(map_entries_and_the_kernel_heap_are_bounded),
 ];
 
 const PG: u64 = PAGE_SIZE;

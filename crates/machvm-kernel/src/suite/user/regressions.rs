@@ -285,3 +285,60 @@ pub(super) fn syscall_fuzzer() -> Result<(), String> {
     }
     proc::verify()
 }
+
+/// `rdi` = a port. Allocates one page at a time from `0x1000_0000` up,
+/// every other one made read-only so that no two neighbours merge, until a
+/// call fails; then blocks in `PORT_RECV` on the port (holding its entries)
+/// and exits with the failed call's code.
+const MAP_FILL: &[u8] = &[
+    0x49, 0x89, 0xFE, 0x45, 0x31, 0xE4, 0xB8, 0x0A, 0x00, 0x00, 0x00, 0xBF, 0x00, 0x00, 0x00, 0x10,
+    0xBE, 0x00, 0x10, 0x00, 0x00, 0xBA, 0x01, 0x00, 0x00, 0x00, 0x0F, 0x05, 0x48, 0x85, 0xC0, 0x75,
+    0x28, 0x49, 0xFF, 0xC4, 0x49, 0xF7, 0xC4, 0x01, 0x00, 0x00, 0x00, 0x74, 0xD9, 0x48, 0x89, 0xD7,
+    0xB8, 0x0C, 0x00, 0x00, 0x00, 0xBE, 0x00, 0x10, 0x00, 0x00, 0x31, 0xD2, 0x41, 0xBA, 0x01, 0x00,
+    0x00, 0x00, 0x0F, 0x05, 0x48, 0x85, 0xC0, 0x74, 0xBD, 0x49, 0x89, 0xC5, 0xB8, 0x20, 0x00, 0x00,
+    0x00, 0x4C, 0x89, 0xF7, 0x48, 0x8D, 0xB4, 0x24, 0x00, 0xFE, 0xFF, 0xFF, 0x31, 0xD2, 0x4C, 0x8D,
+    0x94, 0x24, 0x00, 0xFF, 0xFF, 0xFF, 0x0F, 0x05, 0x4C, 0x89, 0xEF, 0x31, 0xC0, 0x0F, 0x05,
+];
+
+/// Tasks adding map entries until they are refused, all holding them at
+/// once: each map stops at `MAX_MAP_ENTRIES`, and together they stop where
+/// the kernel heap's reserve begins (some maps short of the cap, the heap
+/// not below half the reserve). Every task ends with `ResourceShortage`,
+/// never the kernel with an allocation failure.
+pub(super) fn map_entries_and_the_kernel_heap_are_bounded() -> Result<(), String> {
+    let port = ctx(proc::create_port(1), "kernel port")?;
+    let mut pids = Vec::new();
+    // 64 maps of 4096 entries need more heap than the kernel has.
+    for _ in 0..64 {
+        pids.push(ctx(proc::spawn_code(MAP_FILL, port), "spawn")?);
+    }
+    let waiting = |p| proc::state_of(p) == Some(State::Blocked(Wait::Recv(port)));
+    let dead = |p| matches!(proc::state_of(p), Some(State::Zombie(_)));
+    // A task refused at the reserve may be refused its wait too, and exit.
+    proc::run_until(|| pids.iter().all(|&p| waiting(p) || dead(p)));
+    let h = crate::heap::stats();
+    let free = h.managed - h.in_use;
+    ensure!(
+        free >= proc::HEAP_RESERVE / 2,
+        "heap free {free} with every task refused"
+    );
+    let entries: Vec<usize> = pids
+        .iter()
+        .map(|&p| proc::map_of(p).map_or(0, |m| m.entry_count()))
+        .collect();
+    let full = entries
+        .iter()
+        .filter(|&&n| n >= proc::MAX_MAP_ENTRIES)
+        .count();
+    ensure!(full >= 1, "no map reached its cap: {entries:?}");
+    ensure!(
+        full < pids.len(),
+        "the heap reserve never refused: {entries:?}"
+    );
+    ctx(proc::destroy_port(port), "release the tasks")?;
+    let shortage = ExitStatus::Exited(u64::from(KernError::ResourceShortage.code()));
+    for (i, pid) in pids.into_iter().enumerate() {
+        ensure_eq!(proc::wait_exit(pid), Some(shortage), "task {i}");
+    }
+    proc::verify()
+}
