@@ -20,6 +20,14 @@
 //! is unmapped or protected, makes the call return `InvalidAddress`, and
 //! the task lives on. Results are written only when the call succeeds.
 //!
+//! # Limits
+//! The kernel's memory for its own structures is bounded, and a call that
+//! would go past a bound returns `ResourceShortage` and changes nothing:
+//! [`MAX_TASKS`], [`MAX_PORTS`], [`MAX_MESSAGES`], [`MAX_PORT_CAPACITY`],
+//! 4096 entries in one task's map (the calls that can add entries are
+//! refused at it), and a reserve of kernel heap below which every call
+//! that allocates (fork, the VM calls, the port calls) is refused.
+//!
 //! # Blocking
 //! `WAIT`, `PORT_RECV` on an empty queue and `PORT_SEND` to a full one
 //! block until they can complete; nothing else blocks.
