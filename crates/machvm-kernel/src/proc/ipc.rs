@@ -298,7 +298,8 @@ fn place_ool(msg: &mut Message) -> Result<(u64, u64), KernError> {
         return Ok((0, 0));
     };
     let len = copy.len();
-    let placed = match my_map() {
+    let map = my_map().and_then(|m| super::vmcalls::room_for_entries(&m).map(|()| m));
+    let placed = match map {
         Ok(map) => copy.copyout(&map),
         Err(e) => Err((e, copy)),
     };

@@ -22,12 +22,21 @@ const WIRE_LIMIT: u64 = 1 << 20;
 /// live in the kernel heap.
 pub const MAX_MAP_ENTRIES: usize = 4096;
 
+/// `ResourceShortage` if `map` holds [`MAX_MAP_ENTRIES`] entries: checked
+/// before every call that may add entries to it (a copy into it adds at
+/// most as many as its source holds, itself capped).
+pub(crate) fn room_for_entries(map: &VmMap) -> Result<(), KernError> {
+    if map.entry_count() >= MAX_MAP_ENTRIES {
+        return Err(KernError::ResourceShortage);
+    }
+    Ok(())
+}
+
 /// The VM call `n` with arguments `a`.
 pub(crate) fn call(n: u64, a: [u64; 6]) -> Result<u64, KernError> {
     let map = my_map()?;
-    let adds_entries = !matches!(n, nr::VM_DEALLOCATE | nr::VM_REGION);
-    if adds_entries && map.entry_count() >= MAX_MAP_ENTRIES {
-        return Err(KernError::ResourceShortage);
+    if !matches!(n, nr::VM_DEALLOCATE | nr::VM_REGION) {
+        room_for_entries(&map)?;
     }
     match n {
         nr::VM_ALLOCATE => map.allocate(a[0], a[1], flag(a[2])?),
@@ -116,6 +125,7 @@ fn map_copy_to(map: &VmMap, a: [u64; 6]) -> Result<u64, KernError> {
     } else {
         child_map(pid)?
     };
+    room_for_entries(&target)?;
     let alloc = flags & map_copy::DST_ALLOC != 0;
     let destroy = flags & map_copy::SRC_DESTROY != 0;
     machvm::vm_map_copy(&target, map, dst, len, src, alloc, destroy).map(|()| dst)
