@@ -39,6 +39,9 @@ pub struct HeapStats {
     /// Bytes the allocator manages (the region claimed at boot, less
     /// alignment slack).
     pub managed: usize,
+    /// Bytes free for allocation (less each allocation's overhead, which
+    /// `managed - in_use` does not count).
+    pub available: usize,
     /// Live allocations.
     pub allocations: usize,
     /// Allocations made since boot.
@@ -52,6 +55,7 @@ pub fn stats() -> HeapStats {
     HeapStats {
         in_use: c.allocated_bytes,
         managed: c.claimed_bytes,
+        available: c.available_bytes,
         allocations: c.allocation_count,
         total_allocations: c.total_allocation_count,
     }
@@ -61,4 +65,9 @@ pub fn stats() -> HeapStats {
 pub fn usage() -> (usize, usize) {
     let s = stats();
     (s.in_use, s.managed)
+}
+
+/// Bytes of heap free for allocation (talc's count, net of overhead).
+pub fn free() -> usize {
+    stats().available
 }

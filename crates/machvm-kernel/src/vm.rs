@@ -118,6 +118,10 @@ pub struct FaultRecord {
     pub outcome: Outcome,
 }
 
+/// Kernel heap a task-memory fault must leave free (half the system calls'
+/// reserve, so that exits and teardown still find room).
+pub const FAULT_HEAP_RESERVE: usize = 2 << 20;
+
 /// A resolved fault repeated this many times in a row is a loop.
 const LOOP_LIMIT: u64 = 1000;
 
@@ -165,6 +169,11 @@ fn fault_hook(cr2: u64, err: u64) -> bool {
     };
     let mut outcome = match map {
         None => Outcome::NoMap,
+        // A fault may create objects in the kernel heap: refused before
+        // the heap runs out (an allocation failure would end the kernel).
+        Some(_) if crate::heap::free() < FAULT_HEAP_RESERVE => {
+            Outcome::Refused(KernError::ResourceShortage)
+        }
         Some(map) => match map.fault(cr2, access) {
             Ok(()) => Outcome::Resolved,
             Err(e) => Outcome::Refused(e),

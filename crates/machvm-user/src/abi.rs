@@ -113,8 +113,10 @@ pub mod nr {
     /// [`MsgDesc`](super::MsgDesc) describes; blocks while the queue is
     /// full. The out-of-line range travels as a copy-on-write snapshot
     /// taken by the send (with `SRC_DESTROY`, the sender's range is
-    /// deallocated). `ResourceShortage` when 4096 messages are queued or
-    /// being sent over all ports.
+    /// deallocated, as Mach's copy-in consumes it: should the port die
+    /// before the message is queued, the call fails and the data goes with
+    /// it). `ResourceShortage` when 4096 messages are queued or being sent
+    /// over all ports.
     pub const PORT_SEND: u64 = 31;
     /// `PORT_RECV(port, buf_ptr, buf_len, info_ptr)`: takes the oldest
     /// message (blocks while none is queued), copies its inline bytes to

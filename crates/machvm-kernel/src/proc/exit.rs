@@ -39,7 +39,7 @@ pub(crate) fn kill_current(f: &mut TrapFrame, status: ExitStatus) {
 /// Makes `pid` a zombie (or removes it at once if orphaned), hands its
 /// children to the kernel, wakes a parent waiting for it, and returns its
 /// map for the caller to drop outside the lock.
-fn finish(s: &mut Sched, pid: Pid, status: ExitStatus) -> Option<VmMap> {
+pub(super) fn finish(s: &mut Sched, pid: Pid, status: ExitStatus) -> Option<VmMap> {
     let t = s.tasks.get_mut(&pid)?;
     t.on_cpu = None;
     t.state = State::Zombie(status);

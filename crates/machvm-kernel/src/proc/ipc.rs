@@ -245,8 +245,10 @@ fn recv(name: u64, buf: u64, buf_len: u64, info_ptr: u64) -> Ret {
             return Ret::Done(Err(KernError::InvalidArgument));
         };
         match port.queue.pop_front() {
+            // Its slot stays taken (as a reservation) until it is
+            // delivered or back at the head: no sender can take it.
             Some(m) => {
-                p.messages -= 1;
+                port.reserved += 1;
                 m
             }
             None => return wait_on(&mut port.recv_waiters, Wait::Recv(name)),
@@ -283,11 +285,7 @@ fn deliver(
         sender: msg.sender,
     };
     drop(msg);
-    let mut p = PORTS.lock();
-    if let Some(port) = p.ports.get_mut(&name) {
-        wake_all(&mut port.send_waiters, Wait::Send(name));
-    }
-    drop(p);
+    delivered(name);
     usercopy::write(info_ptr, &info).map(|()| 0)
 }
 
@@ -309,20 +307,29 @@ fn place_ool(msg: &mut Message) -> Result<(u64, u64), KernError> {
     })
 }
 
-/// Puts a message the receiver could not take back at the queue's head
-/// and wakes the other receivers for it. If a sender took its slot
-/// meanwhile (or the port is gone), the message is dropped: its bytes were
-/// a snapshot, and the receiver's call fails.
+/// A message left its port: its slot is free, and the senders are woken
+/// for it. (A port destroyed meanwhile took the slot's count with it.)
+fn delivered(name: u64) {
+    let mut p = PORTS.lock();
+    if let Some(port) = p.ports.get_mut(&name) {
+        port.reserved -= 1;
+        wake_all(&mut port.send_waiters, Wait::Send(name));
+        p.messages -= 1;
+    }
+}
+
+/// Puts a message the receiver could not take back at the queue's head, in
+/// the slot it kept, and wakes the other receivers for it. (A port
+/// destroyed meanwhile: the message goes with it.)
 fn requeue(name: u64, msg: Message) {
     let mut p = PORTS.lock();
-    let total = p.messages;
     match p.ports.get_mut(&name) {
-        Some(port) if port.queue.len() + port.reserved < port.capacity && total < MAX_MESSAGES => {
+        Some(port) => {
+            port.reserved -= 1;
             port.queue.push_front(msg);
             wake_all(&mut port.recv_waiters, Wait::Recv(name));
-            p.messages += 1;
         }
-        _ => {
+        None => {
             drop(p);
             drop(msg);
         }

@@ -14,7 +14,9 @@
 //! - a task is queued at most once, and only when it is runnable and on no
 //!   CPU;
 //! - `CURRENT[cpu]` names a task exactly when that task's `on_cpu` is `cpu`;
-//! - a zombie holds no map.
+//! - a zombie holds no map;
+//! - a saved frame is a ring-3 frame whose RIP is a user address (`iretq`
+//!   to a non-canonical RIP would fault in ring 0).
 //!
 //! Lock order: `ipc`'s ports, then [`SCHED`]. Neither is held across a
 //! machvm call, a user copy, or the drop of a map or a copy.
@@ -359,6 +361,10 @@ pub fn verify() -> Result<(), String> {
         }
         if matches!(t.state, State::Zombie(_)) && t.map.is_some() {
             return Err(format!("zombie {} holds a map", t.pid));
+        }
+        let resumable = t.frame.rip < machvm_base::USER_MAX && t.frame.from_user();
+        if t.on_cpu.is_none() && !matches!(t.state, State::Zombie(_)) && !resumable {
+            return Err(format!("pid {} saved with RIP {:#x}", t.pid, t.frame.rip));
         }
     }
     Ok(())

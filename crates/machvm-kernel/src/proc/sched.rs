@@ -64,6 +64,11 @@ fn pick(s: &mut Sched, cpu: usize) -> Option<Next> {
     None
 }
 
+/// [`pick`] under the lock.
+fn pick_next(cpu: usize) -> Option<Next> {
+    pick(&mut SCHED.lock(), cpu)
+}
+
 /// Activates `next`'s map on this CPU and starts its quantum.
 fn activate(next: &Next) {
     let old = vm::activate_local(Some(&next.map));
@@ -108,18 +113,20 @@ fn put_back(s: &mut Sched, cpu: usize, f: &TrapFrame) {
 /// the next one (rewriting `*f`), or go idle (not returning). A task asked
 /// to die dies here.
 pub(crate) fn return_to_user(f: &mut TrapFrame) {
-    carry_on(f);
     // `iretq` to a non-canonical RIP faults in ring 0 on real CPUs, after
-    // the user GS is swapped in: a task whose next instruction would be at
-    // or above `USER_MAX` (a `syscall` in the last two bytes of the user
-    // half) dies here instead, and so does every such next one.
-    while f.from_user() && f.rip >= USER_MAX {
+    // the user GS is swapped in. A task whose next instruction would be at
+    // `USER_MAX` (an instruction ending at the top of the user half: a
+    // `syscall`, or one an interrupt came after) dies here, before its
+    // frame can be saved or resumed: no saved frame ever holds such a RIP
+    // (`verify` checks it; `fork` refuses to copy one).
+    if f.rip >= USER_MAX {
         let status = ExitStatus::Trap {
             vector: 13,
             rip: f.rip,
         };
         exit_current(f, status);
     }
+    carry_on(f);
 }
 
 fn carry_on(f: &mut TrapFrame) {
@@ -132,7 +139,7 @@ fn carry_on(f: &mut TrapFrame) {
     }
     let resched = NEED_RESCHED[cpu].swap(false, Ordering::AcqRel);
     let stop = resched && idle_wants_cpu(cpu);
-    let next = {
+    {
         let mut s = SCHED.lock();
         if stop {
             put_back(&mut s, cpu, f);
@@ -146,15 +153,13 @@ fn carry_on(f: &mut TrapFrame) {
             }
             return;
         }
-        pick(&mut s, cpu)
-    };
-    switch_or_idle(f, next);
+    }
+    switch_or_idle(f, pick_next(cpu));
 }
 
 /// Runs the next task in this CPU's frame slot, or goes idle.
 pub(super) fn schedule(f: &mut TrapFrame) {
-    let next = pick(&mut SCHED.lock(), smp::current_cpu());
-    switch_or_idle(f, next);
+    switch_or_idle(f, pick_next(smp::current_cpu()));
 }
 
 fn switch_or_idle(f: &mut TrapFrame, next: Option<Next>) {
@@ -214,9 +219,7 @@ fn idle_until(cpu: usize, stop: &dyn Fn() -> bool) {
         if stop() {
             return;
         }
-        // The guard must go before the task runs: bind, then match.
-        let next = pick(&mut SCHED.lock(), cpu);
-        if let Some(next) = next {
+        if let Some(next) = pick_next(cpu) {
             activate(&next);
             let frame = next.frame;
             drop(next);

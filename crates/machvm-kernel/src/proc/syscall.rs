@@ -80,8 +80,7 @@ fn allocates(n: u64) -> bool {
 }
 
 fn heap_low() -> bool {
-    let h = crate::heap::stats();
-    h.managed.saturating_sub(h.in_use) < HEAP_RESERVE
+    crate::heap::free() < HEAP_RESERVE
 }
 
 fn call(f: &mut TrapFrame, n: u64, a: [u64; 6]) -> Ret {
@@ -178,7 +177,17 @@ fn print_utf8(bytes: &[u8], last: bool) -> usize {
 /// 0 for its result; the parent gets the child's pid.
 fn fork(f: &TrapFrame) -> Result<u64, KernError> {
     let parent = current();
-    let child_map = my_map()?.fork()?;
+    if f.rip >= machvm_base::USER_MAX {
+        // The caller dies on its way out (see `return_to_user`).
+        return Err(KernError::InvalidAddress);
+    }
+    let map = my_map()?;
+    // A fork copies every entry at once: a map over the cap (one call may
+    // have doubled it) is refused rather than copied.
+    if map.entry_count() > super::vmcalls::MAX_MAP_ENTRIES {
+        return Err(KernError::ResourceShortage);
+    }
+    let child_map = map.fork()?;
     let mut frame = *f;
     frame.rax = 0;
     frame.rdx = 0;

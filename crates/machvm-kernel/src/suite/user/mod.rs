@@ -20,6 +20,7 @@ mod loader;
 mod programs;
 mod raw;
 mod regressions;
+mod regressions2;
 mod sched;
 mod smap;
 
@@ -28,6 +29,7 @@ use loader::*;
 use programs::*;
 use raw::*;
 use regressions::*;
+use regressions2::*;
 use sched::*;
 use smap::*;
 
@@ -77,6 +79,12 @@ pub const TESTS: &[Test] = &[
     test!(fpu_instructions_kill_the_task),
     test!(syscall_fuzzer),
     test!(map_entries_and_the_kernel_heap_are_bounded),
+    test!(queued_task_at_the_top_of_user_space_is_killed),
+    test!(vm_map_copy_into_a_child_keeps_its_cap),
+    test!(port_recv_keeps_the_receivers_cap),
+    test!(fork_of_a_full_map_keeps_the_heap),
+    test!(page_faults_keep_the_heap_reserve),
+    test!(requeue_keeps_accepted_messages),
 ];
 
 const PG: u64 = PAGE_SIZE;

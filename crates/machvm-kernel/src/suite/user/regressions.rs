@@ -317,7 +317,7 @@ pub(super) fn map_entries_and_the_kernel_heap_are_bounded() -> Result<(), String
     // A task refused at the reserve may be refused its wait too, and exit.
     proc::run_until(|| pids.iter().all(|&p| waiting(p) || dead(p)));
     let h = crate::heap::stats();
-    let free = h.managed - h.in_use;
+    let free = h.available;
     ensure!(
         free >= proc::HEAP_RESERVE / 2,
         "heap free {free} with every task refused"
