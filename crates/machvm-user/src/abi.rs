@@ -24,9 +24,10 @@
 //! The kernel's memory for its own structures is bounded, and a call that
 //! would go past a bound returns `ResourceShortage` and changes nothing:
 //! [`MAX_TASKS`], [`MAX_PORTS`], [`MAX_MESSAGES`], [`MAX_PORT_CAPACITY`],
-//! 4096 entries in one task's map (the calls that can add entries are
-//! refused at it), and a reserve of kernel heap below which every call
-//! that allocates (fork, the VM calls, the port calls) is refused.
+//! 4096 entries in one task's map and [`MAX_TOTAL_ENTRIES`] over all of
+//! them (the calls that can add entries are refused at either), and a
+//! reserve of kernel heap below which every call that allocates (fork, the
+//! VM calls, the port calls) is refused.
 //!
 //! # Blocking
 //! `WAIT`, `PORT_RECV` on an empty queue and `PORT_SEND` to a full one
@@ -174,6 +175,9 @@ pub const MAX_PORTS: u64 = 256;
 pub const MAX_MESSAGES: u64 = 4096;
 /// Most tasks at once, zombies included (`FORK` beyond: shortage).
 pub const MAX_TASKS: u64 = 512;
+/// Most map entries over every task: a call that may add entries (or a
+/// `FORK` that would copy past it) is `ResourceShortage` at the budget.
+pub const MAX_TOTAL_ENTRIES: u64 = 32768;
 /// Most bytes one `CONSOLE_WRITE` prints.
 pub const CONSOLE_MAX: u64 = 64 * 1024;
 /// The first address above user memory (`machvm_base::USER_MAX`): a

@@ -144,6 +144,9 @@ pub struct Task {
     pub kill: bool,
     /// Reparented to the kernel: reaped as soon as it exits.
     pub orphan: bool,
+    /// Entries its map held after its last call that could add some: its
+    /// share of the kernel-wide budget (`abi::MAX_TOTAL_ENTRIES`).
+    pub entries: usize,
     /// Its counters.
     pub stats: TaskStats,
 }
@@ -264,7 +267,9 @@ impl Sched {
 
 /// A task record for [`Sched::insert`].
 pub(crate) fn new_task(name: &'static str, parent: Pid, map: VmMap, frame: TrapFrame) -> Task {
+    let entries = map.entry_count();
     Task {
+        entries,
         pid: 0,
         parent,
         name,
@@ -301,6 +306,19 @@ pub(crate) fn kick_idle() {
 /// A task's state, if it exists.
 pub fn state_of(pid: Pid) -> Option<State> {
     SCHED.lock().tasks.get(&pid).map(|t| t.state)
+}
+
+/// Map entries held by every task, as last recorded.
+pub fn total_entries() -> usize {
+    SCHED.lock().tasks.values().map(|t| t.entries).sum()
+}
+
+/// Records `pid`'s map size after a call that may have changed it.
+pub(crate) fn note_entries(pid: Pid, map: &VmMap) {
+    let n = map.entry_count();
+    if let Some(t) = SCHED.lock().tasks.get_mut(&pid) {
+        t.entries = n;
+    }
 }
 
 /// A task's parent, if it exists.

@@ -144,6 +144,7 @@ fn carry_on(f: &mut TrapFrame) {
         if stop {
             put_back(&mut s, cpu, f);
             drop(s);
+            kick_idle();
             go_idle();
         }
         if keep_or_put_back(&mut s, cpu, f, resched) {
@@ -154,6 +155,8 @@ fn carry_on(f: &mut TrapFrame) {
             return;
         }
     }
+    // The task put back may wait while another CPU sleeps: wake it.
+    kick_idle();
     switch_or_idle(f, pick_next(cpu));
 }
 

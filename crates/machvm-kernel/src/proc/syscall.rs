@@ -33,8 +33,14 @@ pub(crate) enum Ret {
 /// Handles the system call in `f` (the caller's frame).
 pub(crate) fn dispatch(f: &mut TrapFrame) {
     count_call();
-    let a = [f.rdi, f.rsi, f.rdx, f.r10, f.r8, f.r9];
-    match call(f, f.rax, a) {
+    let (n, a) = (f.rax, [f.rdi, f.rsi, f.rdx, f.r10, f.r8, f.r9]);
+    let ret = call(f, n, a);
+    if allocates(n)
+        && let Ok(map) = my_map()
+    {
+        note_entries(current(), &map);
+    }
+    match ret {
         Ret::Done(r) => {
             let (code, value) = match r {
                 Ok(v) => (0, v),
@@ -183,8 +189,11 @@ fn fork(f: &TrapFrame) -> Result<u64, KernError> {
     }
     let map = my_map()?;
     // A fork copies every entry at once: a map over the cap (one call may
-    // have doubled it) is refused rather than copied.
-    if map.entry_count() > super::vmcalls::MAX_MAP_ENTRIES {
+    // have doubled it), or one the kernel-wide budget has no room for, is
+    // refused rather than copied.
+    let n = map.entry_count();
+    let budget = machvm_user::abi::MAX_TOTAL_ENTRIES as usize;
+    if n > super::vmcalls::MAX_MAP_ENTRIES || total_entries() + n > budget {
         return Err(KernError::ResourceShortage);
     }
     let child_map = map.fork()?;

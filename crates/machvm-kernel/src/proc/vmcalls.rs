@@ -4,7 +4,7 @@
 //! atomicity (SPEC §3–§4).
 
 use machvm::{PAGE_SIZE, VmInherit, VmProt};
-use machvm_user::abi::{RegionInfoAbi, inherit, map_copy, nr};
+use machvm_user::abi::{MAX_TOTAL_ENTRIES, RegionInfoAbi, inherit, map_copy, nr};
 
 use super::syscall::my_map;
 use super::usercopy::{self, Plain};
@@ -25,8 +25,15 @@ pub const MAX_MAP_ENTRIES: usize = 4096;
 /// `ResourceShortage` if `map` holds [`MAX_MAP_ENTRIES`] entries: checked
 /// before every call that may add entries to it (a copy into it adds at
 /// most as many as its source holds, itself capped).
+///
+/// The kernel-wide budget is checked too: every task's entries, as last
+/// recorded, below `abi::MAX_TOTAL_ENTRIES`. Entries, and the objects
+/// behind them, live in the kernel heap, whose free bytes are scattered
+/// among small allocations: bounding their number keeps the heap mostly
+/// free, so a large allocation still finds room.
 pub(crate) fn room_for_entries(map: &VmMap) -> Result<(), KernError> {
-    if map.entry_count() >= MAX_MAP_ENTRIES {
+    let total = super::total_entries();
+    if map.entry_count() >= MAX_MAP_ENTRIES || total >= MAX_TOTAL_ENTRIES as usize {
         return Err(KernError::ResourceShortage);
     }
     Ok(())
@@ -128,7 +135,11 @@ fn map_copy_to(map: &VmMap, a: [u64; 6]) -> Result<u64, KernError> {
     room_for_entries(&target)?;
     let alloc = flags & map_copy::DST_ALLOC != 0;
     let destroy = flags & map_copy::SRC_DESTROY != 0;
-    machvm::vm_map_copy(&target, map, dst, len, src, alloc, destroy).map(|()| dst)
+    let r = machvm::vm_map_copy(&target, map, dst, len, src, alloc, destroy);
+    if pid != 0 {
+        super::note_entries(pid, &target);
+    }
+    r.map(|()| dst)
 }
 
 /// The map of the caller's live child `pid`.
