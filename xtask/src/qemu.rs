@@ -376,17 +376,7 @@ fn boot(qemu: &Path, elf: &Path, append: &str, o: &Opts) -> std::io::Result<Outc
 /// `build.rs`: a nested cargo would wait on the outer build's locks.
 pub(crate) fn build_user() -> Option<String> {
     let dir = target_subdir("kernel");
-    let args = [
-        "build",
-        "-p",
-        "machvm-user-programs",
-        "--release",
-        "--target",
-        TARGET,
-        "--target-dir",
-        &dir,
-    ];
-    if !cargo(&args) {
+    if !cargo(&bare_metal("build", &["machvm-user-programs"], &dir)) {
         eprintln!("xtask: building the user programs failed");
         return None;
     }
@@ -398,16 +388,7 @@ pub(crate) fn build_user() -> Option<String> {
 /// returns its ELF.
 fn build_kernel(skip_invlpg: bool, user_bins: &str) -> Option<PathBuf> {
     let dir = target_subdir("kernel");
-    let mut args = vec![
-        "build",
-        "-p",
-        "machvm-kernel",
-        "--release",
-        "--target",
-        TARGET,
-        "--target-dir",
-        &dir,
-    ];
+    let mut args = bare_metal("build", &["machvm-kernel"], &dir);
     if skip_invlpg {
         args.extend(["--features", "skip-invlpg"]);
     }
@@ -426,24 +407,21 @@ fn build_kernel(skip_invlpg: bool, user_bins: &str) -> Option<PathBuf> {
 /// `cargo clippy` for the kernel target, warnings denied.
 pub(crate) fn clippy_kernel() -> bool {
     let dir = target_subdir("kernel");
-    ensure_target()
-        && cargo(&[
-            "clippy",
-            "-p",
-            "machvm-kernel",
-            "-p",
-            "machvm-user",
-            "-p",
-            "machvm-user-programs",
-            "--release",
-            "--target",
-            TARGET,
-            "--target-dir",
-            &dir,
-            "--",
-            "-D",
-            "warnings",
-        ])
+    let packages = ["machvm-kernel", "machvm-user", "machvm-user-programs"];
+    let mut args = bare_metal("clippy", &packages, &dir);
+    args.extend(["--", "-D", "warnings"]);
+    ensure_target() && cargo(&args)
+}
+
+/// `cargo <cmd> -p <packages>… --release` for the bare-metal target, into
+/// `dir`.
+fn bare_metal<'a>(cmd: &'a str, packages: &[&'a str], dir: &'a str) -> Vec<&'a str> {
+    let mut args = vec![cmd];
+    for p in packages {
+        args.extend(["-p", p]);
+    }
+    args.extend(["--release", "--target", TARGET, "--target-dir", dir]);
+    args
 }
 
 #[cfg(test)]

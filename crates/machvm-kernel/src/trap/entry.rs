@@ -3,8 +3,10 @@
 //!
 //! Every entry from ring 3 lands on the CPU's trap stack and builds the same
 //! [`TrapFrame`] at its top (`trap_top - 176`): interrupts and exceptions
-//! through `TSS.RSP0`, `syscall` through [`machvm_syscall_entry`], which
-//! pushes the hardware part itself. All of them leave through
+//! through `TSS.RSP0`, `syscall` through `machvm_syscall_entry`, which
+//! pushes the hardware part itself and joins the common stub (`swapgs`
+//! back first: the common stub swaps for any ring-3 frame, once, before it
+//! touches GS). All of them leave through
 //! `machvm_trap_return` (`iretq`, never `sysret`, whose non-canonical-RIP and
 //! RFLAGS pitfalls are not worth a fast path under TCG).
 //!
@@ -41,22 +43,10 @@ machvm_syscall_entry:
     pushq %rcx
     pushq $0
     pushq ${sysvec}
-    push %r15
-    push %r14
-    push %r13
-    push %r12
-    push %r11
-    push %r10
-    push %r9
-    push %r8
-    push %rbp
-    push %rdi
-    push %rsi
-    push %rdx
-    push %rcx
-    push %rbx
-    push %rax
-    jmp machvm_trap_entered
+    # The common stub saves the registers, and swaps GS again because the
+    # frame says ring 3: give it the user's back first.
+    swapgs
+    jmp machvm_isr_common
 
     .global machvm_enter_user
 machvm_enter_user:

@@ -131,6 +131,7 @@ machvm_isr_stubs:
     .set machvm_vec, machvm_vec + 1
     .endr
 
+    .global machvm_isr_common
 machvm_isr_common:
     push %r15
     push %r14
@@ -151,8 +152,6 @@ machvm_isr_common:
     jz 1f
     swapgs
 1:
-    .global machvm_trap_entered
-machvm_trap_entered:
     mov %rsp, %rdi
     clac
     cld
