@@ -137,6 +137,12 @@ fn stats() -> VmStatistics {
     vm::vm().system.statistics()
 }
 
+/// Runs a raw-code task (`rdi = arg`) to its end.
+fn run_raw(code: &[u8], arg: u64) -> Result<ExitStatus, String> {
+    let pid = ctx(proc::spawn_code(code, arg), "spawn")?;
+    proc::wait_exit(pid).ok_or(format!("pid {pid} vanished"))
+}
+
 /// Runs `utest` with `scenario` and `param` to its end.
 fn utest(scenario: u64, param: u64) -> Result<ExitStatus, String> {
     let pid =

@@ -8,8 +8,7 @@ fn exit_with(code: u8) -> [u8; 12] {
 }
 
 fn run(code: &[u8]) -> Result<ExitStatus, String> {
-    let pid = ctx(proc::spawn_code(code, 0), "spawn")?;
-    proc::wait_exit(pid).ok_or(format!("pid {pid} vanished"))
+    run_raw(code, 0)
 }
 
 pub(super) fn raw_task_exits_with_its_code() -> Result<(), String> {

@@ -9,11 +9,6 @@ use alloc::vec::Vec;
 use super::*;
 use crate::proc::{State, Wait};
 
-fn run_raw(code: &[u8], arg: u64) -> Result<ExitStatus, String> {
-    let pid = ctx(proc::spawn_code(code, arg), "spawn")?;
-    proc::wait_exit(pid).ok_or(format!("pid {pid} vanished"))
-}
-
 /// `vm_allocate(0x7fff_ffff_f000, 4 KiB, fixed)`; write `syscall` into its
 /// last two bytes; `vm_protect(rwx)`; `rax = GETPID`; jump there. The call
 /// returns to RIP `0x0000_8000_0000_0000`, non-canonical.

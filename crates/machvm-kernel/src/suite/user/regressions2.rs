@@ -8,10 +8,6 @@ use alloc::vec::Vec;
 use super::*;
 use crate::proc::{State, Wait};
 
-fn heap_free() -> usize {
-    crate::heap::free()
-}
-
 /// `vm_allocate(0x7fff_ffff_f000, 4 KiB, fixed)`; `syscall` in its last two
 /// bytes; `vm_protect(rwx)`; `rax = YIELD`; jump there.
 const YIELD_AT_TOP: &[u8] = &[
@@ -188,7 +184,7 @@ pub(super) fn page_faults_keep_the_heap_reserve() -> Result<(), String> {
     let waiting = |p| proc::state_of(p) == Some(State::Blocked(Wait::Recv(port)));
     let dead = |p| matches!(proc::state_of(p), Some(State::Zombie(_)));
     proc::run_until(|| pids.iter().all(|&p| waiting(p) || dead(p)));
-    let free = heap_free();
+    let free = crate::heap::free();
     ensure!(free >= proc::HEAP_RESERVE / 2, "heap free {free}");
     ctx(proc::destroy_port(port), "release")?;
     for pid in pids {
