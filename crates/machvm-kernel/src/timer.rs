@@ -64,8 +64,3 @@ pub(crate) fn tick() {
 pub fn ticks() -> u64 {
     TICKS.iter().map(|t| t.load(Relaxed)).sum()
 }
-
-/// The calibrated rate: timer counts per millisecond (divided by 16).
-pub fn ticks_per_ms() -> u64 {
-    TICKS_PER_MS.load(Relaxed)
-}

@@ -31,15 +31,10 @@ pub(crate) fn exit_current(f: &mut TrapFrame, status: ExitStatus) {
     sched::schedule(f);
 }
 
-/// [`exit_current`] for a task the kernel ends (fault, trap).
-pub(crate) fn kill_current(f: &mut TrapFrame, status: ExitStatus) {
-    exit_current(f, status);
-}
-
 /// Makes `pid` a zombie (or removes it at once if orphaned), hands its
 /// children to the kernel, wakes a parent waiting for it, and returns its
 /// map for the caller to drop outside the lock.
-pub(super) fn finish(s: &mut Sched, pid: Pid, status: ExitStatus) -> Option<VmMap> {
+fn finish(s: &mut Sched, pid: Pid, status: ExitStatus) -> Option<VmMap> {
     let t = s.tasks.get_mut(&pid)?;
     t.on_cpu = None;
     t.state = State::Zombie(status);

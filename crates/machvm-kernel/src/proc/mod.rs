@@ -44,7 +44,7 @@ mod traps;
 mod usercopy;
 mod vmcalls;
 
-pub(crate) use exit::{exit_current, kill_current};
+pub(crate) use exit::exit_current;
 pub use exit::{kill_all_and_reap, wait_exit};
 pub(crate) use ipc::clear_ports;
 pub use ipc::{create_port, destroy_port, queued};

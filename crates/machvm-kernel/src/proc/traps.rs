@@ -21,7 +21,7 @@ pub(crate) fn user_page_fault(f: &mut TrapFrame, cr2: u64) {
         Some(Outcome::Loop) => KernError::Failure,
         _ => KernError::InvalidAddress,
     };
-    kill_current(
+    exit_current(
         f,
         ExitStatus::Fault {
             addr: cr2,
@@ -45,5 +45,5 @@ pub(crate) fn user_exception(f: &mut TrapFrame) {
         vector: f.vector,
         rip: f.rip,
     };
-    kill_current(f, status);
+    exit_current(f, status);
 }
