@@ -24,6 +24,11 @@
 //! either: `ResourceShortage`), each port's queue allocated at creation. A
 //! port dies with the task that created it (Mach's receive right), so the
 //! frames its messages hold come back when that task ends.
+//!
+//! Invariants (checked by `verify`, through `proc::verify`): the message
+//! count equals what every queue holds plus every reservation (a send
+//! under way, or a message being delivered: it keeps its slot); no port
+//! holds more than its capacity; the limits hold.
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, VecDeque};
@@ -394,6 +399,38 @@ pub fn create_port(capacity: u64) -> Result<u64, KernError> {
 /// Destroys port `name` from the kernel (its waiters' calls fail).
 pub fn destroy_port(name: u64) -> Result<(), KernError> {
     destroy(name)
+}
+
+/// Checks the port table: the message count is what the queues and the
+/// reservations hold, no queue is past its capacity, and the limits hold.
+pub(crate) fn verify() -> Result<(), alloc::string::String> {
+    let p = PORTS.lock();
+    let held: usize = p.ports.values().map(|q| q.queue.len() + q.reserved).sum();
+    if held != p.messages {
+        return Err(alloc::format!(
+            "{} messages counted, {held} held",
+            p.messages
+        ));
+    }
+    if let Some((n, q)) = p
+        .ports
+        .iter()
+        .find(|(_, q)| q.queue.len() + q.reserved > q.capacity)
+    {
+        return Err(alloc::format!(
+            "port {n} holds {} of {}",
+            q.queue.len() + q.reserved,
+            q.capacity
+        ));
+    }
+    if p.ports.len() > MAX_PORTS || p.messages > MAX_MESSAGES {
+        return Err(alloc::format!(
+            "{} ports, {} messages",
+            p.ports.len(),
+            p.messages
+        ));
+    }
+    Ok(())
 }
 
 /// How many messages `name` holds (`None`: no such port).

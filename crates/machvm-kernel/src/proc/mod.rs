@@ -346,8 +346,10 @@ pub fn pids() -> Vec<Pid> {
     SCHED.lock().tasks.keys().copied().collect()
 }
 
-/// Checks the scheduler's invariants (see the module comment).
+/// Checks the scheduler's invariants (see the module comment), then the
+/// port table's (`ipc`: messages counted = queued + reserved, capacities).
 pub fn verify() -> Result<(), String> {
+    ipc::verify()?;
     let s = SCHED.lock();
     let mut seen = BTreeMap::new();
     for &pid in &s.runq {
